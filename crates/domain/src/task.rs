@@ -1,0 +1,1036 @@
+//! The Task aggregate: a skill run on a cron schedule in a time zone. It decides scheduling,
+//! changes, soft deletion, firing a due slot exactly once, and the run counts of finished runs.
+//!
+//! Firing is keyed by the slot (`scheduled_for`): a slot fires only while it is the task's
+//! `next_run_at`, and never twice, so two schedulers racing on the same slot are resolved by the
+//! store's optimistic concurrency (the loser reloads and is refused).
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::execution::ExecutionStatus;
+use crate::values::{CronSchedule, SkillName, TimeZoneName, Timestamp, text_enum};
+use crate::{DomainError, ErrorKind};
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TaskStatus {
+    /// Fires on its schedule.
+    #[default]
+    Pending,
+    /// A run is in progress.
+    Running,
+    /// Set by its owner: done, no longer fires.
+    Completed,
+    /// Set by its owner: failed, no longer fires.
+    Failed,
+    /// Paused: does not fire until set back to pending.
+    Disabled,
+    /// Soft-deleted: kept for history, refused for every change.
+    Deleted,
+}
+
+text_enum!(TaskStatus {
+    Pending => "pending",
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+    Disabled => "disabled",
+    Deleted => "deleted",
+});
+
+impl TaskStatus {
+    /// Whether an owner may set this status directly (running and deleted are reached only
+    /// through firing and deletion).
+    pub fn is_settable(self) -> bool {
+        !matches!(self, TaskStatus::Running | TaskStatus::Deleted)
+    }
+}
+
+/// The fields a `PUT /tasks/{id}` may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TaskChanges {
+    /// A new schedule.
+    pub schedule_cron: Option<CronSchedule>,
+    /// A new time zone.
+    pub timezone: Option<TimeZoneName>,
+    /// New parameters for the skill.
+    pub params: Option<Value>,
+    /// A new status (only settable ones).
+    pub status: Option<TaskStatus>,
+    /// Move to another project (`Some(None)` detaches it).
+    pub project_id: Option<Option<Uuid>>,
+}
+
+impl TaskChanges {
+    fn is_empty(&self) -> bool {
+        self.schedule_cron.is_none()
+            && self.timezone.is_none()
+            && self.params.is_none()
+            && self.status.is_none()
+            && self.project_id.is_none()
+    }
+}
+
+/// What can be asked of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskCommand {
+    /// Create the task.
+    Schedule {
+        /// Its id.
+        task_id: Uuid,
+        /// Its owner.
+        user_id: Uuid,
+        /// The skill to run.
+        skill_name: SkillName,
+        /// When to run it.
+        schedule_cron: CronSchedule,
+        /// The zone the schedule is read in.
+        timezone: TimeZoneName,
+        /// Parameters for the skill.
+        params: Value,
+        /// Initial status: pending or disabled (or another settable status).
+        status: TaskStatus,
+        /// The owner's project it belongs to, if any.
+        project_id: Option<Uuid>,
+        /// Decision time.
+        at: Timestamp,
+    },
+    /// Change some fields; recorded as one event.
+    Update {
+        /// The changes.
+        changes: TaskChanges,
+        /// Decision time.
+        at: Timestamp,
+    },
+    /// Soft delete; deleting a deleted task is a no-op, so policies may repeat it.
+    Delete {
+        /// Decision time.
+        at: Timestamp,
+    },
+    /// Fire the due slot `scheduled_for` (the scheduler's command).
+    Fire {
+        /// The execution the run becomes.
+        execution_id: Uuid,
+        /// The slot, which must be the task's current `next_run_at`.
+        scheduled_for: Timestamp,
+        /// Decision time.
+        at: Timestamp,
+    },
+    /// Run now, outside the schedule (`POST /tasks/{id}/run`).
+    RunNow {
+        /// The execution the run becomes.
+        execution_id: Uuid,
+        /// Decision time.
+        at: Timestamp,
+    },
+    /// Record that the running execution finished; other executions are ignored.
+    FinishRun {
+        /// The execution that finished.
+        execution_id: Uuid,
+        /// Its final status.
+        status: ExecutionStatus,
+        /// Decision time.
+        at: Timestamp,
+    },
+}
+
+/// What happened to a task. Names are stable: they are the `event_type` column of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskEvent {
+    /// The task was created.
+    TaskScheduled {
+        /// Its id.
+        task_id: Uuid,
+        /// Its owner.
+        user_id: Uuid,
+        /// The skill.
+        skill_name: SkillName,
+        /// The schedule.
+        schedule_cron: CronSchedule,
+        /// The schedule's zone.
+        timezone: TimeZoneName,
+        /// Skill parameters.
+        params: Value,
+        /// Initial status.
+        status: TaskStatus,
+        /// Its project.
+        project_id: Option<Uuid>,
+        /// First due slot, if pending.
+        next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Some fields changed (only the changed ones are present).
+    TaskUpdated {
+        /// The changes.
+        changes: TaskChanges,
+        /// The due slot after the change.
+        next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
+    /// The task was soft-deleted.
+    TaskDeleted {
+        /// When.
+        at: Timestamp,
+    },
+    /// A run started, for a slot or by hand.
+    TaskFired {
+        /// The execution.
+        execution_id: Uuid,
+        /// The slot (the request time for a manual run).
+        scheduled_for: Timestamp,
+        /// Whether it was started by hand.
+        manual: bool,
+        /// The next due slot.
+        next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A due slot was skipped because a run was still going.
+    TaskRunSkipped {
+        /// The skipped slot.
+        scheduled_for: Timestamp,
+        /// The run still going.
+        running_execution_id: Uuid,
+        /// The next due slot.
+        next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
+    /// The running execution finished.
+    TaskRunFinished {
+        /// The execution.
+        execution_id: Uuid,
+        /// Its final status.
+        status: ExecutionStatus,
+        /// The next due slot (the next cron time after the finish).
+        next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+impl DomainEvent for TaskEvent {
+    fn event_type(&self) -> String {
+        match self {
+            TaskEvent::TaskScheduled { .. } => "TaskScheduled",
+            TaskEvent::TaskUpdated { .. } => "TaskUpdated",
+            TaskEvent::TaskDeleted { .. } => "TaskDeleted",
+            TaskEvent::TaskFired { .. } => "TaskFired",
+            TaskEvent::TaskRunSkipped { .. } => "TaskRunSkipped",
+            TaskEvent::TaskRunFinished { .. } => "TaskRunFinished",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// Why a task command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    /// Schedule on an existing id.
+    #[error("task already exists")]
+    AlreadyExists,
+    /// Any other command on an unknown id.
+    #[error("Task not found")]
+    NotFound,
+    /// A change to a deleted task.
+    #[error("task is deleted")]
+    Deleted,
+    /// An update that names no field.
+    #[error("No fields to update")]
+    NoChanges,
+    /// A status that cannot be set directly.
+    #[error("status cannot be set to '{0}'")]
+    StatusNotSettable(TaskStatus),
+    /// A scheduled fire of a task that is not pending.
+    #[error("task is not pending")]
+    NotPending,
+    /// The slot fired already.
+    #[error("slot {0} has already fired")]
+    SlotAlreadyFired(Timestamp),
+    /// The slot is not the task's due slot.
+    #[error("slot {0} is not due")]
+    SlotNotDue(Timestamp),
+    /// A manual run while one is going.
+    #[error("task is already running")]
+    AlreadyRunning,
+    /// A finish with a non-final status.
+    #[error("a finished run needs a final status")]
+    StatusNotFinal,
+}
+
+impl DomainError for TaskError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TaskError::NotFound => ErrorKind::NotFound,
+            TaskError::AlreadyExists
+            | TaskError::SlotAlreadyFired(_)
+            | TaskError::AlreadyRunning
+            | TaskError::NotPending
+            | TaskError::Deleted => ErrorKind::Conflict,
+            TaskError::NoChanges
+            | TaskError::StatusNotSettable(_)
+            | TaskError::SlotNotDue(_)
+            | TaskError::StatusNotFinal => ErrorKind::Invalid,
+        }
+    }
+}
+
+/// The task's state, folded from its events.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id (nil until scheduled).
+    pub id: Uuid,
+    /// Whether it has been scheduled.
+    pub exists: bool,
+    /// Its owner.
+    pub user_id: Uuid,
+    /// The skill.
+    pub skill_name: Option<SkillName>,
+    /// The schedule.
+    pub schedule_cron: Option<CronSchedule>,
+    /// The schedule's zone.
+    pub timezone: TimeZoneName,
+    /// Skill parameters.
+    pub params: Value,
+    /// Current status.
+    pub status: TaskStatus,
+    /// The status to return to when the running execution finishes.
+    pub resume_status: TaskStatus,
+    /// Its project.
+    pub project_id: Option<Uuid>,
+    /// The due slot.
+    pub next_run_at: Option<Timestamp>,
+    /// The latest slot that fired on schedule.
+    pub last_fired_slot: Option<Timestamp>,
+    /// The execution in progress.
+    pub running_execution_id: Option<Uuid>,
+    /// Creation time.
+    pub created_at: Option<Timestamp>,
+    /// Last change.
+    pub updated_at: Option<Timestamp>,
+    /// Start of the latest run.
+    pub last_run_at: Option<Timestamp>,
+    /// Finished runs.
+    pub run_count: u64,
+    /// Finished runs that failed or timed out.
+    pub error_count: u64,
+}
+
+impl Task {
+    fn next_slot(
+        schedule: &CronSchedule,
+        zone: &TimeZoneName,
+        status: TaskStatus,
+        after: Timestamp,
+    ) -> Option<Timestamp> {
+        (status == TaskStatus::Pending)
+            .then(|| schedule.next_after(after, zone))
+            .flatten()
+    }
+
+    fn live(&self) -> Result<(), TaskError> {
+        if !self.exists {
+            Err(TaskError::NotFound)
+        } else if self.status == TaskStatus::Deleted {
+            Err(TaskError::Deleted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The status this task will have once no run is in progress.
+    fn settled_status(&self) -> TaskStatus {
+        if self.status == TaskStatus::Running {
+            self.resume_status
+        } else {
+            self.status
+        }
+    }
+
+    fn decide_update(
+        &self,
+        mut changes: TaskChanges,
+        at: Timestamp,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        if changes.is_empty() {
+            return Err(TaskError::NoChanges);
+        }
+        self.live()?;
+        if let Some(status) = changes.status
+            && !status.is_settable()
+        {
+            return Err(TaskError::StatusNotSettable(status));
+        }
+        // Keep only what differs, so a repeated PUT records nothing.
+        if changes.schedule_cron.as_ref() == self.schedule_cron.as_ref() {
+            changes.schedule_cron = None;
+        }
+        if changes.timezone == Some(self.timezone) {
+            changes.timezone = None;
+        }
+        if changes.params.as_ref() == Some(&self.params) {
+            changes.params = None;
+        }
+        if changes.status == Some(self.settled_status()) {
+            changes.status = None;
+        }
+        if changes.project_id == Some(self.project_id) {
+            changes.project_id = None;
+        }
+        if changes.is_empty() {
+            return Ok(vec![]);
+        }
+        let schedule = changes
+            .schedule_cron
+            .clone()
+            .or_else(|| self.schedule_cron.clone())
+            .ok_or(TaskError::NotFound)?;
+        let zone = changes.timezone.unwrap_or(self.timezone);
+        let status = changes.status.unwrap_or(self.settled_status());
+        let timing_changed = changes.schedule_cron.is_some()
+            || changes.timezone.is_some()
+            || changes.status.is_some();
+        let next_run_at = if self.status == TaskStatus::Running {
+            self.next_run_at
+        } else if timing_changed {
+            Self::next_slot(&schedule, &zone, status, at)
+        } else {
+            self.next_run_at
+        };
+        Ok(vec![TaskEvent::TaskUpdated {
+            changes,
+            next_run_at,
+            at,
+        }])
+    }
+
+    fn decide_fire(
+        &self,
+        execution_id: Uuid,
+        scheduled_for: Timestamp,
+        at: Timestamp,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        self.live()?;
+        if self
+            .last_fired_slot
+            .is_some_and(|last| scheduled_for <= last)
+        {
+            return Err(TaskError::SlotAlreadyFired(scheduled_for));
+        }
+        if self.settled_status() != TaskStatus::Pending {
+            return Err(TaskError::NotPending);
+        }
+        if self.next_run_at != Some(scheduled_for) || scheduled_for > at {
+            return Err(TaskError::SlotNotDue(scheduled_for));
+        }
+        let schedule = self.schedule_cron.as_ref().ok_or(TaskError::NotFound)?;
+        // The next slot is after now, not after the fired slot: slots missed while no scheduler
+        // ran collapse into this one run.
+        let next_run_at = schedule.next_after(at.max(scheduled_for), &self.timezone);
+        Ok(vec![match self.running_execution_id {
+            Some(running) => TaskEvent::TaskRunSkipped {
+                scheduled_for,
+                running_execution_id: running,
+                next_run_at,
+                at,
+            },
+            None => TaskEvent::TaskFired {
+                execution_id,
+                scheduled_for,
+                manual: false,
+                next_run_at,
+                at,
+            },
+        }])
+    }
+
+    fn decide_run_now(
+        &self,
+        execution_id: Uuid,
+        at: Timestamp,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        self.live()?;
+        if self.running_execution_id.is_some() {
+            return Err(TaskError::AlreadyRunning);
+        }
+        Ok(vec![TaskEvent::TaskFired {
+            execution_id,
+            scheduled_for: at,
+            manual: true,
+            next_run_at: self.next_run_at,
+            at,
+        }])
+    }
+
+    fn decide_finish(
+        &self,
+        execution_id: Uuid,
+        status: ExecutionStatus,
+        at: Timestamp,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        if !self.exists {
+            return Err(TaskError::NotFound);
+        }
+        if !status.is_final() {
+            return Err(TaskError::StatusNotFinal);
+        }
+        if self.running_execution_id != Some(execution_id) {
+            return Ok(vec![]);
+        }
+        let next_run_at = match &self.schedule_cron {
+            Some(schedule) => Self::next_slot(schedule, &self.timezone, self.resume_status, at),
+            None => None,
+        };
+        Ok(vec![TaskEvent::TaskRunFinished {
+            execution_id,
+            status,
+            next_run_at,
+            at,
+        }])
+    }
+}
+
+impl Aggregate for Task {
+    const TYPE: &'static str = "Task";
+    type Command = TaskCommand;
+    type Event = TaskEvent;
+    type Error = TaskError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let events = match command {
+            TaskCommand::Schedule {
+                task_id,
+                user_id,
+                skill_name,
+                schedule_cron,
+                timezone,
+                params,
+                status,
+                project_id,
+                at,
+            } => {
+                if self.exists {
+                    return Err(TaskError::AlreadyExists);
+                }
+                if !status.is_settable() {
+                    return Err(TaskError::StatusNotSettable(status));
+                }
+                let next_run_at = Self::next_slot(&schedule_cron, &timezone, status, at);
+                vec![TaskEvent::TaskScheduled {
+                    task_id,
+                    user_id,
+                    skill_name,
+                    schedule_cron,
+                    timezone,
+                    params,
+                    status,
+                    project_id,
+                    next_run_at,
+                    at,
+                }]
+            }
+            TaskCommand::Update { changes, at } => self.decide_update(changes, at)?,
+            TaskCommand::Delete { at } => match (self.exists, self.status) {
+                (false, _) => return Err(TaskError::NotFound),
+                (true, TaskStatus::Deleted) => vec![],
+                (true, _) => vec![TaskEvent::TaskDeleted { at }],
+            },
+            TaskCommand::Fire {
+                execution_id,
+                scheduled_for,
+                at,
+            } => self.decide_fire(execution_id, scheduled_for, at)?,
+            TaskCommand::RunNow { execution_id, at } => self.decide_run_now(execution_id, at)?,
+            TaskCommand::FinishRun {
+                execution_id,
+                status,
+                at,
+            } => self.decide_finish(execution_id, status, at)?,
+        };
+        for event in events {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            TaskEvent::TaskScheduled {
+                task_id,
+                user_id,
+                skill_name,
+                schedule_cron,
+                timezone,
+                params,
+                status,
+                project_id,
+                next_run_at,
+                at,
+            } => {
+                *self = Task {
+                    id: task_id,
+                    exists: true,
+                    user_id,
+                    skill_name: Some(skill_name),
+                    schedule_cron: Some(schedule_cron),
+                    timezone,
+                    params,
+                    status,
+                    resume_status: status,
+                    project_id,
+                    next_run_at,
+                    created_at: Some(at),
+                    updated_at: Some(at),
+                    ..Task::default()
+                };
+            }
+            TaskEvent::TaskUpdated {
+                changes,
+                next_run_at,
+                at,
+            } => {
+                if let Some(schedule) = changes.schedule_cron {
+                    self.schedule_cron = Some(schedule);
+                }
+                if let Some(zone) = changes.timezone {
+                    self.timezone = zone;
+                }
+                if let Some(params) = changes.params {
+                    self.params = params;
+                }
+                if let Some(status) = changes.status {
+                    if self.status == TaskStatus::Running {
+                        self.resume_status = status;
+                    } else {
+                        self.status = status;
+                    }
+                }
+                if let Some(project_id) = changes.project_id {
+                    self.project_id = project_id;
+                }
+                self.next_run_at = next_run_at;
+                self.updated_at = Some(at);
+            }
+            TaskEvent::TaskDeleted { at } => {
+                self.status = TaskStatus::Deleted;
+                self.next_run_at = None;
+                self.updated_at = Some(at);
+            }
+            TaskEvent::TaskFired {
+                execution_id,
+                scheduled_for,
+                manual,
+                next_run_at,
+                at,
+            } => {
+                if !manual {
+                    self.last_fired_slot = Some(scheduled_for);
+                }
+                self.resume_status = self.settled_status();
+                self.status = TaskStatus::Running;
+                self.running_execution_id = Some(execution_id);
+                self.next_run_at = next_run_at;
+                self.last_run_at = Some(at);
+                self.updated_at = Some(at);
+            }
+            TaskEvent::TaskRunSkipped {
+                scheduled_for,
+                next_run_at,
+                at,
+                ..
+            } => {
+                self.last_fired_slot = Some(scheduled_for);
+                self.next_run_at = next_run_at;
+                self.updated_at = Some(at);
+            }
+            TaskEvent::TaskRunFinished {
+                status,
+                next_run_at,
+                at,
+                ..
+            } => {
+                self.run_count += 1;
+                if status.is_error() {
+                    self.error_count += 1;
+                }
+                self.status = self.resume_status;
+                self.running_execution_id = None;
+                self.next_run_at = next_run_at;
+                self.updated_at = Some(at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use cqrs_es::test::TestFramework;
+    use serde_json::json;
+
+    use super::*;
+
+    type TaskTest = TestFramework<Task>;
+
+    fn at(h: u32, m: u32) -> Timestamp {
+        Utc.with_ymd_and_hms(2026, 3, 2, h, m, 0).unwrap()
+    }
+
+    fn task_id() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn scheduled(cron: &str, status: TaskStatus) -> TaskEvent {
+        let schedule_cron = CronSchedule::parse(cron).unwrap();
+        let next_run_at =
+            Task::next_slot(&schedule_cron, &TimeZoneName::default(), status, at(9, 0));
+        TaskEvent::TaskScheduled {
+            task_id: task_id(),
+            user_id: Uuid::from_u128(7),
+            skill_name: SkillName::parse("lint").unwrap(),
+            schedule_cron,
+            timezone: TimeZoneName::default(),
+            params: json!({}),
+            status,
+            project_id: None,
+            next_run_at,
+            at: at(9, 0),
+        }
+    }
+
+    fn fired(exec: u128, slot: Timestamp, next: Timestamp) -> TaskEvent {
+        TaskEvent::TaskFired {
+            execution_id: Uuid::from_u128(exec),
+            scheduled_for: slot,
+            manual: false,
+            next_run_at: Some(next),
+            at: slot,
+        }
+    }
+
+    #[test]
+    fn scheduling_a_task_computes_its_first_slot() {
+        TaskTest::with(())
+            .given_no_previous_events()
+            .when(TaskCommand::Schedule {
+                task_id: task_id(),
+                user_id: Uuid::from_u128(7),
+                skill_name: SkillName::parse("lint").unwrap(),
+                schedule_cron: CronSchedule::parse("*/15 * * * *").unwrap(),
+                timezone: TimeZoneName::default(),
+                params: json!({}),
+                status: TaskStatus::Pending,
+                project_id: None,
+                at: at(9, 0),
+            })
+            .then_expect_events(vec![TaskEvent::TaskScheduled {
+                task_id: task_id(),
+                user_id: Uuid::from_u128(7),
+                skill_name: SkillName::parse("lint").unwrap(),
+                schedule_cron: CronSchedule::parse("*/15 * * * *").unwrap(),
+                timezone: TimeZoneName::default(),
+                params: json!({}),
+                status: TaskStatus::Pending,
+                project_id: None,
+                next_run_at: Some(at(9, 15)),
+                at: at(9, 0),
+            }]);
+    }
+
+    #[test]
+    fn scheduling_an_existing_task_is_refused() {
+        let result = TaskTest::with(())
+            .given(vec![scheduled("* * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Schedule {
+                task_id: task_id(),
+                user_id: Uuid::from_u128(7),
+                skill_name: SkillName::parse("lint").unwrap(),
+                schedule_cron: CronSchedule::parse("* * * * *").unwrap(),
+                timezone: TimeZoneName::default(),
+                params: json!({}),
+                status: TaskStatus::Pending,
+                project_id: None,
+                at: at(9, 0),
+            })
+            .inspect_result();
+        assert_eq!(result, Err(TaskError::AlreadyExists));
+    }
+
+    #[test]
+    fn a_due_pending_slot_fires_and_moves_next_run_after_now() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 15),
+                at: at(9, 40),
+            })
+            .then_expect_events(vec![TaskEvent::TaskFired {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 15),
+                manual: false,
+                // Slots 9:30 was missed while no scheduler ran: it collapses into this run.
+                next_run_at: Some(at(9, 45)),
+                at: at(9, 40),
+            }]);
+    }
+
+    #[test]
+    fn firing_the_same_slot_twice_is_refused() {
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+            ])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(101),
+                scheduled_for: at(9, 15),
+                at: at(9, 15),
+            })
+            .then_expect_error(TaskError::SlotAlreadyFired(at(9, 15)));
+    }
+
+    #[test]
+    fn a_slot_that_is_not_the_due_one_is_refused() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 30),
+                at: at(9, 20),
+            })
+            .then_expect_error(TaskError::SlotNotDue(at(9, 30)));
+    }
+
+    #[test]
+    fn firing_a_disabled_task_is_refused() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Disabled)])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 15),
+                at: at(9, 15),
+            })
+            .then_expect_error(TaskError::NotPending);
+    }
+
+    #[test]
+    fn firing_a_deleted_task_is_refused() {
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                TaskEvent::TaskDeleted { at: at(9, 5) },
+            ])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 15),
+                at: at(9, 15),
+            })
+            .then_expect_error(TaskError::Deleted);
+    }
+
+    #[test]
+    fn a_slot_that_would_overlap_a_running_run_is_recorded_as_skipped() {
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+            ])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(101),
+                scheduled_for: at(9, 30),
+                at: at(9, 30),
+            })
+            .then_expect_events(vec![TaskEvent::TaskRunSkipped {
+                scheduled_for: at(9, 30),
+                running_execution_id: Uuid::from_u128(100),
+                next_run_at: Some(at(9, 45)),
+                at: at(9, 30),
+            }]);
+    }
+
+    #[test]
+    fn a_finished_run_counts_and_moves_next_run_after_the_finish() {
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+            ])
+            .when(TaskCommand::FinishRun {
+                execution_id: Uuid::from_u128(100),
+                status: ExecutionStatus::Failed,
+                at: at(9, 50),
+            })
+            .then_expect_events(vec![TaskEvent::TaskRunFinished {
+                execution_id: Uuid::from_u128(100),
+                status: ExecutionStatus::Failed,
+                next_run_at: Some(at(10, 0)),
+                at: at(9, 50),
+            }]);
+        let mut task = Task::default();
+        for event in [
+            scheduled("*/15 * * * *", TaskStatus::Pending),
+            fired(100, at(9, 15), at(9, 30)),
+            TaskEvent::TaskRunFinished {
+                execution_id: Uuid::from_u128(100),
+                status: ExecutionStatus::Failed,
+                next_run_at: Some(at(10, 0)),
+                at: at(9, 50),
+            },
+        ] {
+            task.apply(event);
+        }
+        assert_eq!((task.run_count, task.error_count), (1, 1));
+        assert_eq!(task.status, TaskStatus::Pending);
+        assert_eq!(task.last_run_at, Some(at(9, 15)));
+    }
+
+    #[test]
+    fn finishing_an_execution_that_is_not_running_records_nothing() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::FinishRun {
+                execution_id: Uuid::from_u128(5),
+                status: ExecutionStatus::Success,
+                at: at(9, 50),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn running_by_hand_is_refused_while_a_run_is_going() {
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+            ])
+            .when(TaskCommand::RunNow {
+                execution_id: Uuid::from_u128(2),
+                at: at(9, 16),
+            })
+            .then_expect_error(TaskError::AlreadyRunning);
+    }
+
+    #[test]
+    fn a_cron_change_recomputes_next_run_in_one_event() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Update {
+                changes: TaskChanges {
+                    schedule_cron: Some(CronSchedule::parse("0 12 * * *").unwrap()),
+                    params: Some(json!({"depth": 2})),
+                    ..TaskChanges::default()
+                },
+                at: at(10, 0),
+            })
+            .then_expect_events(vec![TaskEvent::TaskUpdated {
+                changes: TaskChanges {
+                    schedule_cron: Some(CronSchedule::parse("0 12 * * *").unwrap()),
+                    params: Some(json!({"depth": 2})),
+                    ..TaskChanges::default()
+                },
+                next_run_at: Some(at(12, 0)),
+                at: at(10, 0),
+            }]);
+    }
+
+    #[test]
+    fn disabling_clears_next_run_and_enabling_restores_it() {
+        let disable = TaskChanges {
+            status: Some(TaskStatus::Disabled),
+            ..TaskChanges::default()
+        };
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Update {
+                changes: disable.clone(),
+                at: at(10, 0),
+            })
+            .then_expect_events(vec![TaskEvent::TaskUpdated {
+                changes: disable,
+                next_run_at: None,
+                at: at(10, 0),
+            }]);
+    }
+
+    #[test]
+    fn an_update_without_fields_is_refused_and_an_unchanged_one_records_nothing() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Update {
+                changes: TaskChanges::default(),
+                at: at(10, 0),
+            })
+            .then_expect_error(TaskError::NoChanges);
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Update {
+                changes: TaskChanges {
+                    params: Some(json!({})),
+                    ..TaskChanges::default()
+                },
+                at: at(10, 0),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn status_running_or_deleted_cannot_be_set_directly() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Update {
+                changes: TaskChanges {
+                    status: Some(TaskStatus::Running),
+                    ..TaskChanges::default()
+                },
+                at: at(10, 0),
+            })
+            .then_expect_error(TaskError::StatusNotSettable(TaskStatus::Running));
+    }
+
+    #[test]
+    fn updating_a_deleted_task_is_refused_and_deleting_again_is_a_no_op() {
+        let given = vec![
+            scheduled("*/15 * * * *", TaskStatus::Pending),
+            TaskEvent::TaskDeleted { at: at(9, 5) },
+        ];
+        TaskTest::with(())
+            .given(given.clone())
+            .when(TaskCommand::Update {
+                changes: TaskChanges {
+                    params: Some(json!({"a": 1})),
+                    ..TaskChanges::default()
+                },
+                at: at(10, 0),
+            })
+            .then_expect_error(TaskError::Deleted);
+        TaskTest::with(())
+            .given(given)
+            .when(TaskCommand::Delete { at: at(10, 0) })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn commands_on_an_unknown_task_are_not_found() {
+        TaskTest::with(())
+            .given_no_previous_events()
+            .when(TaskCommand::Delete { at: at(10, 0) })
+            .then_expect_error(TaskError::NotFound);
+    }
+}

@@ -1,0 +1,394 @@
+//! Value types that parse their input: once constructed they are valid, so aggregates and
+//! projections never re-check them. Parse errors carry a message safe to show to users.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Every time in the domain is UTC.
+pub type Timestamp = DateTime<Utc>;
+
+/// Why a value was refused; the message is shown to users as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidValue {
+    InvalidValue(msg.into())
+}
+
+/// Declares a string newtype that (de)serializes as a plain string and re-validates on
+/// deserialization, so a value read back from the log is as trustworthy as a parsed one.
+macro_rules! string_value {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                $name::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_value!(
+    /// The skill an agent runs for a task: 1..255 of `[A-Za-z0-9_-]`.
+    SkillName
+);
+
+impl SkillName {
+    /// Parses a skill name.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.is_empty() || raw.len() > 255 {
+            return Err(invalid("skill_name must be 1 to 255 characters"));
+        }
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "skill_name may contain only letters, digits, '_' and '-'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+string_value!(
+    /// A standard 5-field cron expression (minute hour day-of-month month day-of-week), with
+    /// ranges, lists, steps and names such as `MON`.
+    CronSchedule
+);
+
+impl CronSchedule {
+    /// Parses and validates a 5-field cron expression.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        if trimmed.split_whitespace().count() != 5 {
+            return Err(invalid(
+                "schedule_cron must be a 5-field cron expression (minute hour day-of-month month day-of-week)",
+            ));
+        }
+        croner::Cron::new(trimmed)
+            .parse()
+            .map_err(|e| invalid(format!("invalid cron expression: {e}")))?;
+        Ok(Self(
+            trimmed.split_whitespace().collect::<Vec<_>>().join(" "),
+        ))
+    }
+
+    /// The first time strictly after `after` at which the schedule fires in `zone`, in UTC.
+    /// `None` only for expressions that can never fire (such as 31 February).
+    pub fn next_after(&self, after: Timestamp, zone: &TimeZoneName) -> Option<Timestamp> {
+        let cron = croner::Cron::new(&self.0).parse().ok()?;
+        let local = after.with_timezone(&zone.tz());
+        cron.find_next_occurrence(&local, false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// An IANA time zone name such as `Europe/Berlin`; `UTC` by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimeZoneName(Tz);
+
+impl TimeZoneName {
+    /// Parses an IANA time zone name.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        Tz::from_str(raw.trim())
+            .map(Self)
+            .map_err(|_| invalid(format!("unknown time zone '{raw}'")))
+    }
+
+    /// The zone for date arithmetic.
+    pub fn tz(&self) -> Tz {
+        self.0
+    }
+
+    /// The IANA name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl Default for TimeZoneName {
+    fn default() -> Self {
+        Self(Tz::UTC)
+    }
+}
+
+impl fmt::Display for TimeZoneName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+impl Serialize for TimeZoneName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeZoneName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+string_value!(
+    /// A project name: trimmed, 1..255 characters, not blank.
+    ProjectName
+);
+
+impl ProjectName {
+    /// Parses a project name, trimming surrounding whitespace.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(invalid("name must not be blank"));
+        }
+        if trimmed.chars().count() > 255 {
+            return Err(invalid("name must be at most 255 characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+}
+
+string_value!(
+    /// A login name: 3..50 of `[A-Za-z0-9_-]`.
+    Username
+);
+
+impl Username {
+    /// Parses a username.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let len = raw.chars().count();
+        if !(3..=50).contains(&len) {
+            return Err(invalid("username must be 3 to 50 characters"));
+        }
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "username may contain only letters, digits, '_' and '-'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+string_value!(
+    /// An e-mail address, kept as given but compared case-insensitively for uniqueness.
+    Email
+);
+
+impl Email {
+    /// Parses an e-mail address: one `@`, a non-empty local part and a dotted domain.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let raw = raw.trim();
+        let valid = raw.len() <= 254
+            && !raw.chars().any(char::is_whitespace)
+            && match raw.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                }
+                None => false,
+            };
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(invalid("value is not a valid email address"))
+        }
+    }
+}
+
+string_value!(
+    /// An agent's unique name: trimmed, 1..255 characters.
+    AgentName
+);
+
+impl AgentName {
+    /// Parses an agent name.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.chars().count() > 255 {
+            return Err(invalid("name must be 1 to 255 characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+}
+
+/// Checks an optional free-text field against a maximum length in characters.
+pub fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String, InvalidValue> {
+    if raw.chars().count() > max {
+        Err(invalid(format!("{field} must be at most {max} characters")))
+    } else {
+        Ok(raw.to_owned())
+    }
+}
+
+/// Implements `Display`/`FromStr`-style conversions for enums that are stored and shown in
+/// snake case (`"api-designer"` style names are handled with explicit renames).
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name.
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses the wire name.
+            pub fn parse(raw: &str) -> Result<Self, $crate::values::InvalidValue> {
+                match raw {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err($crate::values::InvalidValue(format!(
+                        "value must be one of: {}",
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = <String as ::serde::Deserialize>::deserialize(d)?;
+                $name::parse(&raw).map_err(::serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn cron_accepts_standard_expressions_with_ranges_lists_steps_and_names() {
+        for ok in [
+            "* * * * *",
+            "0 9 * * MON-FRI",
+            "*/15 0-6 1,15 * *",
+            "30 2 * JAN SUN",
+        ] {
+            assert!(CronSchedule::parse(ok).is_ok(), "{ok} should be accepted");
+        }
+    }
+
+    #[test]
+    fn cron_rejects_the_contracts_invalid_examples() {
+        for bad in [
+            "invalid",
+            "60 0 * * *",
+            "0 25 * * *",
+            "",
+            "* * * *",
+            "0 0 0 * * *",
+        ] {
+            assert!(
+                CronSchedule::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn next_run_is_computed_in_the_tasks_time_zone_and_reported_in_utc() {
+        let cron = CronSchedule::parse("0 9 * * *").unwrap();
+        let berlin = TimeZoneName::parse("Europe/Berlin").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap();
+        // 09:00 in Berlin in winter is 08:00 UTC, and 12:00 UTC is past it, so the next day.
+        assert_eq!(
+            cron.next_after(now, &berlin),
+            Some(Utc.with_ymd_and_hms(2026, 1, 11, 8, 0, 0).unwrap())
+        );
+        let summer = Utc.with_ymd_and_hms(2026, 7, 10, 12, 0, 0).unwrap();
+        assert_eq!(
+            cron.next_after(summer, &berlin),
+            Some(Utc.with_ymd_and_hms(2026, 7, 11, 7, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn unknown_time_zones_are_refused() {
+        assert!(TimeZoneName::parse("Mars/Olympus").is_err());
+        assert_eq!(TimeZoneName::default().name(), "UTC");
+    }
+
+    #[test]
+    fn skill_names_allow_only_the_documented_characters() {
+        assert!(SkillName::parse("code-review_2").is_ok());
+        assert!(SkillName::parse("").is_err());
+        assert!(SkillName::parse("has space").is_err());
+        assert!(SkillName::parse(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn project_names_are_trimmed_and_never_blank() {
+        assert_eq!(ProjectName::parse("  Alpha ").unwrap().as_str(), "Alpha");
+        assert!(ProjectName::parse("   ").is_err());
+    }
+
+    #[test]
+    fn usernames_and_emails_are_validated() {
+        assert!(Username::parse("al").is_err());
+        assert!(Username::parse("alice_01").is_ok());
+        assert!(Email::parse("alice@example.com").is_ok());
+        assert!(Email::parse("alice@").is_err());
+        assert!(Email::parse("no-at.example.com").is_err());
+    }
+
+    #[test]
+    fn values_read_back_from_json_are_validated_again() {
+        assert!(serde_json::from_str::<CronSchedule>("\"0 25 * * *\"").is_err());
+        let tz: TimeZoneName = serde_json::from_str("\"Asia/Tokyo\"").unwrap();
+        assert_eq!(serde_json::to_string(&tz).unwrap(), "\"Asia/Tokyo\"");
+    }
+}
