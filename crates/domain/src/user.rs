@@ -36,6 +36,18 @@ text_enum!(Role {
     User => "user",
 });
 
+impl Role {
+    /// Admins and auditors read every user's resources.
+    pub fn can_read_all(self) -> bool {
+        matches!(self, Role::Admin | Role::Auditor)
+    }
+
+    /// Only admins change other users' resources.
+    pub fn can_write_all(self) -> bool {
+        self == Role::Admin
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Command-path benchmark of sparc against raw PostgreSQL inserts, in one run on one machine.
+#
+#   (a) pgbench: one single-row INSERT per transaction into `pgbench_events`, a table shaped
+#       like the event log (`migrations/postgres/0001_event_log.sql`), at 16 and 64 clients;
+#   (b) the release `commands` binary: `CommandBus::execute::<Task>(Schedule)` at 16 and 64
+#       concurrent writers (pool sized to the writers);
+#   (c) a summary: pgbench TPS, CQRS commands/s, p50/p99, CQRS/pgbench ratio, target met?
+#
+# Env: SECONDS (measured seconds per step, default 10), DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/sparc_bench; the database is DROPPED and recreated),
+# WRITERS (default 16,64). Works from any directory.
+#
+# Target (DESIGN.md): at 64 writers, CQRS commands/s >= 0.5 x pgbench TPS and p99 <= 20 ms.
+
+# `SECONDS` is a bash builtin counter: read the caller's value before anything else, and
+# only if the caller exported one.
+if printenv SECONDS >/dev/null 2>&1; then DURATION=$SECONDS; else DURATION=10; fi
+set -euo pipefail
+
+DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sparc_bench}
+WRITERS=${WRITERS:-16,64}
+WARMUP=2
+TARGET_RATIO=0.5
+TARGET_P99_MS=20
+TARGET_WRITERS=64
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/commands
+
+case $DATABASE_URL in
+postgres://* | postgresql://*) ;;
+*) echo "DATABASE_URL must be a postgres:// URL" >&2; exit 2 ;;
+esac
+base=${DATABASE_URL%%\?*}
+query=${DATABASE_URL#"$base"}
+DB_NAME=${base##*/}
+ADMIN_URL=${base%/*}/postgres$query
+[[ $DB_NAME =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { echo "unsupported database name: $DB_NAME" >&2; exit 2; }
+IFS=', ' read -r -a WRITER_COUNTS <<<"$WRITERS"
+
+for tool in psql pgbench cargo jq; do
+	command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "== sparc command benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, ${DURATION}s per step"
+echo "   database ${DB_NAME} (recreated), $(psql "$ADMIN_URL" -Atc 'SHOW server_version')"
+
+echo "== building the release binary (cargo build --release -p sparc-bench)"
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p sparc-bench --bin commands
+
+echo "== (re)creating database $DB_NAME"
+psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 \
+	-c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" \
+	-c "CREATE DATABASE \"$DB_NAME\""
+
+# Same columns, types, defaults, primary key, identity, xid8 and indexes as `events` in
+# migrations/postgres/0001_event_log.sql (checked against it after the CQRS run).
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
+CREATE TABLE pgbench_events
+(
+    aggregate_type  text                         NOT NULL,
+    aggregate_id    text                         NOT NULL,
+    sequence        bigint CHECK (sequence >= 0) NOT NULL,
+    event_type      text                         NOT NULL,
+    event_version   text                         NOT NULL,
+    payload         json                         NOT NULL,
+    metadata        json                         NOT NULL,
+    global_position bigint GENERATED ALWAYS AS IDENTITY,
+    transaction_id  xid8                         NOT NULL DEFAULT pg_current_xact_id(),
+    recorded_at     timestamptz                  NOT NULL DEFAULT now(),
+    hash            text,
+    PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+);
+CREATE UNIQUE INDEX pgbench_events_global_position ON pgbench_events (global_position);
+CREATE INDEX pgbench_events_transaction_id_global_position
+    ON pgbench_events (transaction_id, global_position);
+SQL
+
+# One event row per transaction, with a payload and metadata of the size the CQRS run writes
+# (a TaskScheduled event and the metadata of an HTTP request). The aggregate id is unique:
+# the client id plus a random 63-bit number.
+cat >"$WORK/insert.sql" <<'SQL'
+\set r random(1, 9000000000000000000)
+INSERT INTO pgbench_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+VALUES ('Task', 'pgbench-' || :client_id || '-' || :r, 1, 'TaskScheduled', '1.0',
+ '{"TaskScheduled": {"at": "2026-01-01T10:52:18.630211006Z", "params": {"run": 1, "paths": ["crates/", "projections/"], "branch": "main", "repository": "git@github.com:example/sparc.git", "max_findings": 50}, "status": "pending", "task_id": "01a221c8-d146-7775-b298-f0f277495046", "user_id": "01a221c8-d146-7775-b298-f0f01a8a4c7c", "timezone": "Europe/Paris", "project_id": "01a221c8-d146-7775-b298-f0f1cc3dd343", "skill_name": "code-review", "next_run_at": "2026-01-05T08:00:00Z", "schedule_cron": "*/15 9-18 * * 1-5"}}',
+ '{"ip": "10.0.0.2", "actor": "01a221c8-d146-7775-b298-f0f01a8a4c7c", "request_id": "01a221c8-d146-7775-b298-f0f35be33f55", "user_agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "recorded_at": "2026-01-01T10:52:18.630209579Z", "causation_id": "01a221c8-d146-7775-b298-f0f35be33f55", "correlation_id": "01a221c8-d146-7775-b298-f0f35be33f55"}');
+SQL
+
+echo "== (a) pgbench: single-row INSERT into pgbench_events (-j 2 -n, ${WARMUP}s warm-up)"
+pgbench -n -c "${WRITER_COUNTS[0]}" -j 2 -T "$WARMUP" -f "$WORK/insert.sql" "$DATABASE_URL" >/dev/null 2>&1 || true
+declare -A PG_TPS PG_LAT
+for n in "${WRITER_COUNTS[@]}"; do
+	out=$(pgbench -n -c "$n" -j 2 -T "$DURATION" -f "$WORK/insert.sql" "$DATABASE_URL" 2>&1) || {
+		echo "$out" >&2; echo "pgbench failed" >&2; exit 1
+	}
+	PG_TPS[$n]=$(awk '/^tps = /{print $3; exit}' <<<"$out")
+	PG_LAT[$n]=$(awk '/^latency average = /{print $4; exit}' <<<"$out")
+	failed=$(awk '/^number of failed transactions: /{print $5; exit}' <<<"$out")
+	printf 'pgbench insert    clients=%-3s  tps=%.0f  latency avg=%sms  failed=%s\n' \
+		"$n" "${PG_TPS[$n]}" "${PG_LAT[$n]}" "${failed:-0}"
+done
+
+echo "== (b) CQRS: CommandBus::execute::<Task>(Schedule), ${WARMUP}s warm-up"
+"$BIN" --database-url "$DATABASE_URL" --writers "$WRITERS" --seconds "$DURATION" \
+	--warmup "$WARMUP" --json 2>&1 >"$WORK/cqrs.jsonl"
+
+# The baseline table must stay shaped like the real one.
+shape() {
+	psql "$DATABASE_URL" -At -c "
+	  SELECT string_agg(column_name || ' ' || data_type || ' ' || is_nullable || ' ' ||
+	                    is_identity || ' ' || coalesce(column_default, ''), ', ' ORDER BY ordinal_position)
+	  FROM information_schema.columns WHERE table_name = '$1'" \
+		-c "SELECT string_agg(replace(indexdef, '$1', 'T'), '; ' ORDER BY indexdef)
+	  FROM pg_indexes WHERE tablename = '$1'"
+}
+if [[ "$(shape events)" != "$(shape pgbench_events | sed 's/pgbench_events/events/g')" ]]; then
+	echo "WARNING: pgbench_events no longer has the shape of events (see migrations/postgres)" >&2
+fi
+
+echo "== (c) summary (target at ${TARGET_WRITERS} writers: CQRS/pgbench >= ${TARGET_RATIO}, p99 <= ${TARGET_P99_MS} ms)"
+printf '%-8s %12s %12s %9s %9s %9s %7s %8s\n' writers pgbench_tps cqrs_cmd/s p50_ms p99_ms ratio errors target
+verdict="NOT MEASURED (no ${TARGET_WRITERS}-writer run)"
+for n in "${WRITER_COUNTS[@]}"; do
+	read -r cps p50 p99 errors < <(jq -r --argjson n "$n" \
+		'select(.writers == $n) | "\(.commands_per_s) \(.p50_ms) \(.p99_ms) \(.errors)"' "$WORK/cqrs.jsonl")
+	ratio=$(awk -v c="$cps" -v t="${PG_TPS[$n]}" 'BEGIN { printf "%.2f", (t > 0 ? c / t : 0) }')
+	met=$(awk -v r="$ratio" -v p="$p99" -v rt="$TARGET_RATIO" -v pt="$TARGET_P99_MS" \
+		'BEGIN { print (r >= rt && p <= pt) ? "met" : "MISSED" }')
+	printf '%-8s %12.0f %12.0f %9.2f %9.2f %9s %7s %8s\n' "$n" "${PG_TPS[$n]}" "$cps" "$p50" "$p99" "$ratio" "$errors" "$met"
+	if [[ $n == "$TARGET_WRITERS" ]]; then
+		verdict="$met (ratio $ratio, p99 ${p99} ms)"
+	fi
+done
+echo "target at ${TARGET_WRITERS} writers: $verdict"

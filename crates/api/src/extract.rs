@@ -1,0 +1,592 @@
+//! Our extractors for bodies, query strings and path parameters, whose failures are
+//! [`ApiError`]s in the contract's shape instead of axum's plain-text rejections.
+//!
+//! Mapping (FastAPI-compatible where the contract says so):
+//!
+//! | problem | answer |
+//! |---|---|
+//! | `Content-Type` missing or not JSON (`application/json`, `application/*+json`) | 415 `"Content-Type must be application/json"` |
+//! | body over the limit | 413 `"Request body too large"` |
+//! | JSON syntax error, empty body, trailing garbage | 400 `"Invalid JSON: …"` |
+//! | wrong type, missing field, unknown field (`deny_unknown_fields`), bad enum value, a newtype's `Deserialize` refusing the value | 422, `loc: ["body", <field path>]` |
+//! | unparsable query parameter (`limit=abc`), missing required one | 422, `loc: ["query", <name>]` |
+//! | unparsable path parameter (`/tasks/not-a-uuid`) | 422, `loc: ["path", <name>]` |
+//!
+//! A 415 rather than FastAPI's 422 for a missing content type: the request is not invalid data,
+//! it is data in a format we do not read, and 415 says so to every HTTP client.
+//!
+//! Rules that serde cannot express (ranges, cross-field checks) go through [`Validator`], which
+//! collects every field error into one 422.
+
+use std::borrow::Cow;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_path_to_error::{Path as FieldPath, Segment};
+
+use crate::error::{ApiError, FieldError};
+
+/// A JSON request body (as an extractor) or response body (as a responder).
+///
+/// As an extractor it fails with the answers in the module table. As a responder it writes
+/// `application/json`; a value that cannot be serialized becomes a logged 500.
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_read_error)?;
+        parse_json_body(&bytes).map(AppJson)
+    }
+}
+
+impl<T: Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+            Err(err) => ApiError::internal(err).into_response(),
+        }
+    }
+}
+
+/// Deserializes a JSON body the way [`AppJson`] does; public for handlers that need the raw
+/// bytes too (idempotency keys hash the body).
+///
+/// # Errors
+/// 400 for syntax errors, 422 with the field path for type and shape errors.
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().clone();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::from(field_error("body", &path, &strip_position(&inner)))
+            }
+            _ => invalid_json(&inner),
+        }
+    })?;
+    deserializer.end().map_err(|err| invalid_json(&err))?;
+    Ok(value)
+}
+
+fn invalid_json(err: &serde_json::Error) -> ApiError {
+    ApiError::BadRequest(format!("Invalid JSON: {err}"))
+}
+
+fn body_read_error(rejection: BytesRejection) -> ApiError {
+    match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::PayloadTooLarge
+        }
+        other => ApiError::BadRequest(format!(
+            "Could not read the request body: {}",
+            other.body_text()
+        )),
+    }
+}
+
+/// `application/json`, `application/json; charset=utf-8`, `application/merge-patch+json`...
+fn has_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.strip_prefix("application/") {
+        Some(subtype) => subtype == "json" || subtype.ends_with("+json"),
+        None => false,
+    }
+}
+
+/// serde_json appends ` at line 1 column 17` to data errors; the `loc` says where instead.
+fn strip_position(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    }
+}
+
+/// Turns a serde data error at `path` into a pydantic-style field error under `source`
+/// (`body`, `query`).
+fn field_error(source: &str, path: &FieldPath, message: &str) -> FieldError {
+    let mut loc = vec![source.to_owned()];
+    loc.extend(path.iter().filter_map(|segment| match segment {
+        Segment::Seq { index } => Some(index.to_string()),
+        Segment::Map { key } => Some(key.clone()),
+        Segment::Enum { variant } => Some(variant.clone()),
+        Segment::Unknown => None,
+    }));
+    let (msg, kind): (Cow<'_, str>, &str) =
+        if let Some(field) = backticked_after(message, "missing field ") {
+            // serde reports a missing field at its parent; point at the field itself.
+            loc.push(field.to_owned());
+            ("Field required".into(), "missing")
+        } else if message.starts_with("unknown field ") {
+            // Here the path already ends with the offending key.
+            ("Extra inputs are not permitted".into(), "extra_forbidden")
+        } else if message.starts_with("unknown variant ") {
+            (message.into(), "enum")
+        } else if message.starts_with("invalid type: ") {
+            (message.into(), "type_error")
+        } else if is_int_parse_error(message) {
+            ("Input should be a valid integer".into(), "int_parsing")
+        } else if message == "invalid float literal" {
+            ("Input should be a valid number".into(), "float_parsing")
+        } else if message == "provided string was not `true` or `false`" {
+            ("Input should be a valid boolean".into(), "bool_parsing")
+        } else {
+            (message.into(), "value_error")
+        };
+    FieldError {
+        loc,
+        msg: msg.into_owned(),
+        kind: kind.to_owned(),
+    }
+}
+
+/// `"missing field `name`"` with prefix `"missing field "` gives `Some("name")`.
+fn backticked_after<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
+    rest.split('`').next()
+}
+
+/// The messages of `core::num::ParseIntError`, which serde_urlencoded passes through.
+fn is_int_parse_error(message: &str) -> bool {
+    matches!(
+        message,
+        "invalid digit found in string"
+            | "cannot parse integer from empty string"
+            | "number too large to fit in target type"
+            | "number too small to fit in target type"
+    )
+}
+
+/// A typed query string. `T` usually has `#[serde(default)]` fields; unparsable values and
+/// missing required parameters are 422 with `loc: ["query", name]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query().unwrap_or_default()).map(AppQuery)
+    }
+}
+
+/// Deserializes a raw query string the way [`AppQuery`] does.
+///
+/// # Errors
+/// 422 with `loc: ["query", name]`.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let deserializer =
+        serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().clone();
+        ApiError::from(field_error("query", &path, &err.into_inner().to_string()))
+    })
+}
+
+/// Typed path parameters; a value that does not parse (`/tasks/not-a-uuid`) is 422 with
+/// `loc: ["path", name]` rather than axum's plain-text 400.
+#[derive(Debug, Clone, Copy)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+
+        let rejection = match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => return Ok(AppPath(value)),
+            Err(PathRejection::FailedToDeserializePathParams(err)) => err,
+            Err(other) => return Err(ApiError::internal(other.body_text())),
+        };
+        let (key, msg) = match rejection.kind() {
+            ErrorKind::ParseErrorAtKey {
+                key,
+                value,
+                expected_type,
+            } => (
+                Some(key.clone()),
+                format!("Invalid value {value:?}: expected {expected_type}"),
+            ),
+            ErrorKind::DeserializeError {
+                key,
+                value,
+                message,
+            } => (
+                Some(key.clone()),
+                format!("Invalid value {value:?}: {message}"),
+            ),
+            ErrorKind::InvalidUtf8InPathParam { key } => (
+                Some(key.clone()),
+                "Path parameter is not valid UTF-8".to_owned(),
+            ),
+            other => (None, other.to_string()),
+        };
+        // Single-value extractors (`AppPath<Uuid>`) do not report the key: take the only one.
+        let key = match key {
+            Some(key) => key,
+            None => match RawPathParams::from_request_parts(parts, state).await {
+                Ok(params) if params.iter().count() == 1 => params
+                    .iter()
+                    .next()
+                    .map(|(k, _)| k.to_owned())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            },
+        };
+        Err(FieldError::path(&key, msg, "value_error").into())
+    }
+}
+
+/// Collects field errors so a handler can report every invalid field in one 422.
+///
+/// ```
+/// # use sparc_api::extract::Validator;
+/// let (limit, offset) = (0, -1);
+/// let mut v = Validator::new();
+/// v.check((1..=100).contains(&limit), &["query", "limit"],
+///         "Input should be between 1 and 100", "less_than_equal");
+/// v.check(offset >= 0, &["query", "offset"],
+///         "Input should be greater than or equal to 0", "greater_than_equal");
+/// assert!(v.finish().is_err());
+/// ```
+#[derive(Debug, Default)]
+pub struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records an error at `loc` unless `ok` holds.
+    pub fn check(&mut self, ok: bool, loc: &[&str], msg: &str, kind: &str) -> &mut Self {
+        if !ok {
+            self.errors
+                .push(FieldError::new(loc.iter().copied(), msg, kind));
+        }
+        self
+    }
+
+    /// Records an error found elsewhere (a newtype's `parse`, for instance).
+    pub fn push(&mut self, error: FieldError) -> &mut Self {
+        self.errors.push(error);
+        self
+    }
+
+    /// `Ok` if nothing was recorded.
+    ///
+    /// # Errors
+    /// [`ApiError::Validation`] with every recorded error, in the order recorded.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::extract::DefaultBodyLimit;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+    use uuid::Uuid;
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewTask {
+        skill_name: String,
+        schedule_cron: String,
+        #[serde(default)]
+        params: Params,
+    }
+
+    #[derive(Debug, Default, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        #[serde(default)]
+        retries: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ListQuery {
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        status: Option<String>,
+    }
+
+    fn app() -> Router {
+        Router::new()
+            .route(
+                "/tasks",
+                post(|AppJson(task): AppJson<NewTask>| async move { AppJson(task) }),
+            )
+            .route(
+                "/tasks",
+                get(|AppQuery(q): AppQuery<ListQuery>| async move {
+                    AppJson(json!({ "limit": q.limit, "status": q.status }))
+                }),
+            )
+            .route(
+                "/tasks/{id}",
+                get(|AppPath(id): AppPath<Uuid>| async move { id.to_string() }),
+            )
+            .layer(DefaultBodyLimit::max(64))
+    }
+
+    async fn send(request: axum::http::Request<Body>) -> (StatusCode, Value) {
+        let response = app()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("readable body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post_json(body: &str) -> (StatusCode, Value) {
+        send(
+            axum::http::Request::post("/tasks")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_owned()))
+                .expect("a valid request"),
+        )
+        .await
+    }
+
+    async fn get_uri(uri: &str) -> (StatusCode, Value) {
+        send(
+            axum::http::Request::get(uri)
+                .body(Body::empty())
+                .expect("a valid request"),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_valid_body_round_trips() {
+        let (status, body) = post_json(r#"{"skill_name":"a","schedule_cron":"* * * * *"}"#).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["params"]["retries"], 0);
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400_invalid_json() {
+        let (status, body) = post_json(r#"{"skill_name": "#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("Invalid JSON: ")),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn trailing_garbage_after_the_json_value_is_400() {
+        let (status, _) = post_json(r#"{"skill_name":"a","schedule_cron":"x"} x"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_missing_field_is_422_missing_at_the_field() {
+        let (status, body) = post_json(r#"{"skill_name":"a"}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body,
+            json!({"detail":[{"loc":["body","schedule_cron"],"msg":"Field required","type":"missing"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_field_is_422_extra_forbidden_at_the_field() {
+        let (status, body) =
+            post_json(r#"{"skill_name":"a","schedule_cron":"x","owner":"me"}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["detail"][0]["loc"], json!(["body", "owner"]));
+        assert_eq!(body["detail"][0]["type"], "extra_forbidden");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_nested_field_is_reported_at_its_full_path() {
+        let (status, body) =
+            post_json(r#"{"skill_name":"a","schedule_cron":"x","params":{"retry":1}}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["detail"][0]["loc"], json!(["body", "params", "retry"]));
+        assert_eq!(body["detail"][0]["type"], "extra_forbidden");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_type_in_a_nested_field_is_422_with_the_full_path() {
+        let (status, body) =
+            post_json(r#"{"skill_name":"a","schedule_cron":"x","params":{"retries":"3"}}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["body", "params", "retries"])
+        );
+        assert_eq!(body["detail"][0]["type"], "type_error");
+        let msg = body["detail"][0]["msg"].as_str().unwrap_or_default();
+        assert!(
+            !msg.contains("line"),
+            "the position should be stripped: {msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_an_object_is_422_at_body() {
+        let (status, body) = post_json(r#""a string""#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["detail"][0]["loc"], json!(["body"]));
+    }
+
+    #[tokio::test]
+    async fn a_missing_content_type_is_415() {
+        let (status, body) = send(
+            axum::http::Request::post("/tasks")
+                .body(Body::from(r#"{"skill_name":"a","schedule_cron":"x"}"#))
+                .expect("a valid request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            body,
+            json!({"detail": "Content-Type must be application/json"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_json_content_type_with_charset_or_suffix_is_accepted() {
+        for content_type in [
+            "application/json; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            let (status, _) = send(
+                axum::http::Request::post("/tasks")
+                    .header("content-type", content_type)
+                    .body(Body::from(r#"{"skill_name":"a","schedule_cron":"x"}"#))
+                    .expect("a valid request"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{content_type}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_in_our_shape() {
+        let big = format!(
+            r#"{{"skill_name":"{}","schedule_cron":"x"}}"#,
+            "a".repeat(100)
+        );
+        let (status, body) = post_json(&big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body, json!({"detail": "Request body too large"}));
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_query_value_is_422_at_the_query_parameter() {
+        let (status, body) = get_uri("/tasks?limit=abc").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body,
+            json!({"detail":[{"loc":["query","limit"],"msg":"Input should be a valid integer","type":"int_parsing"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_valid_query_is_parsed_and_percent_decoded() {
+        let (status, body) = get_uri("/tasks?limit=5&status=a%20b").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"limit": 5, "status": "a b"}));
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_path_parameter_is_422_at_the_path_parameter() {
+        let (status, body) = get_uri("/tasks/not-a-uuid").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["detail"][0]["loc"], json!(["path", "id"]));
+    }
+
+    #[test]
+    fn the_validator_collects_every_failed_check_in_order() {
+        let mut v = Validator::new();
+        v.check(
+            false,
+            &["query", "limit"],
+            "too small",
+            "greater_than_equal",
+        )
+        .check(true, &["query", "offset"], "unused", "unused")
+        .push(FieldError::body("name", "blank", "value_error"));
+        match v.finish() {
+            Err(ApiError::Validation(errors)) => {
+                assert_eq!(errors.len(), 2);
+                assert_eq!(errors[0].loc, ["query", "limit"]);
+                assert_eq!(errors[1].loc, ["body", "name"]);
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_validator_without_failures_finishes_ok() {
+        let mut v = Validator::new();
+        v.check(true, &["body", "name"], "unused", "unused");
+        assert!(v.finish().is_ok());
+    }
+}

@@ -1,0 +1,34 @@
+//! `sparc-api`: the REST API v1 over HTTP (axum).
+//!
+//! Module map:
+//!
+//! - [`error`]: [`error::ApiError`], the one error type every handler answers with, and the
+//!   FastAPI-compatible bodies (`{"detail": …}`, 422 field lists, 500 with `error_id`).
+//! - [`extract`]: [`extract::AppJson`], [`extract::AppQuery`], [`extract::AppPath`], whose
+//!   failures are `ApiError`s, and [`extract::Validator`] for collecting field errors.
+//! - [`auth`]: JWTs ([`auth::TokenService`]), roles, the [`auth::AuthUser`] /
+//!   [`auth::MaybeAuthUser`] extractors and the [`auth::SessionDirectory`] port they consult.
+//! - [`password`]: argon2id hashing off the async runtime, and the password policy.
+//! - [`middleware`]: request id, security headers, client IP, rate limits, body limit, gzip,
+//!   error shaping and the 404/405 fallbacks; [`middleware::apply`] stacks them.
+//! - [`settings`]: [`settings::ApiSettings`], the tunables of the HTTP layer.
+//! - [`state`]: [`state::App`], what every handler reaches: database, command bus, projections.
+//! - [`routes`]: one module per resource and [`routes::router`], which assembles the service.
+//! - [`resources`]: the contract's resources as they appear on the wire.
+//! - [`accounts`]: account creation, shared by registration and `sparc user create`.
+//! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod middleware;
+pub mod password;
+pub mod resources;
+pub mod routes;
+pub mod settings;
+pub mod state;
+
+pub use routes::router;
+pub use state::{App, ServiceInfo};

@@ -1,0 +1,191 @@
+//! Password hashing (argon2id) and the password policy of the contract.
+//!
+//! Hashing is deliberately slow (tens of milliseconds), so both [`hash_password`] and
+//! [`verify_password`] run on tokio's blocking pool instead of stalling a runtime worker. Hashes
+//! are PHC strings (`$argon2id$v=19$m=19456,t=2,p=1$…`) with the parameters inside, so raising the
+//! cost later does not invalidate stored hashes.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Argon2, password_hash};
+
+/// Why hashing or verifying could not produce an answer (not "wrong password": that is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// argon2 refused the input, or the stored hash is not a valid PHC string.
+    #[error("password hashing failed: {0}")]
+    Hash(password_hash::Error),
+    /// The blocking task panicked or was cancelled at shutdown.
+    #[error("password hashing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Hashes `password` with argon2id (OWASP parameters: 19 MiB, 2 passes) and a fresh random salt.
+///
+/// # Errors
+/// [`PasswordError`] only on an internal failure; callers answer 500.
+pub async fn hash_password(password: String) -> Result<String, PasswordError> {
+    tokio::task::spawn_blocking(move || hash_blocking(&password)).await?
+}
+
+fn hash_blocking(password: &str) -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(PasswordError::Hash)
+}
+
+/// Checks `password` against a stored PHC hash; `Ok(false)` on a mismatch.
+///
+/// Pass `None` when the user does not exist: the password is then checked against a fixed dummy
+/// hash, so an unknown username takes as long as a wrong password and login timing does not tell
+/// which usernames exist. The answer is then always `false`.
+///
+/// # Errors
+/// [`PasswordError`] if the stored hash is malformed or the blocking task fails.
+pub async fn verify_password(
+    password: String,
+    hash: Option<String>,
+) -> Result<bool, PasswordError> {
+    tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => verify_blocking(&password, &hash),
+        None => verify_blocking(&password, dummy_hash()?).map(|_| false),
+    })
+    .await?
+}
+
+fn verify_blocking(password: &str, hash: &str) -> Result<bool, PasswordError> {
+    let parsed = PasswordHash::new(hash).map_err(PasswordError::Hash)?;
+    match Argon2::default().verify_password(password.as_bytes(), &parsed) {
+        Ok(()) => Ok(true),
+        Err(password_hash::Error::Password) => Ok(false),
+        Err(other) => Err(PasswordError::Hash(other)),
+    }
+}
+
+/// A hash with the current parameters, computed once, for [`verify_password`]`(_, None)`.
+fn dummy_hash() -> Result<&'static str, PasswordError> {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    if let Some(hash) = DUMMY.get() {
+        return Ok(hash);
+    }
+    let hash = hash_blocking("not a real password; timing equaliser")?;
+    Ok(DUMMY.get_or_init(|| hash))
+}
+
+/// Shortest accepted password, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest accepted password, in characters (bounds the hashing work per request).
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// The contract's policy: 8..=128 characters with an uppercase letter, a lowercase letter and a
+/// digit.
+///
+/// # Errors
+/// The first rule broken, as a message for a 422 `msg`.
+pub fn password_policy(password: &str) -> Result<(), &'static str> {
+    let length = password.chars().count();
+    if length < MIN_PASSWORD_CHARS {
+        return Err("Password must be at least 8 characters long");
+    }
+    if length > MAX_PASSWORD_CHARS {
+        return Err("Password must be at most 128 characters long");
+    }
+    if !password.chars().any(char::is_uppercase) {
+        return Err("Password must contain at least one uppercase letter");
+    }
+    if !password.chars().any(char::is_lowercase) {
+        return Err("Password must contain at least one lowercase letter");
+    }
+    if !password.chars().any(|c| c.is_ascii_digit()) {
+        return Err("Password must contain at least one digit");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_and_no_other() {
+        let hash = hash_password("Correct1horse".into())
+            .await
+            .expect("hashing should work");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(
+            verify_password("Correct1horse".into(), Some(hash.clone()))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !verify_password("Correct1Horse".into(), Some(hash))
+                .await
+                .expect("verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_password_hashes_differently_each_time() {
+        let first = hash_password("Correct1horse".into())
+            .await
+            .expect("hashing should work");
+        let second = hash_password("Correct1horse".into())
+            .await
+            .expect("hashing should work");
+        assert_ne!(first, second);
+    }
+
+    #[tokio::test]
+    async fn verifying_against_no_hash_is_false() {
+        let verified = verify_password("Anything1".into(), None)
+            .await
+            .expect("verify");
+        assert!(!verified);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_stored_hash_is_an_error_not_a_mismatch() {
+        let result = verify_password("Anything1".into(), Some("plaintext".into())).await;
+        assert!(matches!(result, Err(PasswordError::Hash(_))));
+    }
+
+    #[test]
+    fn the_policy_accepts_a_password_with_upper_lower_and_digit() {
+        assert_eq!(password_policy("Secret123"), Ok(()));
+        assert_eq!(password_policy(&format!("Aa1{}", "x".repeat(125))), Ok(()));
+    }
+
+    #[test]
+    fn the_policy_names_the_first_broken_rule() {
+        assert_eq!(
+            password_policy("Aa1"),
+            Err("Password must be at least 8 characters long")
+        );
+        assert_eq!(
+            password_policy(&format!("Aa1{}", "x".repeat(126))),
+            Err("Password must be at most 128 characters long")
+        );
+        assert_eq!(
+            password_policy("secret123"),
+            Err("Password must contain at least one uppercase letter")
+        );
+        assert_eq!(
+            password_policy("SECRET123"),
+            Err("Password must contain at least one lowercase letter")
+        );
+        assert_eq!(
+            password_policy("SecretSecret"),
+            Err("Password must contain at least one digit")
+        );
+    }
+
+    #[test]
+    fn the_policy_counts_characters_not_bytes() {
+        // Seven characters, fourteen bytes.
+        assert!(password_policy("Ää1ääää").is_err());
+        assert_eq!(password_policy("Ää1äääää"), Ok(()));
+    }
+}

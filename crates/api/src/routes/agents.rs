@@ -1,0 +1,687 @@
+//! `/api/v1/agents`: the agent registry shared by all users (anyone signed in reads it; admins
+//! and agent service accounts write it), and `POST /agents/activity`, through which agents
+//! start, claim and finish executions. Names are unique through a `Reservation`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sparc_domain::agent::{Agent, AgentChanges, AgentCommand, AgentStatus, AgentType};
+use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
+use sparc_domain::reservation::{Reservation, ReservationCommand, reservation_id};
+use sparc_domain::task::{Task, TaskCommand};
+use sparc_domain::user::Role;
+use sparc_domain::values::AgentName;
+use sparc_projections::Row;
+use sparc_projections::agents::AgentQuery;
+use sparc_store::EventMetadata;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::resources::{AgentResource, ExecutionResource};
+use crate::routes::{PageInfo, RequestContext, if_match, page, parse_query_value, with_etag};
+use crate::state::{App, AppState};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_agents, register_agent))
+        .routes(routes!(get_agent, update_agent, deregister_agent))
+        .routes(routes!(report_activity))
+}
+
+const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
+const NOT_FOUND: &str = "Agent not found";
+const MAX_CAPABILITIES: usize = 100;
+
+async fn agent_row(app: &App, id: Uuid) -> Result<Row<Agent>, ApiError> {
+    sparc_projections::agents::get(&app.db, id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|row| row.state.registered)
+        .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))
+}
+
+fn name_claim(name: &AgentName) -> String {
+    reservation_id("agent", name.as_str())
+}
+
+/// Claims an agent name for `owner`: 409 if another agent holds it.
+async fn claim_name(
+    app: &App,
+    name: &AgentName,
+    owner: Uuid,
+    metadata: &EventMetadata,
+) -> Result<(), ApiError> {
+    app.execute::<Reservation>(
+        &name_claim(name),
+        ReservationCommand::Claim {
+            owner,
+            at: Utc::now(),
+        },
+        metadata,
+        None,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| match e {
+        ApiError::Conflict(_) => ApiError::Conflict("Agent name already exists".to_owned()),
+        other => other,
+    })
+}
+
+async fn release_name(
+    app: &App,
+    name: &AgentName,
+    owner: Uuid,
+    metadata: &EventMetadata,
+) -> Result<(), ApiError> {
+    app.execute::<Reservation>(
+        &name_claim(name),
+        ReservationCommand::Release {
+            owner,
+            at: Utc::now(),
+        },
+        metadata,
+        None,
+    )
+    .await
+    .map(|_| ())
+}
+
+fn check_capabilities(capabilities: &[String], errors: &mut Vec<FieldError>) {
+    let bad = capabilities
+        .iter()
+        .any(|c| c.is_empty() || c.chars().count() > 100 || c.contains(','));
+    if bad || capabilities.len() > MAX_CAPABILITIES {
+        errors.push(FieldError::body(
+            "capabilities",
+            "capabilities must be at most 100 names of 1 to 100 characters without commas",
+            "value_error",
+        ));
+    }
+}
+
+fn parse_field<T>(
+    field: &str,
+    raw: Option<&str>,
+    parse: fn(&str) -> Result<T, sparc_domain::values::InvalidValue>,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    raw.and_then(|raw| {
+        parse(raw)
+            .map_err(|e| errors.push(FieldError::body(field, e.0, "enum")))
+            .ok()
+    })
+}
+
+/// Agent list filters and page.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListAgents {
+    /// One of the agent types.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub agent_type: Option<String>,
+    pub status: Option<String>,
+    /// Comma-separated; an agent matches if it has any of them.
+    pub capabilities: Option<String>,
+    /// 1..1000, default 100.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A page of agents.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentResource>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+/// Lists registered agents, most recently active first.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(ListAgents),
+    responses((status = 200, body = AgentList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
+async fn list_agents(
+    State(app): State<AppState>,
+    _user: AuthUser,
+    AppQuery(query): AppQuery<ListAgents>,
+) -> Result<Json<AgentList>, ApiError> {
+    let (limit, offset) = page(query.limit, query.offset, 100, 1000)?;
+    let filter = AgentQuery {
+        agent_type: parse_query_value("type", query.agent_type.as_deref(), AgentType::parse)?,
+        status: parse_query_value("status", query.status.as_deref(), AgentStatus::parse)?,
+        capabilities: query
+            .capabilities
+            .as_deref()
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        limit,
+        offset,
+    };
+    let (rows, total) = sparc_projections::agents::list(&app.db, &filter)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(AgentList {
+        agents: rows
+            .iter()
+            .map(|r| AgentResource::new(&r.state, r.version))
+            .collect(),
+        page: PageInfo::new(total, limit, offset),
+    }))
+}
+
+/// A new agent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgent {
+    /// Unique, 1..255 characters.
+    pub name: String,
+    /// One of the agent types.
+    #[serde(rename = "type")]
+    pub agent_type: String,
+    pub capabilities: Option<Vec<String>>,
+    /// Default `idle`.
+    pub status: Option<String>,
+}
+
+/// Registers an agent (admins and agents). Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterAgent,
+    responses((status = 201, body = AgentResource), (status = 409, description = "Name taken")), security(("bearer" = [])))]
+async fn register_agent(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppJson(body): AppJson<RegisterAgent>,
+) -> Result<Response, ApiError> {
+    user.require_role(WRITERS)?;
+    let mut errors = Vec::new();
+    let name = AgentName::parse(&body.name)
+        .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
+        .ok();
+    let agent_type = parse_field(
+        "type",
+        Some(&body.agent_type),
+        AgentType::parse,
+        &mut errors,
+    );
+    let status = parse_field(
+        "status",
+        Some(body.status.as_deref().unwrap_or("idle")),
+        AgentStatus::parse,
+        &mut errors,
+    );
+    let capabilities = body.capabilities.unwrap_or_default();
+    check_capabilities(&capabilities, &mut errors);
+    let (Some(name), Some(agent_type), Some(status), true) =
+        (name, agent_type, status, errors.is_empty())
+    else {
+        return Err(ApiError::Validation(errors));
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    app.idempotency
+        .run(user.user_id, key.as_deref(), || async {
+            let agent_id = Uuid::now_v7();
+            let metadata = ctx.metadata(user.user_id.to_string());
+            claim_name(&app, &name, agent_id, &metadata).await?;
+            let command = AgentCommand::Register {
+                agent_id,
+                name: name.clone(),
+                agent_type,
+                capabilities,
+                status,
+                at: Utc::now(),
+            };
+            let outcome = match app
+                .execute::<Agent>(&agent_id.to_string(), command, &metadata, None)
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    release_name(&app, &name, agent_id, &metadata).await?;
+                    return Err(error);
+                }
+            };
+            app.settle::<Agent>(agent_id, outcome.version).await?;
+            let resource = AgentResource::new(&outcome.state, outcome.version as i64);
+            Ok((
+                StatusCode::CREATED,
+                serde_json::to_value(resource).map_err(ApiError::internal)?,
+            ))
+        })
+        .await
+}
+
+/// Detail options.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AgentDetailQuery {
+    /// 1..500, default 50.
+    pub history_limit: Option<i64>,
+}
+
+/// An agent with its recent executions, success rate and average duration.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub agent: AgentResource,
+    pub execution_history: Vec<ExecutionResource>,
+    /// Successful share of the finished executions in the history (0..1).
+    pub success_rate: f64,
+    /// Mean duration of the finished executions in the history.
+    pub avg_duration_ms: f64,
+}
+
+/// One agent with its execution history.
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), AgentDetailQuery),
+    responses((status = 200, body = AgentDetail), (status = 404, description = "Agent not found")), security(("bearer" = [])))]
+async fn get_agent(
+    State(app): State<AppState>,
+    _user: AuthUser,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(query): AppQuery<AgentDetailQuery>,
+) -> Result<Response, ApiError> {
+    let history_limit = query.history_limit.unwrap_or(50);
+    if !(1..=500).contains(&history_limit) {
+        return Err(ApiError::Validation(vec![FieldError::query(
+            "history_limit",
+            "history_limit must be between 1 and 500",
+            "value_error",
+        )]));
+    }
+    let row = agent_row(&app, id).await?;
+    let history = sparc_projections::executions::of_agent(&app.db, id, history_limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let finished: Vec<&Execution> = history
+        .iter()
+        .map(|r| &r.state)
+        .filter(|e| e.status.is_final())
+        .collect();
+    let success_rate = if finished.is_empty() {
+        0.0
+    } else {
+        finished
+            .iter()
+            .filter(|e| e.status == ExecutionStatus::Success)
+            .count() as f64
+            / finished.len() as f64
+    };
+    let avg_duration_ms = if finished.is_empty() {
+        0.0
+    } else {
+        finished
+            .iter()
+            .map(|e| e.duration_ms.unwrap_or(0) as f64)
+            .sum::<f64>()
+            / finished.len() as f64
+    };
+    Ok(with_etag(
+        row.version,
+        AgentDetail {
+            agent: AgentResource::new(&row.state, row.version),
+            execution_history: history
+                .iter()
+                .map(|r| ExecutionResource::from(&r.state))
+                .collect(),
+            success_rate,
+            avg_duration_ms,
+        },
+    ))
+}
+
+/// Fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub agent_type: Option<String>,
+    pub capabilities: Option<Vec<String>>,
+    pub status: Option<String>,
+}
+
+/// Changes an agent (admins and agents); honours `If-Match`.
+#[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)), request_body = UpdateAgent,
+    responses((status = 200, body = AgentResource), (status = 409, description = "Name taken")), security(("bearer" = [])))]
+async fn update_agent(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<UpdateAgent>,
+) -> Result<Response, ApiError> {
+    user.require_role(WRITERS)?;
+    let expected = if_match(&headers)?;
+    let row = agent_row(&app, id).await?;
+    let mut errors = Vec::new();
+    let name = body.name.as_deref().and_then(|raw| {
+        AgentName::parse(raw)
+            .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
+            .ok()
+    });
+    let agent_type = parse_field(
+        "type",
+        body.agent_type.as_deref(),
+        AgentType::parse,
+        &mut errors,
+    );
+    let status = parse_field(
+        "status",
+        body.status.as_deref(),
+        AgentStatus::parse,
+        &mut errors,
+    );
+    if let Some(capabilities) = &body.capabilities {
+        check_capabilities(capabilities, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let metadata = ctx.metadata(user.user_id.to_string());
+    let renamed = name.clone().filter(|n| Some(n) != row.state.name.as_ref());
+    if let Some(new_name) = &renamed {
+        claim_name(&app, new_name, id, &metadata).await?;
+    }
+    let changes = AgentChanges {
+        name,
+        agent_type,
+        capabilities: body.capabilities,
+        status,
+    };
+    let outcome = match app
+        .execute::<Agent>(
+            &id.to_string(),
+            AgentCommand::Update {
+                changes,
+                at: Utc::now(),
+            },
+            &metadata,
+            expected,
+        )
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(new_name) = &renamed {
+                release_name(&app, new_name, id, &metadata).await?;
+            }
+            return Err(error);
+        }
+    };
+    if let (Some(_), Some(old)) = (&renamed, &row.state.name) {
+        release_name(&app, old, id, &metadata).await?;
+    }
+    app.settle::<Agent>(id, outcome.version).await?;
+    Ok(with_etag(
+        outcome.version as i64,
+        AgentResource::new(&outcome.state, outcome.version as i64),
+    ))
+}
+
+/// Deregisters an agent (admins and agents): it goes offline, leaves the list and frees its name.
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Deregistered"), (status = 404, description = "Agent not found")), security(("bearer" = [])))]
+async fn deregister_agent(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    user.require_role(WRITERS)?;
+    let row = agent_row(&app, id).await?;
+    let metadata = ctx.metadata(user.user_id.to_string());
+    let outcome = app
+        .execute::<Agent>(
+            &id.to_string(),
+            AgentCommand::Deregister { at: Utc::now() },
+            &metadata,
+            None,
+        )
+        .await?;
+    if let Some(name) = &row.state.name {
+        release_name(&app, name, id, &metadata).await?;
+    }
+    app.settle::<Agent>(id, outcome.version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What an agent reports about a run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityReport {
+    pub agent_id: Uuid,
+    pub task_id: Uuid,
+    /// The execution; without it, `running` starts one (or claims the task's running one) and
+    /// a final status finishes the task's running one.
+    pub execution_id: Option<Uuid>,
+    /// `running`, `success`, `failed`, `timeout` or `cancelled`.
+    pub status: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    /// At least 0.
+    pub duration_ms: Option<i64>,
+}
+
+/// The answer to an activity report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityRecorded {
+    pub status: &'static str,
+    pub agent_id: Uuid,
+    pub task_id: Uuid,
+    pub execution_id: Uuid,
+    pub stored_in_memory_mcp: bool,
+    pub broadcasted: bool,
+}
+
+/// An agent reports a run: `running` starts or claims an execution, a final status finishes
+/// it; the agent's status follows (running→busy, success→idle, failed/timeout→error,
+/// cancelled→idle).
+#[utoipa::path(post, path = "/api/v1/agents/activity", tag = "agents", request_body = ActivityReport,
+    responses((status = 201, body = ActivityRecorded), (status = 404, description = "Unknown agent, task or execution"), (status = 409, description = "Execution already finished")), security(("bearer" = [])))]
+async fn report_activity(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppJson(body): AppJson<ActivityReport>,
+) -> Result<Response, ApiError> {
+    user.require_role(WRITERS)?;
+    let mut errors = Vec::new();
+    let run_status = parse_field(
+        "status",
+        Some(&body.status),
+        ExecutionStatus::parse,
+        &mut errors,
+    );
+    if body.duration_ms.is_some_and(|d| d < 0) {
+        errors.push(FieldError::body(
+            "duration_ms",
+            "duration_ms must be 0 or more",
+            "greater_than_equal",
+        ));
+    }
+    let Some(run_status) = run_status.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    agent_row(&app, body.agent_id).await?;
+    let task = sparc_projections::tasks::get(&app.db, body.task_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound("Task not found".to_owned()))?;
+    let metadata = ctx.metadata(user.user_id.to_string());
+    let now = Utc::now();
+    let (task_state, _) = app
+        .commands
+        .load::<Task>(&body.task_id.to_string())
+        .await
+        .map_err(crate::state::command_error)?;
+    let execution_id = body.execution_id.or(task_state.running_execution_id);
+    let execution_id = match (run_status, execution_id) {
+        (ExecutionStatus::Running, Some(execution_id)) => {
+            start_or_claim(
+                &app,
+                execution_id,
+                task.state.user_id,
+                body.task_id,
+                body.agent_id,
+                &metadata,
+            )
+            .await?;
+            execution_id
+        }
+        (ExecutionStatus::Running, None) => {
+            let execution_id = Uuid::now_v7();
+            app.execute::<Task>(
+                &body.task_id.to_string(),
+                TaskCommand::RunNow {
+                    execution_id,
+                    at: now,
+                },
+                &metadata,
+                None,
+            )
+            .await?;
+            start_or_claim(
+                &app,
+                execution_id,
+                task.state.user_id,
+                body.task_id,
+                body.agent_id,
+                &metadata,
+            )
+            .await?;
+            execution_id
+        }
+        (_, None) => {
+            return Err(ApiError::NotFound(
+                "No running execution for this task".to_owned(),
+            ));
+        }
+        (status, Some(execution_id)) => {
+            let finished = app
+                .execute::<Execution>(
+                    &execution_id.to_string(),
+                    ExecutionCommand::Finish {
+                        agent_id: Some(body.agent_id),
+                        status,
+                        output: body.output,
+                        error: body.error,
+                        duration_ms: body.duration_ms.map(|d| d as u64),
+                        at: now,
+                    },
+                    &metadata,
+                    None,
+                )
+                .await?;
+            if finished.state.task_id != body.task_id {
+                return Err(ApiError::BadRequest(
+                    "The execution belongs to another task".to_owned(),
+                ));
+            }
+            let task = app
+                .execute::<Task>(
+                    &body.task_id.to_string(),
+                    TaskCommand::FinishRun {
+                        execution_id,
+                        status,
+                        at: now,
+                    },
+                    &metadata,
+                    None,
+                )
+                .await?;
+            app.settle::<Execution>(execution_id, finished.version)
+                .await?;
+            app.settle::<Task>(body.task_id, task.version).await?;
+            execution_id
+        }
+    };
+    let agent = app
+        .execute::<Agent>(
+            &body.agent_id.to_string(),
+            AgentCommand::RecordActivity {
+                task_id: body.task_id,
+                execution_id,
+                run_status,
+                at: now,
+            },
+            &metadata,
+            None,
+        )
+        .await?;
+    app.settle::<Agent>(body.agent_id, agent.version).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ActivityRecorded {
+            status: "success",
+            agent_id: body.agent_id,
+            task_id: body.task_id,
+            execution_id,
+            stored_in_memory_mcp: false,
+            broadcasted: false,
+        }),
+    )
+        .into_response())
+}
+
+/// Starts the execution for the agent, or records the agent's claim if it already started.
+async fn start_or_claim(
+    app: &App,
+    execution_id: Uuid,
+    owner: Uuid,
+    task_id: Uuid,
+    agent_id: Uuid,
+    metadata: &EventMetadata,
+) -> Result<(), ApiError> {
+    let (existing, _) = app
+        .commands
+        .load::<Execution>(&execution_id.to_string())
+        .await
+        .map_err(crate::state::command_error)?;
+    let now = Utc::now();
+    let outcome = if existing.exists {
+        if existing.task_id != task_id {
+            return Err(ApiError::BadRequest(
+                "The execution belongs to another task".to_owned(),
+            ));
+        }
+        app.execute::<Execution>(
+            &execution_id.to_string(),
+            ExecutionCommand::Claim { agent_id, at: now },
+            metadata,
+            None,
+        )
+        .await?
+    } else {
+        app.execute::<Execution>(
+            &execution_id.to_string(),
+            ExecutionCommand::Start {
+                execution_id,
+                task_id,
+                user_id: owner,
+                agent_id: Some(agent_id),
+                scheduled_for: now,
+                at: now,
+            },
+            metadata,
+            None,
+        )
+        .await?
+    };
+    app.settle::<Execution>(execution_id, outcome.version).await
+}

@@ -1,0 +1,480 @@
+//! `/api/v1/auth`: registration, login, refresh-token rotation, logout, the caller's profile,
+//! password change and session management. Every session change is a `User` event; requests
+//! wait for the `users` read model, which authenticates the next request, before answering.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sparc_domain::user::{ProfileChanges, Role, User, UserCommand, UserEvent};
+use sparc_store::Outcome;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::accounts::{MAX_FULL_NAME, Registration, RegistrationError, register_user};
+use crate::auth::{AuthUser, IssuedToken};
+use crate::error::{ApiError, FieldError};
+use crate::extract::{AppJson, AppPath, Validator};
+use crate::password::{hash_password, password_policy, verify_password};
+use crate::resources::{Message, UserResource};
+use crate::routes::RequestContext;
+use crate::state::{App, AppState};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me, update_me))
+        .routes(routes!(change_password))
+        .routes(routes!(list_sessions, revoke_all_sessions))
+        .routes(routes!(revoke_session))
+}
+
+const BAD_LOGIN: &str = "Incorrect username or password";
+const BAD_REFRESH: &str = "Invalid refresh token";
+
+/// A new account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3..50 of letters, digits, `_` and `-`.
+    pub username: String,
+    pub email: String,
+    /// 8..128 characters with an upper-case letter, a lower-case letter and a digit.
+    pub password: String,
+    pub full_name: Option<String>,
+}
+
+/// Creates an account with role `user`.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = UserResource), (status = 400, description = "Username or email already registered"), (status = 422, description = "Invalid fields")))]
+async fn register(
+    State(app): State<AppState>,
+    ctx: RequestContext,
+    AppJson(body): AppJson<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    let registration = Registration {
+        username: body.username,
+        email: body.email,
+        password: body.password,
+        full_name: body.full_name,
+        role: Role::User,
+    };
+    let user = register_user(&app.commands, registration, &ctx.metadata("anonymous"))
+        .await
+        .map_err(|error| match error {
+            RegistrationError::Invalid(fields) => ApiError::Validation(
+                fields
+                    .into_iter()
+                    .map(|(f, m)| FieldError::body(f, m, "value_error"))
+                    .collect(),
+            ),
+            RegistrationError::UsernameTaken | RegistrationError::EmailTaken => {
+                ApiError::BadRequest(error.to_string())
+            }
+            RegistrationError::Failed(message) => ApiError::internal(message),
+        })?;
+    app.settle::<User>(user.state.id, user.version).await?;
+    Ok((StatusCode::CREATED, Json(UserResource::from(&user.state))).into_response())
+}
+
+/// Credentials.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// A fresh pair of tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+/// A login: the user and their tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: UserResource,
+    #[serde(flatten)]
+    pub tokens: TokenPair,
+}
+
+fn pair(access: IssuedToken, refresh: IssuedToken) -> TokenPair {
+    TokenPair {
+        access_token: access.token,
+        refresh_token: refresh.token,
+        token_type: "bearer",
+        expires_in: access.expires_in,
+    }
+}
+
+fn issue(
+    app: &App,
+    user: &User,
+    session_id: Uuid,
+    refresh_jti: Uuid,
+) -> Result<TokenPair, ApiError> {
+    let username = user.username.as_ref().map_or("", |u| u.as_str());
+    let access = app
+        .tokens
+        .issue_access(user.id, username, user.role, session_id)?;
+    let refresh =
+        app.tokens
+            .issue_refresh(user.id, username, user.role, session_id, refresh_jti)?;
+    Ok(pair(access, refresh))
+}
+
+/// Logs in with a username and password and starts a session.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, description = "Incorrect username or password, or inactive account")))]
+async fn login(
+    State(app): State<AppState>,
+    ctx: RequestContext,
+    AppJson(body): AppJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let row = sparc_projections::users::by_username(&app.db, &body.username)
+        .await
+        .map_err(ApiError::internal)?;
+    let hash = row.as_ref().map(|r| r.state.password_hash.clone());
+    // Verified even for unknown users (against no hash), so timing does not reveal who exists.
+    let verified = verify_password(body.password, hash)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(row) = row.filter(|_| verified) else {
+        return Err(ApiError::Unauthorized(BAD_LOGIN.to_owned()));
+    };
+    if !row.state.is_active {
+        return Err(ApiError::Unauthorized(
+            "User account is inactive".to_owned(),
+        ));
+    }
+    let user_id = row.state.id;
+    let (session_id, refresh_jti) = (Uuid::now_v7(), Uuid::new_v4());
+    let outcome = app
+        .execute::<User>(
+            &user_id.to_string(),
+            UserCommand::StartSession {
+                session_id,
+                refresh_jti,
+                expires_at: Utc::now() + app.tokens.refresh_ttl(),
+                ip_address: ctx.ip.clone(),
+                user_agent: ctx.user_agent.clone(),
+                at: Utc::now(),
+            },
+            &ctx.metadata(user_id.to_string()),
+            None,
+        )
+        .await
+        .map_err(|e| match e {
+            ApiError::Conflict(_) => ApiError::Unauthorized("User account is inactive".to_owned()),
+            other => other,
+        })?;
+    app.settle::<User>(user_id, outcome.version).await?;
+    let tokens = issue(&app, &outcome.state, session_id, refresh_jti)?;
+    Ok(Json(LoginResponse {
+        user: UserResource::from(&outcome.state),
+        tokens,
+    })
+    .into_response())
+}
+
+/// A refresh token.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Trades a refresh token for a new pair; the old refresh token stops working. Presenting a
+/// token that was already rotated revokes its whole session (the newest token too).
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = 401, description = "Invalid, expired, revoked or reused refresh token")))]
+async fn refresh(
+    State(app): State<AppState>,
+    ctx: RequestContext,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let claims = app
+        .tokens
+        .decode_refresh(&body.refresh_token)
+        .map_err(|_| ApiError::Unauthorized(BAD_REFRESH.to_owned()))?;
+    let new_jti = Uuid::new_v4();
+    let outcome: Outcome<User> = app
+        .execute::<User>(
+            &claims.sub.to_string(),
+            UserCommand::RefreshSession {
+                session_id: claims.sid,
+                presented_jti: claims.jti,
+                new_jti,
+                expires_at: Utc::now() + app.tokens.refresh_ttl(),
+                at: Utc::now(),
+            },
+            &ctx.metadata(claims.sub.to_string()),
+            None,
+        )
+        .await
+        .map_err(|_| ApiError::Unauthorized(BAD_REFRESH.to_owned()))?;
+    app.settle::<User>(claims.sub, outcome.version).await?;
+    if outcome
+        .events
+        .iter()
+        .any(|e| matches!(e, UserEvent::SessionRevoked { .. }))
+    {
+        tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reuse: session revoked");
+        return Err(ApiError::Unauthorized(
+            "Refresh token reuse detected; the session was revoked".to_owned(),
+        ));
+    }
+    let tokens = issue(&app, &outcome.state, claims.sid, new_jti)?;
+    Ok(Json(tokens).into_response())
+}
+
+/// Logs out: ends the session of the given refresh token (which must be the caller's).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = Message), (status = 401, description = "Not authenticated")), security(("bearer" = [])))]
+async fn logout(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let session_id = match app.tokens.decode_refresh(&body.refresh_token) {
+        Ok(claims) if claims.sub == user.user_id => claims.sid,
+        _ => user.session_id,
+    };
+    end_session(&app, &user, session_id, &ctx).await?;
+    Ok(Json(Message::new("Logout successful")).into_response())
+}
+
+async fn end_session(
+    app: &App,
+    user: &AuthUser,
+    session_id: Uuid,
+    ctx: &RequestContext,
+) -> Result<(), ApiError> {
+    let outcome = app
+        .execute::<User>(
+            &user.user_id.to_string(),
+            UserCommand::RevokeSession {
+                session_id,
+                at: Utc::now(),
+            },
+            &ctx.metadata(user.user_id.to_string()),
+            None,
+        )
+        .await?;
+    app.settle::<User>(user.user_id, outcome.version).await
+}
+
+async fn current_user(
+    app: &App,
+    user: &AuthUser,
+) -> Result<sparc_projections::Row<User>, ApiError> {
+    sparc_projections::users::get(&app.db, user.user_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound("User not found".to_owned()))
+}
+
+/// The caller's account.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = UserResource)), security(("bearer" = [])))]
+async fn me(State(app): State<AppState>, user: AuthUser) -> Result<Json<UserResource>, ApiError> {
+    Ok(Json(UserResource::from(
+        &current_user(&app, &user).await?.state,
+    )))
+}
+
+/// Profile fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRequest {
+    /// At most 100 characters.
+    pub full_name: Option<String>,
+    /// At most 500 characters.
+    pub bio: Option<String>,
+    /// At most 500 characters.
+    pub avatar_url: Option<String>,
+}
+
+/// Changes the caller's profile.
+#[utoipa::path(put, path = "/api/v1/auth/me", tag = "auth", request_body = ProfileRequest,
+    responses((status = 200, body = UserResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+async fn update_me(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppJson(body): AppJson<ProfileRequest>,
+) -> Result<Json<UserResource>, ApiError> {
+    let mut check = Validator::new();
+    let too_long =
+        |v: &Option<String>, max: usize| v.as_ref().is_some_and(|v| v.chars().count() > max);
+    check.check(
+        !too_long(&body.full_name, MAX_FULL_NAME),
+        &["body", "full_name"],
+        "full_name must be at most 100 characters",
+        "string_too_long",
+    );
+    check.check(
+        !too_long(&body.bio, 500),
+        &["body", "bio"],
+        "bio must be at most 500 characters",
+        "string_too_long",
+    );
+    check.check(
+        !too_long(&body.avatar_url, 500),
+        &["body", "avatar_url"],
+        "avatar_url must be at most 500 characters",
+        "string_too_long",
+    );
+    check.finish()?;
+    let outcome = app
+        .execute::<User>(
+            &user.user_id.to_string(),
+            UserCommand::UpdateProfile {
+                changes: ProfileChanges {
+                    full_name: body.full_name,
+                    bio: body.bio,
+                    avatar_url: body.avatar_url,
+                },
+                at: Utc::now(),
+            },
+            &ctx.metadata(user.user_id.to_string()),
+            None,
+        )
+        .await?;
+    app.settle::<User>(user.user_id, outcome.version).await?;
+    Ok(Json(UserResource::from(&outcome.state)))
+}
+
+/// A password change.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// Changes the caller's password; every other session of the caller ends.
+#[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", request_body = ChangePasswordRequest,
+    responses((status = 200, body = Message), (status = 400, description = "Current password is incorrect"), (status = 422, description = "Weak new password")), security(("bearer" = [])))]
+async fn change_password(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppJson(body): AppJson<ChangePasswordRequest>,
+) -> Result<Json<Message>, ApiError> {
+    if let Err(msg) = password_policy(&body.new_password) {
+        return Err(ApiError::Validation(vec![FieldError::body(
+            "new_password",
+            msg,
+            "value_error",
+        )]));
+    }
+    let row = current_user(&app, &user).await?;
+    let verified = verify_password(body.current_password, Some(row.state.password_hash.clone()))
+        .await
+        .map_err(ApiError::internal)?;
+    if !verified {
+        return Err(ApiError::BadRequest(
+            "Current password is incorrect".to_owned(),
+        ));
+    }
+    let password_hash = hash_password(body.new_password)
+        .await
+        .map_err(ApiError::internal)?;
+    let outcome = app
+        .execute::<User>(
+            &user.user_id.to_string(),
+            UserCommand::ChangePassword {
+                password_hash,
+                keep_session: Some(user.session_id),
+                at: Utc::now(),
+            },
+            &ctx.metadata(user.user_id.to_string()),
+            None,
+        )
+        .await?;
+    app.settle::<User>(user.user_id, outcome.version).await?;
+    Ok(Json(Message::new("Password changed successfully")))
+}
+
+/// A live session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionResource {
+    pub id: Uuid,
+    pub created_at: String,
+    pub expires_at: String,
+    pub last_used_at: String,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    /// Whether this is the session of the calling token.
+    pub current: bool,
+}
+
+/// The caller's live sessions.
+#[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "auth", responses((status = 200, body = [SessionResource])), security(("bearer" = [])))]
+async fn list_sessions(
+    State(app): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<SessionResource>>, ApiError> {
+    let row = current_user(&app, &user).await?;
+    let now = Utc::now();
+    let text = |t: chrono::DateTime<Utc>| sparc_projections::format_timestamp(t);
+    Ok(Json(
+        row.state
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expires_at > now)
+            .map(|(id, s)| SessionResource {
+                id: *id,
+                created_at: text(s.created_at),
+                expires_at: text(s.expires_at),
+                last_used_at: text(s.last_used_at),
+                user_agent: s.user_agent.clone(),
+                ip_address: s.ip_address.clone(),
+                current: *id == user.session_id,
+            })
+            .collect(),
+    ))
+}
+
+/// Ends one of the caller's sessions.
+#[utoipa::path(delete, path = "/api/v1/auth/sessions/{id}", tag = "auth", params(("id" = Uuid, Path, description = "Session id")),
+    responses((status = 200, body = Message), (status = 404, description = "Session not found")), security(("bearer" = [])))]
+async fn revoke_session(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Message>, ApiError> {
+    end_session(&app, &user, id, &ctx).await?;
+    Ok(Json(Message::new("Session revoked successfully")))
+}
+
+/// Ends every session of the caller, this one included.
+#[utoipa::path(delete, path = "/api/v1/auth/sessions", tag = "auth", responses((status = 200, body = Message)), security(("bearer" = [])))]
+async fn revoke_all_sessions(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+) -> Result<Json<Message>, ApiError> {
+    let outcome = app
+        .execute::<User>(
+            &user.user_id.to_string(),
+            UserCommand::RevokeAllSessions { at: Utc::now() },
+            &ctx.metadata(user.user_id.to_string()),
+            None,
+        )
+        .await?;
+    app.settle::<User>(user.user_id, outcome.version).await?;
+    Ok(Json(Message::new("All sessions revoked successfully")))
+}

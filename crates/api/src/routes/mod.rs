@@ -1,0 +1,378 @@
+//! The HTTP routes of the v1 contract, one module per resource, assembled into one router whose
+//! OpenAPI document is generated from the same handler annotations (so a route cannot exist
+//! without being documented). Shared here: the request context that becomes event metadata,
+//! `If-Match` and `ETag`, ownership checks and paging.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+use sparc_store::EventMetadata;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+use crate::error::{ApiError, FieldError};
+use crate::middleware::RequestId;
+use crate::state::AppState;
+
+pub mod agents;
+pub mod auth;
+pub mod health;
+pub mod projects;
+pub mod tasks;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sparc", description = "The v1 API of the sparc dashboard backend: scheduled tasks, projects, agents, executions, auth and sessions."),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::routes())
+        .merge(auth::routes())
+        .merge(tasks::routes())
+        .merge(projects::routes())
+        .merge(agents::routes())
+}
+
+/// The complete application: every route, the OpenAPI document and the middleware stack.
+pub fn router(app: std::sync::Arc<crate::state::App>) -> Router {
+    let app = AppState(app);
+    let (routes, openapi) = api().split_for_parts();
+    let routes = routes
+        .layer(Extension(Arc::new(openapi)))
+        .with_state(app.clone());
+    crate::middleware::apply(routes, &app.settings, app.tokens.clone())
+}
+
+/// Who asked, from where: becomes the metadata of every event a request records.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The request id (the client's `X-Request-ID` if sane).
+    pub request_id: String,
+    /// The client address.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// Event metadata for a command by `actor`.
+    pub fn metadata(&self, actor: impl Into<String>) -> EventMetadata {
+        let mut metadata = EventMetadata::new(actor, self.request_id.clone());
+        metadata.ip = self.ip.clone();
+        metadata.user_agent = self.user_agent.clone();
+        metadata
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(500).collect());
+        Ok(Self {
+            request_id,
+            ip,
+            user_agent,
+        })
+    }
+}
+
+/// The version an `If-Match: "<version>"` header asks for (`*` or no header: any).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Invalid If-Match header".to_owned()))?
+        .trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::BadRequest("If-Match must be a quoted version such as \"3\"".to_owned())
+        })
+}
+
+/// A JSON answer with `ETag: "<version>"`.
+pub fn with_etag(version: i64, body: impl Serialize) -> Response {
+    let mut response = Json(body).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// `limit`/`offset` checked against a list's range: out of range is 422, never clamped.
+pub fn page(
+    limit: Option<i64>,
+    offset: Option<i64>,
+    default: i64,
+    max: i64,
+) -> Result<(i64, i64), ApiError> {
+    let limit = limit.unwrap_or(default);
+    let offset = offset.unwrap_or(0);
+    let mut errors = Vec::new();
+    if !(1..=max).contains(&limit) {
+        errors.push(FieldError::query(
+            "limit",
+            format!("limit must be between 1 and {max}"),
+            "value_error",
+        ));
+    }
+    if offset < 0 {
+        errors.push(FieldError::query(
+            "offset",
+            "offset must be 0 or more",
+            "value_error",
+        ));
+    }
+    if errors.is_empty() {
+        Ok((limit, offset))
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// Parses an optional enum-like query value, reporting a 422 on `field`.
+pub fn parse_query_value<T, E: std::fmt::Display>(
+    field: &str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, ApiError> {
+    raw.map(|raw| {
+        parse(raw).map_err(|e| {
+            ApiError::Validation(vec![FieldError::query(field, e.to_string(), "enum")])
+        })
+    })
+    .transpose()
+}
+
+/// The paging fields every list answer carries.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PageInfo {
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub has_more: bool,
+}
+
+impl PageInfo {
+    /// Paging facts for a page at `limit`/`offset` out of `total`.
+    pub fn new(total: i64, limit: i64, offset: i64) -> Self {
+        Self {
+            total,
+            limit,
+            offset,
+            has_more: offset + limit < total,
+        }
+    }
+}
+
+/// Deserializes a field that distinguishes "absent" (`None`) from "null" (`Some(None)`), for
+/// updates where null clears a value.
+pub fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// One event of an aggregate's history or of the audit log.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventResource {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub recorded_at: String,
+    pub hash: Option<String>,
+}
+
+impl From<sparc_store::RecordedEvent> for EventResource {
+    fn from(event: sparc_store::RecordedEvent) -> Self {
+        let mut payload = event.payload;
+        redact(&mut payload);
+        Self {
+            position: event.position,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            sequence: event.sequence,
+            event_type: event.event_type,
+            event_version: event.event_version,
+            payload,
+            metadata: event.metadata,
+            recorded_at: sparc_projections::format_timestamp(event.recorded_at),
+            hash: event.hash,
+        }
+    }
+}
+
+/// Removes secrets (password hashes) from an event payload before it leaves the service.
+fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if key == "password_hash" {
+                    *inner = serde_json::Value::String("[redacted]".to_owned());
+                } else {
+                    redact(inner);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `{events}`: a page of an aggregate's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HistoryResponse {
+    pub events: Vec<EventResource>,
+}
+
+/// History paging: `limit` (1..1000, default 100) and `after_version` (≥0).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    pub limit: Option<i64>,
+    pub after_version: Option<i64>,
+}
+
+/// Reads one aggregate's events after `after_version`, oldest first.
+pub async fn history(
+    db: &sparc_store::Database,
+    aggregate_type: &str,
+    id: Uuid,
+    query: &HistoryQuery,
+) -> Result<HistoryResponse, ApiError> {
+    let (limit, _) = page(query.limit, None, 100, 1000)?;
+    let after = query.after_version.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::Validation(vec![FieldError::query(
+            "after_version",
+            "after_version must be 0 or more",
+            "value_error",
+        )]));
+    }
+    let events = sparc_store::LogReader::new(db)
+        .aggregate_events(aggregate_type, &id.to_string(), after, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HistoryResponse {
+        events: events.into_iter().map(EventResource::from).collect(),
+    })
+}
+
+/// `as_of` (a time) or `version` (a number): rebuild a state from the log at that point.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct AsOfQuery {
+    /// An RFC 3339 time.
+    pub as_of: Option<String>,
+    /// An aggregate version (≥1).
+    pub version: Option<i64>,
+}
+
+/// Folds an aggregate's events up to the `as_of` time or `version` asked for; `None` when the
+/// aggregate did not exist yet at that point.
+pub async fn state_as_of<A: cqrs_es::Aggregate>(
+    db: &sparc_store::Database,
+    id: Uuid,
+    query: &AsOfQuery,
+) -> Result<Option<(A, i64)>, ApiError>
+where
+    A::Event: serde::de::DeserializeOwned,
+{
+    let as_of = query
+        .as_of
+        .as_deref()
+        .map(|raw| {
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| {
+                    ApiError::Validation(vec![FieldError::query(
+                        "as_of",
+                        "as_of must be an RFC 3339 time",
+                        "datetime_parsing",
+                    )])
+                })
+        })
+        .transpose()?;
+    if query.version.is_some_and(|v| v < 1) {
+        return Err(ApiError::Validation(vec![FieldError::query(
+            "version",
+            "version must be 1 or more",
+            "value_error",
+        )]));
+    }
+    let events = sparc_store::LogReader::new(db)
+        .aggregate_events(A::TYPE, &id.to_string(), 0, i64::MAX)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut state = A::default();
+    let mut version = 0;
+    for event in events {
+        if query.version.is_some_and(|v| event.sequence > v)
+            || as_of.is_some_and(|t| event.recorded_at > t)
+        {
+            break;
+        }
+        let payload: A::Event =
+            serde_json::from_value(event.payload).map_err(ApiError::internal)?;
+        state.apply(payload);
+        version = event.sequence;
+    }
+    Ok((version > 0).then_some((state, version)))
+}

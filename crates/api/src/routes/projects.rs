@@ -1,0 +1,372 @@
+//! `/api/v1/projects`: an owner's projects. Deleting a project soft-deletes it; the
+//! `ProjectCascade` policy then deletes each of its tasks through the task's own event.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sparc_domain::project::{
+    MAX_DESCRIPTION, Project, ProjectChanges, ProjectCommand, ProjectStatus,
+};
+use sparc_domain::values::ProjectName;
+use sparc_projections::Row;
+use sparc_projections::projects::{ProjectQuery, ProjectSort};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::resources::{ProjectResource, TaskResource};
+use crate::routes::{
+    AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, history, if_match, page,
+    parse_query_value, state_as_of, with_etag,
+};
+use crate::state::{App, AppState};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_project, list_projects))
+        .routes(routes!(get_project, update_project, delete_project))
+        .routes(routes!(project_history))
+}
+
+const NOT_FOUND: &str = "Project not found";
+
+/// Loads a live project the caller may read (or, with `write`, change).
+async fn project_for(
+    app: &App,
+    user: &AuthUser,
+    id: Uuid,
+    write: bool,
+) -> Result<Row<Project>, ApiError> {
+    let row = sparc_projections::projects::get(&app.db, id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|row| row.state.status != ProjectStatus::Deleted)
+        .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))?;
+    if write {
+        user.ensure_can_write(row.state.user_id)?;
+    } else {
+        user.ensure_can_read(row.state.user_id)?;
+    }
+    Ok(row)
+}
+
+async fn tasks_count(app: &App, id: Uuid) -> Result<i64, ApiError> {
+    let counts = sparc_projections::projects::tasks_counts(&app.db, &[id])
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(counts.get(&id).copied().unwrap_or(0))
+}
+
+fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> Option<ProjectName> {
+    ProjectName::parse(raw)
+        .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
+        .ok()
+}
+
+fn check_description(description: &Option<String>, errors: &mut Vec<FieldError>) {
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
+    {
+        errors.push(FieldError::body(
+            "description",
+            "description must be at most 2000 characters",
+            "string_too_long",
+        ));
+    }
+}
+
+/// A new project.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    /// 1..255 characters, trimmed, not blank.
+    pub name: String,
+    /// At most 2000 characters.
+    pub description: Option<String>,
+}
+
+/// Creates a project (`active`, no tasks). Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = CreateProject,
+    responses((status = 201, body = ProjectResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+async fn create_project(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppJson(body): AppJson<CreateProject>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let name = check_name(&body.name, &mut errors);
+    check_description(&body.description, &mut errors);
+    let (Some(name), true) = (name, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    app.idempotency
+        .run(user.user_id, key.as_deref(), || async {
+            let project_id = Uuid::now_v7();
+            let outcome = app
+                .execute::<Project>(
+                    &project_id.to_string(),
+                    ProjectCommand::Create {
+                        project_id,
+                        user_id: user.user_id,
+                        name,
+                        description: body.description,
+                        at: Utc::now(),
+                    },
+                    &ctx.metadata(user.user_id.to_string()),
+                    None,
+                )
+                .await?;
+            app.settle::<Project>(project_id, outcome.version).await?;
+            let resource = ProjectResource::new(&outcome.state, outcome.version as i64, 0);
+            Ok((
+                StatusCode::CREATED,
+                serde_json::to_value(resource).map_err(ApiError::internal)?,
+            ))
+        })
+        .await
+}
+
+/// Project list filters, order and page.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListProjects {
+    /// Case-insensitive text in the name or description.
+    pub search: Option<String>,
+    /// `active` or `archived`.
+    pub status: Option<String>,
+    /// 1..100, default 20.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    /// `created_at`, `-created_at` (default), `name`, `-name`, `tasks_count`, `-tasks_count`.
+    pub sort_by: Option<String>,
+}
+
+/// A page of projects.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectList {
+    pub projects: Vec<ProjectResource>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+/// Lists the caller's projects (everyone's for admins and auditors); deleted ones never.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(ListProjects),
+    responses((status = 200, body = ProjectList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
+async fn list_projects(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppQuery(query): AppQuery<ListProjects>,
+) -> Result<Json<ProjectList>, ApiError> {
+    let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
+    let status = parse_query_value("status", query.status.as_deref(), |raw| match raw {
+        "active" => Ok(ProjectStatus::Active),
+        "archived" => Ok(ProjectStatus::Archived),
+        _ => Err("status must be one of: active, archived"),
+    })?;
+    let (sort, descending) = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| {
+        let (descending, field) = raw.strip_prefix('-').map_or((false, raw), |f| (true, f));
+        let sort = match field {
+            "created_at" => ProjectSort::CreatedAt,
+            "name" => ProjectSort::Name,
+            "tasks_count" => ProjectSort::TasksCount,
+            _ => return Err("sort_by must be one of: created_at, -created_at, name, -name, tasks_count, -tasks_count"),
+        };
+        Ok((sort, descending))
+    })?
+    .unwrap_or((ProjectSort::CreatedAt, true));
+    if query
+        .search
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > 255)
+    {
+        return Err(ApiError::Validation(vec![FieldError::query(
+            "search",
+            "search must be at most 255 characters",
+            "string_too_long",
+        )]));
+    }
+    let filter = ProjectQuery {
+        owner: (!user.role.can_read_all()).then_some(user.user_id),
+        search: query.search,
+        status,
+        sort,
+        descending,
+        limit,
+        offset,
+    };
+    let (rows, total) = sparc_projections::projects::list(&app.db, &filter)
+        .await
+        .map_err(ApiError::internal)?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.state.id).collect();
+    let counts = sparc_projections::projects::tasks_counts(&app.db, &ids)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(ProjectList {
+        projects: rows
+            .iter()
+            .map(|r| {
+                ProjectResource::new(
+                    &r.state,
+                    r.version,
+                    counts.get(&r.state.id).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
+        page: PageInfo::new(total, limit, offset),
+    }))
+}
+
+/// One project with its live tasks; with `as_of` or `version`, the state rebuilt from the log.
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), AsOfQuery),
+    responses((status = 200, body = ProjectResource), (status = 404, description = "Project not found")), security(("bearer" = [])))]
+async fn get_project(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(as_of): AppQuery<AsOfQuery>,
+) -> Result<Response, ApiError> {
+    let row = project_for(&app, &user, id, false).await?;
+    let (state, version) = if as_of.as_of.is_some() || as_of.version.is_some() {
+        state_as_of::<Project>(&app.db, id, &as_of)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Project did not exist at that point".to_owned()))?
+    } else {
+        (row.state, row.version)
+    };
+    let tasks = sparc_projections::tasks::of_project(&app.db, id)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut resource = ProjectResource::new(&state, version, tasks.len() as i64);
+    resource.tasks = Some(
+        tasks
+            .iter()
+            .map(|t| TaskResource::new(&t.state, t.version))
+            .collect(),
+    );
+    Ok(with_etag(version, resource))
+}
+
+/// Fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProject {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// `active` or `archived`.
+    pub status: Option<String>,
+}
+
+/// Changes a project; honours `If-Match`.
+#[utoipa::path(put, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path)), request_body = UpdateProject,
+    responses((status = 200, body = ProjectResource), (status = 400, description = "No fields to update"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
+async fn update_project(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<UpdateProject>,
+) -> Result<Response, ApiError> {
+    if body.name.is_none() && body.description.is_none() && body.status.is_none() {
+        return Err(ApiError::BadRequest("No fields to update".to_owned()));
+    }
+    let expected = if_match(&headers)?;
+    project_for(&app, &user, id, true).await?;
+    let mut errors = Vec::new();
+    let name = body
+        .name
+        .as_deref()
+        .and_then(|raw| check_name(raw, &mut errors));
+    check_description(&body.description, &mut errors);
+    let status = body.status.as_deref().and_then(|raw| match raw {
+        "active" => Some(ProjectStatus::Active),
+        "archived" => Some(ProjectStatus::Archived),
+        _ => {
+            errors.push(FieldError::body(
+                "status",
+                "status must be one of: active, archived",
+                "enum",
+            ));
+            None
+        }
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let changes = ProjectChanges {
+        name,
+        description: body.description,
+        status,
+    };
+    let outcome = app
+        .execute::<Project>(
+            &id.to_string(),
+            ProjectCommand::Update {
+                changes,
+                at: Utc::now(),
+            },
+            &ctx.metadata(user.user_id.to_string()),
+            expected,
+        )
+        .await?;
+    app.settle::<Project>(id, outcome.version).await?;
+    let count = tasks_count(&app, id).await?;
+    Ok(with_etag(
+        outcome.version as i64,
+        ProjectResource::new(&outcome.state, outcome.version as i64, count),
+    ))
+}
+
+/// Soft-deletes a project; each of its tasks becomes `deleted` through its own event.
+#[utoipa::path(delete, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "Project not found")), security(("bearer" = [])))]
+async fn delete_project(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let expected = if_match(&headers)?;
+    project_for(&app, &user, id, true).await?;
+    let outcome = app
+        .execute::<Project>(
+            &id.to_string(),
+            ProjectCommand::Delete { at: Utc::now() },
+            &ctx.metadata(user.user_id.to_string()),
+            expected,
+        )
+        .await?;
+    app.settle::<Project>(id, outcome.version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A project's events, oldest first, with their metadata.
+#[utoipa::path(get, path = "/api/v1/projects/{id}/history", tag = "projects", params(("id" = Uuid, Path), HistoryQuery),
+    responses((status = 200, body = HistoryResponse)), security(("bearer" = [])))]
+async fn project_history(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(query): AppQuery<HistoryQuery>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let row = sparc_projections::projects::get(&app.db, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))?;
+    user.ensure_can_read(row.state.user_id)?;
+    Ok(Json(history(&app.db, "Project", id, &query).await?))
+}

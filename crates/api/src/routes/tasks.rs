@@ -1,0 +1,514 @@
+//! `/api/v1/tasks`: scheduled tasks, their runs and their history. Ownership is checked on
+//! every id (403 for another user's task, 404 for an unknown one); lists only hold the
+//! caller's tasks unless the caller is an admin or auditor.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
+use sparc_domain::project::ProjectStatus;
+use sparc_domain::task::{Task, TaskChanges, TaskCommand, TaskStatus};
+use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
+use sparc_projections::Row;
+use sparc_projections::tasks::{TaskQuery, TaskSort};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::resources::{ExecutionResource, TaskResource};
+use crate::routes::{
+    AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, double_option, history,
+    if_match, page, parse_query_value, state_as_of, with_etag,
+};
+use crate::state::{App, AppState};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_task, list_tasks))
+        .routes(routes!(get_task, update_task, delete_task))
+        .routes(routes!(run_task))
+        .routes(routes!(task_executions))
+        .routes(routes!(task_history))
+}
+
+const NOT_FOUND: &str = "Task not found";
+
+/// Loads a task the caller may read (or, with `write`, change).
+pub(crate) async fn task_for(
+    app: &App,
+    user: &AuthUser,
+    id: Uuid,
+    write: bool,
+) -> Result<Row<Task>, ApiError> {
+    let row = sparc_projections::tasks::get(&app.db, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))?;
+    if write {
+        user.ensure_can_write(row.state.user_id)?;
+    } else {
+        user.ensure_can_read(row.state.user_id)?;
+    }
+    Ok(row)
+}
+
+/// Checks that `project_id` is a live project the task's owner may use.
+async fn ensure_project(
+    app: &App,
+    user: &AuthUser,
+    owner: Uuid,
+    project_id: Uuid,
+) -> Result<(), ApiError> {
+    let project = sparc_projections::projects::get(&app.db, project_id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|p| p.state.status != ProjectStatus::Deleted)
+        .ok_or_else(|| ApiError::NotFound("Project not found".to_owned()))?;
+    if project.state.user_id != owner {
+        return Err(ApiError::Forbidden);
+    }
+    user.ensure_can_write(project.state.user_id)
+}
+
+fn value_error(field: &str, msg: impl Into<String>) -> FieldError {
+    FieldError::body(field, msg, "value_error")
+}
+
+/// A new task.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    /// 1..255 of letters, digits, `_` and `-`.
+    pub skill_name: String,
+    /// A 5-field cron expression.
+    pub schedule_cron: String,
+    /// An IANA time zone (default `UTC`).
+    pub timezone: Option<String>,
+    /// Skill parameters (a JSON object, default `{}`).
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Value>,
+    /// `pending` (default), `disabled`, `completed` or `failed`.
+    pub status: Option<String>,
+    /// One of the caller's projects.
+    pub project_id: Option<Uuid>,
+}
+
+/// Schedules a task. Honours `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
+    responses((status = 201, body = TaskResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+async fn create_task(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppJson(body): AppJson<CreateTask>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let skill_name = SkillName::parse(&body.skill_name)
+        .map_err(|e| errors.push(value_error("skill_name", e.0)))
+        .ok();
+    let schedule = CronSchedule::parse(&body.schedule_cron)
+        .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
+        .ok();
+    let timezone = TimeZoneName::parse(body.timezone.as_deref().unwrap_or("UTC"))
+        .map_err(|e| errors.push(value_error("timezone", e.0)))
+        .ok();
+    let status = TaskStatus::parse(body.status.as_deref().unwrap_or("pending"))
+        .ok()
+        .filter(|s| s.is_settable())
+        .or_else(|| {
+            errors.push(value_error(
+                "status",
+                "status must be one of: pending, completed, failed, disabled",
+            ));
+            None
+        });
+    let params = body
+        .params
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if !params.is_object() {
+        errors.push(FieldError::body(
+            "params",
+            "params must be an object",
+            "dict_type",
+        ));
+    }
+    let (Some(skill_name), Some(schedule_cron), Some(timezone), Some(status), true) =
+        (skill_name, schedule, timezone, status, errors.is_empty())
+    else {
+        return Err(ApiError::Validation(errors));
+    };
+    if let Some(project_id) = body.project_id {
+        ensure_project(&app, &user, user.user_id, project_id).await?;
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    app.idempotency
+        .run(user.user_id, key.as_deref(), || async {
+            let task_id = Uuid::now_v7();
+            let outcome = app
+                .execute::<Task>(
+                    &task_id.to_string(),
+                    TaskCommand::Schedule {
+                        task_id,
+                        user_id: user.user_id,
+                        skill_name,
+                        schedule_cron,
+                        timezone,
+                        params,
+                        status,
+                        project_id: body.project_id,
+                        at: Utc::now(),
+                    },
+                    &ctx.metadata(user.user_id.to_string()),
+                    None,
+                )
+                .await?;
+            app.settle::<Task>(task_id, outcome.version).await?;
+            let resource = TaskResource::new(&outcome.state, outcome.version as i64);
+            Ok((
+                StatusCode::CREATED,
+                serde_json::to_value(resource).map_err(ApiError::internal)?,
+            ))
+        })
+        .await
+}
+
+/// Task list filters, order and page.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListTasks {
+    /// Only this status (deleted tasks are listed only with `status=deleted`).
+    pub status: Option<String>,
+    pub skill_name: Option<String>,
+    pub project_id: Option<Uuid>,
+    /// 1..100, default 20.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    /// `created_at` (default), `next_run_at`, `updated_at` or `status`.
+    pub sort_by: Option<String>,
+    /// `asc` or `desc` (default).
+    pub sort_order: Option<String>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskResource>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+/// Lists the caller's tasks (everyone's for admins and auditors).
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(ListTasks),
+    responses((status = 200, body = TaskList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
+async fn list_tasks(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppQuery(query): AppQuery<ListTasks>,
+) -> Result<Json<TaskList>, ApiError> {
+    let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
+    let status = parse_query_value("status", query.status.as_deref(), TaskStatus::parse)?;
+    let sort = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| match raw {
+        "created_at" => Ok(TaskSort::CreatedAt),
+        "next_run_at" => Ok(TaskSort::NextRunAt),
+        "updated_at" => Ok(TaskSort::UpdatedAt),
+        "status" => Ok(TaskSort::Status),
+        _ => Err("sort_by must be one of: created_at, next_run_at, updated_at, status"),
+    })?
+    .unwrap_or_default();
+    let ascending =
+        parse_query_value("sort_order", query.sort_order.as_deref(), |raw| match raw {
+            "asc" => Ok(true),
+            "desc" => Ok(false),
+            _ => Err("sort_order must be one of: asc, desc"),
+        })?
+        .unwrap_or(false);
+    let filter = TaskQuery {
+        owner: (!user.role.can_read_all()).then_some(user.user_id),
+        status,
+        skill_name: query.skill_name,
+        project_id: query.project_id,
+        sort,
+        ascending,
+        limit,
+        offset,
+    };
+    let (rows, total) = sparc_projections::tasks::list(&app.db, &filter)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(TaskList {
+        tasks: rows
+            .iter()
+            .map(|r| TaskResource::new(&r.state, r.version))
+            .collect(),
+        page: PageInfo::new(total, limit, offset),
+    }))
+}
+
+/// One task with its last 10 executions; with `as_of` or `version`, the state rebuilt from the
+/// log at that point.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path), AsOfQuery),
+    responses((status = 200, body = TaskResource), (status = 403, description = "Not yours"), (status = 404, description = "Task not found")), security(("bearer" = [])))]
+async fn get_task(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(as_of): AppQuery<AsOfQuery>,
+) -> Result<Response, ApiError> {
+    let row = task_for(&app, &user, id, false).await?;
+    let (state, version) = if as_of.as_of.is_some() || as_of.version.is_some() {
+        state_as_of::<Task>(&app.db, id, &as_of)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("Task did not exist at that point".to_owned()))?
+    } else {
+        (row.state, row.version)
+    };
+    let (executions, _) = sparc_projections::executions::of_task(&app.db, id, None, 10, 0)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut resource = TaskResource::new(&state, version);
+    resource.execution_results = Some(
+        executions
+            .iter()
+            .map(|e| ExecutionResource::from(&e.state))
+            .collect(),
+    );
+    Ok(with_etag(version, resource))
+}
+
+/// Fields to change; `skill_name` cannot change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTask {
+    pub schedule_cron: Option<String>,
+    pub timezone: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Value>,
+    /// `pending`, `completed`, `failed` or `disabled`.
+    pub status: Option<String>,
+    /// A project of the owner's, or `null` to detach.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Uuid>)]
+    pub project_id: Option<Option<Uuid>>,
+}
+
+/// Changes a task; honours `If-Match`. A cron or time-zone change recomputes `next_run_at`.
+#[utoipa::path(put, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = UpdateTask,
+    responses((status = 200, body = TaskResource), (status = 400, description = "No fields to update"), (status = 412, description = "Version mismatch")), security(("bearer" = [])))]
+async fn update_task(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<UpdateTask>,
+) -> Result<Response, ApiError> {
+    let expected = if_match(&headers)?;
+    let row = task_for(&app, &user, id, true).await?;
+    let mut errors = Vec::new();
+    let changes = TaskChanges {
+        schedule_cron: body.schedule_cron.as_deref().and_then(|raw| {
+            CronSchedule::parse(raw)
+                .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
+                .ok()
+        }),
+        timezone: body.timezone.as_deref().and_then(|raw| {
+            TimeZoneName::parse(raw)
+                .map_err(|e| errors.push(value_error("timezone", e.0)))
+                .ok()
+        }),
+        params: body.params.clone(),
+        status: body.status.as_deref().and_then(|raw| {
+            TaskStatus::parse(raw)
+                .ok()
+                .filter(|s| s.is_settable())
+                .or_else(|| {
+                    errors.push(value_error(
+                        "status",
+                        "status must be one of: pending, completed, failed, disabled",
+                    ));
+                    None
+                })
+        }),
+        project_id: body.project_id,
+    };
+    if body.params.as_ref().is_some_and(|p| !p.is_object()) {
+        errors.push(FieldError::body(
+            "params",
+            "params must be an object",
+            "dict_type",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    if let Some(Some(project_id)) = changes.project_id {
+        ensure_project(&app, &user, row.state.user_id, project_id).await?;
+    }
+    let outcome = app
+        .execute::<Task>(
+            &id.to_string(),
+            TaskCommand::Update {
+                changes,
+                at: Utc::now(),
+            },
+            &ctx.metadata(user.user_id.to_string()),
+            expected,
+        )
+        .await?;
+    app.settle::<Task>(id, outcome.version).await?;
+    Ok(with_etag(
+        outcome.version as i64,
+        TaskResource::new(&outcome.state, outcome.version as i64),
+    ))
+}
+
+/// The answer to a deletion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskDeleted {
+    pub message: &'static str,
+    pub task_id: Uuid,
+    pub status: &'static str,
+}
+
+/// Soft-deletes a task; it stays readable with status `deleted`. Honours `If-Match`.
+#[utoipa::path(delete, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = TaskDeleted), (status = 404, description = "Task not found")), security(("bearer" = [])))]
+async fn delete_task(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<TaskDeleted>, ApiError> {
+    let expected = if_match(&headers)?;
+    task_for(&app, &user, id, true).await?;
+    let outcome = app
+        .execute::<Task>(
+            &id.to_string(),
+            TaskCommand::Delete { at: Utc::now() },
+            &ctx.metadata(user.user_id.to_string()),
+            expected,
+        )
+        .await?;
+    app.settle::<Task>(id, outcome.version).await?;
+    Ok(Json(TaskDeleted {
+        message: "Task successfully deleted",
+        task_id: id,
+        status: "deleted",
+    }))
+}
+
+/// Runs a task now, outside its schedule: the run becomes a `running` execution.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/run", tag = "tasks", params(("id" = Uuid, Path)),
+    responses((status = 202, body = ExecutionResource), (status = 409, description = "Already running or deleted")), security(("bearer" = [])))]
+async fn run_task(
+    State(app): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let row = task_for(&app, &user, id, true).await?;
+    let execution_id = Uuid::now_v7();
+    let metadata = ctx.metadata(user.user_id.to_string());
+    let now = Utc::now();
+    let fired = app
+        .execute::<Task>(
+            &id.to_string(),
+            TaskCommand::RunNow {
+                execution_id,
+                at: now,
+            },
+            &metadata,
+            None,
+        )
+        .await?;
+    let started = app
+        .execute::<Execution>(
+            &execution_id.to_string(),
+            ExecutionCommand::Start {
+                execution_id,
+                task_id: id,
+                user_id: row.state.user_id,
+                agent_id: None,
+                scheduled_for: now,
+                at: now,
+            },
+            &metadata,
+            None,
+        )
+        .await?;
+    app.settle::<Task>(id, fired.version).await?;
+    app.settle::<Execution>(execution_id, started.version)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ExecutionResource::from(&started.state)),
+    )
+        .into_response())
+}
+
+/// Execution list paging and filter.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListExecutions {
+    /// 1..100, default 20.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    /// `running`, `success`, `failed`, `timeout` or `cancelled`.
+    pub status: Option<String>,
+}
+
+/// A page of executions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionList {
+    pub executions: Vec<ExecutionResource>,
+    #[serde(flatten)]
+    pub page: PageInfo,
+}
+
+/// A task's executions, newest first.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/executions", tag = "tasks", params(("id" = Uuid, Path), ListExecutions),
+    responses((status = 200, body = ExecutionList)), security(("bearer" = [])))]
+async fn task_executions(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(query): AppQuery<ListExecutions>,
+) -> Result<Json<ExecutionList>, ApiError> {
+    task_for(&app, &user, id, false).await?;
+    let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
+    let status = parse_query_value("status", query.status.as_deref(), ExecutionStatus::parse)?;
+    let (rows, total) = sparc_projections::executions::of_task(&app.db, id, status, limit, offset)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(ExecutionList {
+        executions: rows
+            .iter()
+            .map(|r| ExecutionResource::from(&r.state))
+            .collect(),
+        page: PageInfo::new(total, limit, offset),
+    }))
+}
+
+/// A task's events, oldest first, with their metadata.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/history", tag = "tasks", params(("id" = Uuid, Path), HistoryQuery),
+    responses((status = 200, body = HistoryResponse)), security(("bearer" = [])))]
+async fn task_history(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(query): AppQuery<HistoryQuery>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    task_for(&app, &user, id, false).await?;
+    Ok(Json(history(&app.db, "Task", id, &query).await?))
+}

@@ -1,0 +1,80 @@
+//! The API's tunables: rate limits, token lifetimes and the transport-security switches.
+//!
+//! `ApiSettings` deserializes with every field optional (missing fields take the defaults), so the
+//! binary can layer defaults, a TOML file and `SPARC_…` environment variables over it
+//! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`,
+//! `SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE`, `SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE`,
+//! `SPARC_ACCESS_TOKEN_MINUTES`, `SPARC_REFRESH_TOKEN_DAYS`, `SPARC_HSTS`,
+//! `SPARC_TRUST_FORWARDED_FOR`). The JWT secret is not here: it is a
+//! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the HTTP layer. A rate limit of `0` turns that class of limit off.
+///
+/// Unknown fields are ignored (not refused) so the struct can be read from a flat `SPARC_…`
+/// environment or flattened into the binary's settings tree.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiSettings {
+    /// Requests per minute for everything not covered below, per user (or per IP when anonymous).
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute to `/api/v1/auth/*`, per client IP.
+    pub auth_rate_limit_per_minute: u32,
+    /// `POST /api/v1/agents/activity` per minute, per user (or IP).
+    pub activity_rate_limit_per_minute: u32,
+    /// `POST /api/v1/agents` per minute, per user (or IP).
+    pub agent_create_rate_limit_per_minute: u32,
+    /// Lifetime of access tokens, in minutes; must be positive.
+    pub access_token_minutes: i64,
+    /// Lifetime of refresh tokens (and so of sessions), in days; must be positive.
+    pub refresh_token_days: i64,
+    /// Send `Strict-Transport-Security` (only behind TLS).
+    pub hsts: bool,
+    /// Take the client IP from the first `X-Forwarded-For` entry. Only behind a proxy that
+    /// overwrites the header; otherwise any client can pick its own rate-limit bucket.
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_minute: 100,
+            auth_rate_limit_per_minute: 50,
+            activity_rate_limit_per_minute: 1000,
+            agent_create_rate_limit_per_minute: 60,
+            access_token_minutes: 60,
+            refresh_token_days: 7,
+            hsts: false,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let settings = ApiSettings::default();
+        assert_eq!(settings.rate_limit_per_minute, 100);
+        assert_eq!(settings.auth_rate_limit_per_minute, 50);
+        assert_eq!(settings.activity_rate_limit_per_minute, 1000);
+        assert_eq!(settings.agent_create_rate_limit_per_minute, 60);
+        assert_eq!(settings.access_token_minutes, 60);
+        assert_eq!(settings.refresh_token_days, 7);
+        assert!(!settings.hsts);
+        assert!(!settings.trust_forwarded_for);
+    }
+
+    #[test]
+    fn a_partial_document_keeps_the_defaults_for_missing_fields() {
+        let settings: ApiSettings =
+            serde_json::from_str(r#"{"rate_limit_per_minute": 0, "hsts": true}"#)
+                .expect("a partial document should deserialize");
+        assert_eq!(settings.rate_limit_per_minute, 0);
+        assert!(settings.hsts);
+        assert_eq!(settings.auth_rate_limit_per_minute, 50);
+    }
+}

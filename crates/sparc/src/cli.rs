@@ -1,0 +1,210 @@
+//! The command line: `sparc serve`, `sparc migrate`, `sparc user create`, `sparc audit verify`.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use sparc_domain::user::Role;
+use sparc_store::{Database, EventMetadata};
+
+use crate::config::Settings;
+use crate::server::{Server, shutdown_signal};
+use crate::telemetry;
+
+/// sparc: the backend of a dashboard that schedules and watches AI coding agents.
+///
+/// Configuration comes from defaults, then an optional TOML file, then environment variables
+/// (`DATABASE_URL`, `NATS_URL`, `SPARC_LISTEN`, `SPARC_JWT_SECRET`, `SPARC_…`).
+#[derive(Debug, Parser)]
+#[command(name = "sparc", version, about, long_about = None)]
+pub struct Cli {
+    /// A TOML settings file (also `SPARC_CONFIG`).
+    #[arg(long, global = true, env = "SPARC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole service in one process: REST API, projections, policies and the hash chain.
+    /// With no configuration it uses an embedded SQLite file under ./data and needs no other service.
+    Serve {
+        /// Address to listen on (also `SPARC_LISTEN`; default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply pending database migrations, then exit.
+    Migrate,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Audit the event log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user of any role (the first admin, service accounts for agents). The password is
+    /// read from `SPARC_PASSWORD`, else prompted for (not echoed), else read from stdin. Works
+    /// while the server runs.
+    Create {
+        /// Login name: 3 to 50 of letters, digits, '_' and '-'.
+        #[arg(long)]
+        username: String,
+        /// E-mail address.
+        #[arg(long)]
+        email: String,
+        /// One of admin, auditor, agent, user.
+        #[arg(long, default_value = "user", value_parser = parse_role)]
+        role: Role,
+        /// Display name.
+        #[arg(long)]
+        full_name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain over the whole log and report the first bad position.
+    /// Exits with status 1 when the chain is broken.
+    Verify,
+}
+
+fn parse_role(raw: &str) -> Result<Role, String> {
+    Role::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Parses the command line, runs it, and maps failure to exit status 1 with the error on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: invalid configuration: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            let server = Server::start(settings).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            server.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let db = connect(&settings).await?;
+            db.migrate().await.context("migration failed")?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    username,
+                    email,
+                    role,
+                    full_name,
+                },
+        } => {
+            let db = connect(&settings).await?;
+            db.migrate().await.context("migration failed")?;
+            let password = read_password()?;
+            let commands = sparc_store::CommandBus::new(&db);
+            let metadata = EventMetadata::new("cli", uuid::Uuid::now_v7().to_string());
+            let user = sparc_api::accounts::register_user(
+                &commands,
+                sparc_api::accounts::Registration {
+                    username,
+                    email,
+                    password,
+                    full_name,
+                    role,
+                },
+                &metadata,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "created user {} ({}) with role {}",
+                user.state.id,
+                username_of(&user.state),
+                role
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let db = connect(&settings).await?;
+            let report = sparc_store::verify(&db).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn username_of(user: &sparc_domain::user::User) -> &str {
+    user.username.as_ref().map_or("", |u| u.as_str())
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<Database> {
+    Database::connect(settings.database_url.expose())
+        .await
+        .context("could not open the database")
+}
+
+/// `SPARC_PASSWORD`, else a prompt without echo on a terminal, else the first line of stdin.
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("SPARC_PASSWORD") {
+        return Ok(password);
+    }
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("Password: ")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("no password given (set SPARC_PASSWORD or type it at the prompt)");
+    }
+    Ok(password)
+}

@@ -1,0 +1,126 @@
+//! Settings: one typed tree loaded from defaults, then an optional TOML file (`--config` or
+//! `SPARC_CONFIG`), then environment variables (`SPARC_…`, plus the conventional
+//! `DATABASE_URL` and `NATS_URL`). Secrets are [`Secret`]s, which never print.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+pub use sparc_api::auth::Secret;
+use sparc_api::settings::ApiSettings;
+
+/// The default embedded database: a SQLite file created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/sparc.db";
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable (the default in a terminal).
+    #[default]
+    Pretty,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// Everything `sparc` can be configured with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address the HTTP server listens on (`SPARC_LISTEN`).
+    pub listen: SocketAddr,
+    /// The database (`DATABASE_URL`): `sqlite://path` (embedded) or `postgres://…`.
+    pub database_url: Secret,
+    /// The NATS server (`NATS_URL`); unset means the in-process bus.
+    pub nats_url: Option<String>,
+    /// The JWT signing key (`SPARC_JWT_SECRET`). Required with Postgres; with SQLite a key is
+    /// generated once and kept beside the database file.
+    pub jwt_secret: Option<Secret>,
+    /// Run pending migrations when the service starts (`SPARC_MIGRATE_ON_START`).
+    pub migrate_on_start: bool,
+    /// Log format (`SPARC_LOG_FORMAT`: `pretty` or `json`).
+    pub log_format: LogFormat,
+    /// A name for this deployment, shown by the detailed health check (`SPARC_ENVIRONMENT`).
+    pub environment: String,
+    /// HTTP settings: rate limits, token lifetimes, HSTS (`SPARC_RATE_LIMIT_PER_MINUTE`, …).
+    #[serde(flatten)]
+    pub api: ApiSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: Secret::new(DEFAULT_DATABASE_URL),
+            nats_url: None,
+            jwt_secret: None,
+            migrate_on_start: true,
+            log_format: LogFormat::default(),
+            environment: "development".to_owned(),
+            api: ApiSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the settings: defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("SPARC_").ignore(&["CONFIG", "PASSWORD"]))
+            .merge(Env::raw().only(&["DATABASE_URL", "NATS_URL"]))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// Whether the database is the embedded SQLite file.
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.expose().starts_with("sqlite:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let settings = Settings {
+            jwt_secret: Some(Secret::new("hunter2")),
+            database_url: Secret::new("postgres://user:pw@db/sparc"),
+            ..Settings::default()
+        };
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("pw@db"));
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode_on_localhost_8080() {
+        let settings = Settings::default();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert!(settings.is_embedded());
+        assert!(settings.nats_url.is_none());
+    }
+
+    #[test]
+    fn a_toml_file_and_the_environment_override_defaults_in_that_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("sparc.toml", "listen = \"127.0.0.1:9000\"\nenvironment = \"staging\"\nrate_limit_per_minute = 7\n")?;
+            jail.set_env("SPARC_ENVIRONMENT", "production");
+            jail.set_env("DATABASE_URL", "postgres://localhost/sparc");
+            let settings =
+                Settings::load(Some(Path::new("sparc.toml"))).expect("settings should load");
+            assert_eq!(settings.listen.to_string(), "127.0.0.1:9000");
+            assert_eq!(settings.environment, "production");
+            assert_eq!(settings.api.rate_limit_per_minute, 7);
+            assert!(!settings.is_embedded());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,15 @@
+//! The sparc binary's library: everything that knows every concrete type.
+//!
+//! - [`cli`]: the subcommands (`serve`, `migrate`, `user create`, `audit verify`) and `main`.
+//! - [`config`]: the typed settings tree (defaults, then an optional TOML file, then `SPARC_…`
+//!   variables), with secrets that never print.
+//! - [`keys`]: where the JWT signing key comes from (generated once beside an embedded database).
+//! - [`server`]: the composition root: database, projections, policies, the hash chainer, the
+//!   HTTP router, and graceful shutdown. Tests start it on port 0 through the same path as `main`.
+//! - [`telemetry`]: tracing, pretty in a terminal and JSON when configured.
+
+pub mod cli;
+pub mod config;
+pub mod keys;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,190 @@
+//! The composition root of `sparc serve`: connects the database, runs migrations, starts the
+//! projections, the policies and the hash chainer, and serves the HTTP API until shutdown.
+//!
+//! [`Server::start`] takes a bound listener's address from the settings (port 0 works), so the
+//! black-box tests run exactly the code path `main` runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use sparc_api::{App, ServiceInfo};
+use sparc_domain::agent::Agent;
+use sparc_domain::execution::Execution;
+use sparc_domain::project::Project;
+use sparc_domain::task::{Task, TaskCommand};
+use sparc_domain::user::User;
+use sparc_projections::policies::{ProjectCascade, TaskCommands};
+use sparc_projections::{Projection, ProjectionRunner, StateTable};
+use sparc_store::{Chainer, CommandBus, Database, EventMetadata, RecordedEvent};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::keys;
+
+/// Every projection and policy the service runs, in no particular order (each has its own
+/// checkpoint).
+pub fn projections(db: &Database, commands: Arc<CommandBus>) -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(StateTable::<Task>::new()),
+        Arc::new(StateTable::<Project>::new()),
+        Arc::new(StateTable::<Execution>::new()),
+        Arc::new(StateTable::<Agent>::new()),
+        Arc::new(StateTable::<User>::new()),
+        Arc::new(ProjectCascade::new(
+            db.clone(),
+            Arc::new(PolicyCommands(commands)),
+        )),
+    ]
+}
+
+/// The command side as the policies see it.
+struct PolicyCommands(Arc<CommandBus>);
+
+#[async_trait]
+impl TaskCommands for PolicyCommands {
+    async fn delete_task(&self, task_id: uuid::Uuid, cause: &RecordedEvent) -> Result<(), String> {
+        let metadata = EventMetadata::from_json(&cause.metadata)
+            .map(|m| m.caused_by(cause.position.to_string()))
+            .unwrap_or_else(|_| EventMetadata::system(cause.position.to_string()));
+        self.0
+            .execute::<Task>(
+                &task_id.to_string(),
+                TaskCommand::Delete {
+                    at: chrono::Utc::now(),
+                },
+                &metadata,
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A running service.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Starts everything and returns once the listener is bound.
+    pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", settings.listen))?;
+        Self::start_on(listener, settings).await
+    }
+
+    /// Starts everything on an already bound listener.
+    pub async fn start_on(listener: TcpListener, settings: Settings) -> anyhow::Result<Server> {
+        let key = keys::signing_key(&settings)?;
+        let db = Database::connect(settings.database_url.expose())
+            .await
+            .context("could not open the database")?;
+        if settings.migrate_on_start {
+            db.migrate().await.context("could not run migrations")?;
+        }
+        let commands = Arc::new(CommandBus::new(&db));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let runner = ProjectionRunner::new(db.clone(), projections(&db, commands.clone()))
+            .with_poll_interval(Duration::from_millis(100));
+        let projection_handle = runner.handle();
+        let mut tasks = runner.spawn(shutdown_rx.clone());
+        tasks.push(tokio::spawn(run_chainer(db.clone(), shutdown_rx.clone())));
+
+        let info = ServiceInfo {
+            environment: settings.environment.clone(),
+            bus: if settings.nats_url.is_some() {
+                "connected"
+            } else {
+                "embedded"
+            },
+            started_at: chrono::Utc::now(),
+        };
+        let app = App::new(
+            db,
+            commands,
+            projection_handle,
+            &key,
+            settings.api.clone(),
+            info,
+        )?;
+        let router = sparc_api::router(Arc::new(app));
+        let addr = listener.local_addr()?;
+        let mut http_shutdown = shutdown_rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+        });
+        tracing::info!(%addr, backend = %"sparc", "listening");
+        Ok(Server {
+            addr,
+            shutdown,
+            tasks,
+            http,
+        })
+    }
+
+    /// Stops accepting requests, lets running ones finish, and stops the background loops.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.http.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Hashes newly committed events into the chain, in global order, until shutdown.
+async fn run_chainer(db: Database, mut shutdown: watch::Receiver<bool>) {
+    let chainer = Chainer::new(&db);
+    while !*shutdown.borrow() {
+        let pause = match chainer.chain_pending(1000).await {
+            Ok(0) => Duration::from_millis(250),
+            Ok(_) => Duration::ZERO,
+            Err(error) => {
+                tracing::warn!(%error, "hash chain: batch failed");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (ctrl-c or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,199 @@
+//! Checkpoints: how far each consumer of the log (projector, policy, publisher, the hash
+//! chainer) has read, stored in the `checkpoints` table.
+//!
+//! A consumer commits its own change and its checkpoint in one [`StoreTx`], so a crash never
+//! loses or doubles a change:
+//!
+//! ```no_run
+//! # async fn run(db: sparc_store::Database) -> Result<(), sparc_store::StoreError> {
+//! use sparc_store::StoreTx;
+//! let mut tx = db.begin().await?;
+//! let after = tx.lock_checkpoint("tasks").await?; // one consumer at a time
+//! let events = tx.read_after(after, 500).await?;
+//! for event in &events {
+//!     match &mut tx {
+//!         StoreTx::Postgres(tx) => { /* sqlx::query(…).execute(&mut **tx).await?; */ }
+//!         StoreTx::Sqlite(tx) => { /* sqlx::query(…).execute(&mut **tx).await?; */ }
+//!     }
+//! }
+//! if let Some(last) = events.last() {
+//!     tx.save_checkpoint("tasks", last.checkpoint()).await?;
+//! }
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Database, StoreTx};
+use crate::error::StoreError;
+
+/// A position in the global order of the log: the event at `(transaction_id, position)` and
+/// everything before it have been read. Ordered by transaction id, then position (on SQLite the
+/// transaction id is always 0).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Checkpoint {
+    /// The writing transaction's id (`xid8` as a number) on Postgres; 0 on SQLite.
+    pub transaction_id: i64,
+    /// The event's `global_position`.
+    pub position: i64,
+}
+
+impl Checkpoint {
+    /// Before the first event: a consumer at the origin reads the whole log.
+    pub const ORIGIN: Checkpoint = Checkpoint {
+        transaction_id: 0,
+        position: 0,
+    };
+}
+
+/// Loads the checkpoint called `name`, or [`Checkpoint::ORIGIN`] if it was never saved.
+pub async fn load(db: &Database, name: &str) -> Result<Checkpoint, StoreError> {
+    let row: Option<(i64, i64)> = match db {
+        Database::Postgres(pool) => {
+            sqlx::query_as("SELECT transaction_id, position FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query_as("SELECT transaction_id, position FROM checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(to_checkpoint(row))
+}
+
+/// Every saved checkpoint, by name: for lag reports (compare with
+/// [`LogReader::count_after`](crate::LogReader::count_after)).
+pub async fn list(db: &Database) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+    let rows: Vec<(String, i64, i64)> = match db {
+        Database::Postgres(pool) => {
+            sqlx::query_as("SELECT name, transaction_id, position FROM checkpoints ORDER BY name")
+                .fetch_all(pool)
+                .await?
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query_as("SELECT name, transaction_id, position FROM checkpoints ORDER BY name")
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(name, transaction_id, position)| {
+            (
+                name,
+                Checkpoint {
+                    transaction_id,
+                    position,
+                },
+            )
+        })
+        .collect())
+}
+
+fn to_checkpoint(row: Option<(i64, i64)>) -> Checkpoint {
+    row.map_or(Checkpoint::ORIGIN, |(transaction_id, position)| {
+        Checkpoint {
+            transaction_id,
+            position,
+        }
+    })
+}
+
+impl StoreTx {
+    /// Loads the checkpoint `name` (or [`Checkpoint::ORIGIN`]) and holds it until commit or
+    /// rollback: a second transaction locking the same name waits, so two instances of a
+    /// consumer never process the same batch. On Postgres this is a transaction-scoped advisory
+    /// lock; a SQLite transaction already holds the database's write lock.
+    pub async fn lock_checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
+        if let Self::Postgres(tx) = self {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("sparc.checkpoint.{name}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        self.load_checkpoint(name).await
+    }
+
+    /// Loads the checkpoint `name` inside the transaction, or [`Checkpoint::ORIGIN`].
+    pub async fn load_checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
+        let row: Option<(i64, i64)> = match self {
+            Self::Postgres(tx) => {
+                sqlx::query_as("SELECT transaction_id, position FROM checkpoints WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+            Self::Sqlite(tx) => {
+                sqlx::query_as("SELECT transaction_id, position FROM checkpoints WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(to_checkpoint(row))
+    }
+
+    /// Saves the checkpoint `name` (insert or overwrite); it takes effect at commit.
+    pub async fn save_checkpoint(
+        &mut self,
+        name: &str,
+        checkpoint: Checkpoint,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => {
+                sqlx::query(
+                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+                     VALUES ($1, $2, $3, now()) \
+                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+                     position = excluded.position, updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(checkpoint.transaction_id)
+                .bind(checkpoint.position)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Self::Sqlite(tx) => {
+                sqlx::query(
+                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+                     VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+                     position = excluded.position, updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(checkpoint.transaction_id)
+                .bind(checkpoint.position)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the checkpoint `name` (its consumer starts again from the origin), e.g. before a
+    /// projection rebuild.
+    pub async fn delete_checkpoint(&mut self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => {
+                sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Self::Sqlite(tx) => {
+                sqlx::query("DELETE FROM checkpoints WHERE name = ?")
+                    .bind(name)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

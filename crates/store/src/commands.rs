@@ -1,0 +1,195 @@
+//! The command side: runs a command against an aggregate loaded from the event store and
+//! commits the events it decides, with the request's metadata on every event.
+//!
+//! This is `CqrsFramework::execute` without in-process queries (read models follow the log
+//! instead) plus what the API needs from a write: an expected version (`If-Match`) checked
+//! against the loaded stream, the committed version and the new state in the answer, and a
+//! bounded retry when another writer committed to the same stream first.
+
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use sparc_domain::agent::Agent;
+use sparc_domain::execution::Execution;
+use sparc_domain::project::Project;
+use sparc_domain::reservation::Reservation;
+use sparc_domain::task::Task;
+use sparc_domain::user::User;
+
+use crate::event_store::{Store, event_store, snapshot_store};
+use crate::{Database, EventMetadata};
+
+/// Long streams (tasks accumulate runs, agents accumulate activity, users sessions) are loaded
+/// from a snapshot plus the events after it; one is written every this many events.
+pub const SNAPSHOT_EVERY: usize = 100;
+
+/// How often a command is decided again after losing a race on its stream.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Why a command did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused it.
+    #[error("{0}")]
+    Rejected(E),
+    /// The stream is not at the version the caller expected (`If-Match`).
+    #[error("expected version {expected}, found {actual}")]
+    VersionMismatch {
+        /// What the caller expected.
+        expected: usize,
+        /// What the stream is at.
+        actual: usize,
+    },
+    /// Other writers kept winning the race on this stream.
+    #[error("concurrent modification")]
+    Conflict,
+    /// The store failed.
+    #[error("event store: {0}")]
+    Store(String),
+}
+
+/// What a committed (or refused-as-no-op) command left behind.
+#[derive(Debug, Clone)]
+pub struct Outcome<A: Aggregate> {
+    /// The aggregate's state after the command.
+    pub state: A,
+    /// Its version: the sequence of its last event (0 for a stream with none).
+    pub version: usize,
+    /// The events this command recorded (empty when it changed nothing).
+    pub events: Vec<A::Event>,
+}
+
+/// One event store per aggregate type, over one database.
+pub struct CommandBus {
+    users: Store<User>,
+    projects: Store<Project>,
+    tasks: Store<Task>,
+    executions: Store<Execution>,
+    agents: Store<Agent>,
+    reservations: Store<Reservation>,
+}
+
+/// Selects an aggregate's store on the bus.
+pub trait Routed: Aggregate<Services = ()> + Clone {
+    /// The store of this aggregate type.
+    fn store(bus: &CommandBus) -> &Store<Self>;
+}
+
+macro_rules! routed {
+    ($($aggregate:ty => $field:ident),+ $(,)?) => {
+        $(impl Routed for $aggregate {
+            fn store(bus: &CommandBus) -> &Store<Self> {
+                &bus.$field
+            }
+        })+
+    };
+}
+
+routed!(
+    User => users,
+    Project => projects,
+    Task => tasks,
+    Execution => executions,
+    Agent => agents,
+    Reservation => reservations,
+);
+
+impl CommandBus {
+    /// A bus over `db`.
+    pub fn new(db: &Database) -> Self {
+        Self {
+            users: snapshot_store(db, SNAPSHOT_EVERY),
+            projects: event_store(db),
+            tasks: snapshot_store(db, SNAPSHOT_EVERY),
+            executions: event_store(db),
+            agents: snapshot_store(db, SNAPSHOT_EVERY),
+            reservations: event_store(db),
+        }
+    }
+
+    /// Loads an aggregate's current state and version.
+    pub async fn load<A: Routed>(&self, id: &str) -> Result<(A, usize), CommandError<A::Error>> {
+        let context = A::store(self)
+            .load_aggregate(id)
+            .await
+            .map_err(store_error)?;
+        Ok((context.aggregate, context.current_sequence))
+    }
+
+    /// Decides `command` on the aggregate `id` and commits its events with `metadata`.
+    /// With `expected_version`, the stream must be at exactly that version (no retry: the
+    /// caller asked for that state). Without it, a lost race is decided again on the new state.
+    pub async fn execute<A: Routed>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        expected_version: Option<usize>,
+    ) -> Result<Outcome<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let store: &Store<A> = A::store(self);
+        let mut attempt = 0;
+        loop {
+            let mut context = store.load_aggregate(id).await.map_err(store_error)?;
+            if let Some(expected) = expected_version
+                && expected != context.current_sequence
+            {
+                return Err(CommandError::VersionMismatch {
+                    expected,
+                    actual: context.current_sequence,
+                });
+            }
+            let sink = cqrs_es::event_sink::EventSink::default();
+            context
+                .aggregate()
+                .handle(command.clone(), &(), &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            let state = context.aggregate.clone();
+            if events.is_empty() {
+                return Ok(Outcome {
+                    state,
+                    version: context.current_sequence,
+                    events,
+                });
+            }
+            match store
+                .commit(events.clone(), context, metadata.clone().into_map())
+                .await
+            {
+                Ok(committed) => {
+                    let version = committed.last().map_or(0, |e| e.sequence);
+                    return Ok(Outcome {
+                        state,
+                        version,
+                        events,
+                    });
+                }
+                Err(AggregateError::AggregateConflict)
+                    if expected_version.is_none() && attempt < CONFLICT_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    return Err(match expected_version {
+                        Some(expected) => CommandError::VersionMismatch {
+                            expected,
+                            actual: expected + 1,
+                        },
+                        None => CommandError::Conflict,
+                    });
+                }
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+    }
+}
+
+fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
+    match error {
+        AggregateError::AggregateConflict => CommandError::Conflict,
+        AggregateError::UserError(e) => CommandError::Rejected(e),
+        other => CommandError::Store(other.to_string()),
+    }
+}

@@ -1,0 +1,225 @@
+//! Connecting to the database (PostgreSQL or SQLite, chosen by the URL), applying the embedded
+//! migrations, readiness probes, and [`StoreTx`], a transaction on either backend.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::error::StoreError;
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// Connections in a Postgres pool opened by [`Database::connect`].
+const POSTGRES_POOL_SIZE: u32 = 16;
+/// Connections in a SQLite pool opened by [`Database::connect`] (one writer at a time; the rest
+/// read concurrently thanks to WAL).
+const SQLITE_POOL_SIZE: u32 = 8;
+/// How long a SQLite writer waits for the write lock before failing with `SQLITE_BUSY`.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Database::ping`] waits for an answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which database engine a [`Database`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// PostgreSQL (production).
+    Postgres,
+    /// SQLite (the embedded single-process mode).
+    Sqlite,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// A connection pool to the event store and read models. Cheap to clone (the pools are shared).
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// A PostgreSQL pool.
+    Postgres(PgPool),
+    /// A SQLite pool (WAL, foreign keys on, 5 s busy timeout).
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Connects to `url`: `postgres://…`, `postgresql://…`, or `sqlite://path` / `sqlite:path`.
+    ///
+    /// For SQLite the file and its parent directory are created if missing, the journal is put
+    /// in WAL mode, foreign keys are enforced and writers wait up to 5 s for the write lock.
+    /// The migrations are not applied: call [`Database::migrate`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(POSTGRES_POOL_SIZE)
+                .connect(url)
+                .await?;
+            Ok(Self::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true);
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let pool_options = if in_memory {
+                // One connection keeps the in-memory database alive and avoids shared-cache
+                // table locks.
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+            } else {
+                if let Some(parent) = options.get_filename().parent()
+                    && parent != Path::new("")
+                {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                SqlitePoolOptions::new().max_connections(SQLITE_POOL_SIZE)
+            };
+            Ok(Self::Sqlite(pool_options.connect_with(options).await?))
+        } else {
+            // Never echo the URL: it may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(StoreError::UnsupportedUrl(format!("scheme {scheme:?}")))
+        }
+    }
+
+    /// The engine this database runs on.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self {
+            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies the embedded migrations of this backend that are not applied yet
+    /// (`migrations/postgres` or `migrations/sqlite`).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Self::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether some embedded migration is not (successfully) applied yet: the database is not
+    /// ready for this binary.
+    pub async fn pending_migrations(&self) -> Result<bool, StoreError> {
+        let applied: Vec<i64> = match self {
+            Self::Postgres(pool) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                if !exists {
+                    return Ok(true);
+                }
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await?
+            }
+            Self::Sqlite(pool) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT count(*) > 0 FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(pool)
+                .await?;
+                if !exists {
+                    return Ok(true);
+                }
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .any(|m| !applied.contains(&m.version)))
+    }
+
+    /// Whether the database answers a trivial query within 2 s.
+    pub async fn ping(&self) -> bool {
+        let query = async {
+            match self {
+                Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
+                Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
+            }
+        };
+        tokio::time::timeout(PING_TIMEOUT, query)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Begins a transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the write lock at once,
+    /// so a transaction that reads and then writes never fails with a stale snapshot.
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        Ok(match self {
+            Self::Postgres(pool) => StoreTx::Postgres(pool.begin().await?),
+            Self::Sqlite(pool) => StoreTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+}
+
+/// A transaction on either backend, from [`Database::begin`].
+///
+/// Projectors run their own SQL on the inner transaction by matching on the variant
+/// (`StoreTx::Postgres(tx) => sqlx::query(…).execute(&mut **tx)`), save their checkpoint with
+/// [`StoreTx::save_checkpoint`] and [`commit`](StoreTx::commit) both at once. Dropping it
+/// without committing rolls back.
+#[derive(Debug)]
+pub enum StoreTx {
+    /// A PostgreSQL transaction (READ COMMITTED).
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// A SQLite transaction holding the write lock.
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl StoreTx {
+    /// The engine this transaction runs on.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Commits everything done in the transaction.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await?,
+            Self::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Rolls the transaction back.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => tx.rollback().await?,
+            Self::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}

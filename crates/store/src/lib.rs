@@ -1,0 +1,35 @@
+//! The event store of sparc: one code path over PostgreSQL (production) and SQLite (embedded).
+//!
+//! - [`db`]: connecting, migrating and probing a [`Database`], and backend-neutral transactions.
+//! - [`event_repository`]: the cqrs-es repository over either backend, and how a caller learns
+//!   what a command committed.
+//! - [`event_store`](mod@event_store): the cqrs-es event store (events, optionally snapshots) and `Cqrs<A>`.
+//! - [`metadata`]: the metadata stored on every event (actor, request and correlation ids, …).
+//! - [`log`]: reading the whole log in global (commit-safe) order, and per aggregate.
+//! - [`checkpoint`]: how far each consumer of the log has read.
+//! - [`chain`]: the sha256 hash chain over the log and its verification.
+//! - `testing` (feature `testing`): fresh test databases.
+
+#![warn(missing_docs)]
+
+pub mod chain;
+pub mod checkpoint;
+pub mod commands;
+pub mod db;
+pub mod error;
+pub mod event_repository;
+pub mod event_store;
+pub mod log;
+pub mod metadata;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use chain::{Chainer, VerifyReport, verify};
+pub use checkpoint::Checkpoint;
+pub use commands::{CommandBus, CommandError, Outcome, Routed};
+pub use db::{Backend, Database, StoreTx};
+pub use error::StoreError;
+pub use event_repository::{Committed, EventRepository, capture_commits};
+pub use event_store::{Cqrs, Store, event_store, snapshot_store};
+pub use log::{LogReader, LogStats, RecordedEvent};
+pub use metadata::EventMetadata;

@@ -1,0 +1,171 @@
+//! Test support for every crate (feature `testing`): a fresh, migrated database per test on the
+//! running PostgreSQL, or in a temporary SQLite file.
+//!
+//! ```no_run
+//! # async fn t() {
+//! let Some(db) = sparc_store::testing::postgres_database().await else { return };
+//! let (sqlite, _file) = sparc_store::testing::sqlite_database().await;
+//! # let _ = (db, sqlite); }
+//! ```
+//!
+//! When PostgreSQL is not reachable the Postgres helpers print one `skipping: …` line and return
+//! `None`, so a developer without the service still runs the rest; with `CI=true` they panic,
+//! because a missing service in CI is a failure.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::db::Database;
+
+/// The admin URL used to create test databases unless `SPARC_TEST_POSTGRES_URL` is set.
+pub const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh Postgres test database.
+#[derive(Debug)]
+pub struct PostgresTestDatabase {
+    /// The migrated database.
+    pub database: Database,
+    /// Its URL, for handing to a spawned `sparc` binary.
+    pub url: String,
+    /// Its name (`sparc_test_<uuid>`).
+    pub name: String,
+}
+
+/// A fresh, migrated Postgres database named `sparc_test_<uuid>`, or `None` (after printing
+/// why) if PostgreSQL is not running. Panics if `CI=true` and PostgreSQL is not running.
+pub async fn postgres_database() -> Option<Database> {
+    postgres_test_database().await.map(|t| t.database)
+}
+
+/// Like [`postgres_database`], with the database's URL and name.
+pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
+    let admin_url = std::env::var("SPARC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_string());
+    let connect = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url));
+    let mut admin = match connect.await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => return unreachable_postgres(&error.to_string()),
+        Err(_) => return unreachable_postgres("timed out"),
+    };
+    let name = format!("sparc_test_{}", Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    let _ = admin.close().await;
+    let url = with_database(&admin_url, &name);
+    let database = Database::connect(&url)
+        .await
+        .expect("connect to the test database");
+    database.migrate().await.expect("migrate the test database");
+    Some(PostgresTestDatabase {
+        database,
+        url,
+        name,
+    })
+}
+
+fn unreachable_postgres<T>(why: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("PostgreSQL is not reachable in CI (CI=true): {why}");
+    }
+    eprintln!("skipping: PostgreSQL is not running on 127.0.0.1:5432 (start it to run this test)");
+    None
+}
+
+/// `url` with its database name replaced by `name` (query parameters kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// A SQLite database file in the system temporary directory, deleted (with its WAL files) on
+/// drop.
+#[derive(Debug)]
+pub struct SqliteTestFile {
+    path: PathBuf,
+}
+
+impl SqliteTestFile {
+    /// A new, not yet existing, uniquely named file path.
+    pub fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("sparc_test_{}.sqlite", Uuid::new_v4().simple()));
+        Self { path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `sqlite://` URL of the file, for [`Database::connect`] or a spawned binary.
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}
+
+impl Default for SqliteTestFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SqliteTestFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = self.path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// A fresh, migrated SQLite database in a temporary file; keep the returned guard alive while
+/// the database is used.
+pub async fn sqlite_database() -> (Database, SqliteTestFile) {
+    let file = SqliteTestFile::new();
+    let database = Database::connect(&file.url())
+        .await
+        .expect("open the SQLite test database");
+    database
+        .migrate()
+        .await
+        .expect("migrate the SQLite test database");
+    (database, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_test_database_url_keeps_the_server_and_query() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "x"),
+            "postgres://h:5432/x"
+        );
+    }
+}

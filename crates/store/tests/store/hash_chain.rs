@@ -1,0 +1,129 @@
+//! The hash chain: chaining in global order, and verification finding tampered events.
+
+use sparc_store::testing::{self, SqliteTestFile};
+use sparc_store::{Chainer, Checkpoint, Database, LogReader, verify};
+
+use crate::support::{append, chain, execute, wait_until_readable};
+
+/// 20 events over 4 counters (interleaved), chained; 2 more left unchained; then one payload
+/// edited and one event deleted behind the chain's back.
+async fn verify_finds_an_edited_payload_and_a_deleted_event(db: &Database) {
+    for round in 0..5 {
+        for id in ["a", "b", "c", "d"] {
+            append(db, id, round + 1, 1).await;
+        }
+    }
+    wait_until_readable(db, 20).await;
+    chain(db, 20, 7).await;
+    let report = verify(db).await.unwrap();
+    assert!(report.ok, "{}: {report:?}", db.backend());
+    assert_eq!((report.events_checked, report.unchained), (20, 0));
+
+    append(db, "e", 1, 2).await;
+    let report = verify(db).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.events_checked, report.unchained), (22, 2));
+
+    let events = LogReader::new(db)
+        .read_after(Checkpoint::ORIGIN, 20)
+        .await
+        .unwrap();
+    let edited = events[4].position;
+    let deleted = events[11].position;
+    let after_deleted = events[12].position;
+    let changed = execute(
+        db,
+        &format!(
+            r#"UPDATE events SET payload = '{{"Added":{{"amount":1000}}}}' WHERE global_position = {edited}"#
+        ),
+    )
+    .await;
+    assert_eq!(changed, 1);
+    let changed = execute(
+        db,
+        &format!("DELETE FROM events WHERE global_position = {deleted}"),
+    )
+    .await;
+    assert_eq!(changed, 1);
+
+    let report = verify(db).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(
+        report.bad_positions,
+        vec![edited, after_deleted],
+        "{}: {report:?}",
+        db.backend()
+    );
+    assert_eq!(report.first_bad_position, Some(edited));
+    assert_eq!((report.events_checked, report.unchained), (21, 2));
+}
+
+#[tokio::test]
+async fn verify_finds_an_edited_payload_and_a_deleted_event_on_sqlite() {
+    let (db, _file): (Database, SqliteTestFile) = testing::sqlite_database().await;
+    verify_finds_an_edited_payload_and_a_deleted_event(&db).await;
+}
+
+#[tokio::test]
+async fn verify_finds_an_edited_payload_and_a_deleted_event_on_postgres() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    verify_finds_an_edited_payload_and_a_deleted_event(&db).await;
+}
+
+#[tokio::test]
+async fn chainer_never_chains_past_an_open_transaction() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    append(&db, "a", 1, 3).await;
+    wait_until_readable(&db, 3).await;
+
+    // A takes a position and stays open; B takes a later one and commits first.
+    let insert = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                  event_version, payload, metadata) \
+                  VALUES ('Counter', $1, 1, 'Added', '1.0', '{}', '{}') RETURNING global_position";
+    let mut a = pool.begin().await.unwrap();
+    let a_position: i64 = sqlx::query_scalar(insert)
+        .bind("slow")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    let b_position: i64 = sqlx::query_scalar(insert)
+        .bind("fast")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(a_position < b_position);
+
+    chain(&db, 3, 100).await;
+    let chainer = Chainer::new(&db);
+    assert_eq!(
+        chainer.chain_pending(100).await.unwrap(),
+        0,
+        "B waits for A"
+    );
+    let report = verify(&db).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.events_checked, report.unchained), (4, 1));
+
+    a.commit().await.unwrap();
+    chain(&db, 2, 100).await;
+    let report = verify(&db).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.events_checked, report.unchained), (5, 0));
+
+    // The chain follows commit order: A (older transaction) before B.
+    let order: Vec<i64> = LogReader::new(&db)
+        .read_after(Checkpoint::ORIGIN, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(order[3..], [a_position, b_position]);
+}

@@ -1,0 +1,91 @@
+//! The `agents` read model: the shared registry. Capabilities are kept as `,a,b,` text so an
+//! any-of filter is a plain `LIKE` on both backends and is applied before paging.
+
+use sparc_domain::agent::{Agent, AgentStatus, AgentType};
+use sparc_store::Database;
+use uuid::Uuid;
+
+use crate::sql::SqlValue;
+use crate::state_table::{self, Indexed, Row, Selection};
+
+impl Indexed for Agent {
+    const TABLE: &'static str = "agents";
+    const COLUMNS: &'static [&'static str] = &[
+        "name_key",
+        "agent_type",
+        "status",
+        "registered",
+        "capabilities_key",
+        "last_active_at",
+        "created_at",
+    ];
+
+    fn columns(&self) -> Vec<SqlValue> {
+        vec![
+            SqlValue::Text(self.name.as_ref().map(|n| n.as_str().to_lowercase())),
+            SqlValue::Text(Some(self.agent_type.as_str().to_owned())),
+            SqlValue::Text(Some(self.status.as_str().to_owned())),
+            self.registered.into(),
+            SqlValue::Text(Some(format!(",{},", self.capabilities.join(",")))),
+            self.last_active_at.into(),
+            self.created_at.into(),
+        ]
+    }
+}
+
+/// What the agent list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AgentQuery {
+    /// Only this type.
+    pub agent_type: Option<AgentType>,
+    /// Only this status.
+    pub status: Option<AgentStatus>,
+    /// Agents with any of these capabilities.
+    pub capabilities: Vec<String>,
+    /// Page size.
+    pub limit: i64,
+    /// Page start.
+    pub offset: i64,
+}
+
+/// One agent by id (deregistered ones too; callers decide).
+pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Agent>>, sqlx::Error> {
+    state_table::get(db, &id.to_string()).await
+}
+
+/// A page of registered agents, most recently active first, and the total matching.
+pub async fn list(
+    db: &Database,
+    query: &AgentQuery,
+) -> Result<(Vec<Row<Agent>>, i64), sqlx::Error> {
+    let mut conditions = vec!["registered = 1".to_owned()];
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(agent_type) = query.agent_type {
+        params.push(agent_type.as_str().to_owned().into());
+        conditions.push(format!("agent_type = ${}", params.len()));
+    }
+    if let Some(status) = query.status {
+        params.push(status.as_str().to_owned().into());
+        conditions.push(format!("status = ${}", params.len()));
+    }
+    if !query.capabilities.is_empty() {
+        let mut any = Vec::new();
+        for capability in &query.capabilities {
+            params.push(format!("%,{},%", capability.replace(['%', '_', '\\'], "")).into());
+            any.push(format!("capabilities_key LIKE ${}", params.len()));
+        }
+        conditions.push(format!("({})", any.join(" OR ")));
+    }
+    state_table::select(
+        db,
+        &Selection {
+            filter: conditions.join(" AND "),
+            params,
+            order_by: "last_active_at IS NULL, last_active_at DESC, created_at DESC, id DESC"
+                .to_owned(),
+            limit: query.limit,
+            offset: query.offset,
+        },
+    )
+    .await
+}

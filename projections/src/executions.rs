@@ -1,0 +1,77 @@
+//! The `executions` read model: runs of tasks, for a task's execution list and an agent's
+//! history.
+
+use sparc_domain::execution::{Execution, ExecutionStatus};
+use sparc_store::Database;
+use uuid::Uuid;
+
+use crate::sql::SqlValue;
+use crate::state_table::{self, Indexed, Row, Selection};
+
+impl Indexed for Execution {
+    const TABLE: &'static str = "executions";
+    const COLUMNS: &'static [&'static str] =
+        &["task_id", "user_id", "agent_id", "status", "started_at"];
+
+    fn columns(&self) -> Vec<SqlValue> {
+        vec![
+            SqlValue::Text(Some(self.task_id.to_string())),
+            SqlValue::Text(Some(self.user_id.to_string())),
+            SqlValue::Text(self.agent_id.map(|a| a.to_string())),
+            SqlValue::Text(Some(self.status.as_str().to_owned())),
+            self.started_at.into(),
+        ]
+    }
+}
+
+/// One execution by id.
+pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Execution>>, sqlx::Error> {
+    state_table::get(db, &id.to_string()).await
+}
+
+/// A page of a task's executions, newest first, optionally of one status.
+pub async fn of_task(
+    db: &Database,
+    task_id: Uuid,
+    status: Option<ExecutionStatus>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Row<Execution>>, i64), sqlx::Error> {
+    let mut filter = "task_id = $1".to_owned();
+    let mut params: Vec<SqlValue> = vec![task_id.to_string().into()];
+    if let Some(status) = status {
+        params.push(status.as_str().to_owned().into());
+        filter.push_str(" AND status = $2");
+    }
+    state_table::select(
+        db,
+        &Selection {
+            filter,
+            params,
+            order_by: "started_at DESC, id DESC".to_owned(),
+            limit,
+            offset,
+        },
+    )
+    .await
+}
+
+/// An agent's most recent executions, newest first.
+pub async fn of_agent(
+    db: &Database,
+    agent_id: Uuid,
+    limit: i64,
+) -> Result<Vec<Row<Execution>>, sqlx::Error> {
+    let (rows, _) = state_table::select(
+        db,
+        &Selection {
+            filter: "agent_id = $1".to_owned(),
+            params: vec![agent_id.to_string().into()],
+            order_by: "started_at DESC, id DESC".to_owned(),
+            limit,
+            offset: 0,
+        },
+    )
+    .await?;
+    Ok(rows)
+}

@@ -1,0 +1,33 @@
+//! Read models built from the event log, and the runner that keeps them current.
+//!
+//! Every read model here is a table of aggregate states: its projector folds the aggregate's own
+//! events with the domain's `apply` (so a read model can never disagree with the aggregate) and
+//! stores the state as JSON beside the columns that queries filter and sort on. The
+//! [`runner`] feeds each projection the log in global order, in batches, and commits the
+//! read-model change together with the projection's checkpoint, so a crash never loses or
+//! doubles a change.
+//!
+//! | module | table | queried by |
+//! |---|---|---|
+//! | [`tasks`] | `tasks` | task list and detail |
+//! | [`projects`] | `projects` | project list and detail |
+//! | [`executions`] | `executions` | task executions, agent history |
+//! | [`agents`] | `agents` | the agent registry |
+//! | [`users`] | `users` | login, sessions, `me` |
+//!
+//! [`policies`] holds the cross-aggregate reactions (deleting a project deletes its tasks),
+//! which run on the same runner but issue commands instead of writing tables.
+
+pub mod agents;
+pub mod executions;
+pub mod policies;
+pub mod projects;
+pub mod runner;
+mod sql;
+pub mod state_table;
+pub mod tasks;
+pub mod users;
+
+pub use runner::{Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
+pub use sql::{SqlValue, format_timestamp};
+pub use state_table::{Indexed, Row, StateTable};

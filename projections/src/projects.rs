@@ -1,0 +1,166 @@
+//! The `projects` read model: project states with lower-cased name and description for
+//! case-insensitive search. `tasks_count` is counted from the `tasks` table at query time, so
+//! it is always consistent with the task list.
+
+use sparc_domain::project::{Project, ProjectStatus};
+use sparc_store::Database;
+use uuid::Uuid;
+
+use crate::on_db;
+use crate::sql::SqlValue;
+use crate::state_table::{self, Indexed, Row, Selection};
+
+impl Indexed for Project {
+    const TABLE: &'static str = "projects";
+    const COLUMNS: &'static [&'static str] = &[
+        "user_id",
+        "status",
+        "name_key",
+        "description_key",
+        "created_at",
+        "updated_at",
+    ];
+
+    fn columns(&self) -> Vec<SqlValue> {
+        vec![
+            SqlValue::Text(Some(self.user_id.to_string())),
+            SqlValue::Text(Some(self.status.as_str().to_owned())),
+            SqlValue::Text(self.name.as_ref().map(|n| n.as_str().to_lowercase())),
+            SqlValue::Text(self.description.as_ref().map(|d| d.to_lowercase())),
+            self.created_at.into(),
+            self.updated_at.into(),
+        ]
+    }
+}
+
+/// The orders the project list offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProjectSort {
+    /// By creation time.
+    #[default]
+    CreatedAt,
+    /// By name, case-insensitively.
+    Name,
+    /// By number of live tasks.
+    TasksCount,
+}
+
+/// What the project list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectQuery {
+    /// Only this owner's (`None`: everyone's).
+    pub owner: Option<Uuid>,
+    /// Case-insensitive text in the name or description.
+    pub search: Option<String>,
+    /// Only this status (deleted projects are always left out).
+    pub status: Option<ProjectStatus>,
+    /// Order.
+    pub sort: ProjectSort,
+    /// Descending instead of ascending.
+    pub descending: bool,
+    /// Page size.
+    pub limit: i64,
+    /// Page start.
+    pub offset: i64,
+}
+
+const TASKS_COUNT: &str = "(SELECT COUNT(*) FROM tasks WHERE tasks.project_id = projects.id AND tasks.status <> 'deleted')";
+
+/// One project by id.
+pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Project>>, sqlx::Error> {
+    state_table::get(db, &id.to_string()).await
+}
+
+/// Escapes `%`, `_` and `\` so user text matches literally in `LIKE … ESCAPE '\'`.
+fn like_pattern(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 2);
+    escaped.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push('%');
+    escaped
+}
+
+/// A page of projects and the total matching.
+pub async fn list(
+    db: &Database,
+    query: &ProjectQuery,
+) -> Result<(Vec<Row<Project>>, i64), sqlx::Error> {
+    let mut conditions = vec!["status <> 'deleted'".to_owned()];
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(owner) = query.owner {
+        params.push(owner.to_string().into());
+        conditions.push(format!("user_id = ${}", params.len()));
+    }
+    if let Some(status) = query.status {
+        params.push(status.as_str().to_owned().into());
+        conditions.push(format!("status = ${}", params.len()));
+    }
+    if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
+        params.push(like_pattern(search).into());
+        let p = params.len();
+        conditions.push(format!(
+            "(name_key LIKE ${p} ESCAPE '\\' OR description_key LIKE ${p} ESCAPE '\\')"
+        ));
+    }
+    let column = match query.sort {
+        ProjectSort::CreatedAt => "created_at",
+        ProjectSort::Name => "name_key",
+        ProjectSort::TasksCount => TASKS_COUNT,
+    };
+    let direction = if query.descending { "DESC" } else { "ASC" };
+    state_table::select(
+        db,
+        &Selection {
+            filter: conditions.join(" AND "),
+            params,
+            order_by: format!("{column} {direction}, id {direction}"),
+            limit: query.limit,
+            offset: query.offset,
+        },
+    )
+    .await
+}
+
+/// The number of live tasks of each of `ids`.
+pub async fn tasks_counts(
+    db: &Database,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, i64>, sqlx::Error> {
+    let mut counts = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(counts);
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT project_id, COUNT(*) FROM tasks WHERE status <> 'deleted' AND project_id IN ({}) GROUP BY project_id",
+        placeholders.join(", ")
+    );
+    let rows: Vec<(String, i64)> = on_db!(db, pool => {
+        let mut q = sqlx::query_as(&sql);
+        for id in ids {
+            q = q.bind(id.to_string());
+        }
+        q.fetch_all(pool).await?
+    });
+    for (id, count) in rows {
+        if let Ok(id) = id.parse() {
+            counts.insert(id, count);
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn search_text_is_matched_literally_and_case_insensitively() {
+        assert_eq!(like_pattern("Ab%_c"), "%ab\\%\\_c%");
+    }
+}

@@ -1,0 +1,110 @@
+//! Small helpers for writing one SQL text that runs on both backends: `$n` placeholders (which
+//! SQLite accepts too), values limited to text and integers, timestamps as fixed-width RFC 3339
+//! text (so text order is time order on both engines), and macros that run a statement on
+//! whichever connection a `StoreTx` or `Database` holds.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// A value bound into a read-model statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// Text, or NULL.
+    Text(Option<String>),
+    /// An integer, or NULL.
+    Int(Option<i64>),
+}
+
+impl From<Option<DateTime<Utc>>> for SqlValue {
+    fn from(value: Option<DateTime<Utc>>) -> Self {
+        SqlValue::Text(value.map(format_timestamp))
+    }
+}
+
+impl From<String> for SqlValue {
+    fn from(value: String) -> Self {
+        SqlValue::Text(Some(value))
+    }
+}
+
+impl From<Option<String>> for SqlValue {
+    fn from(value: Option<String>) -> Self {
+        SqlValue::Text(value)
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(value: i64) -> Self {
+        SqlValue::Int(Some(value))
+    }
+}
+
+impl From<bool> for SqlValue {
+    fn from(value: bool) -> Self {
+        SqlValue::Int(Some(i64::from(value)))
+    }
+}
+
+/// Formats a time as `2026-03-02T09:00:00.000000Z`: fixed width, so comparing the text compares
+/// the times.
+pub fn format_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Binds a list of [`SqlValue`]s onto a `sqlx::query`.
+macro_rules! bind_all {
+    ($query:expr, $values:expr) => {{
+        let mut query = $query;
+        for value in $values {
+            query = match value {
+                $crate::sql::SqlValue::Text(text) => query.bind(text.clone()),
+                $crate::sql::SqlValue::Int(int) => query.bind(*int),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_all;
+
+/// Runs `$body` with `$conn` bound to the connection inside a `StoreTx`, for either backend.
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            sparc_store::StoreTx::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            sparc_store::StoreTx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_tx;
+
+/// Runs `$body` with `$pool` bound to the pool of a `Database`, for either backend. The body is
+/// compiled once per backend, so one SQL text (with `$n` placeholders) serves both.
+#[macro_export]
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            sparc_store::Database::Postgres($pool) => $body,
+            sparc_store::Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_format_to_fixed_width_text_that_sorts_like_time() {
+        let a = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap();
+        let b = a + chrono::Duration::milliseconds(1);
+        assert_eq!(format_timestamp(a), "2026-03-02T09:00:00.000000Z");
+        assert!(format_timestamp(a) < format_timestamp(b));
+    }
+}

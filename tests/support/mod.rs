@@ -1,0 +1,313 @@
+//! Test support for the black-box tests: [`TestApp::spawn`] starts the whole service (the same
+//! `Server` that `sparc serve` runs) on 127.0.0.1:0 over a fresh Postgres database or a fresh
+//! SQLite file, and offers a small HTTP client with helpers to make users of any role.
+//!
+//! Postgres is looked for at 127.0.0.1:5432; when it is absent the Postgres variant of a test
+//! prints a line saying what to start and passes, unless `CI=true`, where it fails.
+//! `TEST_LOG=1` shows the service's logs.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sparc::config::{Secret, Settings};
+use sparc::server::Server;
+use sparc_domain::user::Role;
+use sparc_store::testing::{PostgresTestDatabase, SqliteTestFile, postgres_test_database};
+use sparc_store::{CommandBus, Database, EventMetadata};
+
+/// Which event store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL at 127.0.0.1:5432.
+    Postgres,
+    /// An embedded SQLite file.
+    Sqlite,
+}
+
+/// A running service and a client for it.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The service's database, for direct inspection.
+    pub db: Database,
+    /// The database URL (for a second process or a restart).
+    pub database_url: String,
+    client: reqwest::Client,
+    server: Option<Server>,
+    _sqlite: Option<SqliteTestFile>,
+    _postgres: Option<PostgresTestDatabase>,
+}
+
+/// A signed-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// The user's id.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// A live access token.
+    pub token: String,
+    /// Its refresh token.
+    pub refresh_token: String,
+}
+
+/// The password every test user gets.
+pub const PASSWORD: &str = "Sup3rSecret!";
+
+/// Runs a test body against each backend: `both_backends!(name, |app| async move { … })`
+/// defines `name::postgres` and `name::sqlite`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = $crate::TestApp::spawn($crate::Backend::Postgres).await {
+                    ($body)(app).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) = $crate::TestApp::spawn($crate::Backend::Sqlite).await {
+                    ($body)(app).await;
+                }
+            }
+        }
+    };
+}
+
+impl TestApp {
+    /// Starts the service on `backend` with rate limits off; `None` when Postgres is absent
+    /// outside CI.
+    pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts the service with settings adjusted by `configure`.
+    pub async fn spawn_with(
+        backend: Backend,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Option<TestApp> {
+        if std::env::var("TEST_LOG").is_ok() {
+            sparc::telemetry::init(sparc::config::LogFormat::Pretty);
+        }
+        let (db, database_url, sqlite, postgres) = match backend {
+            Backend::Postgres => {
+                let pg = postgres_test_database().await?;
+                (pg.database.clone(), pg.url.clone(), None, Some(pg))
+            }
+            Backend::Sqlite => {
+                let file = SqliteTestFile::new();
+                let url = file.url();
+                let db = Database::connect(&url)
+                    .await
+                    .expect("the sqlite test database should open");
+                db.migrate().await.expect("sqlite migrations should apply");
+                (db, url, Some(file), None)
+            }
+        };
+        let mut settings = Settings {
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            database_url: Secret::new(database_url.clone()),
+            jwt_secret: Some(Secret::new(
+                "test-signing-key-that-is-long-enough-0123456789",
+            )),
+            ..Settings::default()
+        };
+        settings.api.rate_limit_per_minute = 0;
+        settings.api.auth_rate_limit_per_minute = 0;
+        settings.api.activity_rate_limit_per_minute = 0;
+        settings.api.agent_create_rate_limit_per_minute = 0;
+        configure(&mut settings);
+        let server = Server::start(settings)
+            .await
+            .expect("the service should start");
+        Some(TestApp {
+            base: format!("http://{}", server.addr),
+            db,
+            database_url,
+            client: reqwest::Client::new(),
+            server: Some(server),
+            _sqlite: sqlite,
+            _postgres: postgres,
+        })
+    }
+
+    /// Stops the service gracefully.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
+    /// A request to `path` (relative to the base), with `token` as bearer if given.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.base));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Sends a JSON request and returns the status, headers and JSON body (`Null` if none).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut builder = self.request(method, path, token);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        Response::from(builder.send().await.expect("the service should answer")).await
+    }
+
+    /// `GET path` with a token.
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// `POST path` with a token and JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// `PUT path` with a token and JSON body.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Response {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    /// `DELETE path` with a token.
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Registers a user through the API and logs in.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let registered = self
+            .call(
+                Method::POST,
+                "/api/v1/auth/register",
+                None,
+                Some(json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(
+            registered.status,
+            StatusCode::CREATED,
+            "registering {username}: {}",
+            registered.body
+        );
+        self.login(username).await
+    }
+
+    /// Creates a user of `role` the way `sparc user create` does, then logs in.
+    pub async fn user_with_role(&self, username: &str, role: Role) -> TestUser {
+        let commands = CommandBus::new(&self.db);
+        sparc_api::accounts::register_user(
+            &commands,
+            sparc_api::accounts::Registration {
+                username: username.to_owned(),
+                email: format!("{username}@example.com"),
+                password: PASSWORD.to_owned(),
+                full_name: None,
+                role,
+            },
+            &EventMetadata::new("test", uuid::Uuid::now_v7().to_string()),
+        )
+        .await
+        .expect("the user should be created");
+        // The login reads the users read model, which follows the log.
+        for _ in 0..200 {
+            let attempt = self.try_login(username).await;
+            if attempt.status == StatusCode::OK {
+                return Self::signed_in(username, attempt);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("{username} could not log in");
+    }
+
+    /// Logs a registered user in.
+    pub async fn login(&self, username: &str) -> TestUser {
+        let response = self.try_login(username).await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "logging in {username}: {}",
+            response.body
+        );
+        Self::signed_in(username, response)
+    }
+
+    async fn try_login(&self, username: &str) -> Response {
+        self.call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": username, "password": PASSWORD})),
+        )
+        .await
+    }
+
+    fn signed_in(username: &str, response: Response) -> TestUser {
+        TestUser {
+            id: response.body["user"]["id"]
+                .as_str()
+                .expect("a user id")
+                .to_owned(),
+            username: username.to_owned(),
+            password: PASSWORD.to_owned(),
+            token: response.body["access_token"]
+                .as_str()
+                .expect("an access token")
+                .to_owned(),
+            refresh_token: response.body["refresh_token"]
+                .as_str()
+                .expect("a refresh token")
+                .to_owned(),
+        }
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// JSON body, or `Null` when empty or not JSON.
+    pub body: Value,
+}
+
+impl Response {
+    async fn from(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
