@@ -109,6 +109,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's `Jail` closure returns its own large error
     fn a_toml_file_and_the_environment_override_defaults_in_that_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("sparc.toml", "listen = \"127.0.0.1:9000\"\nenvironment = \"staging\"\nrate_limit_per_minute = 7\n")?;
