@@ -31,6 +31,8 @@ impl Indexed for Agent {
             self.created_at.into(),
         ]
     }
+
+    const PUBLISHED: bool = true;
 }
 
 /// What the agent list asks for.

@@ -22,6 +22,12 @@ impl Indexed for Execution {
             self.started_at.into(),
         ]
     }
+
+    const PUBLISHED: bool = true;
+
+    fn audience(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
 }
 
 /// One execution by id.

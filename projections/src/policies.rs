@@ -33,7 +33,7 @@ impl ProjectCascade {
 
 #[async_trait]
 impl Projection for ProjectCascade {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "policy_project_cascade"
     }
 

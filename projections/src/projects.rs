@@ -31,6 +31,12 @@ impl Indexed for Project {
             self.updated_at.into(),
         ]
     }
+
+    const PUBLISHED: bool = true;
+
+    fn audience(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
 }
 
 /// The orders the project list offers.

@@ -47,7 +47,7 @@ pub enum ProjectionError {
 #[async_trait]
 pub trait Projection: Send + Sync {
     /// Its name: the checkpoint's name and, for read models, the table's.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
 
     /// Read models: applies a batch of events (in global order) inside `tx`, which also saves
     /// the checkpoint. It must be deterministic: the same batch on the same state gives the same
@@ -196,7 +196,8 @@ impl Worker {
         poll: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let name = self.projection.name();
+        let name = self.projection.name().to_owned();
+        let name = name.as_str();
         let mut checkpoint = None;
         let mut failures = 0u32;
         while !*shutdown.borrow() {

@@ -4,6 +4,10 @@
 //!
 //! A batch is applied with one read of the touched rows and one multi-row upsert, which is what
 //! makes a rebuild of a million events take seconds rather than minutes.
+//!
+//! Live tables of published aggregates also write, in the same transaction, one `outbox` row per
+//! applied event: the state after that event, for the relay that pushes changes to clients.
+//! A rebuild into a shadow table writes no outbox rows, so clients never see a change twice.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -26,6 +30,13 @@ pub trait Indexed: Aggregate + Clone {
     const COLUMNS: &'static [&'static str];
     /// The query column values of this state.
     fn columns(&self) -> Vec<SqlValue>;
+    /// Whether changes of this read model are pushed to clients (through the outbox).
+    const PUBLISHED: bool = false;
+    /// The one user allowed to see this state's changes (besides admins and auditors), or
+    /// `None` when every signed-in user may.
+    fn audience(&self) -> Option<uuid::Uuid> {
+        None
+    }
 }
 
 /// A stored state and its version (the sequence of the last event applied).
@@ -39,15 +50,30 @@ pub struct Row<A> {
 
 /// The projection that keeps the table of `A` current.
 pub struct StateTable<A> {
+    name: String,
     table: String,
+    publish: bool,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Indexed> StateTable<A> {
-    /// The projection writing `A::TABLE`.
+    /// The live projection writing `A::TABLE` (and the outbox, for published read models).
     pub fn new() -> Self {
         Self {
+            name: A::TABLE.to_owned(),
             table: A::TABLE.to_owned(),
+            publish: A::PUBLISHED,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// A rebuild of `A::TABLE` into the empty table `shadow`, under its own checkpoint `shadow`;
+    /// it publishes nothing.
+    pub fn rebuild_into(shadow: &str) -> Self {
+        Self {
+            name: shadow.to_owned(),
+            table: shadow.to_owned(),
+            publish: false,
             _aggregate: PhantomData,
         }
     }
@@ -78,8 +104,8 @@ impl<A: Indexed + 'static> Projection for StateTable<A>
 where
     A::Event: DeserializeOwned,
 {
-    fn name(&self) -> &'static str {
-        A::TABLE
+    fn name(&self) -> &str {
+        &self.name
     }
 
     async fn apply(
@@ -123,6 +149,7 @@ where
                 states.insert(id, (parse_body(&body)?, version, false));
             }
         }
+        let mut outbox = Vec::new();
         for event in mine {
             let entry = states
                 .entry(event.aggregate_id.clone())
@@ -133,6 +160,12 @@ where
             entry.0.apply(decode::<A::Event>(event)?);
             entry.1 = event.sequence;
             entry.2 = true;
+            if self.publish {
+                outbox.push(outbox_row(event, &entry.0)?);
+            }
+        }
+        for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
+            insert_outbox(tx, chunk).await?;
         }
         let changed: Vec<(&String, &(A, i64, bool))> = states.iter().filter(|(_, s)| s.2).collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
@@ -179,6 +212,51 @@ impl<A: Indexed> StateTable<A> {
         });
         Ok(())
     }
+}
+
+/// The columns of an `outbox` row, in [`OUTBOX_COLUMNS`] order.
+const OUTBOX_COLUMNS: &[&str] = &[
+    "position",
+    "transaction_id",
+    "kind",
+    "aggregate_id",
+    "audience",
+    "version",
+    "event_type",
+    "state",
+    "recorded_at",
+];
+
+fn outbox_row<A: Indexed>(event: &RecordedEvent, state: &A) -> Result<Vec<SqlValue>, ProjectionError> {
+    let body = serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    Ok(vec![
+        SqlValue::Int(Some(event.position)),
+        SqlValue::Int(Some(event.transaction_id)),
+        SqlValue::Text(Some(A::TABLE.to_owned())),
+        SqlValue::Text(Some(event.aggregate_id.clone())),
+        SqlValue::Text(state.audience().map(|u| u.to_string())),
+        SqlValue::Int(Some(event.sequence)),
+        SqlValue::Text(Some(event.event_type.clone())),
+        SqlValue::Text(Some(body)),
+        Some(event.recorded_at).into(),
+    ])
+}
+
+async fn insert_outbox(tx: &mut StoreTx, rows: &[Vec<SqlValue>]) -> Result<(), ProjectionError> {
+    let width = OUTBOX_COLUMNS.len();
+    let tuples: Vec<String> = (0..rows.len())
+        .map(|i| format!("({})", (1..=width).map(|c| format!("${}", i * width + c)).collect::<Vec<_>>().join(", ")))
+        .collect();
+    let sql = format!(
+        "INSERT INTO outbox ({}) VALUES {} ON CONFLICT (position) DO NOTHING",
+        OUTBOX_COLUMNS.join(", "),
+        tuples.join(", ")
+    );
+    let values: Vec<SqlValue> = rows.iter().flatten().cloned().collect();
+    on_tx!(tx, conn => {
+        bind_all!(sqlx::query(&sql), &values).execute(&mut *conn).await?;
+    });
+    Ok(())
 }
 
 /// Reads one state by id.

@@ -31,6 +31,12 @@ impl Indexed for Task {
             self.next_run_at.into(),
         ]
     }
+
+    const PUBLISHED: bool = true;
+
+    fn audience(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
 }
 
 /// The orders the task list offers.
