@@ -15,16 +15,22 @@
 //! | [`agents`] | `agents` | the agent registry |
 //! | [`users`] | `users` | login, sessions, `me` |
 //!
+//! [`catalog`] lists the read models by name; [`rebuild`] replays one into a shadow table and
+//! swaps it in without downtime, or compares a live one with a fresh replay.
+//!
 //! [`policies`] holds the cross-aggregate reactions (deleting a project deletes its tasks),
 //! which run on the same runner but issue commands instead of writing tables.
 
 pub mod agents;
+pub mod catalog;
 pub mod executions;
 pub mod policies;
 pub mod projects;
+pub mod rebuild;
 pub mod runner;
 mod sql;
 pub mod state_table;
+pub mod status;
 pub mod tasks;
 pub mod users;
 

@@ -227,7 +227,10 @@ const OUTBOX_COLUMNS: &[&str] = &[
     "recorded_at",
 ];
 
-fn outbox_row<A: Indexed>(event: &RecordedEvent, state: &A) -> Result<Vec<SqlValue>, ProjectionError> {
+fn outbox_row<A: Indexed>(
+    event: &RecordedEvent,
+    state: &A,
+) -> Result<Vec<SqlValue>, ProjectionError> {
     let body = serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     Ok(vec![
         SqlValue::Int(Some(event.position)),
@@ -245,7 +248,15 @@ fn outbox_row<A: Indexed>(event: &RecordedEvent, state: &A) -> Result<Vec<SqlVal
 async fn insert_outbox(tx: &mut StoreTx, rows: &[Vec<SqlValue>]) -> Result<(), ProjectionError> {
     let width = OUTBOX_COLUMNS.len();
     let tuples: Vec<String> = (0..rows.len())
-        .map(|i| format!("({})", (1..=width).map(|c| format!("${}", i * width + c)).collect::<Vec<_>>().join(", ")))
+        .map(|i| {
+            format!(
+                "({})",
+                (1..=width)
+                    .map(|c| format!("${}", i * width + c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
         .collect();
     let sql = format!(
         "INSERT INTO outbox ({}) VALUES {} ON CONFLICT (position) DO NOTHING",

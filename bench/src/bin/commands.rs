@@ -11,22 +11,18 @@
 //! goes to stdout and the human line to stderr.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
 use clap::Parser;
-use hdrhistogram::Histogram;
-use serde::Serialize;
 use serde_json::json;
+use sparc_bench::{Window, run_writers};
 use sparc_domain::task::{Task, TaskCommand, TaskStatus};
 use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
 use sparc_store::{CommandBus, Database, EventMetadata};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
-
-/// Highest latency the histograms track, in microseconds (a minute).
-const MAX_LATENCY_US: u64 = 60_000_000;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the CQRS create-task command path on PostgreSQL")]
@@ -38,9 +34,12 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/sparc_bench"
     )]
     database_url: String,
-    /// Writer counts to measure, one run each (the pool has as many connections as writers).
+    /// Writer counts to measure, one run each.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     writers: Vec<usize>,
+    /// Connections in the pool (default: as many as writers).
+    #[arg(long)]
+    pool_size: Option<u32>,
     /// Measured seconds per writer count.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -52,41 +51,21 @@ struct Args {
     json: bool,
 }
 
-/// The result for one writer count.
-#[derive(Debug, Serialize)]
-struct Report {
-    benchmark: &'static str,
-    writers: usize,
-    seconds: f64,
-    commands: u64,
-    commands_per_s: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
-    mean_ms: f64,
-    errors: u64,
-    first_error: Option<String>,
-    /// CPU time this process used during the measured window, per second of wall time
-    /// (2.0 = both cores of the development machine).
-    client_cpu_cores: Option<f64>,
-}
-
-/// What one writer measured.
-struct WriterResult {
-    histogram: Histogram<u64>,
-    ok: u64,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-/// The constant parts of every command, parsed once.
+/// What every writer's commands share, parsed once.
 struct Template {
     skill: SkillName,
     cron: CronSchedule,
     timezone: TimeZoneName,
 }
+
+/// A dashboard user working in one project, from one browser.
+struct Writer {
+    user_id: Uuid,
+    project_id: Uuid,
+    ip: String,
+}
+
+const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -111,19 +90,61 @@ async fn main() -> anyhow::Result<()> {
         cron: CronSchedule::parse("*/15 9-18 * * 1-5")?,
         timezone: TimeZoneName::parse("Europe/Paris")?,
     });
+    let window = Window {
+        warmup: Duration::from_secs(args.warmup),
+        measured: Duration::from_secs(args.seconds),
+    };
 
     for &writers in &args.writers {
         anyhow::ensure!(writers > 0, "writer counts must be at least 1");
-        let report = run(&args, writers, template.clone()).await?;
-        let line = format!(
-            "cqrs create-task  writers={}  commands/s={:.0}  p50={:.2}ms  p99={:.2}ms  errors={}",
-            report.writers, report.commands_per_s, report.p50_ms, report.p99_ms, report.errors
+        // `Database::connect` has a fixed pool size (16): build the pool here, sized to the
+        // writers, and wrap it.
+        let pool_size = match args.pool_size {
+            Some(size) => size,
+            None => u32::try_from(writers).context("too many writers")?,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .min_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&args.database_url)
+            .await
+            .context("opening the benchmark pool")?;
+        let bus = Arc::new(CommandBus::new(&Database::Postgres(pool.clone())));
+        let population: Arc<Vec<Writer>> = Arc::new(
+            (0..writers)
+                .map(|i| Writer {
+                    user_id: Uuid::now_v7(),
+                    project_id: Uuid::now_v7(),
+                    ip: format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                })
+                .collect(),
         );
+        let template = template.clone();
+
+        let report = run_writers(
+            "cqrs create-task",
+            writers,
+            pool_size,
+            window,
+            move |writer, n| {
+                let bus = bus.clone();
+                let template = template.clone();
+                let population = population.clone();
+                async move {
+                    let me = &population[writer];
+                    create_task(&bus, &template, me, n).await
+                }
+            },
+        )
+        .await?;
+        pool.close().await;
+
         if args.json {
-            eprintln!("{line}");
+            eprintln!("{}", report.line());
             println!("{}", serde_json::to_string(&report)?);
         } else {
-            println!("{line}");
+            println!("{}", report.line());
         }
         if let Some(error) = &report.first_error {
             eprintln!("  first error: {error}");
@@ -132,155 +153,36 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `writers` concurrent writers for the warm-up and the measured window.
-async fn run(args: &Args, writers: usize, template: Arc<Template>) -> anyhow::Result<Report> {
-    // `Database::connect` has a fixed pool size: size this one to the writers.
-    let writers_u32 = u32::try_from(writers).context("too many writers")?;
-    let pool = PgPoolOptions::new()
-        .max_connections(writers_u32)
-        .min_connections(writers_u32)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(&args.database_url)
-        .await
-        .context("opening the benchmark pool")?;
-    let db = Database::Postgres(pool.clone());
-    let bus = Arc::new(CommandBus::new(&db));
-
-    let measure_from = Instant::now() + Duration::from_secs(args.warmup);
-    let measure_until = measure_from + Duration::from_secs(args.seconds);
-
-    let mut handles = Vec::with_capacity(writers);
-    for writer in 0..writers {
-        let bus = bus.clone();
-        let template = template.clone();
-        handles.push(tokio::spawn(async move {
-            writer_loop(writer, &bus, &template, measure_from, measure_until).await
-        }));
-    }
-
-    // Client CPU over the measured window.
-    tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_start = process_cpu_seconds();
-    tokio::time::sleep_until(measure_until.into()).await;
-    let cpu_end = process_cpu_seconds();
-
-    let mut histogram = new_histogram();
-    let (mut ok, mut errors, mut first_error) = (0, 0, None);
-    for handle in handles {
-        let result = handle.await.context("writer panicked")??;
-        histogram.add(&result.histogram)?;
-        ok += result.ok;
-        errors += result.errors;
-        first_error = first_error.or(result.first_error);
-    }
-    pool.close().await;
-
-    let seconds = args.seconds as f64;
-    let ms = |us: u64| us as f64 / 1000.0;
-    Ok(Report {
-        benchmark: "cqrs create-task",
-        writers,
-        seconds,
-        commands: ok,
-        commands_per_s: ok as f64 / seconds,
-        p50_ms: ms(histogram.value_at_quantile(0.50)),
-        p90_ms: ms(histogram.value_at_quantile(0.90)),
-        p99_ms: ms(histogram.value_at_quantile(0.99)),
-        p999_ms: ms(histogram.value_at_quantile(0.999)),
-        max_ms: ms(histogram.max()),
-        mean_ms: histogram.mean() / 1000.0,
-        errors,
-        first_error,
-        client_cpu_cores: cpu_start
-            .zip(cpu_end)
-            .map(|(start, end)| (end - start) / seconds),
-    })
-}
-
-/// One writer: creates tasks back to back until the window closes. A command counts (and its
-/// latency is recorded) when it completes inside the measured window.
-async fn writer_loop(
-    writer: usize,
+/// `POST /tasks` as the API runs it: a fresh UUIDv7 task, the request's metadata.
+async fn create_task(
     bus: &CommandBus,
     template: &Template,
-    measure_from: Instant,
-    measure_until: Instant,
-) -> anyhow::Result<WriterResult> {
-    let mut result = WriterResult {
-        histogram: new_histogram(),
-        ok: 0,
-        errors: 0,
-        first_error: None,
+    writer: &Writer,
+    n: u64,
+) -> Result<(), String> {
+    let task_id = Uuid::now_v7();
+    let metadata = EventMetadata::new(writer.user_id.to_string(), Uuid::now_v7().to_string())
+        .with_ip(writer.ip.clone())
+        .with_user_agent(USER_AGENT);
+    let command = TaskCommand::Schedule {
+        task_id,
+        user_id: writer.user_id,
+        skill_name: template.skill.clone(),
+        schedule_cron: template.cron.clone(),
+        timezone: template.timezone,
+        params: json!({
+            "repository": "git@github.com:example/sparc.git",
+            "branch": "main",
+            "paths": ["crates/", "projections/"],
+            "max_findings": 50,
+            "run": n,
+        }),
+        status: TaskStatus::Pending,
+        project_id: Some(writer.project_id),
+        at: Utc::now(),
     };
-    // Each writer stands for one dashboard user working in one project.
-    let user_id = Uuid::now_v7();
-    let project_id = Uuid::now_v7();
-    let ip = format!("10.0.{}.{}", writer / 250, writer % 250 + 1);
-    let mut n: u64 = 0;
-    loop {
-        let start = Instant::now();
-        if start >= measure_until {
-            return Ok(result);
-        }
-        n += 1;
-        let task_id = Uuid::now_v7();
-        let metadata = EventMetadata::new(user_id.to_string(), Uuid::now_v7().to_string())
-            .with_ip(ip.clone())
-            .with_user_agent(
-                "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
-            );
-        let command = TaskCommand::Schedule {
-            task_id,
-            user_id,
-            skill_name: template.skill.clone(),
-            schedule_cron: template.cron.clone(),
-            timezone: template.timezone,
-            params: json!({
-                "repository": "git@github.com:example/sparc.git",
-                "branch": "main",
-                "paths": ["crates/", "projections/"],
-                "max_findings": 50,
-                "run": n,
-            }),
-            status: TaskStatus::Pending,
-            project_id: Some(project_id),
-            at: Utc::now(),
-        };
-        let outcome = bus
-            .execute::<Task>(&task_id.to_string(), command, &metadata, None)
-            .await;
-        let end = Instant::now();
-        if end < measure_from || end >= measure_until {
-            continue;
-        }
-        match outcome {
-            Ok(_) => {
-                result.ok += 1;
-                let us = u64::try_from(end.duration_since(start).as_micros()).unwrap_or(u64::MAX);
-                result.histogram.saturating_record(us.max(1));
-            }
-            Err(error) => {
-                result.errors += 1;
-                if result.first_error.is_none() {
-                    result.first_error = Some(error.to_string());
-                }
-            }
-        }
-    }
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
-}
-
-/// User + system CPU time of this process so far (Linux; `None` elsewhere).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some((utime + stime) / 100.0)
+    bus.execute::<Task>(&task_id.to_string(), command, &metadata, None)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

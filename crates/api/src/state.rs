@@ -47,6 +47,8 @@ pub struct App {
     pub info: ServiceInfo,
     /// Stored first answers of `Idempotency-Key` requests.
     pub idempotency: IdempotencyStore,
+    /// Rebuilds started through the admin API.
+    pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
 }
 
 /// The state of the router: a cheap handle on the one [`App`].
@@ -88,6 +90,7 @@ impl App {
         Ok(Self {
             sessions: Arc::new(UserSessions { db: db.clone() }),
             idempotency: IdempotencyStore::new(db.clone()),
+            rebuilds: Arc::default(),
             db,
             commands,
             projections,

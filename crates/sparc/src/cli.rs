@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Inspect and rebuild the read models.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Audit the event log.
     Audit {
         #[command(subcommand)]
@@ -69,6 +74,21 @@ enum UserCommand {
         /// Display name.
         #[arg(long)]
         full_name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Show each projection's position, lag (events and seconds) and status.
+    List,
+    /// Rebuild a read model from the log into a shadow table while the live one keeps serving,
+    /// then swap them. Shows progress (processed/total, events/s, ETA) on a terminal.
+    Rebuild {
+        /// The read model (tasks, projects, executions, agents, users).
+        name: Option<String>,
+        /// Rebuild every read model.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
     },
 }
 
@@ -164,6 +184,16 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                 username_of(&user.state),
                 role
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Projections { command } => {
+            let db = connect(&settings).await?;
+            match command {
+                ProjectionsCommand::List => crate::projections::list(&db).await?,
+                ProjectionsCommand::Rebuild { name, all } => {
+                    crate::projections::rebuild_named(&db, name.as_deref(), all).await?
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

@@ -4,6 +4,7 @@
 //! - [`config`]: the typed settings tree (defaults, then an optional TOML file, then `SPARC_…`
 //!   variables), with secrets that never print.
 //! - [`keys`]: where the JWT signing key comes from (generated once beside an embedded database).
+//! - [`projections`]: `sparc projections list|rebuild`.
 //! - [`server`]: the composition root: database, projections, policies, the hash chainer, the
 //!   HTTP router, and graceful shutdown. Tests start it on port 0 through the same path as `main`.
 //! - [`telemetry`]: tracing, pretty in a terminal and JSON when configured.
@@ -11,5 +12,6 @@
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod projections;
 pub mod server;
 pub mod telemetry;

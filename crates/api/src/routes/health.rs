@@ -65,43 +65,16 @@ async fn health(axum::extract::State(app): axum::extract::State<AppState>) -> Js
     Json(health_of(&app).await)
 }
 
-/// A projection's progress.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectionStatus {
-    pub name: String,
-    pub position: i64,
-    pub lag_events: i64,
-    pub lag_seconds: f64,
-    /// `live` or `stalled`.
-    pub status: &'static str,
-}
-
 /// Health plus uptime, environment, projection lag and WebSocket connections.
 #[utoipa::path(get, path = "/api/v1/health/detailed", tag = "health", responses((status = 200, description = "Detailed health")))]
 async fn health_detailed(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     let health = health_of(&app).await;
-    let reader = LogReader::new(&app.db);
-    let mut projections = Vec::new();
-    if let (Ok(checkpoints), Ok(stats)) = (checkpoint::list(&app.db).await, reader.stats().await) {
-        for (name, at) in checkpoints {
-            let lag_events = reader.count_after(at).await.unwrap_or(0);
-            let lag_seconds = match (lag_events, stats.last_recorded_at) {
-                (0, _) | (_, None) => 0.0,
-                (_, Some(last)) => (Utc::now() - last).num_milliseconds().max(0) as f64 / 1000.0,
-            };
-            projections.push(ProjectionStatus {
-                name,
-                position: at.position,
-                lag_events,
-                lag_seconds,
-                status: if lag_seconds > 30.0 {
-                    "stalled"
-                } else {
-                    "live"
-                },
-            });
-        }
-    }
+    let projections = sparc_projections::status::statuses(&app.db)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "projection status unavailable");
+            Vec::new()
+        });
     Json(json!({
         "status": health.status,
         "timestamp": health.timestamp,

@@ -21,6 +21,7 @@ use crate::error::{ApiError, FieldError};
 use crate::middleware::RequestId;
 use crate::state::AppState;
 
+pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod health;
@@ -60,6 +61,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(tasks::routes())
         .merge(projects::routes())
         .merge(agents::routes())
+        .merge(admin::routes())
 }
 
 /// The complete application: every route, the OpenAPI document and the middleware stack.

@@ -1,0 +1,215 @@
+//! Shared harness of the sparc benchmarks: N concurrent writers looping on one async operation
+//! for a warm-up and a measured window, each operation's latency in an HDR histogram, and the
+//! CPU the client process and the whole machine used meanwhile; and the create-task workload
+//! ([`workload`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+pub mod workload;
+
+/// Highest latency the histograms track, in microseconds (a minute).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// The measurement of one benchmark at one writer count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// What was measured, e.g. `cqrs create-task`.
+    pub benchmark: String,
+    /// Concurrent writers.
+    pub writers: usize,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Length of the measured window.
+    pub seconds: f64,
+    /// Operations that succeeded inside the window.
+    pub commands: u64,
+    /// `commands / seconds`.
+    pub commands_per_s: f64,
+    /// Latency percentiles of the successful operations, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Operations that failed inside the window.
+    pub errors: u64,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
+    /// CPU this process used per second of the window (2.0 = both cores of a 2-core machine).
+    pub client_cpu_cores: Option<f64>,
+    /// CPU the whole machine used per second of the window (client, PostgreSQL, the rest).
+    pub machine_cpu_cores: Option<f64>,
+}
+
+impl Report {
+    /// The one-line human form.
+    pub fn line(&self) -> String {
+        format!(
+            "{}  writers={}  commands/s={:.0}  p50={:.2}ms  p99={:.2}ms  errors={}",
+            self.benchmark,
+            self.writers,
+            self.commands_per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.errors
+        )
+    }
+}
+
+/// How long to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Unmeasured seconds first.
+    pub warmup: Duration,
+    /// Measured seconds.
+    pub measured: Duration,
+}
+
+/// What one writer measured.
+struct WriterResult {
+    histogram: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs `writers` concurrent tasks, each calling `op(writer, n)` back to back (`n` counts that
+/// writer's calls from 1) until the window closes. An operation counts, and its latency is
+/// recorded, when it completes inside the measured window.
+pub async fn run_writers<F, Fut>(
+    benchmark: &str,
+    writers: usize,
+    pool_size: u32,
+    window: Window,
+    op: F,
+) -> anyhow::Result<Report>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let measure_from = Instant::now() + window.warmup;
+    let measure_until = measure_from + window.measured;
+
+    let mut handles = Vec::with_capacity(writers);
+    for writer in 0..writers {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut result = WriterResult {
+                histogram: new_histogram(),
+                ok: 0,
+                errors: 0,
+                first_error: None,
+            };
+            let mut n = 0;
+            loop {
+                let start = Instant::now();
+                if start >= measure_until {
+                    return result;
+                }
+                n += 1;
+                let outcome = op(writer, n).await;
+                let end = Instant::now();
+                if end < measure_from || end >= measure_until {
+                    continue;
+                }
+                match outcome {
+                    Ok(()) => {
+                        result.ok += 1;
+                        let us = u64::try_from(end.duration_since(start).as_micros())
+                            .unwrap_or(u64::MAX);
+                        result.histogram.saturating_record(us.max(1));
+                    }
+                    Err(error) => {
+                        result.errors += 1;
+                        result.first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_start = (process_cpu_seconds(), machine_cpu_seconds());
+    tokio::time::sleep_until(measure_until.into()).await;
+    let cpu_end = (process_cpu_seconds(), machine_cpu_seconds());
+
+    let mut histogram = new_histogram();
+    let (mut ok, mut errors, mut first_error) = (0, 0, None);
+    for handle in handles {
+        let result = handle.await?;
+        histogram.add(&result.histogram)?;
+        ok += result.ok;
+        errors += result.errors;
+        first_error = first_error.or(result.first_error);
+    }
+
+    let seconds = window.measured.as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let rate = |start: Option<f64>, end: Option<f64>| {
+        start.zip(end).map(|(start, end)| (end - start) / seconds)
+    };
+    Ok(Report {
+        benchmark: benchmark.to_string(),
+        writers,
+        pool_size,
+        seconds,
+        commands: ok,
+        commands_per_s: ok as f64 / seconds,
+        p50_ms: ms(histogram.value_at_quantile(0.50)),
+        p90_ms: ms(histogram.value_at_quantile(0.90)),
+        p99_ms: ms(histogram.value_at_quantile(0.99)),
+        p999_ms: ms(histogram.value_at_quantile(0.999)),
+        max_ms: ms(histogram.max()),
+        mean_ms: histogram.mean() / 1000.0,
+        errors,
+        first_error,
+        client_cpu_cores: rate(cpu_start.0, cpu_end.0),
+        machine_cpu_cores: rate(cpu_start.1, cpu_end.1),
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// USER_HZ, the unit of `/proc` CPU times: 100 on every Linux this runs on.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// User + system CPU seconds of this process so far (Linux; `None` elsewhere).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name start at field 3; utime and stime are
+    // fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+/// Busy (non-idle, non-iowait) CPU seconds of the whole machine so far (Linux).
+fn machine_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: f64 = ticks.iter().take(8).sum::<f64>()
+        - ticks.get(3).copied().unwrap_or(0.0)
+        - ticks.get(4).copied().unwrap_or(0.0);
+    Some(busy / CLOCK_TICKS)
+}
