@@ -88,7 +88,12 @@ impl<A: Indexed> Default for StateTable<A> {
 const ROWS_PER_STATEMENT: usize = 200;
 
 fn decode<T: DeserializeOwned>(event: &RecordedEvent) -> Result<T, ProjectionError> {
-    T::deserialize(&event.payload).map_err(|source| ProjectionError::Payload {
+    let payload = sparc_domain::upcasting::upcast(
+        &event.event_type,
+        &event.event_version,
+        event.payload.clone(),
+    );
+    T::deserialize(&payload).map_err(|source| ProjectionError::Payload {
         position: event.position,
         event_type: event.event_type.clone(),
         source,

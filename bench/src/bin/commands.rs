@@ -14,15 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use clap::Parser;
-use serde_json::json;
+use sparc_bench::workload::{Template, create_task, population};
 use sparc_bench::{Window, run_writers};
-use sparc_domain::task::{Task, TaskCommand, TaskStatus};
-use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
-use sparc_store::{CommandBus, Database, EventMetadata};
+use sparc_store::{CommandBus, Database};
 use sqlx::postgres::PgPoolOptions;
-use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the CQRS create-task command path on PostgreSQL")]
@@ -51,22 +47,6 @@ struct Args {
     json: bool,
 }
 
-/// What every writer's commands share, parsed once.
-struct Template {
-    skill: SkillName,
-    cron: CronSchedule,
-    timezone: TimeZoneName,
-}
-
-/// A dashboard user working in one project, from one browser.
-struct Writer {
-    user_id: Uuid,
-    project_id: Uuid,
-    ip: String,
-}
-
-const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -85,11 +65,7 @@ async fn main() -> anyhow::Result<()> {
         pool.close().await;
     }
 
-    let template = Arc::new(Template {
-        skill: SkillName::parse("code-review")?,
-        cron: CronSchedule::parse("*/15 9-18 * * 1-5")?,
-        timezone: TimeZoneName::parse("Europe/Paris")?,
-    });
+    let template = Arc::new(Template::new()?);
     let window = Window {
         warmup: Duration::from_secs(args.warmup),
         measured: Duration::from_secs(args.seconds),
@@ -111,15 +87,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("opening the benchmark pool")?;
         let bus = Arc::new(CommandBus::new(&Database::Postgres(pool.clone())));
-        let population: Arc<Vec<Writer>> = Arc::new(
-            (0..writers)
-                .map(|i| Writer {
-                    user_id: Uuid::now_v7(),
-                    project_id: Uuid::now_v7(),
-                    ip: format!("10.0.{}.{}", i / 250, i % 250 + 1),
-                })
-                .collect(),
-        );
+        let population = Arc::new(population(writers));
         let template = template.clone();
 
         let report = run_writers(
@@ -131,10 +99,7 @@ async fn main() -> anyhow::Result<()> {
                 let bus = bus.clone();
                 let template = template.clone();
                 let population = population.clone();
-                async move {
-                    let me = &population[writer];
-                    create_task(&bus, &template, me, n).await
-                }
+                async move { create_task(&bus, &template, &population[writer], n).await }
             },
         )
         .await?;
@@ -151,38 +116,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `POST /tasks` as the API runs it: a fresh UUIDv7 task, the request's metadata.
-async fn create_task(
-    bus: &CommandBus,
-    template: &Template,
-    writer: &Writer,
-    n: u64,
-) -> Result<(), String> {
-    let task_id = Uuid::now_v7();
-    let metadata = EventMetadata::new(writer.user_id.to_string(), Uuid::now_v7().to_string())
-        .with_ip(writer.ip.clone())
-        .with_user_agent(USER_AGENT);
-    let command = TaskCommand::Schedule {
-        task_id,
-        user_id: writer.user_id,
-        skill_name: template.skill.clone(),
-        schedule_cron: template.cron.clone(),
-        timezone: template.timezone,
-        params: json!({
-            "repository": "git@github.com:example/sparc.git",
-            "branch": "main",
-            "paths": ["crates/", "projections/"],
-            "max_findings": 50,
-            "run": n,
-        }),
-        status: TaskStatus::Pending,
-        project_id: Some(writer.project_id),
-        at: Utc::now(),
-    };
-    bus.execute::<Task>(&task_id.to_string(), command, &metadata, None)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
 }

@@ -12,6 +12,8 @@
 //! | [`agent`] | `Agent` | the shared agent registry: register, update, activity, deregister |
 //! | [`reservation`] | `Reservation` | unique names (usernames, emails, agent names) claimed through optimistic concurrency |
 //!
+//! [`upcasting`] turns stored events of older schema versions into the current shape.
+//!
 //! [`values`] holds the newtypes that parse input (`SkillName::parse`, `CronSchedule::parse`, …),
 //! so an invalid value cannot exist past the API edge.
 
@@ -20,6 +22,7 @@ pub mod execution;
 pub mod project;
 pub mod reservation;
 pub mod task;
+pub mod upcasting;
 pub mod user;
 pub mod values;
 

@@ -229,7 +229,12 @@ impl DomainEvent for TaskEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            // 1.1 renamed `cron_expression` to `schedule_cron` (see `upcasting`).
+            TaskEvent::TaskScheduled { .. } => "1.1",
+            _ => "1.0",
+        }
+        .to_owned()
     }
 }
 

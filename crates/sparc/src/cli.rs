@@ -97,6 +97,22 @@ enum AuditCommand {
     /// Recompute the hash chain over the whole log and report the first bad position.
     /// Exits with status 1 when the chain is broken.
     Verify,
+    /// Write the log, or a time window of it, in log order: one event per line as the API
+    /// shows it (password hashes redacted). Shows progress on stderr when it is a terminal.
+    Export {
+        /// Only events recorded at or after this RFC 3339 time.
+        #[arg(long, value_parser = crate::audit::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events recorded before this RFC 3339 time.
+        #[arg(long, value_parser = crate::audit::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: crate::audit::ExportFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -194,6 +210,25 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     crate::projections::rebuild_named(&db, name.as_deref(), all).await?
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    since,
+                    until,
+                    format,
+                    output,
+                },
+        } => {
+            let db = connect(&settings).await?;
+            let options = crate::audit::ExportOptions {
+                since,
+                until,
+                format,
+                progress: std::io::stderr().is_terminal(),
+            };
+            crate::audit::export_to(&db, &options, output.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

@@ -1,5 +1,6 @@
 //! The sparc binary's library: everything that knows every concrete type.
 //!
+//! - [`audit`]: `sparc audit export`, the log as JSON lines.
 //! - [`cli`]: the subcommands (`serve`, `migrate`, `user create`, `audit verify`) and `main`.
 //! - [`config`]: the typed settings tree (defaults, then an optional TOML file, then `SPARC_…`
 //!   variables), with secrets that never print.
@@ -9,6 +10,7 @@
 //!   HTTP router, and graceful shutdown. Tests start it on port 0 through the same path as `main`.
 //! - [`telemetry`]: tracing, pretty in a terminal and JSON when configured.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod keys;

@@ -95,13 +95,14 @@ routed!(
 impl CommandBus {
     /// A bus over `db`.
     pub fn new(db: &Database) -> Self {
+        let upcasters = sparc_domain::upcasting::upcasters;
         Self {
-            users: snapshot_store(db, SNAPSHOT_EVERY),
-            projects: event_store(db),
-            tasks: snapshot_store(db, SNAPSHOT_EVERY),
-            executions: event_store(db),
-            agents: snapshot_store(db, SNAPSHOT_EVERY),
-            reservations: event_store(db),
+            users: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
+            projects: event_store(db).with_upcasters(upcasters()),
+            tasks: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
+            executions: event_store(db).with_upcasters(upcasters()),
+            agents: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
+            reservations: event_store(db).with_upcasters(upcasters()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The event store of sparc: one code path over PostgreSQL (production) and SQLite (embedded).
 //!
+//! - [`audit`]: which events an audit query selects, and the redacted shape events leave in.
 //! - [`db`]: connecting, migrating and probing a [`Database`], and backend-neutral transactions.
 //! - [`event_repository`]: the cqrs-es repository over either backend, and how a caller learns
 //!   what a command committed.
@@ -12,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod chain;
 pub mod checkpoint;
 pub mod commands;
@@ -24,6 +26,7 @@ pub mod metadata;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use audit::{AuditEvent, AuditFilter};
 pub use chain::{Chainer, VerifyReport, verify};
 pub use checkpoint::Checkpoint;
 pub use commands::{CommandBus, CommandError, Outcome, Routed};

@@ -9,14 +9,20 @@
 //! transaction id than everything already read, so nothing is ever skipped. On SQLite there is
 //! one writer and `global_position` is assigned in commit order, so it is read by position alone.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, SecondsFormat, TimeDelta, Utc};
+use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
+use sparc_domain::execution::Execution;
+use sparc_domain::project::Project;
+use sparc_domain::task::Task;
+use sparc_domain::user::User;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{PgExecutor, Row, SqliteExecutor};
 
+use crate::audit::AuditFilter;
 use crate::checkpoint::Checkpoint;
-use crate::db::{Database, StoreTx};
+use crate::db::{Backend, Database, StoreTx};
 use crate::error::StoreError;
 
 /// One stored event with its place in the log.
@@ -196,6 +202,205 @@ impl LogReader {
             }
         }
     }
+    /// Up to `filter.limit` events that `filter` selects, after `filter.after`, in log order:
+    /// `(transaction_id, global_position)` on Postgres, position on SQLite. As with
+    /// [`read_after`](Self::read_after), Postgres returns only events whose transaction is
+    /// older than every running one, so paging on the last event's checkpoint never skips an
+    /// event that commits late.
+    pub async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (conditions, args) = audit_conditions(filter, self.db.backend(), true);
+        let limit = format!("${}", args.len() + 1);
+        match &self.db {
+            Database::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {PG_COLUMNS} FROM events WHERE {conditions} \
+                     ORDER BY events.transaction_id, events.global_position LIMIT {limit}"
+                );
+                let rows = bind_pg(sqlx::query(&sql), args)
+                    .bind(filter.limit)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(pg_event).collect()
+            }
+            Database::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {SQLITE_COLUMNS} FROM events WHERE {conditions} \
+                     ORDER BY global_position LIMIT {limit}"
+                );
+                let rows = bind_sqlite(sqlx::query(&sql), args)
+                    .bind(filter.limit)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(sqlite_event).collect()
+            }
+        }
+    }
+
+    /// How many committed events `filter` selects after `filter.after`, ignoring its limit and
+    /// including events that [`audit_events`](Self::audit_events) still holds back behind a
+    /// running transaction: the total of a progress report.
+    pub async fn audit_count(&self, filter: &AuditFilter) -> Result<i64, StoreError> {
+        let (conditions, args) = audit_conditions(filter, self.db.backend(), false);
+        let sql = format!("SELECT count(*) FROM events WHERE {conditions}");
+        Ok(match &self.db {
+            Database::Postgres(pool) => bind_pg(sqlx::query(&sql), args)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?,
+            Database::Sqlite(pool) => bind_sqlite(sqlx::query(&sql), args)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?,
+        })
+    }
+
+    /// The checkpoint of the event at `position` (its transaction id and position), to resume
+    /// reading in log order after it; `None` if no event has that position.
+    pub async fn checkpoint_of(&self, position: i64) -> Result<Option<Checkpoint>, StoreError> {
+        let transaction_id: Option<i64> =
+            match &self.db {
+                Database::Postgres(pool) => sqlx::query_scalar(
+                    "SELECT transaction_id::text::bigint FROM events WHERE global_position = $1",
+                )
+                .bind(position)
+                .fetch_optional(pool)
+                .await?,
+                Database::Sqlite(pool) => {
+                    sqlx::query_scalar("SELECT 0 FROM events WHERE global_position = $1")
+                        .bind(position)
+                        .fetch_optional(pool)
+                        .await?
+                }
+            };
+        Ok(transaction_id.map(|transaction_id| Checkpoint {
+            transaction_id,
+            position,
+        }))
+    }
+}
+
+/// A value bound into an audit query.
+enum AuditArg {
+    Text(String),
+    Integer(i64),
+    Time(DateTime<Utc>),
+}
+
+/// The `WHERE` conditions of `filter` with `$n` placeholders (SQLite reads `$n` as the n-th
+/// argument too) and the values to bind, in order. `settled_only` adds the Postgres rule that
+/// keeps out events whose transaction might still be followed by an earlier-numbered commit.
+fn audit_conditions(
+    filter: &AuditFilter,
+    backend: Backend,
+    settled_only: bool,
+) -> (String, Vec<AuditArg>) {
+    let mut conditions = Vec::new();
+    let mut args = Vec::new();
+    let mut arg = |value: AuditArg| {
+        args.push(value);
+        format!("${}", args.len())
+    };
+    match backend {
+        Backend::Postgres => {
+            let transaction_id = arg(AuditArg::Integer(filter.after.transaction_id));
+            let position = arg(AuditArg::Integer(filter.after.position));
+            conditions.push(format!(
+                "(transaction_id, global_position) > ({transaction_id}::text::xid8, {position})"
+            ));
+            if settled_only {
+                conditions
+                    .push("transaction_id < pg_snapshot_xmin(pg_current_snapshot())".to_owned());
+            }
+        }
+        Backend::Sqlite => {
+            let position = arg(AuditArg::Integer(filter.after.position));
+            conditions.push(format!("global_position > {position}"));
+        }
+    }
+    let equal = [
+        ("aggregate_type", &filter.aggregate_type),
+        ("aggregate_id", &filter.aggregate_id),
+        ("event_type", &filter.event_type),
+    ];
+    for (column, value) in equal {
+        if let Some(value) = value {
+            let placeholder = arg(AuditArg::Text(value.clone()));
+            conditions.push(format!("{column} = {placeholder}"));
+        }
+    }
+    if let Some(actor) = &filter.actor {
+        let actor_of = match backend {
+            Backend::Postgres => "metadata->>'actor'",
+            Backend::Sqlite => "json_extract(metadata, '$.actor')",
+        };
+        let placeholder = arg(AuditArg::Text(actor.clone()));
+        conditions.push(format!("{actor_of} = {placeholder}"));
+    }
+    if let Some(from) = filter.from {
+        let placeholder = arg(AuditArg::Time(from));
+        conditions.push(format!("recorded_at >= {placeholder}"));
+    }
+    if let Some(to) = filter.to {
+        let placeholder = arg(AuditArg::Time(to));
+        conditions.push(format!("recorded_at < {placeholder}"));
+    }
+    if let Some(owner) = filter.owner {
+        let owner = arg(AuditArg::Text(owner.to_string()));
+        let owned = |aggregate: &str, table: &str| {
+            format!(
+                "(aggregate_type = '{aggregate}' AND aggregate_id IN \
+                 (SELECT id FROM {table} WHERE user_id = {owner}))"
+            )
+        };
+        conditions.push(format!(
+            "((aggregate_type = '{user}' AND aggregate_id = {owner}) OR {tasks} OR {projects} \
+             OR {executions})",
+            user = User::TYPE,
+            tasks = owned(Task::TYPE, "tasks"),
+            projects = owned(Project::TYPE, "projects"),
+            executions = owned(Execution::TYPE, "executions"),
+        ));
+    }
+    (conditions.join(" AND "), args)
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+fn bind_pg(mut query: PgQuery<'_>, args: Vec<AuditArg>) -> PgQuery<'_> {
+    for value in args {
+        query = match value {
+            AuditArg::Text(text) => query.bind(text),
+            AuditArg::Integer(number) => query.bind(number),
+            // timestamptz holds microseconds: rounding up keeps `>=` and `<` exact.
+            AuditArg::Time(at) => query.bind(round_up(at, TimeDelta::microseconds(1))),
+        };
+    }
+    query
+}
+
+fn bind_sqlite(mut query: SqliteQuery<'_>, args: Vec<AuditArg>) -> SqliteQuery<'_> {
+    for value in args {
+        query = match value {
+            AuditArg::Text(text) => query.bind(text),
+            AuditArg::Integer(number) => query.bind(number),
+            // Stored as fixed-width RFC 3339 text with milliseconds, so text order is time
+            // order; rounding up keeps `>=` and `<` exact.
+            AuditArg::Time(at) => query.bind(
+                round_up(at, TimeDelta::milliseconds(1))
+                    .to_rfc3339_opts(SecondsFormat::Millis, true),
+            ),
+        };
+    }
+    query
+}
+
+/// `at` rounded up to a whole `unit` (unchanged if it already is one).
+fn round_up(at: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
+    at.duration_round_up(unit).unwrap_or(at)
 }
 
 impl StoreTx {

@@ -8,7 +8,6 @@ use axum::{Extension, Json};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::json;
-use sparc_store::{LogReader, checkpoint};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -23,6 +23,7 @@ use crate::state::AppState;
 
 pub mod admin;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod projects;
@@ -61,6 +62,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(tasks::routes())
         .merge(projects::routes())
         .merge(agents::routes())
+        .merge(audit::routes())
         .merge(admin::routes())
 }
 
@@ -245,9 +247,10 @@ pub struct EventResource {
 }
 
 impl From<sparc_store::RecordedEvent> for EventResource {
+    /// The shape `sparc audit export` writes too ([`sparc_store::AuditEvent`]): password
+    /// hashes redacted, `recorded_at` in RFC 3339 with microseconds.
     fn from(event: sparc_store::RecordedEvent) -> Self {
-        let mut payload = event.payload;
-        redact(&mut payload);
+        let event = sparc_store::AuditEvent::from(event);
         Self {
             position: event.position,
             aggregate_type: event.aggregate_type,
@@ -255,28 +258,11 @@ impl From<sparc_store::RecordedEvent> for EventResource {
             sequence: event.sequence,
             event_type: event.event_type,
             event_version: event.event_version,
-            payload,
+            payload: event.payload,
             metadata: event.metadata,
-            recorded_at: sparc_projections::format_timestamp(event.recorded_at),
+            recorded_at: event.recorded_at,
             hash: event.hash,
         }
-    }
-}
-
-/// Removes secrets (password hashes) from an event payload before it leaves the service.
-fn redact(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, inner) in map.iter_mut() {
-                if key == "password_hash" {
-                    *inner = serde_json::Value::String("[redacted]".to_owned());
-                } else {
-                    redact(inner);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
     }
 }
 
@@ -371,8 +357,9 @@ where
         {
             break;
         }
-        let payload: A::Event =
-            serde_json::from_value(event.payload).map_err(ApiError::internal)?;
+        let payload =
+            sparc_domain::upcasting::upcast(&event.event_type, &event.event_version, event.payload);
+        let payload: A::Event = serde_json::from_value(payload).map_err(ApiError::internal)?;
         state.apply(payload);
         version = event.sequence;
     }
