@@ -409,3 +409,38 @@ both_backends!(
         assert_eq!(in_window, expected);
     }
 );
+
+/// On Postgres a transaction can take a position, stay open, and commit after a transaction
+/// with a later position: the page must hold the later event back until then, or a client
+/// paging past it would never see the earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_never_skips_an_event_whose_transaction_commits_late() {
+    let Some(app) = TestApp::spawn(sparc_tests::Backend::Postgres).await else {
+        return;
+    };
+    let admin = app.user_with_role("root", Role::Admin).await;
+    let sparc_store::Database::Postgres(pool) = &app.db else {
+        panic!("a postgres test database");
+    };
+    let insert = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+        event_version, payload, metadata) VALUES ('Probe', $1, 1, 'Probed', '1.0', '{}', \
+        '{\"actor\": \"probe\"}') RETURNING global_position";
+    let mut slow = pool.begin().await.expect("a transaction");
+    let slow_position: i64 = sqlx_scalar(&mut slow, insert, "slow").await;
+    let fast_position: i64 = sqlx_scalar(pool, insert, "fast").await;
+    assert!(slow_position < fast_position);
+
+    let held = walk(&app, &admin.token, "&aggregate_type=Probe", 10).await;
+    assert!(held.is_empty(), "the fast event waits for the slow one: {held:?}");
+    slow.commit().await.expect("the slow transaction commits");
+
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = positions(&walk(&app, &admin.token, "&aggregate_type=Probe", 1).await);
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, vec![slow_position, fast_position], "in commit-safe log order");
+}

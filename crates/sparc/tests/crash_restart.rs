@@ -33,7 +33,7 @@ fn free_port() -> u16 {
 
 async fn start(database_url: &str) -> Service {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sparc"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparc"))
         .arg("serve")
         .env("DATABASE_URL", database_url)
         .env("SPARC_JWT_SECRET", SECRET)
@@ -56,6 +56,8 @@ async fn start(database_url: &str) -> Service {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    child.kill().ok();
+    child.wait().ok();
     panic!("the service did not become ready");
 }
 
