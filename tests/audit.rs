@@ -426,12 +426,23 @@ async fn a_page_never_skips_an_event_whose_transaction_commits_late() {
         event_version, payload, metadata) VALUES ('Probe', $1, 1, 'Probed', '1.0', '{}', \
         '{\"actor\": \"probe\"}') RETURNING global_position";
     let mut slow = pool.begin().await.expect("a transaction");
-    let slow_position: i64 = sqlx_scalar(&mut slow, insert, "slow").await;
-    let fast_position: i64 = sqlx_scalar(pool, insert, "fast").await;
+    let slow_position: i64 = sqlx::query_scalar(insert)
+        .bind("slow")
+        .fetch_one(&mut *slow)
+        .await
+        .expect("the slow event is inserted");
+    let fast_position: i64 = sqlx::query_scalar(insert)
+        .bind("fast")
+        .fetch_one(pool)
+        .await
+        .expect("the fast event is committed");
     assert!(slow_position < fast_position);
 
     let held = walk(&app, &admin.token, "&aggregate_type=Probe", 10).await;
-    assert!(held.is_empty(), "the fast event waits for the slow one: {held:?}");
+    assert!(
+        held.is_empty(),
+        "the fast event waits for the slow one: {held:?}"
+    );
     slow.commit().await.expect("the slow transaction commits");
 
     let mut seen = Vec::new();
@@ -442,5 +453,9 @@ async fn a_page_never_skips_an_event_whose_transaction_commits_late() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    assert_eq!(seen, vec![slow_position, fast_position], "in commit-safe log order");
+    assert_eq!(
+        seen,
+        vec![slow_position, fast_position],
+        "in commit-safe log order"
+    );
 }

@@ -101,6 +101,13 @@ impl Server {
         let projection_handle = runner.handle();
         let mut tasks = runner.spawn(shutdown_rx.clone());
         tasks.push(tokio::spawn(run_chainer(db.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::scheduler::run(
+            db.clone(),
+            commands.clone(),
+            projection_handle.clone(),
+            Duration::from_secs(1),
+            shutdown_rx.clone(),
+        )));
 
         let info = ServiceInfo {
             environment: settings.environment.clone(),
