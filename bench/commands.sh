@@ -49,7 +49,8 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 echo "== sparc command benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, ${DURATION}s per step"
-echo "   database ${DB_NAME} (recreated), $(psql "$ADMIN_URL" -Atc 'SHOW server_version')"
+echo "   database ${DB_NAME} (recreated), PostgreSQL $(psql "$ADMIN_URL" -Atc 'SHOW server_version')"
+echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a) (other work on the machine skews every figure)"
 
 echo "== building the release binary (cargo build --release -p sparc-bench)"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p sparc-bench --bin commands
@@ -139,3 +140,4 @@ for n in "${WRITER_COUNTS[@]}"; do
 	fi
 done
 echo "target at ${TARGET_WRITERS} writers: $verdict"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"

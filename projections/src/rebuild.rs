@@ -8,6 +8,7 @@
 //! ones after, never a mix. The live checkpoint does not move, so the live loop carries on where
 //! it was. A shadow publishes nothing: clients never see a change twice.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreTx, checkpoint};
@@ -17,7 +18,8 @@ use crate::on_db;
 use crate::runner::{Projection, ProjectionError};
 use crate::sql::on_tx;
 
-const BATCH: i64 = 5000;
+/// Events per transaction: large, so each touched row is loaded and written once per batch.
+const BATCH: i64 = 50_000;
 
 /// How far a rebuild got.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,11 +50,29 @@ pub async fn rebuild(
     model: &ReadModel,
     on_progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Progress, ProjectionError> {
-    let shadow_table = format!("{}_rebuild", model.name);
-    let shadow = model.shadow(&shadow_table);
+    rebuild_all(db, &[model], on_progress).await
+}
+
+/// Rebuilds several read models in one pass over the log (each event is read once and handed to
+/// every shadow), then swaps them all in one transaction.
+pub async fn rebuild_all(
+    db: &Database,
+    models: &[&ReadModel],
+    on_progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Progress, ProjectionError> {
+    let shadows: Vec<(&ReadModel, String, Arc<dyn Projection>)> = models
+        .iter()
+        .map(|model| {
+            let table = format!("{}_rebuild", model.name);
+            let shadow = model.shadow(&table);
+            (*model, table, shadow)
+        })
+        .collect();
     let started = Instant::now();
     let total = LogReader::new(db).stats().await?.events.max(0) as u64;
-    create_shadow(db, model.name, &shadow_table).await?;
+    for (model, table, _) in &shadows {
+        create_shadow(db, model.name, table).await?;
+    }
     let mut progress = Progress {
         processed: 0,
         total,
@@ -61,14 +81,24 @@ pub async fn rebuild(
     let mut at = Checkpoint::ORIGIN;
     let reader = LogReader::new(db);
     loop {
-        let live_at = checkpoint::load(db, model.name).await?;
-        let events = bounded(reader.read_after(at, BATCH).await?, live_at);
+        // Never past the slowest live projection, so no shadow gets ahead of its live table.
+        let mut live_at = None;
+        for (model, _, _) in &shadows {
+            let live = checkpoint::load(db, model.name).await?;
+            live_at = Some(live_at.map_or(live, |l: Checkpoint| l.min(live)));
+        }
+        let events = bounded(
+            reader.read_after(at, BATCH).await?,
+            live_at.unwrap_or(Checkpoint::ORIGIN),
+        );
         let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
             break;
         };
         let mut tx = db.begin().await?;
-        shadow.apply(&mut tx, &events).await?;
-        tx.save_checkpoint(&shadow_table, last).await?;
+        for (_, table, shadow) in &shadows {
+            shadow.apply(&mut tx, &events).await?;
+            tx.save_checkpoint(table, last).await?;
+        }
         tx.commit().await?;
         at = last;
         progress.processed += events.len() as u64;
@@ -76,35 +106,31 @@ pub async fn rebuild(
         on_progress(progress);
     }
     let mut tx = db.begin().await?;
-    let live_at = tx.lock_checkpoint(model.name).await?;
-    progress.processed += finish_in(&mut tx, shadow.as_ref(), at, live_at).await?;
-    on_tx!(&mut tx, conn => {
-        sqlx::query(&format!("DELETE FROM {}", model.name)).execute(&mut *conn).await?;
-        sqlx::query(&format!("INSERT INTO {} SELECT * FROM {shadow_table}", model.name)).execute(&mut *conn).await?;
-        sqlx::query(&format!("DROP TABLE {shadow_table}")).execute(&mut *conn).await?;
-    });
-    tx.delete_checkpoint(&shadow_table).await?;
     let rebuilt_at = crate::format_timestamp(chrono::Utc::now());
-    on_tx!(&mut tx, conn => {
-        sqlx::query(
-            "INSERT INTO projection_rebuilds (name, rebuilt_at, events) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET rebuilt_at = excluded.rebuilt_at, events = excluded.events",
-        )
-        .bind(model.name)
-        .bind(&rebuilt_at)
-        .bind(progress.processed as i64)
-        .execute(&mut *conn)
-        .await?;
-    });
+    for (model, table, shadow) in &shadows {
+        let live_at = tx.lock_checkpoint(model.name).await?;
+        finish_in(&mut tx, shadow.as_ref(), at, live_at).await?;
+        on_tx!(&mut tx, conn => {
+            sqlx::query(&format!("DELETE FROM {}", model.name)).execute(&mut *conn).await?;
+            sqlx::query(&format!("INSERT INTO {} SELECT * FROM {table}", model.name)).execute(&mut *conn).await?;
+            sqlx::query(&format!("DROP TABLE {table}")).execute(&mut *conn).await?;
+            sqlx::query(
+                "INSERT INTO projection_rebuilds (name, rebuilt_at, events) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET rebuilt_at = excluded.rebuilt_at, events = excluded.events",
+            )
+            .bind(model.name)
+            .bind(&rebuilt_at)
+            .bind(progress.processed as i64)
+            .execute(&mut *conn)
+            .await?;
+        });
+        tx.delete_checkpoint(table).await?;
+    }
     tx.commit().await?;
     progress.elapsed = started.elapsed();
     on_progress(progress);
-    tracing::info!(
-        read_model = model.name,
-        events = progress.processed,
-        secs = progress.elapsed.as_secs_f64(),
-        "rebuilt"
-    );
+    let names: Vec<&str> = models.iter().map(|m| m.name).collect();
+    tracing::info!(read_models = ?names, events = progress.processed, secs = progress.elapsed.as_secs_f64(), "rebuilt");
     Ok(progress)
 }
 

@@ -14,7 +14,8 @@
 //! - [`settings`]: [`settings::ApiSettings`], the tunables of the HTTP layer.
 //! - [`state`]: [`state::App`], what every handler reaches: database, command bus, projections.
 //! - [`routes`]: one module per resource and [`routes::router`], which assembles the service.
-//! - [`resources`]: the contract's resources as they appear on the wire.
+//! - [`resources`]: the contract's resources as they appear on the wire (from `sparc-contract`,
+//!   shared with the WebSocket gateway).
 //! - [`accounts`]: account creation, shared by registration and `sparc user create`.
 //! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
 
@@ -25,7 +26,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod middleware;
 pub mod password;
-pub mod resources;
+pub use sparc_contract::resources;
 pub mod routes;
 pub mod settings;
 pub mod state;

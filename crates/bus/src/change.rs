@@ -117,7 +117,10 @@ impl Subjects {
 
     /// The JetStream stream that stores changes (`SPARC_CHANGES`).
     pub fn stream(&self) -> String {
-        format!("{}_CHANGES", self.namespace.to_uppercase().replace('-', "_"))
+        format!(
+            "{}_CHANGES",
+            self.namespace.to_uppercase().replace('-', "_")
+        )
     }
 
     /// The subject of `change`.

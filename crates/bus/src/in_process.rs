@@ -47,18 +47,20 @@ impl ChangeBus for InProcessBus {
 
     async fn subscribe(&self) -> Result<ChangeStream, BusError> {
         let receiver = self.sender.subscribe();
-        Ok(futures::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(change) => return Some((change, receiver)),
-                    Err(RecvError::Lagged(skipped)) => {
-                        tracing::warn!(skipped, "change subscriber fell behind");
+        Ok(
+            futures::stream::unfold(receiver, |mut receiver| async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(change) => return Some((change, receiver)),
+                        Err(RecvError::Lagged(skipped)) => {
+                            tracing::warn!(skipped, "change subscriber fell behind");
+                        }
+                        Err(RecvError::Closed) => return None,
                     }
-                    Err(RecvError::Closed) => return None,
                 }
-            }
-        })
-        .boxed())
+            })
+            .boxed(),
+        )
     }
 
     async fn announce(&self, _presence: &Presence) -> Result<(), BusError> {

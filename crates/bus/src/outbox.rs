@@ -64,7 +64,16 @@ pub(crate) const CHANGE_COLUMNS: &str =
     "published_seq, kind, aggregate_id, audience, version, event_type, state, recorded_at";
 
 /// A numbered outbox row as read by `sqlx` on either backend.
-pub(crate) type ChangeRow = (i64, String, String, Option<String>, i64, String, String, String);
+pub(crate) type ChangeRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    i64,
+    String,
+    String,
+    String,
+);
 
 /// Runs `$body` with `$pool` bound to either backend's pool (one SQL text with `$n`
 /// placeholders serves both).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use sparc_projections::catalog::{READ_MODELS, ReadModel, read_model};
-use sparc_projections::rebuild::{Progress, rebuild};
+use sparc_projections::rebuild::{Progress, rebuild_all};
 use sparc_store::Database;
 
 /// Prints each projection's position, lag and status as a table.
@@ -45,23 +45,22 @@ pub async fn rebuild_named(db: &Database, name: Option<&str>, all: bool) -> anyh
         },
         (None, false) => bail!("name a read model or pass --all"),
     };
-    for model in models {
-        let bar = progress_bar(model.name);
-        let report = |p: Progress| {
-            bar.set_length(p.total.max(p.processed));
-            bar.set_position(p.processed);
-            bar.set_message(format!("{:.0} events/s", p.events_per_second()));
-        };
-        let done = rebuild(db, model, &report).await?;
-        bar.finish_and_clear();
-        println!(
-            "rebuilt {}: {} events in {:.2} s ({:.0} events/s)",
-            model.name,
-            done.processed,
-            done.elapsed.as_secs_f64(),
-            done.events_per_second()
-        );
-    }
+    let names: Vec<&str> = models.iter().map(|m| m.name).collect();
+    let bar = progress_bar(&names.join(","));
+    let report = |p: Progress| {
+        bar.set_length(p.total.max(p.processed));
+        bar.set_position(p.processed);
+        bar.set_message(format!("{:.0} events/s", p.events_per_second()));
+    };
+    let done = rebuild_all(db, &models, &report).await?;
+    bar.finish_and_clear();
+    println!(
+        "rebuilt {}: {} events in {:.2} s ({:.0} events/s)",
+        names.join(", "),
+        done.processed,
+        done.elapsed.as_secs_f64(),
+        done.events_per_second()
+    );
     Ok(())
 }
 

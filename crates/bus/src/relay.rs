@@ -1,0 +1,464 @@
+//! The outbox relay: numbers committed changes in log order and publishes them, at least once.
+//!
+//! **When a row is safe.** Each publishing projection (`tasks`, `projects`, `executions`,
+//! `agents`) writes its outbox rows in the transaction that moves its checkpoint, and reads the
+//! log in `(transaction_id, position)` order. So once every one of them has a checkpoint at or
+//! past `c`, every row at or before `c` is committed and no new one can appear there: the rows
+//! up to the smallest of the four checkpoints are a fixed prefix of the log, safe to number.
+//!
+//! **Numbering.** One transaction gives those rows `published_seq = max + 1, max + 2, …` in log
+//! order. That number is the change's `event_id`: gap-free, and final once committed.
+//!
+//! **At least once.** Numbers are assigned *before* publishing, so a crash can fall between the
+//! numbering commit and the publish. The relay therefore records in `outbox_relay` the last
+//! event id the bus acknowledged, and each pass publishes every numbered row after it, in
+//! order, before recording the new mark. After a crash the rows numbered but not acknowledged
+//! are published again with the same `event_id` (JetStream drops repeats by `Nats-Msg-Id`,
+//! gateways by `event_id`): nothing is lost, nothing is numbered twice.
+//!
+//! **One active relay.** On Postgres a relay publishes only while it holds a session advisory
+//! lock on a connection of its own; the others poll the lock and take over when its holder's
+//! connection closes. Numbering also takes a transaction lock, so even two relays that both
+//! believed themselves active could not number a row twice. SQLite is one process: its relay
+//! is always active.
+//!
+//! **Retention.** Rows older than the retention period (24 h) that are acknowledged are deleted
+//! in event order, and the last deleted event id is recorded so a gateway knows when a client's
+//! `last_event_id` is too old to replay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use sparc_store::{Database, StoreError, StoreTx};
+use sqlx::{Connection as _, PgConnection};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, to_change};
+use crate::{BusError, ChangeBus, ChangeKind};
+
+/// Why a relay pass failed; the relay retries with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A statement failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The bus did not accept the changes.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The relay's row in `outbox_relay`.
+const RELAY: &str = "relay";
+/// The session lock the active relay holds (Postgres).
+const LEADER_LOCK: &str = "sparc.outbox_relay.leader";
+/// The transaction lock numbering takes (Postgres).
+const NUMBERING_LOCK: &str = "sparc.outbox_relay.numbering";
+
+/// Publishes the outbox to a [`ChangeBus`]; see the module documentation.
+pub struct Relay {
+    db: Database,
+    bus: Arc<dyn ChangeBus>,
+    batch_size: i64,
+    poll_interval: Duration,
+    standby_interval: Duration,
+    retention: Duration,
+    wakeup: Option<watch::Receiver<u64>>,
+}
+
+impl Relay {
+    /// A relay from the outbox of `db` to `bus`: batches of 500, polling every 50 ms, standing
+    /// by (polling the lock) every second, keeping 24 h of changes.
+    pub fn new(db: Database, bus: Arc<dyn ChangeBus>) -> Self {
+        Self {
+            db,
+            bus,
+            batch_size: 500,
+            poll_interval: Duration::from_millis(50),
+            standby_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(24 * 3600),
+            wakeup: None,
+        }
+    }
+
+    /// Also wakes whenever `progress` changes: pass the projections' progress counter when they
+    /// run in this process, so a change is published as soon as it is committed.
+    pub fn with_wakeup(mut self, progress: watch::Receiver<u64>) -> Self {
+        self.wakeup = Some(progress);
+        self
+    }
+
+    /// How long an idle relay sleeps before looking at the outbox again.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long a standby relay waits between attempts to become the active one.
+    pub fn with_standby_interval(mut self, interval: Duration) -> Self {
+        self.standby_interval = interval;
+        self
+    }
+
+    /// How long changes stay available for replay.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Runs until `shutdown` turns true: stands by until this relay holds the lock, then
+    /// publishes every change as it becomes safe.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            match Leadership::acquire(&self.db).await {
+                Ok(Some(leadership)) => {
+                    tracing::info!("outbox relay active");
+                    self.lead(leadership, &mut shutdown).await;
+                }
+                Ok(None) => {
+                    tracing::debug!("outbox relay standing by");
+                    sleep_or_shutdown(self.standby_interval, &mut shutdown).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay could not ask for the lock");
+                    sleep_or_shutdown(self.standby_interval, &mut shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes while the lock holds; returns on shutdown or when the lock is lost.
+    async fn lead(&mut self, mut leadership: Leadership, shutdown: &mut watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        let mut lock_checked = Instant::now();
+        let mut pruned: Option<Instant> = None;
+        while !*shutdown.borrow() {
+            match self.step().await {
+                Ok(0) => {
+                    failures = 0;
+                    self.idle(shutdown).await;
+                }
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(50u64 << failures.min(7));
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox relay pass failed");
+                    sleep_or_shutdown(delay, shutdown).await;
+                }
+            }
+            if lock_checked.elapsed() >= LOCK_CHECK_EVERY {
+                if !leadership.holds().await {
+                    tracing::warn!("outbox relay lost its lock; standing by");
+                    return;
+                }
+                lock_checked = Instant::now();
+            }
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                match self.prune().await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "outbox pruned"),
+                    Err(error) => tracing::warn!(%error, "outbox pruning failed"),
+                }
+                pruned = Some(Instant::now());
+            }
+        }
+        leadership.release().await;
+    }
+
+    /// Waits for a wake-up, the poll interval or shutdown.
+    async fn idle(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let poll = tokio::time::sleep(self.poll_interval);
+        match &mut self.wakeup {
+            Some(wakeup) => {
+                tokio::select! {
+                    changed = wakeup.changed() => {
+                        if changed.is_err() {
+                            // The projections stopped; keep polling.
+                            self.wakeup = None;
+                        }
+                    }
+                    _ = poll => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = poll => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// One pass: numbers the rows that became safe, then publishes what is numbered and not yet
+    /// acknowledged. Returns how much it did (0: nothing to do).
+    ///
+    /// # Errors
+    /// The database or the bus failed; nothing acknowledged is lost and the pass can be
+    /// repeated.
+    pub async fn step(&self) -> Result<usize, RelayError> {
+        let numbered = self.number().await?;
+        let published = self.publish_numbered().await?;
+        Ok(numbered.max(published))
+    }
+
+    /// Numbers up to a batch of rows that are safe to publish, in log order, and commits.
+    /// Returns how many it numbered.
+    ///
+    /// # Errors
+    /// The database failed; nothing was numbered.
+    pub async fn number(&self) -> Result<usize, RelayError> {
+        let Some((transaction_id, position)) = self.safe_through().await? else {
+            return Ok(0);
+        };
+        let waiting: bool = on_pool!(&self.db, pool => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL \
+                 AND (transaction_id, position) <= ($1, $2))",
+            )
+            .bind(transaction_id)
+            .bind(position)
+            .fetch_one(pool)
+            .await?
+        });
+        if !waiting {
+            return Ok(0);
+        }
+        // The outer `published_seq IS NULL` is re-checked on rows another transaction changed
+        // meanwhile, so a row is never numbered twice.
+        let numbering = "UPDATE outbox SET published_seq = numbered.seq FROM ( \
+                 SELECT position, \
+                        (SELECT coalesce(max(published_seq), 0) FROM outbox) \
+                        + row_number() OVER (ORDER BY transaction_id, position) AS seq \
+                 FROM outbox \
+                 WHERE published_seq IS NULL AND (transaction_id, position) <= ($1, $2) \
+                 ORDER BY transaction_id, position LIMIT $3) AS numbered \
+             WHERE outbox.position = numbered.position AND outbox.published_seq IS NULL";
+        let mut tx = self.db.begin().await?;
+        let numbered = match &mut tx {
+            StoreTx::Postgres(tx) => {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(NUMBERING_LOCK)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(numbering)
+                    .bind(transaction_id)
+                    .bind(position)
+                    .bind(self.batch_size)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected()
+            }
+            StoreTx::Sqlite(tx) => sqlx::query(numbering)
+                .bind(transaction_id)
+                .bind(position)
+                .bind(self.batch_size)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        };
+        tx.commit().await?;
+        Ok(numbered as usize)
+    }
+
+    /// Publishes up to a batch of numbered rows after the last acknowledged one, in event order,
+    /// and records the new mark once the bus has acknowledged them all. Returns how many it
+    /// published.
+    ///
+    /// # Errors
+    /// The database or the bus failed; the mark did not move, so the rows are published again
+    /// by the next pass.
+    pub async fn publish_numbered(&self) -> Result<usize, RelayError> {
+        let acknowledged = self.acknowledged_through().await?;
+        let sql = format!(
+            "SELECT {CHANGE_COLUMNS} FROM outbox WHERE published_seq > $1 \
+             ORDER BY published_seq LIMIT $2"
+        );
+        let rows: Vec<ChangeRow> = on_pool!(&self.db, pool => {
+            sqlx::query_as(&sql)
+                .bind(acknowledged)
+                .bind(self.batch_size)
+                .fetch_all(pool)
+                .await?
+        });
+        let Some(last) = rows.last().map(|row| row.0) else {
+            return Ok(0);
+        };
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            match to_change(row) {
+                Ok(change) => changes.push(Arc::new(change)),
+                // Publishing cannot mend a broken row; gateways skip it the same way.
+                Err(error @ OutboxError::Corrupt { .. }) => {
+                    tracing::error!(%error, "outbox row skipped");
+                }
+                Err(OutboxError::Database(error)) => return Err(error.into()),
+            }
+        }
+        self.bus.publish(&changes).await?;
+        on_pool!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO outbox_relay (name, published_seq, pruned_seq) VALUES ($1, $2, 0) \
+                 ON CONFLICT (name) DO UPDATE SET published_seq = CASE \
+                 WHEN excluded.published_seq > outbox_relay.published_seq \
+                 THEN excluded.published_seq ELSE outbox_relay.published_seq END",
+            )
+            .bind(RELAY)
+            .bind(last)
+            .execute(pool)
+            .await
+            .map(drop)?
+        });
+        Ok(changes.len())
+    }
+
+    /// Deletes acknowledged rows older than the retention period, oldest first, and records
+    /// the last deleted event id. Returns how many rows it deleted.
+    ///
+    /// # Errors
+    /// The database failed; what was deleted stays deleted and recorded.
+    pub async fn prune(&self) -> Result<u64, RelayError> {
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = (Utc::now() - retention).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let acknowledged = self.acknowledged_through().await?;
+        let mut deleted = 0;
+        loop {
+            let through: Option<i64> = on_pool!(&self.db, pool => {
+                sqlx::query_scalar(
+                    "SELECT max(published_seq) FROM (SELECT published_seq FROM outbox \
+                     WHERE published_seq <= $1 AND recorded_at < $2 \
+                     ORDER BY published_seq LIMIT $3) AS old",
+                )
+                .bind(acknowledged)
+                .bind(&cutoff)
+                .bind(PRUNE_BATCH)
+                .fetch_one(pool)
+                .await?
+            });
+            let Some(through) = through else {
+                return Ok(deleted);
+            };
+            let mut tx = self.db.begin().await?;
+            let delete = "DELETE FROM outbox WHERE published_seq <= $1";
+            let record = "UPDATE outbox_relay SET pruned_seq = $1 WHERE name = $2";
+            deleted += match &mut tx {
+                StoreTx::Postgres(tx) => {
+                    let rows = sqlx::query(delete).bind(through).execute(&mut **tx).await?;
+                    sqlx::query(record)
+                        .bind(through)
+                        .bind(RELAY)
+                        .execute(&mut **tx)
+                        .await?;
+                    rows.rows_affected()
+                }
+                StoreTx::Sqlite(tx) => {
+                    let rows = sqlx::query(delete).bind(through).execute(&mut **tx).await?;
+                    sqlx::query(record)
+                        .bind(through)
+                        .bind(RELAY)
+                        .execute(&mut **tx)
+                        .await?;
+                    rows.rows_affected()
+                }
+            };
+            tx.commit().await?;
+        }
+    }
+
+    /// The last event id the bus acknowledged (0 before the first).
+    async fn acknowledged_through(&self) -> Result<i64, RelayError> {
+        Ok(on_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, i64>("SELECT published_seq FROM outbox_relay WHERE name = $1")
+                .bind(RELAY)
+                .fetch_optional(pool)
+                .await?
+                .unwrap_or(0)
+        }))
+    }
+
+    /// The smallest checkpoint of the publishing projections, or `None` while one of them has
+    /// none yet.
+    async fn safe_through(&self) -> Result<Option<(i64, i64)>, RelayError> {
+        let names: Vec<&str> = ChangeKind::ALL.iter().map(|k| k.read_model()).collect();
+        let checkpoints: Vec<(i64, i64)> = on_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT transaction_id, position FROM checkpoints WHERE name IN ($1, $2, $3, $4)",
+            )
+            .bind(names[0])
+            .bind(names[1])
+            .bind(names[2])
+            .bind(names[3])
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(if checkpoints.len() == names.len() {
+            checkpoints.into_iter().min()
+        } else {
+            None
+        })
+    }
+}
+
+/// How often the active relay checks that its lock connection is alive.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the active relay deletes changes beyond retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per pruning transaction.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// The right to publish.
+enum Leadership {
+    /// SQLite: the only process.
+    Sole,
+    /// Postgres: this connection holds the session lock.
+    Locked(PgConnection),
+}
+
+impl Leadership {
+    /// Takes the lock if it is free; `None` if another relay holds it.
+    async fn acquire(db: &Database) -> Result<Option<Self>, sqlx::Error> {
+        match db {
+            Database::Sqlite(_) => Ok(Some(Self::Sole)),
+            Database::Postgres(pool) => {
+                let mut connection = pool.acquire().await?.detach();
+                let locked: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                        .bind(LEADER_LOCK)
+                        .fetch_one(&mut connection)
+                        .await?;
+                if locked {
+                    Ok(Some(Self::Locked(connection)))
+                } else {
+                    let _ = connection.close().await;
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// Whether the lock is still held (its connection still answers).
+    async fn holds(&mut self) -> bool {
+        match self {
+            Self::Sole => true,
+            Self::Locked(connection) => connection.ping().await.is_ok(),
+        }
+    }
+
+    /// Gives the lock up (closing its connection releases it).
+    async fn release(self) {
+        if let Self::Locked(connection) = self {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}

@@ -1,0 +1,161 @@
+//! Health and operations endpoints (no auth), black-box on both backends: the shapes of
+//! `/health`, `/health/detailed`, `/readiness` and `/liveness`.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sparc_tests::{Response, TestApp, both_backends};
+
+async fn anonymous_get(app: &TestApp, path: &str) -> Response {
+    app.call(Method::GET, path, None, None).await
+}
+
+#[track_caller]
+fn assert_recent_utc_timestamp(value: &Value) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp: {value}"));
+    assert!(text.ends_with('Z'), "RFC 3339 in UTC with Z: {text}");
+    let at = chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("RFC 3339: {text}: {e}"))
+        .with_timezone(&chrono::Utc);
+    let skew = (chrono::Utc::now() - at).num_seconds().abs();
+    assert!(skew < 60, "the timestamp is now, not {text}");
+}
+
+#[track_caller]
+fn assert_one_of(value: &Value, allowed: &[&str], field: &str) {
+    assert!(
+        value.as_str().is_some_and(|v| allowed.contains(&v)),
+        "{field} is one of {allowed:?}, not {value}"
+    );
+}
+
+/// The fields `/health` and `/health/detailed` share.
+#[track_caller]
+fn assert_health_fields(body: &Value) {
+    assert_eq!(body["status"], "healthy", "{body}");
+    assert_recent_utc_timestamp(&body["timestamp"]);
+    assert_eq!(body["database"], "connected", "{body}");
+    assert_one_of(
+        &body["bus"],
+        &["connected", "disconnected", "embedded"],
+        "bus",
+    );
+    assert_eq!(body["bus"], "embedded", "no NATS is configured in tests");
+    assert_one_of(
+        &body["memory_mcp"],
+        &["available", "degraded", "unavailable", "disabled"],
+        "memory_mcp",
+    );
+    assert!(
+        body["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "{body}"
+    );
+}
+
+both_backends!(
+    health_reports_a_connected_database_without_auth,
+    |app: TestApp| async move {
+        let response = anonymous_get(&app, "/api/v1/health").await;
+        assert_eq!(response.status, StatusCode::OK);
+        assert_health_fields(&response.body);
+        let keys: Vec<&str> = response
+            .body
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in &keys {
+            assert!(
+                [
+                    "status",
+                    "timestamp",
+                    "database",
+                    "bus",
+                    "memory_mcp",
+                    "version"
+                ]
+                .contains(key),
+                "unexpected field {key}"
+            );
+        }
+    }
+);
+
+both_backends!(
+    detailed_health_adds_uptime_environment_projections_and_websocket,
+    |app: TestApp| async move {
+        let response = anonymous_get(&app, "/api/v1/health/detailed").await;
+        assert_eq!(response.status, StatusCode::OK);
+        let body = &response.body;
+        assert_health_fields(body);
+        assert!(
+            body["uptime_seconds"].as_i64().is_some_and(|s| s >= 0),
+            "uptime_seconds is a whole number of seconds: {body}"
+        );
+        assert_eq!(body["environment"], "development", "{body}");
+        assert!(
+            body["websocket"]["connections"]
+                .as_u64()
+                .is_some_and(|c| c == 0),
+            "{body}"
+        );
+        let projections = body["projections"].as_array().expect("a projections list");
+        let names: Vec<&str> = projections
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for read_model in ["tasks", "projects", "agents", "users", "executions"] {
+            assert!(
+                names.contains(&read_model),
+                "the {read_model} projection is listed: {names:?}"
+            );
+        }
+        for projection in projections {
+            assert!(projection["position"].is_i64(), "{projection}");
+            assert!(
+                projection["lag_events"].as_i64().is_some_and(|l| l >= 0),
+                "{projection}"
+            );
+            assert!(projection["lag_seconds"].is_number(), "{projection}");
+            assert_one_of(
+                &projection["status"],
+                &["live", "rebuilding", "stalled"],
+                "status",
+            );
+        }
+    }
+);
+
+both_backends!(
+    readiness_is_200_ready_when_the_store_is_up_and_migrated,
+    |app: TestApp| async move {
+        let response = anonymous_get(&app, "/api/v1/readiness").await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.body);
+        assert_eq!(response.body["ready"], true);
+        assert_recent_utc_timestamp(&response.body["timestamp"]);
+    }
+);
+
+both_backends!(liveness_is_200_alive, |app: TestApp| async move {
+    let response = anonymous_get(&app, "/api/v1/liveness").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.body["alive"], true);
+    assert_recent_utc_timestamp(&response.body["timestamp"]);
+});
+
+both_backends!(
+    probes_answer_even_with_a_bad_bearer_token,
+    |app: TestApp| async move {
+        for path in [
+            "/api/v1/health",
+            "/api/v1/health/detailed",
+            "/api/v1/readiness",
+            "/api/v1/liveness",
+        ] {
+            let response = app.get(path, "not-a-token").await;
+            assert_eq!(response.status, StatusCode::OK, "{path}");
+        }
+    }
+);
