@@ -1,22 +1,7 @@
-//! One cqrs-es event repository over both backends, and how a caller learns what a command
-//! committed.
-//!
-//! [`EventRepository`] delegates to postgres-es or sqlite-es (same tables, same optimistic
-//! concurrency: a second writer of the same sequence gets `AggregateConflict`). After a
-//! successful commit it records the aggregate and its last sequence in the current
-//! [`capture_commits`] scope, so an HTTP handler can answer with the version it just wrote:
-//!
-//! ```no_run
-//! # async fn run<A: cqrs_es::Aggregate>(cqrs: sparc_store::Cqrs<A>, cmd: A::Command) {
-//! let (result, commits) = sparc_store::capture_commits(cqrs.execute("id-1", cmd)).await;
-//! let version = commits.last().map(|c| c.last_sequence);
-//! # let _ = (result, version); }
-//! ```
-//!
-//! The event stores built on it are in [`crate::event_store`](mod@crate::event_store).
-
-use std::cell::RefCell;
-use std::future::Future;
+//! One cqrs-es event repository over both backends: [`EventRepository`] delegates to
+//! postgres-es or sqlite-es (same tables, same optimistic concurrency: a second writer of the
+//! same sequence gets `AggregateConflict`). Callers learn what a command committed from
+//! [`crate::CommandBus::execute`].
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
@@ -96,13 +81,6 @@ impl PersistedEventRepository for EventRepository {
             Self::Postgres(repo) => repo.persist::<A>(events, snapshot_update).await?,
             Self::Sqlite(repo) => repo.persist::<A>(events, snapshot_update).await?,
         }
-        if let Some(last) = events.last() {
-            record(Committed {
-                aggregate_type: A::TYPE.to_string(),
-                aggregate_id: last.aggregate_id.clone(),
-                last_sequence: last.sequence,
-            });
-        }
         Ok(())
     }
 
@@ -122,36 +100,4 @@ impl PersistedEventRepository for EventRepository {
             Self::Sqlite(repo) => repo.stream_all_events::<A>().await,
         }
     }
-}
-
-/// What one successful `persist` wrote: an aggregate instance and its new last sequence (its
-/// version).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Committed {
-    /// The aggregate's type (`Aggregate::TYPE`).
-    pub aggregate_type: String,
-    /// The aggregate instance's id.
-    pub aggregate_id: String,
-    /// The sequence of the last event committed.
-    pub last_sequence: usize,
-}
-
-tokio::task_local! {
-    static COMMITS: RefCell<Vec<Committed>>;
-}
-
-fn record(committed: Committed) {
-    // Outside a `capture_commits` scope there is nobody to tell: a no-op.
-    let _ = COMMITS.try_with(|commits| commits.borrow_mut().push(committed));
-}
-
-/// Runs `f` and returns its output with every commit an [`EventRepository`] made while `f` ran
-/// (in this task), in commit order.
-pub async fn capture_commits<F: Future>(f: F) -> (F::Output, Vec<Committed>) {
-    COMMITS
-        .scope(RefCell::new(Vec::new()), async move {
-            let output = f.await;
-            (output, COMMITS.with(|commits| commits.take()))
-        })
-        .await
 }

@@ -32,7 +32,7 @@ pub use checkpoint::Checkpoint;
 pub use commands::{CommandBus, CommandError, Outcome, Routed};
 pub use db::{Backend, Database, StoreTx};
 pub use error::StoreError;
-pub use event_repository::{Committed, EventRepository, capture_commits};
+pub use event_repository::EventRepository;
 pub use event_store::{Cqrs, Store, event_store, snapshot_store};
 pub use log::{LogReader, LogStats, RecordedEvent};
 pub use metadata::EventMetadata;
