@@ -11,8 +11,33 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::{User, UserCommand};
 use sparc_store::{CommandBus, EventMetadata};
-use sparc_tests::{PASSWORD, Response, TestApp, TestUser, both_backends};
+use sparc_tests::{Backend, PASSWORD, Response, TestApp, TestUser, both_backends};
 use uuid::Uuid;
+
+/// `both_backends!` for a service started with adjusted settings:
+/// `both_backends_with!(name, |settings| …, |app| async move { … })`.
+macro_rules! both_backends_with {
+    ($name:ident, $configure:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = TestApp::spawn_with(Backend::Postgres, $configure).await {
+                    ($body)(app).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) = TestApp::spawn_with(Backend::Sqlite, $configure).await {
+                    ($body)(app).await;
+                }
+            }
+        }
+    };
+}
 
 /// The signing key `TestApp` configures.
 const TEST_SECRET: &str = "test-signing-key-that-is-long-enough-0123456789";
@@ -240,6 +265,27 @@ both_backends!(
 );
 
 both_backends!(
+    usernames_and_emails_are_unique_whatever_their_case,
+    |app: TestApp| async move {
+        app.user("alice").await;
+        let same_name = register(
+            &app,
+            json!({"username": "ALICE", "email": "other@example.com", "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(same_name.status, StatusCode::BAD_REQUEST);
+        assert_eq!(same_name.body["detail"], "Username already registered");
+        let same_email = register(
+            &app,
+            json!({"username": "bob", "email": "Alice@Example.COM", "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(same_email.status, StatusCode::BAD_REQUEST);
+        assert_eq!(same_email.body["detail"], "Email already registered");
+    }
+);
+
+both_backends!(
     a_registration_refused_for_a_taken_email_leaves_the_username_free,
     |app: TestApp| async move {
         app.user("alice").await;
@@ -416,6 +462,51 @@ both_backends!(
     }
 );
 
+both_backends_with!(
+    token_lifetimes_follow_the_settings,
+    |s| {
+        s.api.access_token_minutes = 5;
+        s.api.refresh_token_days = 2;
+    },
+    |app: TestApp| async move {
+        app.user("alice").await;
+        let response = login(&app, "alice", PASSWORD).await;
+        assert_eq!(response.body["expires_in"], 300);
+        let life = |token: &Value| {
+            let claims = claims_of(token.as_str().expect("a token"));
+            claims["exp"].as_i64().unwrap_or_default() - claims["iat"].as_i64().unwrap_or_default()
+        };
+        assert_eq!(life(&response.body["access_token"]), 300);
+        assert_eq!(life(&response.body["refresh_token"]), 2 * 24 * 3600);
+        let rotated = refresh(
+            &app,
+            response.body["refresh_token"].as_str().expect("a token"),
+        )
+        .await;
+        assert_eq!(rotated.body["expires_in"], 300);
+        let sessions = app
+            .get(
+                "/api/v1/auth/sessions",
+                rotated.body["access_token"].as_str().expect("a token"),
+            )
+            .await;
+        let current = sessions
+            .body
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["current"] == true))
+            .expect("the current session")
+            .clone();
+        let expires_at =
+            chrono::DateTime::parse_from_rfc3339(current["expires_at"].as_str().expect("a time"))
+                .expect("RFC 3339");
+        let days = (expires_at.with_timezone(&Utc) - Utc::now()).num_hours();
+        assert!(
+            (47..=48).contains(&days),
+            "the session lives 2 days: {days} h"
+        );
+    }
+);
+
 // ----- refresh -----
 
 both_backends!(
@@ -493,6 +584,40 @@ both_backends!(
             StatusCode::OK,
             "another session of the same user is untouched"
         );
+    }
+);
+
+both_backends!(
+    two_concurrent_refreshes_with_one_token_never_yield_two_live_pairs,
+    |app: TestApp| async move {
+        let alice = app.user("alice").await;
+        let (first, second) = tokio::join!(
+            refresh(&app, &alice.refresh_token),
+            refresh(&app, &alice.refresh_token)
+        );
+        let winners: Vec<&Response> = [&first, &second]
+            .into_iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .collect();
+        assert!(
+            winners.len() <= 1,
+            "one refresh token buys at most one pair: {} and {}",
+            first.status,
+            second.status
+        );
+        for loser in [&first, &second]
+            .into_iter()
+            .filter(|r| r.status != StatusCode::OK)
+        {
+            assert_unauthorized(loser, "the refresh that lost the race is a reuse");
+        }
+        if let Some(winner) = winners.first() {
+            let access = winner.body["access_token"].as_str().expect("a token");
+            assert_unauthorized(
+                &me(&app, access).await,
+                "the reuse revoked the session, the winner's pair included",
+            );
+        }
     }
 );
 

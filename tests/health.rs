@@ -159,3 +159,70 @@ both_backends!(
         }
     }
 );
+
+both_backends!(
+    metrics_are_prometheus_text_with_requests_by_route_and_projection_lag,
+    |app: TestApp| async move {
+        for _ in 0..2 {
+            anonymous_get(&app, "/api/v1/liveness").await;
+        }
+        let task_id = uuid::Uuid::now_v7();
+        let unauthorized = anonymous_get(&app, &format!("/api/v1/tasks/{task_id}")).await;
+        assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+
+        let response = app
+            .request(Method::GET, "/metrics", None)
+            .send()
+            .await
+            .expect("the service should answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("text/plain")),
+            "the Prometheus text format"
+        );
+        let text = response.text().await.expect("a text body");
+        let sample = |prefix: &str| -> f64 {
+            text.lines()
+                .find(|line| line.starts_with(prefix))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("a sample {prefix}… in:\n{text}"))
+        };
+        assert!(
+            sample(
+                r#"sparc_http_requests_total{method="GET",route="/api/v1/liveness",status="200"}"#
+            ) >= 2.0
+        );
+        assert_eq!(
+            sample(
+                r#"sparc_http_requests_total{method="GET",route="/api/v1/tasks/{id}",status="401"}"#
+            ),
+            1.0,
+            "requests are labelled by route template"
+        );
+        assert!(
+            !text.contains(&task_id.to_string()),
+            "ids never become labels"
+        );
+        assert!(
+            sample(
+                r#"sparc_http_request_duration_seconds_count{method="GET",route="/api/v1/liveness",status="200"}"#
+            ) >= 2.0
+        );
+        assert!(text.contains("# TYPE sparc_http_request_duration_seconds histogram"));
+        assert!(sample(r#"sparc_projection_lag_events{projection="tasks"}"#) >= 0.0);
+        assert!(sample(r#"sparc_projection_position{projection="users"}"#) >= 0.0);
+        assert_eq!(sample("sparc_websocket_connections"), 0.0);
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            assert!(value.parse::<f64>().is_ok(), "a numeric sample: {line}");
+        }
+    }
+);

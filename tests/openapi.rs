@@ -1,1 +1,226 @@
-//! placeholder
+//! The OpenAPI document (`GET /api/openapi.json`): it is OpenAPI 3.1, it documents every
+//! endpoint of the contract's Health, Auth and sessions, Scheduled tasks, Projects and Agents
+//! sections with a response schema wherever the contract defines a body, and every documented
+//! operation is actually served.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sparc_tests::{TestApp, both_backends};
+use uuid::Uuid;
+
+/// What the contract says a successful answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A JSON body.
+    Json,
+    /// No body (204).
+    Empty,
+    /// Not JSON (Prometheus text).
+    Text,
+}
+
+use Answer::{Empty, Json, Text};
+
+/// Every operation of API.md's Health, Auth and sessions, Scheduled tasks, Projects and Agents
+/// sections, with the status of its success answer.
+const CONTRACT: &[(&str, &str, u16, Answer)] = &[
+    // Health and operations
+    ("get", "/api/v1/health", 200, Json),
+    ("get", "/api/v1/health/detailed", 200, Json),
+    ("get", "/api/v1/readiness", 200, Json),
+    ("get", "/api/v1/liveness", 200, Json),
+    ("get", "/metrics", 200, Text),
+    ("get", "/api/openapi.json", 200, Json),
+    // Auth and sessions
+    ("post", "/api/v1/auth/register", 201, Json),
+    ("post", "/api/v1/auth/login", 200, Json),
+    ("post", "/api/v1/auth/refresh", 200, Json),
+    ("post", "/api/v1/auth/logout", 200, Json),
+    ("get", "/api/v1/auth/me", 200, Json),
+    ("put", "/api/v1/auth/me", 200, Json),
+    ("post", "/api/v1/auth/change-password", 200, Json),
+    ("get", "/api/v1/auth/sessions", 200, Json),
+    ("delete", "/api/v1/auth/sessions/{id}", 200, Json),
+    ("delete", "/api/v1/auth/sessions", 200, Json),
+    // Scheduled tasks
+    ("post", "/api/v1/tasks", 201, Json),
+    ("get", "/api/v1/tasks", 200, Json),
+    ("get", "/api/v1/tasks/{id}", 200, Json),
+    ("put", "/api/v1/tasks/{id}", 200, Json),
+    ("delete", "/api/v1/tasks/{id}", 200, Json),
+    ("post", "/api/v1/tasks/{id}/run", 202, Json),
+    ("get", "/api/v1/tasks/{id}/executions", 200, Json),
+    ("get", "/api/v1/tasks/{id}/history", 200, Json),
+    // Projects
+    ("post", "/api/v1/projects", 201, Json),
+    ("get", "/api/v1/projects", 200, Json),
+    ("get", "/api/v1/projects/{id}", 200, Json),
+    ("put", "/api/v1/projects/{id}", 200, Json),
+    ("delete", "/api/v1/projects/{id}", 204, Empty),
+    ("get", "/api/v1/projects/{id}/history", 200, Json),
+    // Agents
+    ("get", "/api/v1/agents", 200, Json),
+    ("get", "/api/v1/agents/{id}", 200, Json),
+    ("post", "/api/v1/agents", 201, Json),
+    ("put", "/api/v1/agents/{id}", 200, Json),
+    ("delete", "/api/v1/agents/{id}", 204, Empty),
+    ("post", "/api/v1/agents/activity", 201, Json),
+];
+
+async fn document(app: &TestApp) -> Value {
+    let response = app.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"))
+    );
+    response.body
+}
+
+/// Follows a `$ref` inside the document (`#/components/schemas/Task`).
+fn resolve<'a>(doc: &'a Value, node: &'a Value) -> &'a Value {
+    match node["$ref"].as_str() {
+        Some(reference) => {
+            let pointer = reference.trim_start_matches('#');
+            doc.pointer(pointer)
+                .unwrap_or_else(|| panic!("a dangling $ref {reference}"))
+        }
+        None => node,
+    }
+}
+
+both_backends!(the_document_is_openapi_3_1, |app: TestApp| async move {
+    let doc = document(&app).await;
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "OpenAPI 3.1, not {}",
+        doc["openapi"]
+    );
+    assert!(doc["info"]["title"].is_string());
+    assert!(doc["info"]["version"].is_string());
+    assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "the bearer scheme is declared"
+    );
+});
+
+both_backends!(
+    every_endpoint_of_the_contract_is_documented_with_its_response_schema,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let mut problems = Vec::new();
+        for &(method, path, status, answer) in CONTRACT {
+            let Some(operation) = doc["paths"][path].get(method) else {
+                problems.push(format!("{method} {path}: not documented"));
+                continue;
+            };
+            let Some(response) = operation["responses"].get(status.to_string()) else {
+                problems.push(format!("{method} {path}: no {status} response documented"));
+                continue;
+            };
+            let response = resolve(&doc, response);
+            match answer {
+                Json => {
+                    let schema = &response["content"]["application/json"]["schema"];
+                    if schema.is_null() {
+                        problems.push(format!(
+                            "{method} {path}: the {status} answer has no JSON schema"
+                        ));
+                    }
+                }
+                Text => {
+                    if response["content"]
+                        .as_object()
+                        .is_none_or(|c| !c.keys().any(|k| k.starts_with("text/plain")))
+                    {
+                        problems.push(format!("{method} {path}: the {status} answer is not text"));
+                    }
+                }
+                Empty => {
+                    if response["content"]
+                        .as_object()
+                        .is_some_and(|c| !c.is_empty())
+                    {
+                        problems.push(format!("{method} {path}: a {status} answer has no body"));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+);
+
+both_backends!(
+    every_documented_operation_is_served,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for (path, operations) in paths {
+            let concrete = path
+                .split('/')
+                .map(|segment| {
+                    if segment.starts_with('{') {
+                        Uuid::now_v7().to_string()
+                    } else {
+                        segment.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in operations.as_object().expect("operations").keys() {
+                let Ok(verb) = Method::from_bytes(method.to_uppercase().as_bytes()) else {
+                    continue;
+                };
+                if ![
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::DELETE,
+                    Method::PATCH,
+                ]
+                .contains(&verb)
+                {
+                    continue;
+                }
+                checked += 1;
+                let response = app.call(verb, &concrete, None, None).await;
+                if matches!(
+                    response.status,
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                ) {
+                    problems.push(format!("{method} {path} ({concrete}): {}", response.status));
+                }
+            }
+        }
+        assert!(
+            checked >= CONTRACT.len(),
+            "only {checked} operations documented"
+        );
+        assert!(problems.is_empty(), "not served:\n{}", problems.join("\n"));
+    }
+);
+
+both_backends!(
+    every_contract_endpoint_is_served,
+    |app: TestApp| async move {
+        let mut problems = Vec::new();
+        for &(method, path, _, _) in CONTRACT {
+            let concrete = path.replace("{id}", &Uuid::now_v7().to_string());
+            let verb = Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+            let response = app.call(verb, &concrete, None, None).await;
+            if matches!(
+                response.status,
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+            ) {
+                problems.push(format!("{method} {path}: {}", response.status));
+            }
+        }
+        assert!(problems.is_empty(), "not served:\n{}", problems.join("\n"));
+    }
+);

@@ -55,6 +55,21 @@ pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Agent>>, sqlx::Er
     state_table::get(db, &id.to_string()).await
 }
 
+/// The `LIKE` pattern matching `capability` as one whole, literal entry of `capabilities_key`:
+/// `%`, `_` and `\` are escaped (a capability may contain them), not dropped.
+fn capability_pattern(capability: &str) -> String {
+    let mut pattern = String::with_capacity(capability.len() + 4);
+    pattern.push_str("%,");
+    for c in capability.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(",%");
+    pattern
+}
+
 /// A page of registered agents, most recently active first, and the total matching.
 pub async fn list(
     db: &Database,
@@ -73,8 +88,11 @@ pub async fn list(
     if !query.capabilities.is_empty() {
         let mut any = Vec::new();
         for capability in &query.capabilities {
-            params.push(format!("%,{},%", capability.replace(['%', '_', '\\'], "")).into());
-            any.push(format!("capabilities_key LIKE ${}", params.len()));
+            params.push(capability_pattern(capability).into());
+            any.push(format!(
+                "capabilities_key LIKE ${} ESCAPE '\\'",
+                params.len()
+            ));
         }
         conditions.push(format!("({})", any.join(" OR ")));
     }
@@ -90,4 +108,16 @@ pub async fn list(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capability_pattern;
+
+    #[test]
+    fn a_capability_is_matched_whole_and_literally() {
+        assert_eq!(capability_pattern("c_sharp"), "%,c\\_sharp,%");
+        assert_eq!(capability_pattern("100%"), "%,100\\%,%");
+        assert_eq!(capability_pattern("a\\b"), "%,a\\\\b,%");
+    }
 }

@@ -62,17 +62,25 @@ pub async fn of_task(
     .await
 }
 
-/// An agent's most recent executions, newest first.
+/// An agent's most recent executions, newest first; with `owner`, only the runs of that user's
+/// tasks (an agent runs everyone's tasks, but a user may see only their own executions).
 pub async fn of_agent(
     db: &Database,
     agent_id: Uuid,
+    owner: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Row<Execution>>, sqlx::Error> {
+    let mut filter = "agent_id = $1".to_owned();
+    let mut params: Vec<SqlValue> = vec![agent_id.to_string().into()];
+    if let Some(owner) = owner {
+        params.push(owner.to_string().into());
+        filter.push_str(" AND user_id = $2");
+    }
     let (rows, _) = state_table::select(
         db,
         &Selection {
-            filter: "agent_id = $1".to_owned(),
-            params: vec![agent_id.to_string().into()],
+            filter,
+            params,
             order_by: "started_at DESC, id DESC".to_owned(),
             limit,
             offset: 0,

@@ -311,3 +311,167 @@ impl Response {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real time: WebSocket clients of `/ws`, and a NATS bus of the test's own. Kept apart from the
+// HTTP helpers above.
+// ---------------------------------------------------------------------------------------------
+
+/// The NATS server the bus tests use.
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Settings for the service to use NATS at `url` under a namespace of its own (so tests never
+/// share a stream or a de-duplication window), or `None` (after saying so) when NATS is not
+/// running outside CI.
+pub async fn nats_namespace(url: &str) -> Option<String> {
+    let address = url.trim_start_matches("nats://");
+    if tokio::net::TcpStream::connect(address).await.is_err() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("NATS is not reachable at {url} in CI (CI=true)");
+        }
+        eprintln!("skipping: NATS is not running at {url} (start it to run this test)");
+        return None;
+    }
+    Some(format!("t{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Deletes the stream of a test's NATS namespace.
+pub async fn delete_nats_stream(url: &str, namespace: &str) {
+    let subjects = sparc_bus::Subjects::new(namespace);
+    if let Ok(bus) = sparc_bus::NatsBus::connect(url, subjects.clone()).await {
+        let _ = bus.jetstream().delete_stream(subjects.stream()).await;
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client of `/ws`.
+pub struct WsClient {
+    socket: Socket,
+}
+
+/// How long a test waits for a frame.
+const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl TestApp {
+    /// `ws://127.0.0.1:<port>/ws?<query>`.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("{}/ws?{query}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// Connects with `?token=` (resuming after `last_event_id` if given) and returns the client
+    /// and its first frame, the `ack`.
+    pub async fn ws(&self, token: &str, last_event_id: Option<&str>) -> (WsClient, Value) {
+        let mut query = format!("token={token}");
+        if let Some(last) = last_event_id {
+            query.push_str(&format!("&last_event_id={last}"));
+        }
+        let mut client = WsClient::connect(&self.ws_url(&query)).await;
+        let ack = client.frame().await;
+        assert_eq!(ack["type"], "ack", "the first frame is the ack: {ack}");
+        (client, ack)
+    }
+}
+
+impl WsClient {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        Self::connect_with(url.into_client_request().expect("a valid WebSocket URL")).await
+    }
+
+    /// Connects with a prepared request (custom headers).
+    pub async fn connect_with(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the WebSocket upgrade should succeed");
+        Self { socket }
+    }
+
+    async fn message(&mut self) -> tokio_tungstenite::tungstenite::Message {
+        self.message_within(FRAME_TIMEOUT).await
+    }
+
+    async fn message_within(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> tokio_tungstenite::tungstenite::Message {
+        use futures::StreamExt as _;
+        tokio::time::timeout(limit, self.socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("a frame should arrive within {limit:?}"))
+            .expect("the connection should stay open")
+            .expect("the frame should be readable")
+    }
+
+    /// The next JSON text frame, whatever its type.
+    pub async fn frame(&mut self) -> Value {
+        self.frame_within(FRAME_TIMEOUT).await
+    }
+
+    /// The next JSON text frame, waiting up to `limit` (for changes held up by an outage).
+    pub async fn frame_within(&mut self, limit: std::time::Duration) -> Value {
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.message_within(limit).await {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("server frames are JSON");
+                }
+                Message::Close(frame) => panic!("the server closed the connection: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next change frame (heartbeat `ping`s skipped).
+    pub async fn change(&mut self) -> Value {
+        self.change_within(FRAME_TIMEOUT).await
+    }
+
+    /// The next change frame, waiting up to `limit` for each frame.
+    pub async fn change_within(&mut self, limit: std::time::Duration) -> Value {
+        loop {
+            let frame = self.frame_within(limit).await;
+            if frame["type"] != "ping" {
+                return frame;
+            }
+        }
+    }
+
+    /// The next `count` change frames.
+    pub async fn changes(&mut self, count: usize) -> Vec<Value> {
+        let mut frames = Vec::with_capacity(count);
+        for _ in 0..count {
+            frames.push(self.change().await);
+        }
+        frames
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures::SinkExt as _;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("the frame should be sent");
+    }
+
+    /// The code and reason the server closes the connection with (frames before it skipped).
+    pub async fn closed_with(&mut self) -> (u16, String) {
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            if let Message::Close(frame) = self.message().await {
+                let frame = frame.expect("the close frame should carry a code");
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+        }
+    }
+
+    /// Closes the connection from the client side.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}

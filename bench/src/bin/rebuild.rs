@@ -146,7 +146,7 @@ fn generate(args: &Args) -> Vec<Row> {
         let at = t0 + Duration::seconds(n as i64);
         let slot = tasks.len();
         let (task_id, owner, seq) = &mut tasks[n % slot];
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             *seq += 1;
             rows.push(row(
                 "Task",
@@ -165,7 +165,7 @@ fn generate(args: &Args) -> Vec<Row> {
         }
         let execution = Uuid::now_v7();
         let (agent, agent_seq) = &mut agents[n % 50];
-        let status = if n % 7 == 0 {
+        let status = if n.is_multiple_of(7) {
             ExecutionStatus::Failed
         } else {
             ExecutionStatus::Success

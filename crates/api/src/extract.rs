@@ -71,15 +71,21 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
 /// bytes too (idempotency keys hash the body).
 ///
 /// # Errors
-/// 400 for syntax errors, 422 with the field path for type and shape errors.
+/// 400 for syntax errors anywhere in the body (even after a field that does not fit, or after
+/// the value), 422 with the field path for type and shape errors of well-formed JSON.
 pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().clone();
         let inner = err.into_inner();
         match inner.classify() {
+            // Deserializing stops at the first field that does not fit, before the parser has
+            // seen the rest: a body that is not JSON at all must still be the 400 it is.
             serde_json::error::Category::Data => {
-                ApiError::from(field_error("body", &path, &strip_position(&inner)))
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Ok(_) => ApiError::from(field_error("body", &path, &strip_position(&inner))),
+                    Err(syntax) => invalid_json(&syntax),
+                }
             }
             _ => invalid_json(&inner),
         }
@@ -441,6 +447,18 @@ mod tests {
     async fn trailing_garbage_after_the_json_value_is_400() {
         let (status, _) = post_json(r#"{"skill_name":"a","schedule_cron":"x"} x"#).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400_even_when_a_field_before_the_error_does_not_fit() {
+        for body in [
+            r#"{"skill_name":"a"} x"#,
+            r#"{"skill_name": 5, "schedule_cron": "#,
+            r#"{"skill_name":"a","owner":"me",}"#,
+        ] {
+            let (status, body_json) = post_json(body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {body_json}");
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
-//! `Idempotency-Key` for creating POSTs: the first successful answer for a (user, key) pair is
-//! stored for 24 hours and replayed (same status, same body) to a repeated request, which then
-//! records no event. The key is reserved before the command runs, so two concurrent requests
-//! with one key cannot both create; the second waits briefly for the first answer or gets 409.
+//! `Idempotency-Key` for creating POSTs: the first successful answer for a (user, endpoint, key)
+//! triple is stored for 24 hours and replayed (same status, same body) to a repeated request,
+//! which then records no event. The key is scoped to the endpoint, so one key sent to
+//! `POST /tasks` and then to `POST /projects` creates both. The key is reserved before the
+//! command runs, so two concurrent requests with one key cannot both create; the second waits
+//! briefly for the first answer or gets 409. A reservation left behind by a request that never
+//! finished (a crash) lapses after a few minutes.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,6 +23,8 @@ use crate::error::ApiError;
 const RETENTION_HOURS: i64 = 24;
 /// The longest accepted key.
 const MAX_KEY_LEN: usize = 255;
+/// How long a reservation without an answer holds its key: far longer than any create takes.
+const ABANDONED_AFTER_MINUTES: i64 = 5;
 
 /// The stored answers.
 #[derive(Clone)]
@@ -39,11 +44,13 @@ impl IdempotencyStore {
         Self { db }
     }
 
-    /// Runs `create` once per (user, key): without a key it just runs; with one, a repeated
-    /// request gets the first answer back. Failed attempts are not stored, so a client may retry.
+    /// Runs `create` once per (user, `scope`, key), where `scope` names the endpoint (such as
+    /// `"POST /api/v1/tasks"`): without a key it just runs; with one, a repeated request gets
+    /// the first answer back. Failed attempts are not stored, so a client may retry.
     pub async fn run<F, Fut>(
         &self,
         user: Uuid,
+        scope: &str,
         key: Option<&str>,
         create: F,
     ) -> Result<Response, ApiError>
@@ -61,6 +68,8 @@ impl IdempotencyStore {
             )));
         }
         let user = user.to_string();
+        let key = format!("{scope} {key}");
+        let key = key.as_str();
         let mut waited = Duration::ZERO;
         loop {
             match self.reserve(&user, key).await.map_err(ApiError::internal)? {
@@ -94,14 +103,19 @@ impl IdempotencyStore {
     async fn reserve(&self, user: &str, key: &str) -> Result<Reservation, sqlx::Error> {
         let now = Utc::now();
         let expired = format_timestamp(now - chrono::Duration::hours(RETENTION_HOURS));
+        let abandoned = format_timestamp(now - chrono::Duration::minutes(ABANDONED_AFTER_MINUTES));
         let now = format_timestamp(now);
-        let existing: Option<(i64, Option<String>)> = on_db!(&self.db, pool => {
-            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < $3")
-                .bind(user)
-                .bind(key)
-                .bind(&expired)
-                .execute(pool)
-                .await?;
+        let existing: Option<Option<(i32, Option<String>)>> = on_db!(&self.db, pool => {
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
+                 AND (created_at < $3 OR (status = 0 AND created_at < $4))",
+            )
+            .bind(user)
+            .bind(key)
+            .bind(&expired)
+            .bind(&abandoned)
+            .execute(pool)
+            .await?;
             let inserted = sqlx::query(
                 "INSERT INTO idempotency_keys (user_id, key, status, body, created_at) VALUES ($1, $2, 0, NULL, $3) \
                  ON CONFLICT (user_id, key) DO NOTHING",
@@ -115,18 +129,24 @@ impl IdempotencyStore {
             if inserted == 1 {
                 None
             } else {
-                sqlx::query_as("SELECT status, body FROM idempotency_keys WHERE user_id = $1 AND key = $2")
-                    .bind(user)
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await?
+                Some(
+                    sqlx::query_as("SELECT status, body FROM idempotency_keys WHERE user_id = $1 AND key = $2")
+                        .bind(user)
+                        .bind(key)
+                        .fetch_optional(pool)
+                        .await?,
+                )
             }
         });
         Ok(match existing {
             None => Reservation::Reserved,
-            Some((0, _)) | Some((_, None)) => Reservation::Busy,
-            Some((status, Some(body))) => {
-                let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+            // The holder gave up between our insert and our read: try to reserve again.
+            Some(None) | Some(Some((0, _))) | Some(Some((_, None))) => Reservation::Busy,
+            Some(Some((status, Some(body)))) => {
+                let status = u16::try_from(status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::OK);
                 Reservation::Answered(status, serde_json::from_str(&body).unwrap_or(Value::Null))
             }
         })
@@ -144,7 +164,7 @@ impl IdempotencyStore {
             sqlx::query("UPDATE idempotency_keys SET status = $3, body = $4 WHERE user_id = $1 AND key = $2")
                 .bind(user)
                 .bind(key)
-                .bind(i64::from(status.as_u16()))
+                .bind(i32::from(status.as_u16()))
                 .bind(&body)
                 .execute(pool)
                 .await?;

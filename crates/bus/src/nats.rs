@@ -11,13 +11,13 @@
 //! [`ChangeBus::status`] says `disconnected`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use tokio::sync::OnceCell;
 
 use crate::{
     BusError, BusStatus, Change, ChangeBus, ChangeStream, Presence, PresenceStream, Subjects,
@@ -36,7 +36,9 @@ pub struct NatsBus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     subjects: Subjects,
-    stream_ready: Arc<OnceCell<()>>,
+    /// Whether the stream is known to exist; cleared when a publish fails, since a NATS server
+    /// that lost its store comes back without it.
+    stream_ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -71,7 +73,7 @@ impl NatsBus {
             client,
             jetstream,
             subjects,
-            stream_ready: Arc::new(OnceCell::new()),
+            stream_ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -86,29 +88,25 @@ impl NatsBus {
     }
 
     async fn ensure_stream(&self) -> Result<(), BusError> {
-        self.stream_ready
-            .get_or_try_init(|| async {
-                self.jetstream
-                    .get_or_create_stream(stream::Config {
-                        name: self.subjects.stream(),
-                        subjects: vec![self.subjects.all_changes()],
-                        max_age: STREAM_MAX_AGE,
-                        duplicate_window: DUPLICATE_WINDOW,
-                        storage: stream::StorageType::File,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(|e| BusError::Connect(Box::new(e)))
+        if self.stream_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.jetstream
+            .get_or_create_stream(stream::Config {
+                name: self.subjects.stream(),
+                subjects: vec![self.subjects.all_changes()],
+                max_age: STREAM_MAX_AGE,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
             })
             .await
-            .map(drop)
+            .map_err(|e| BusError::Connect(Box::new(e)))?;
+        self.stream_ready.store(true, Ordering::Release);
+        Ok(())
     }
-}
 
-#[async_trait]
-impl ChangeBus for NatsBus {
-    async fn publish(&self, changes: &[Arc<Change>]) -> Result<(), BusError> {
+    async fn publish_acknowledged(&self, changes: &[Arc<Change>]) -> Result<(), BusError> {
         self.ensure_stream().await?;
         let mut acks = Vec::with_capacity(changes.len());
         for change in changes {
@@ -126,6 +124,17 @@ impl ChangeBus for NatsBus {
             ack.await.map_err(|e| BusError::Publish(Box::new(e)))?;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ChangeBus for NatsBus {
+    async fn publish(&self, changes: &[Arc<Change>]) -> Result<(), BusError> {
+        let published = self.publish_acknowledged(changes).await;
+        if published.is_err() {
+            self.stream_ready.store(false, Ordering::Release);
+        }
+        published
     }
 
     async fn subscribe(&self) -> Result<ChangeStream, BusError> {

@@ -59,6 +59,12 @@ pub struct Outbox {
     db: Database,
 }
 
+/// The last event id ever given (0 before the first): the largest numbered row, or the last
+/// pruned one when pruning emptied the outbox, so numbering never starts over.
+pub(crate) const LAST_NUMBERED: &str = "(SELECT coalesce(max(seq), 0) FROM ( \
+     SELECT max(published_seq) AS seq FROM outbox \
+     UNION ALL SELECT pruned_seq FROM outbox_relay WHERE name = 'relay') AS given)";
+
 /// The columns of a numbered row, in [`ChangeRow`] order.
 pub(crate) const CHANGE_COLUMNS: &str =
     "published_seq, kind, aggregate_id, audience, version, event_type, state, recorded_at";
@@ -118,13 +124,12 @@ impl Outbox {
 
     /// The last numbered event id and the retention boundary.
     pub async fn retained(&self) -> Result<Retained, OutboxError> {
+        let sql = format!(
+            "SELECT {LAST_NUMBERED}, \
+             coalesce((SELECT pruned_seq FROM outbox_relay WHERE name = 'relay'), 0)"
+        );
         let (head, pruned_through): (i64, i64) = on_pool!(&self.db, pool => {
-            sqlx::query_as(
-                "SELECT (SELECT coalesce(max(published_seq), 0) FROM outbox), \
-                 coalesce((SELECT pruned_seq FROM outbox_relay WHERE name = 'relay'), 0)",
-            )
-            .fetch_one(pool)
-            .await?
+            sqlx::query_as(&sql).fetch_one(pool).await?
         });
         Ok(Retained {
             pruned_through,

@@ -35,7 +35,7 @@ use sqlx::{Connection as _, PgConnection};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, to_change};
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, LAST_NUMBERED, OutboxError, on_pool, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
 
 /// Why a relay pass failed; the relay retries with back-off.
@@ -113,8 +113,10 @@ impl Relay {
     /// Runs until `shutdown` turns true: stands by until this relay holds the lock, then
     /// publishes every change as it becomes safe.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // A standby keeps the connection it asks on, rather than opening one per attempt.
+        let mut standby_connection = None;
         while !*shutdown.borrow() {
-            match Leadership::acquire(&self.db).await {
+            match Leadership::acquire(&self.db, &mut standby_connection).await {
                 Ok(Some(leadership)) => {
                     tracing::info!("outbox relay active");
                     self.lead(leadership, &mut shutdown).await;
@@ -137,7 +139,21 @@ impl Relay {
         let mut lock_checked = Instant::now();
         let mut pruned: Option<Instant> = None;
         while !*shutdown.borrow() {
-            match self.step().await {
+            // On shutdown a pass gets a moment to finish (so a clean handover repeats nothing);
+            // one stuck on an unreachable bus is dropped, which loses nothing: the mark moves
+            // only after the bus acknowledged.
+            let pass = {
+                let pass = self.step();
+                tokio::pin!(pass);
+                tokio::select! {
+                    pass = &mut pass => pass,
+                    _ = shutdown.changed() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await {
+                        Ok(pass) => pass,
+                        Err(_) => break,
+                    },
+                }
+            };
+            match pass {
                 Ok(0) => {
                     failures = 0;
                     self.idle(shutdown).await;
@@ -145,7 +161,7 @@ impl Relay {
                 Ok(_) => failures = 0,
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let delay = Duration::from_millis(50u64 << failures.min(7));
+                    let delay = Duration::from_millis(50u64 << failures.min(5));
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox relay pass failed");
                     sleep_or_shutdown(delay, shutdown).await;
                 }
@@ -230,14 +246,15 @@ impl Relay {
         }
         // The outer `published_seq IS NULL` is re-checked on rows another transaction changed
         // meanwhile, so a row is never numbered twice.
-        let numbering = "UPDATE outbox SET published_seq = numbered.seq FROM ( \
+        let numbering = format!(
+            "UPDATE outbox SET published_seq = numbered.seq FROM ( \
                  SELECT position, \
-                        (SELECT coalesce(max(published_seq), 0) FROM outbox) \
-                        + row_number() OVER (ORDER BY transaction_id, position) AS seq \
+                        {LAST_NUMBERED} + row_number() OVER (ORDER BY transaction_id, position) AS seq \
                  FROM outbox \
                  WHERE published_seq IS NULL AND (transaction_id, position) <= ($1, $2) \
                  ORDER BY transaction_id, position LIMIT $3) AS numbered \
-             WHERE outbox.position = numbered.position AND outbox.published_seq IS NULL";
+             WHERE outbox.position = numbered.position AND outbox.published_seq IS NULL"
+        );
         let mut tx = self.db.begin().await?;
         let numbered = match &mut tx {
             StoreTx::Postgres(tx) => {
@@ -245,7 +262,7 @@ impl Relay {
                     .bind(NUMBERING_LOCK)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query(numbering)
+                sqlx::query(&numbering)
                     .bind(transaction_id)
                     .bind(position)
                     .bind(self.batch_size)
@@ -253,7 +270,7 @@ impl Relay {
                     .await?
                     .rows_affected()
             }
-            StoreTx::Sqlite(tx) => sqlx::query(numbering)
+            StoreTx::Sqlite(tx) => sqlx::query(&numbering)
                 .bind(transaction_id)
                 .bind(position)
                 .bind(self.batch_size)
@@ -403,6 +420,8 @@ impl Relay {
     }
 }
 
+/// How long a pass may still run once shutdown is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the active relay checks that its lock connection is alive.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often the active relay deletes changes beyond retention.
@@ -419,24 +438,31 @@ enum Leadership {
 }
 
 impl Leadership {
-    /// Takes the lock if it is free; `None` if another relay holds it.
-    async fn acquire(db: &Database) -> Result<Option<Self>, sqlx::Error> {
-        match db {
-            Database::Sqlite(_) => Ok(Some(Self::Sole)),
-            Database::Postgres(pool) => {
-                let mut connection = pool.acquire().await?.detach();
-                let locked: bool =
-                    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                        .bind(LEADER_LOCK)
-                        .fetch_one(&mut connection)
-                        .await?;
-                if locked {
-                    Ok(Some(Self::Locked(connection)))
-                } else {
-                    let _ = connection.close().await;
-                    Ok(None)
-                }
-            }
+    /// Takes the lock if it is free; `None` if another relay holds it. On Postgres it asks on
+    /// `connection` (opening one if there is none): the connection becomes the lock's if the
+    /// lock is taken, and stays in `connection` for the next attempt if not.
+    async fn acquire(
+        db: &Database,
+        connection: &mut Option<PgConnection>,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        let pool = match db {
+            Database::Sqlite(_) => return Ok(Some(Self::Sole)),
+            Database::Postgres(pool) => pool,
+        };
+        let mut asking = match connection.take() {
+            Some(open) => open,
+            None => pool.acquire().await?.detach(),
+        };
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut asking)
+                .await?;
+        if locked {
+            Ok(Some(Self::Locked(asking)))
+        } else {
+            *connection = Some(asking);
+            Ok(None)
         }
     }
 

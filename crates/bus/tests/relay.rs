@@ -19,14 +19,11 @@ use uuid::Uuid;
 /// Writes an outbox row as a projection would: `(transaction_id, position)` in the log, a task
 /// of `owner` (or an agent when `owner` is `None`).
 async fn outbox_row(db: &Database, transaction_id: i64, position: i64, owner: Option<Uuid>) {
-    outbox_row_at(
-        db,
-        transaction_id,
-        position,
-        owner,
-        "2026-03-02T09:00:00.000000Z",
-    )
-    .await;
+    outbox_row_at(db, transaction_id, position, owner, &now()).await;
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 async fn outbox_row_at(
@@ -240,16 +237,14 @@ async fn replay_reads_what_a_user_may_see_in_event_order(db: Database) {
     );
 }
 
-async fn changes_beyond_retention_are_pruned_and_the_boundary_recorded(db: Database) {
+async fn changes_beyond_retention_are_pruned_and_numbering_carries_on(db: Database) {
     let bus = Arc::new(InProcessBus::new());
     let relay = Relay::new(db.clone(), bus).with_retention(Duration::from_secs(3600));
     let alice = Uuid::new_v4();
     let old = "2020-01-01T00:00:00.000000Z";
-    let recent = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     outbox_row_at(&db, 1, 1, Some(alice), old).await;
     outbox_row_at(&db, 1, 2, Some(alice), old).await;
-    outbox_row_at(&db, 1, 3, Some(alice), &recent).await;
-    checkpoints(&db, at(1, 3), None).await;
+    checkpoints(&db, at(1, 2), None).await;
     relay.step().await.expect("a pass");
 
     assert_eq!(relay.prune().await.expect("prunes"), 2);
@@ -260,12 +255,19 @@ async fn changes_beyond_retention_are_pruned_and_the_boundary_recorded(db: Datab
     );
     let outbox = Outbox::new(&db);
     let retained = outbox.retained().await.expect("reads");
-    assert_eq!((retained.head, retained.pruned_through), (3, 2));
+    assert_eq!((retained.head, retained.pruned_through), (2, 2));
+
+    // The outbox is empty now; the next change still gets the next event id.
+    outbox_row(&db, 1, 3, Some(alice)).await;
+    checkpoints(&db, at(1, 3), None).await;
+    relay.step().await.expect("a pass");
     let left = outbox
         .between(Visibility::Everything, 0, 3, 10)
         .await
         .expect("reads");
     assert_eq!(left.iter().map(|c| c.event_id).collect::<Vec<_>>(), vec![3]);
+    let retained = outbox.retained().await.expect("reads");
+    assert_eq!((retained.head, retained.pruned_through), (3, 2));
 }
 
 mod sqlite {
@@ -282,9 +284,9 @@ mod sqlite {
     }
 
     #[tokio::test]
-    async fn changes_beyond_retention_are_pruned_and_the_boundary_recorded() {
+    async fn changes_beyond_retention_are_pruned_and_numbering_carries_on() {
         let (db, _file) = sparc_store::testing::sqlite_database().await;
-        super::changes_beyond_retention_are_pruned_and_the_boundary_recorded(db).await;
+        super::changes_beyond_retention_are_pruned_and_numbering_carries_on(db).await;
     }
 }
 
@@ -306,9 +308,9 @@ mod postgres {
     }
 
     #[tokio::test]
-    async fn changes_beyond_retention_are_pruned_and_the_boundary_recorded() {
+    async fn changes_beyond_retention_are_pruned_and_numbering_carries_on() {
         if let Some(db) = sparc_store::testing::postgres_database().await {
-            super::changes_beyond_retention_are_pruned_and_the_boundary_recorded(db).await;
+            super::changes_beyond_retention_are_pruned_and_numbering_carries_on(db).await;
         }
     }
 

@@ -61,8 +61,20 @@ pub struct TaskChanges {
     pub params: Option<Value>,
     /// A new status (only settable ones).
     pub status: Option<TaskStatus>,
-    /// Move to another project (`Some(None)` detaches it).
+    /// Move to another project (`Some(None)` detaches it; stored as `null`, absent when unchanged).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_or_null"
+    )]
     pub project_id: Option<Option<Uuid>>,
+}
+
+/// Reads a field that is present (possibly `null`) as `Some(_)`; an absent one defaults to `None`.
+fn present_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Uuid>>, D::Error> {
+    Option::<Uuid>::deserialize(d).map(Some)
 }
 
 impl TaskChanges {
@@ -634,6 +646,7 @@ impl Aggregate for Task {
             }
             TaskEvent::TaskDeleted { at } => {
                 self.status = TaskStatus::Deleted;
+                self.resume_status = TaskStatus::Deleted;
                 self.next_run_at = None;
                 self.updated_at = Some(at);
             }

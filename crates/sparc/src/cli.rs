@@ -37,6 +37,12 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Run only a WebSocket gateway (`/ws`, `/ws/health`); needs `NATS_URL` and `DATABASE_URL`.
+    Gateway {
+        /// Address to listen on (also `SPARC_LISTEN`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
     /// Apply pending database migrations, then exit.
     Migrate,
     /// Manage user accounts.
@@ -159,6 +165,11 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             shutdown_signal().await;
             tracing::info!("shutting down");
             server.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { listen } => {
+            settings.listen = listen.unwrap_or(settings.listen);
+            crate::realtime::run_gateway(settings).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -35,6 +35,9 @@ pub struct Settings {
     pub database_url: Secret,
     /// The NATS server (`NATS_URL`); unset means the in-process bus.
     pub nats_url: Option<String>,
+    /// The NATS names' prefix (`SPARC_NATS_NAMESPACE`, default `sparc`: stream `SPARC_CHANGES`,
+    /// subjects `sparc.changes.…`); deployments sharing one NATS server need their own.
+    pub nats_namespace: String,
     /// The JWT signing key (`SPARC_JWT_SECRET`). Required with Postgres; with SQLite a key is
     /// generated once and kept beside the database file.
     pub jwt_secret: Option<Secret>,
@@ -55,6 +58,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: Secret::new(DEFAULT_DATABASE_URL),
             nats_url: None,
+            nats_namespace: sparc_bus::Subjects::DEFAULT_NAMESPACE.to_owned(),
             jwt_secret: None,
             migrate_on_start: true,
             log_format: LogFormat::default(),

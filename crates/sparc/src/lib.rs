@@ -6,6 +6,7 @@
 //!   variables), with secrets that never print.
 //! - [`keys`]: where the JWT signing key comes from (generated once beside an embedded database).
 //! - [`projections`]: `sparc projections list|rebuild`.
+//! - [`realtime`]: the change bus, the outbox relay and the WebSocket gateway (`sparc gateway`).
 //! - [`scheduler`]: fires due task slots exactly once, however many schedulers run.
 //! - [`server`]: the composition root: database, projections, policies, the hash chainer, the
 //!   HTTP router, and graceful shutdown. Tests start it on port 0 through the same path as `main`.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod projections;
+pub mod realtime;
 pub mod scheduler;
 pub mod server;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The composition root of `sparc serve`: connects the database, runs migrations, starts the
-//! projections, the policies and the hash chainer, and serves the HTTP API until shutdown.
+//! projections, the policies, the hash chainer and the outbox relay, and serves the HTTP API and
+//! the WebSocket gateway until shutdown.
 //!
 //! [`Server::start`] takes a bound listener's address from the settings (port 0 works), so the
 //! black-box tests run exactly the code path `main` runs.
@@ -118,15 +119,20 @@ impl Server {
             },
             started_at: chrono::Utc::now(),
         };
-        let app = App::new(
-            db,
+        let bus = crate::realtime::bus(&settings).await?;
+        let progress = projection_handle.progress();
+        let app = Arc::new(App::new(
+            db.clone(),
             commands,
             projection_handle,
             &key,
             settings.api.clone(),
             info,
-        )?;
-        let router = sparc_api::router(Arc::new(app));
+        )?);
+        let (realtime, realtime_tasks) =
+            crate::realtime::start(&db, bus, app.clone(), progress, shutdown_rx.clone()).await?;
+        tasks.extend(realtime_tasks);
+        let router = sparc_api::router(app).merge(realtime);
         let addr = listener.local_addr()?;
         let mut http_shutdown = shutdown_rx.clone();
         let http = tokio::spawn(async move {

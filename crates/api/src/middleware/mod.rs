@@ -3,35 +3,42 @@
 //! Outermost first, and why in this order:
 //!
 //! 1. [`security_headers`]: on every response, whatever produced it.
-//! 2. gzip compression of bodies over 1 KiB when the client accepts it: outside every layer that
+//! 2. [`metrics`]: counts every answer (429s and 413s included) by method, route and status,
+//!    and times it, for `GET /metrics`.
+//! 3. gzip compression of bodies over 1 KiB when the client accepts it: outside every layer that
 //!    rewrites bodies, so a rewritten body is never mislabelled as gzip.
-//! 3. [`request_id`]: the id exists before anything can fail, is echoed on every response, and
+//! 4. [`request_id`]: the id exists before anything can fail, is echoed on every response, and
 //!    every 500 below is logged with it and rendered as `{"detail", "error_id"}`.
-//! 4. [`client_ip`]: resolves the IP once, for the limiter and for event metadata.
-//! 5. [`rate_limit`]: before any work is done for a request that will be refused.
-//! 6. body limit (1 MiB): a declared `Content-Length` over it is refused at once; a streamed
-//!    body is cut off by the extractors ([`axum::extract::DefaultBodyLimit`]).
-//! 7. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
-//! 8. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
+//! 5. [`client_ip`]: resolves the IP once, for the limiter and for event metadata.
+//! 6. [`rate_limit`]: before any work is done for a request that will be refused.
+//! 7. body limit (1 MiB): a declared `Content-Length` over it is refused before any handler
+//!    runs (the body drained first, so the client sees the 413 rather than a reset); a
+//!    streamed body is cut off by the extractors ([`axum::extract::DefaultBodyLimit`]).
+//! 8. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
+//! 9. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
 //!    connection.
 //!
 //! and inside all of them the router, with `{"detail":"Not Found"}` and
-//! `{"detail":"Method Not Allowed"}` fallbacks.
+//! `{"detail":"Method Not Allowed"}` fallbacks, and the [`metrics::HttpMetrics`] registry as an
+//! extension for the `/metrics` handler.
 
 pub mod client_ip;
 pub mod error_shape;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod security_headers;
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use futures::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
@@ -58,11 +65,13 @@ const COMPRESS_FROM_BYTES: u64 = 1025;
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) -> Router {
     let limiter = Arc::new(RateLimiter::new(settings, tokens));
+    let metrics = Arc::new(metrics::HttpMetrics::default());
     let compression = CompressionLayer::new()
         .compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_FROM_BYTES)));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(metrics.clone()))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(error_shape::json_error_bodies))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -74,6 +83,7 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
         ))
         .layer(from_fn(request_id::request_id))
         .layer(compression)
+        .layer(from_fn_with_state(metrics, metrics::record))
         .layer(from_fn_with_state(
             settings.hsts,
             security_headers::security_headers,
@@ -88,17 +98,37 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Refuses a body whose declared length is over [`MAX_BODY_BYTES`] before reading any of it.
+/// A refused body up to this size is read and thrown away before the 413 goes out.
+const DRAIN_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// How long draining a refused body may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses a body whose declared length is over [`MAX_BODY_BYTES`] without handing it to any
+/// handler.
+///
+/// The body is still read and discarded first (up to [`DRAIN_MAX_BYTES`], within
+/// [`DRAIN_TIMEOUT`]): a client is usually still sending when the answer is ready, and closing
+/// a socket with unread data makes the kernel reset the connection, which can destroy the 413
+/// before the client reads it. Larger bodies are not read; their senders may see a reset.
 async fn reject_declared_oversize(request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return ApiError::PayloadTooLarge.into_response();
+    let Some(length) = declared.filter(|&length| length > MAX_BODY_BYTES as u64) else {
+        return next.run(request).await;
+    };
+    if length <= DRAIN_MAX_BYTES {
+        let mut body = request.into_body().into_data_stream();
+        let drained = async { while let Some(Ok(_)) = body.next().await {} };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
     }
-    next.run(request).await
+    let mut response = ApiError::PayloadTooLarge.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A handler panic as a 500 whose cause (the panic message) is logged by the request-id layer.
@@ -206,6 +236,31 @@ mod tests {
         assert_eq!(
             json_body(response).await,
             json!({"detail": "Request body too large"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_declared_body_is_drained_so_the_client_sees_the_413() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let chunk = bytes_of(MAX_BODY_BYTES / 2 + 1);
+        let chunks = futures::stream::iter([chunk.clone(), chunk]).map(Ok::<_, std::io::Error>);
+        let body = chunks.chain(futures::stream::once(async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok(axum::body::Bytes::new())
+        }));
+        let request = axum::http::Request::post("/api/v1/echo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, MAX_BODY_BYTES + 2)
+            .body(Body::from_stream(body))
+            .expect("valid");
+        let response = send(request).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the body was read to its end"
         );
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sparc_domain::agent::{Agent, AgentChanges, AgentCommand, AgentStatus, AgentType};
 use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
 use sparc_domain::reservation::{Reservation, ReservationCommand, reservation_id};
-use sparc_domain::task::{Task, TaskCommand};
+use sparc_domain::task::{Task, TaskCommand, TaskStatus};
 use sparc_domain::user::Role;
 use sparc_domain::values::AgentName;
 use sparc_projections::Row;
@@ -235,35 +235,40 @@ async fn register_agent(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     app.idempotency
-        .run(user.user_id, key.as_deref(), || async {
-            let agent_id = Uuid::now_v7();
-            let metadata = ctx.metadata(user.user_id.to_string());
-            claim_name(&app, &name, agent_id, &metadata).await?;
-            let command = AgentCommand::Register {
-                agent_id,
-                name: name.clone(),
-                agent_type,
-                capabilities,
-                status,
-                at: Utc::now(),
-            };
-            let outcome = match app
-                .execute::<Agent>(&agent_id.to_string(), command, &metadata, None)
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    release_name(&app, &name, agent_id, &metadata).await?;
-                    return Err(error);
-                }
-            };
-            app.settle::<Agent>(agent_id, outcome.version).await?;
-            let resource = AgentResource::new(&outcome.state, outcome.version as i64);
-            Ok((
-                StatusCode::CREATED,
-                serde_json::to_value(resource).map_err(ApiError::internal)?,
-            ))
-        })
+        .run(
+            user.user_id,
+            "POST /api/v1/agents",
+            key.as_deref(),
+            || async {
+                let agent_id = Uuid::now_v7();
+                let metadata = ctx.metadata(user.user_id.to_string());
+                claim_name(&app, &name, agent_id, &metadata).await?;
+                let command = AgentCommand::Register {
+                    agent_id,
+                    name: name.clone(),
+                    agent_type,
+                    capabilities,
+                    status,
+                    at: Utc::now(),
+                };
+                let outcome = match app
+                    .execute::<Agent>(&agent_id.to_string(), command, &metadata, None)
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        release_name(&app, &name, agent_id, &metadata).await?;
+                        return Err(error);
+                    }
+                };
+                app.settle::<Agent>(agent_id, outcome.version).await?;
+                let resource = AgentResource::new(&outcome.state, outcome.version as i64);
+                Ok((
+                    StatusCode::CREATED,
+                    serde_json::to_value(resource).map_err(ApiError::internal)?,
+                ))
+            },
+        )
         .await
 }
 
@@ -286,12 +291,15 @@ pub struct AgentDetail {
     pub avg_duration_ms: f64,
 }
 
-/// One agent with its execution history.
+/// One agent with its execution history. The history lists only the caller's own executions
+/// (every one for admins, auditors and agents), since executions belong to the owner of their
+/// task; `success_rate` and `avg_duration_ms` describe the agent, over its last
+/// `history_limit` executions whoever owns them.
 #[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), AgentDetailQuery),
     responses((status = 200, body = AgentDetail), (status = 404, description = "Agent not found")), security(("bearer" = [])))]
 async fn get_agent(
     State(app): State<AppState>,
-    _user: AuthUser,
+    user: AuthUser,
     AppPath(id): AppPath<Uuid>,
     AppQuery(query): AppQuery<AgentDetailQuery>,
 ) -> Result<Response, ApiError> {
@@ -304,9 +312,20 @@ async fn get_agent(
         )]));
     }
     let row = agent_row(&app, id).await?;
-    let history = sparc_projections::executions::of_agent(&app.db, id, history_limit)
+    let history = sparc_projections::executions::of_agent(&app.db, id, None, history_limit)
         .await
         .map_err(ApiError::internal)?;
+    let sees_all = user.role.can_read_all() || user.role == Role::Agent;
+    let own = if sees_all {
+        None
+    } else {
+        Some(
+            sparc_projections::executions::of_agent(&app.db, id, Some(user.user_id), history_limit)
+                .await
+                .map_err(ApiError::internal)?,
+        )
+    };
+    let visible = own.as_ref().unwrap_or(&history);
     let finished: Vec<&Execution> = history
         .iter()
         .map(|r| &r.state)
@@ -334,7 +353,7 @@ async fn get_agent(
         row.version,
         AgentDetail {
             agent: AgentResource::new(&row.state, row.version),
-            execution_history: history
+            execution_history: visible
                 .iter()
                 .map(|r| ExecutionResource::from(&r.state))
                 .collect(),
@@ -394,7 +413,13 @@ async fn update_agent(
         return Err(ApiError::Validation(errors));
     }
     let metadata = ctx.metadata(user.user_id.to_string());
-    let renamed = name.clone().filter(|n| Some(n) != row.state.name.as_ref());
+    // A new name needs its reservation; a change of case only keeps the one the agent holds.
+    let renamed = name.clone().filter(|n| {
+        row.state
+            .name
+            .as_ref()
+            .is_none_or(|old| name_claim(n) != name_claim(old))
+    });
     if let Some(new_name) = &renamed {
         claim_name(&app, new_name, id, &metadata).await?;
     }
@@ -434,16 +459,19 @@ async fn update_agent(
     ))
 }
 
-/// Deregisters an agent (admins and agents): it goes offline, leaves the list and frees its name.
+/// Deregisters an agent (admins and agents): it goes offline, leaves the list and frees its
+/// name. Honours `If-Match`.
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deregistered"), (status = 404, description = "Agent not found")), security(("bearer" = [])))]
+    responses((status = 204, description = "Deregistered"), (status = 404, description = "Agent not found"), (status = 412, description = "Version mismatch")), security(("bearer" = [])))]
 async fn deregister_agent(
     State(app): State<AppState>,
     user: AuthUser,
     ctx: RequestContext,
+    headers: HeaderMap,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     user.require_role(WRITERS)?;
+    let expected = if_match(&headers)?;
     let row = agent_row(&app, id).await?;
     let metadata = ctx.metadata(user.user_id.to_string());
     let outcome = app
@@ -451,7 +479,7 @@ async fn deregister_agent(
             &id.to_string(),
             AgentCommand::Deregister { at: Utc::now() },
             &metadata,
-            None,
+            expected,
         )
         .await?;
     if let Some(name) = &row.state.name {
@@ -531,46 +559,85 @@ async fn report_activity(
         .await
         .map_err(crate::state::command_error)?;
     let execution_id = body.execution_id.or(task_state.running_execution_id);
-    let execution_id = match (run_status, execution_id) {
+    // Every check comes before the first command, so a refused report changes nothing.
+    let existing = match execution_id {
+        Some(execution_id) => {
+            let (execution, _) = app
+                .commands
+                .load::<Execution>(&execution_id.to_string())
+                .await
+                .map_err(crate::state::command_error)?;
+            if execution.exists && execution.task_id != body.task_id {
+                return Err(ApiError::BadRequest(
+                    "The execution belongs to another task".to_owned(),
+                ));
+            }
+            execution.exists.then_some(execution_id)
+        }
+        None => None,
+    };
+    let execution_id = match (run_status, existing) {
         (ExecutionStatus::Running, Some(execution_id)) => {
-            start_or_claim(
-                &app,
-                execution_id,
-                task.state.user_id,
-                body.task_id,
-                body.agent_id,
-                &metadata,
-            )
-            .await?;
+            let claimed = app
+                .execute::<Execution>(
+                    &execution_id.to_string(),
+                    ExecutionCommand::Claim {
+                        agent_id: body.agent_id,
+                        at: now,
+                    },
+                    &metadata,
+                    None,
+                )
+                .await?;
+            app.settle::<Execution>(execution_id, claimed.version)
+                .await?;
             execution_id
         }
         (ExecutionStatus::Running, None) => {
-            let execution_id = Uuid::now_v7();
-            app.execute::<Task>(
-                &body.task_id.to_string(),
-                TaskCommand::RunNow {
-                    execution_id,
-                    at: now,
-                },
-                &metadata,
-                None,
-            )
-            .await?;
-            start_or_claim(
-                &app,
-                execution_id,
-                task.state.user_id,
-                body.task_id,
-                body.agent_id,
-                &metadata,
-            )
-            .await?;
+            // The task fired for this execution but it has not started yet: start it. Else a
+            // new run, under the agent's execution id if it chose one: the task fires first
+            // (409 if it already runs another execution), then the execution starts.
+            let already_fired =
+                execution_id.is_some() && execution_id == task_state.running_execution_id;
+            let execution_id = execution_id.unwrap_or_else(Uuid::now_v7);
+            if !already_fired {
+                let fired = app
+                    .execute::<Task>(
+                        &body.task_id.to_string(),
+                        TaskCommand::RunNow {
+                            execution_id,
+                            at: now,
+                        },
+                        &metadata,
+                        None,
+                    )
+                    .await?;
+                app.settle::<Task>(body.task_id, fired.version).await?;
+            }
+            let started = app
+                .execute::<Execution>(
+                    &execution_id.to_string(),
+                    ExecutionCommand::Start {
+                        execution_id,
+                        task_id: body.task_id,
+                        user_id: task.state.user_id,
+                        agent_id: Some(body.agent_id),
+                        scheduled_for: now,
+                        at: now,
+                    },
+                    &metadata,
+                    None,
+                )
+                .await?;
+            app.settle::<Execution>(execution_id, started.version)
+                .await?;
             execution_id
         }
         (_, None) => {
-            return Err(ApiError::NotFound(
-                "No running execution for this task".to_owned(),
-            ));
+            return Err(ApiError::NotFound(match body.execution_id {
+                Some(_) => "Execution not found".to_owned(),
+                None => "No running execution for this task".to_owned(),
+            }));
         }
         (status, Some(execution_id)) => {
             let finished = app
@@ -588,26 +655,25 @@ async fn report_activity(
                     None,
                 )
                 .await?;
-            if finished.state.task_id != body.task_id {
-                return Err(ApiError::BadRequest(
-                    "The execution belongs to another task".to_owned(),
-                ));
-            }
-            let task = app
-                .execute::<Task>(
-                    &body.task_id.to_string(),
-                    TaskCommand::FinishRun {
-                        execution_id,
-                        status,
-                        at: now,
-                    },
-                    &metadata,
-                    None,
-                )
-                .await?;
             app.settle::<Execution>(execution_id, finished.version)
                 .await?;
-            app.settle::<Task>(body.task_id, task.version).await?;
+            // Finishing the run of a task deleted meanwhile must not bring the task back: the
+            // domain's `TaskRunFinished` restores the status the task had before the run.
+            if task_state.status != TaskStatus::Deleted {
+                let task = app
+                    .execute::<Task>(
+                        &body.task_id.to_string(),
+                        TaskCommand::FinishRun {
+                            execution_id,
+                            status,
+                            at: now,
+                        },
+                        &metadata,
+                        None,
+                    )
+                    .await?;
+                app.settle::<Task>(body.task_id, task.version).await?;
+            }
             execution_id
         }
     };
@@ -637,51 +703,4 @@ async fn report_activity(
         }),
     )
         .into_response())
-}
-
-/// Starts the execution for the agent, or records the agent's claim if it already started.
-async fn start_or_claim(
-    app: &App,
-    execution_id: Uuid,
-    owner: Uuid,
-    task_id: Uuid,
-    agent_id: Uuid,
-    metadata: &EventMetadata,
-) -> Result<(), ApiError> {
-    let (existing, _) = app
-        .commands
-        .load::<Execution>(&execution_id.to_string())
-        .await
-        .map_err(crate::state::command_error)?;
-    let now = Utc::now();
-    let outcome = if existing.exists {
-        if existing.task_id != task_id {
-            return Err(ApiError::BadRequest(
-                "The execution belongs to another task".to_owned(),
-            ));
-        }
-        app.execute::<Execution>(
-            &execution_id.to_string(),
-            ExecutionCommand::Claim { agent_id, at: now },
-            metadata,
-            None,
-        )
-        .await?
-    } else {
-        app.execute::<Execution>(
-            &execution_id.to_string(),
-            ExecutionCommand::Start {
-                execution_id,
-                task_id,
-                user_id: owner,
-                agent_id: Some(agent_id),
-                scheduled_for: now,
-                at: now,
-            },
-            metadata,
-            None,
-        )
-        .await?
-    };
-    app.settle::<Execution>(execution_id, outcome.version).await
 }

@@ -1,17 +1,17 @@
-//! Health, readiness and liveness (no auth), and the OpenAPI document.
+//! Health, readiness and liveness (no auth), Prometheus metrics, and the OpenAPI document.
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::middleware::metrics::{HttpMetrics, escape_label};
 use crate::state::AppState;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -20,6 +20,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health_detailed))
         .routes(routes!(readiness))
         .routes(routes!(liveness))
+        .routes(routes!(metrics))
         .routes(routes!(openapi_document))
 }
 
@@ -64,9 +65,56 @@ async fn health(axum::extract::State(app): axum::extract::State<AppState>) -> Js
     Json(health_of(&app).await)
 }
 
+/// One projection's progress, as `/health/detailed` reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionHealth {
+    pub name: String,
+    /// The global position of the last event it applied.
+    pub position: i64,
+    /// Committed events it has not applied yet.
+    pub lag_events: i64,
+    /// Age of the oldest event it has not applied yet.
+    pub lag_seconds: f64,
+    /// `live`, `rebuilding` or `stalled`.
+    pub status: &'static str,
+}
+
+impl From<sparc_projections::status::ProjectionStatus> for ProjectionHealth {
+    fn from(status: sparc_projections::status::ProjectionStatus) -> Self {
+        Self {
+            name: status.name,
+            position: status.position,
+            lag_events: status.lag_events,
+            lag_seconds: status.lag_seconds,
+            status: status.status,
+        }
+    }
+}
+
+/// WebSocket facts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebsocketHealth {
+    /// Open connections on this instance.
+    pub connections: u64,
+}
+
+/// [`Health`] plus uptime, environment, projection lag and WebSocket connections.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DetailedHealth {
+    #[serde(flatten)]
+    pub health: Health,
+    /// Whole seconds since the process started.
+    pub uptime_seconds: i64,
+    pub environment: String,
+    pub projections: Vec<ProjectionHealth>,
+    pub websocket: WebsocketHealth,
+}
+
 /// Health plus uptime, environment, projection lag and WebSocket connections.
-#[utoipa::path(get, path = "/api/v1/health/detailed", tag = "health", responses((status = 200, description = "Detailed health")))]
-async fn health_detailed(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
+#[utoipa::path(get, path = "/api/v1/health/detailed", tag = "health", responses((status = 200, body = DetailedHealth)))]
+async fn health_detailed(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> Json<DetailedHealth> {
     let health = health_of(&app).await;
     let projections = sparc_projections::status::statuses(&app.db)
         .await
@@ -74,24 +122,38 @@ async fn health_detailed(axum::extract::State(app): axum::extract::State<AppStat
             tracing::warn!(%error, "projection status unavailable");
             Vec::new()
         });
-    Json(json!({
-        "status": health.status,
-        "timestamp": health.timestamp,
-        "database": health.database,
-        "bus": health.bus,
-        "memory_mcp": health.memory_mcp,
-        "version": health.version,
-        "uptime_seconds": (Utc::now() - app.info.started_at).num_seconds(),
-        "environment": app.info.environment,
-        "projections": projections,
-        "websocket": {"connections": 0},
-    }))
-    .into_response()
+    Json(DetailedHealth {
+        health,
+        uptime_seconds: (Utc::now() - app.info.started_at).num_seconds(),
+        environment: app.info.environment.clone(),
+        projections: projections
+            .into_iter()
+            .map(ProjectionHealth::from)
+            .collect(),
+        websocket: WebsocketHealth { connections: 0 },
+    })
+}
+
+/// `/readiness` when the service can take traffic.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `true`.
+    pub ready: bool,
+    pub timestamp: String,
+}
+
+/// `/readiness` when it cannot.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotReady {
+    /// Always `false`.
+    pub ready: bool,
+    /// `database unreachable` or `migrations pending`.
+    pub reason: &'static str,
 }
 
 /// Whether the service can take traffic: 503 while the database is unreachable or migrations
 /// are pending.
-#[utoipa::path(get, path = "/api/v1/readiness", tag = "health", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
+#[utoipa::path(get, path = "/api/v1/readiness", tag = "health", responses((status = 200, body = Ready), (status = 503, body = NotReady)))]
 async fn readiness(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     let reason = if !app.db.ping().await {
         Some("database unreachable")
@@ -103,23 +165,125 @@ async fn readiness(axum::extract::State(app): axum::extract::State<AppState>) ->
         }
     };
     match reason {
-        None => Json(json!({"ready": true, "timestamp": now()})).into_response(),
+        None => Json(Ready {
+            ready: true,
+            timestamp: now(),
+        })
+        .into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
+            Json(NotReady {
+                ready: false,
+                reason,
+            }),
         )
             .into_response(),
     }
 }
 
+/// `/liveness`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `true`.
+    pub alive: bool,
+    pub timestamp: String,
+}
+
 /// Whether the process is alive.
-#[utoipa::path(get, path = "/api/v1/liveness", tag = "health", responses((status = 200, description = "Alive")))]
-async fn liveness() -> Json<serde_json::Value> {
-    Json(json!({"alive": true, "timestamp": now()}))
+#[utoipa::path(get, path = "/api/v1/liveness", tag = "health", responses((status = 200, body = Alive)))]
+async fn liveness() -> Json<Alive> {
+    Json(Alive {
+        alive: true,
+        timestamp: now(),
+    })
+}
+
+/// Prometheus text exposition of the HTTP traffic (requests and latency by method, route and
+/// status), the log's size, each projection's position and lag, and WebSocket connections.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+async fn metrics(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    http: Option<Extension<Arc<HttpMetrics>>>,
+) -> Response {
+    let mut out = String::new();
+    if let Some(Extension(http)) = http {
+        http.render(&mut out);
+    }
+    match sparc_store::LogReader::new(&app.db).stats().await {
+        Ok(stats) => {
+            gauge(
+                &mut out,
+                "sparc_log_events",
+                "Events in the log.",
+                &[(String::new(), stats.events as f64)],
+            );
+            gauge(
+                &mut out,
+                "sparc_log_last_position",
+                "Global position of the newest event.",
+                &[(String::new(), stats.last_position as f64)],
+            );
+        }
+        Err(error) => tracing::warn!(%error, "log statistics unavailable for /metrics"),
+    }
+    match sparc_projections::status::statuses(&app.db).await {
+        Ok(statuses) => {
+            let label = |name: &str| format!("{{projection=\"{}\"}}", escape_label(name));
+            let series = |value: fn(&sparc_projections::status::ProjectionStatus) -> f64| {
+                statuses
+                    .iter()
+                    .map(|s| (label(&s.name), value(s)))
+                    .collect::<Vec<_>>()
+            };
+            gauge(
+                &mut out,
+                "sparc_projection_position",
+                "Global position of the last event a projection applied.",
+                &series(|s| s.position as f64),
+            );
+            gauge(
+                &mut out,
+                "sparc_projection_lag_events",
+                "Committed events a projection has not applied yet.",
+                &series(|s| s.lag_events as f64),
+            );
+            gauge(
+                &mut out,
+                "sparc_projection_lag_seconds",
+                "Age of the oldest event a projection has not applied yet.",
+                &series(|s| s.lag_seconds),
+            );
+        }
+        Err(error) => tracing::warn!(%error, "projection status unavailable for /metrics"),
+    }
+    gauge(
+        &mut out,
+        "sparc_websocket_connections",
+        "Open WebSocket connections.",
+        &[(String::new(), 0.0)],
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Writes one gauge family: `# HELP`, `# TYPE` and a sample per `(labels, value)`.
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
 }
 
 /// This document: OpenAPI 3.1, generated from the handlers.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "The OpenAPI document")))]
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "The OpenAPI document", body = Object)))]
 async fn openapi_document(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Response {
     Json(doc.as_ref().clone()).into_response()
 }

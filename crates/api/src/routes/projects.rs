@@ -114,29 +114,34 @@ async fn create_project(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     app.idempotency
-        .run(user.user_id, key.as_deref(), || async {
-            let project_id = Uuid::now_v7();
-            let outcome = app
-                .execute::<Project>(
-                    &project_id.to_string(),
-                    ProjectCommand::Create {
-                        project_id,
-                        user_id: user.user_id,
-                        name,
-                        description: body.description,
-                        at: Utc::now(),
-                    },
-                    &ctx.metadata(user.user_id.to_string()),
-                    None,
-                )
-                .await?;
-            app.settle::<Project>(project_id, outcome.version).await?;
-            let resource = ProjectResource::new(&outcome.state, outcome.version as i64, 0);
-            Ok((
-                StatusCode::CREATED,
-                serde_json::to_value(resource).map_err(ApiError::internal)?,
-            ))
-        })
+        .run(
+            user.user_id,
+            "POST /api/v1/projects",
+            key.as_deref(),
+            || async {
+                let project_id = Uuid::now_v7();
+                let outcome = app
+                    .execute::<Project>(
+                        &project_id.to_string(),
+                        ProjectCommand::Create {
+                            project_id,
+                            user_id: user.user_id,
+                            name,
+                            description: body.description,
+                            at: Utc::now(),
+                        },
+                        &ctx.metadata(user.user_id.to_string()),
+                        None,
+                    )
+                    .await?;
+                app.settle::<Project>(project_id, outcome.version).await?;
+                let resource = ProjectResource::new(&outcome.state, outcome.version as i64, 0);
+                Ok((
+                    StatusCode::CREATED,
+                    serde_json::to_value(resource).map_err(ApiError::internal)?,
+                ))
+            },
+        )
         .await
 }
 
@@ -280,11 +285,11 @@ async fn update_project(
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<UpdateProject>,
 ) -> Result<Response, ApiError> {
+    let expected = if_match(&headers)?;
+    project_for(&app, &user, id, true).await?;
     if body.name.is_none() && body.description.is_none() && body.status.is_none() {
         return Err(ApiError::BadRequest("No fields to update".to_owned()));
     }
-    let expected = if_match(&headers)?;
-    project_for(&app, &user, id, true).await?;
     let mut errors = Vec::new();
     let name = body
         .name

@@ -154,33 +154,38 @@ async fn create_task(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     app.idempotency
-        .run(user.user_id, key.as_deref(), || async {
-            let task_id = Uuid::now_v7();
-            let outcome = app
-                .execute::<Task>(
-                    &task_id.to_string(),
-                    TaskCommand::Schedule {
-                        task_id,
-                        user_id: user.user_id,
-                        skill_name,
-                        schedule_cron,
-                        timezone,
-                        params,
-                        status,
-                        project_id: body.project_id,
-                        at: Utc::now(),
-                    },
-                    &ctx.metadata(user.user_id.to_string()),
-                    None,
-                )
-                .await?;
-            app.settle::<Task>(task_id, outcome.version).await?;
-            let resource = TaskResource::new(&outcome.state, outcome.version as i64);
-            Ok((
-                StatusCode::CREATED,
-                serde_json::to_value(resource).map_err(ApiError::internal)?,
-            ))
-        })
+        .run(
+            user.user_id,
+            "POST /api/v1/tasks",
+            key.as_deref(),
+            || async {
+                let task_id = Uuid::now_v7();
+                let outcome = app
+                    .execute::<Task>(
+                        &task_id.to_string(),
+                        TaskCommand::Schedule {
+                            task_id,
+                            user_id: user.user_id,
+                            skill_name,
+                            schedule_cron,
+                            timezone,
+                            params,
+                            status,
+                            project_id: body.project_id,
+                            at: Utc::now(),
+                        },
+                        &ctx.metadata(user.user_id.to_string()),
+                        None,
+                    )
+                    .await?;
+                app.settle::<Task>(task_id, outcome.version).await?;
+                let resource = TaskResource::new(&outcome.state, outcome.version as i64);
+                Ok((
+                    StatusCode::CREATED,
+                    serde_json::to_value(resource).map_err(ApiError::internal)?,
+                ))
+            },
+        )
         .await
 }
 

@@ -1,0 +1,55 @@
+//! Who is connected: the [`Authenticator`] port through which the gateway checks access tokens.
+//!
+//! The gateway does not know how tokens are signed or where sessions live; the composition root
+//! implements this port with the REST API's token service and session directory, so a token is
+//! accepted on the WebSocket exactly when it would be accepted over HTTP.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sparc_bus::Visibility;
+use uuid::Uuid;
+
+/// An authenticated WebSocket user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    /// The user.
+    pub user_id: Uuid,
+    /// Admins and auditors see every change; other users their own and the shared ones.
+    pub sees_everything: bool,
+    /// When the token stops being valid; the connection is closed then unless the client sent a
+    /// fresh one.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Viewer {
+    /// Which changes this viewer may see.
+    pub fn visibility(&self) -> Visibility {
+        if self.sees_everything {
+            Visibility::Everything
+        } else {
+            Visibility::User(self.user_id)
+        }
+    }
+}
+
+/// Why a token does not let anyone in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// Missing, malformed, expired, forged, or its session has ended.
+    #[error("authentication failed")]
+    Rejected,
+    /// The session directory could not be asked; the client should retry.
+    #[error("authentication is unavailable")]
+    Unavailable,
+}
+
+/// Checks access tokens.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    /// The viewer `token` authenticates.
+    ///
+    /// # Errors
+    /// [`AuthFailure::Rejected`] for a token that does not check out,
+    /// [`AuthFailure::Unavailable`] when that cannot be decided now.
+    async fn authenticate(&self, token: &str) -> Result<Viewer, AuthFailure>;
+}

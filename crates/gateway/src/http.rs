@@ -1,0 +1,110 @@
+//! The gateway's routes: the WebSocket upgrade and its health check.
+//!
+//! The token is checked before the upgrade, but a refusal is still sent *through* the
+//! WebSocket (close 1008 `"Authentication failed"`), because a browser cannot read the status
+//! of a failed upgrade. Buffers are set explicitly: tungstenite's defaults (a 128 KiB read
+//! buffer allocated up front, an unbounded write buffer, 64 MiB messages) would cost ~130 KB per
+//! idle connection and let one client hold megabytes.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sparc_bus::BusStatus;
+
+use crate::Shared;
+use crate::auth::AuthFailure;
+use crate::connection::{self, INTERNAL_ERROR, POLICY};
+
+/// The read buffer: client frames are a few hundred bytes at most.
+const READ_BUFFER: usize = 1024;
+/// Frames are written as they are sent (every send is flushed anyway), so the write buffer
+/// only ever holds the frame being written.
+const WRITE_BUFFER: usize = 0;
+/// The most a blocked socket may buffer: above the largest frame (a task with 1 MiB of
+/// params), well below what would let one client hold much memory.
+const MAX_WRITE_BUFFER: usize = 2 * 1024 * 1024;
+/// The largest client message (an `authenticate` frame is under 1 KiB).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// The subprotocol that carries a token: `Sec-WebSocket-Protocol: bearer, <token>`.
+const BEARER: &str = "bearer";
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws", get(connect))
+        .route("/ws/health", get(health))
+        .with_state(shared)
+}
+
+/// `?token=…&last_event_id=…`.
+#[derive(Debug, Deserialize)]
+struct ConnectParams {
+    token: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// The token of `Sec-WebSocket-Protocol: bearer, <token>`, if offered.
+fn bearer_protocol(upgrade: &WebSocketUpgrade) -> Option<String> {
+    let mut offered = upgrade.requested_protocols();
+    let scheme = offered.next()?.to_str().ok()?;
+    if !scheme.eq_ignore_ascii_case(BEARER) {
+        return None;
+    }
+    offered.next()?.to_str().ok().map(str::to_owned)
+}
+
+async fn connect(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<ConnectParams>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let token = params.token.or_else(|| bearer_protocol(&upgrade));
+    let viewer = match token {
+        Some(token) => shared.authenticator.authenticate(&token).await,
+        None => Err(AuthFailure::Rejected),
+    };
+    let resume_from = params.last_event_id;
+    upgrade
+        .protocols([BEARER])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let (mut tx, rx) = socket.split();
+            let (code, reason) = match viewer {
+                Ok(viewer) => {
+                    return connection::serve(shared, tx, rx, viewer, resume_from).await;
+                }
+                Err(AuthFailure::Rejected) => (POLICY, "Authentication failed"),
+                Err(AuthFailure::Unavailable) => (INTERNAL_ERROR, "Internal error"),
+            };
+            let close = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            let _ = tx.send(close).await;
+        })
+}
+
+/// `{status, connections: {local, total}}`: `degraded` while the bus is unreachable.
+async fn health(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let status = match shared.bus.status() {
+        BusStatus::Disconnected => "degraded",
+        BusStatus::Connected | BusStatus::Embedded => "healthy",
+    };
+    Json(json!({
+        "status": status,
+        "connections": {
+            "local": shared.hub.connections(),
+            "total": shared.total_connections(),
+        },
+    }))
+}

@@ -1,0 +1,267 @@
+//! `sparc-gateway`: the WebSocket gateway (`GET /ws`, `GET /ws/health`).
+//!
+//! A gateway holds browser connections and pushes them every change they may see, as the
+//! contract's frames. It shares nothing with other gateways but the bus, so any number run side
+//! by side; a client may reconnect to any of them with `last_event_id` and resume exactly where
+//! it left off, because event ids are the outbox's gap-free numbering and the outbox is the
+//! replay source.
+//!
+//! - [`auth`]: the [`Authenticator`] port (the composition root plugs in the API's tokens).
+//! - [`frames`]: the frames of the contract, rendered once per change.
+//! - `hub`: the one bus subscription per process, in order and without gaps, fanned out to
+//!   bounded per-connection queues.
+//! - `connection`: one task per connection: ack, replay, live changes, heartbeat.
+//! - `http`: the routes and the upgrade (small explicit buffers; the token from `?token=` or
+//!   `Sec-WebSocket-Protocol: bearer, <token>`).
+
+#![warn(missing_docs)]
+
+pub mod auth;
+mod connection;
+pub mod frames;
+mod http;
+mod hub;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::Message;
+use futures::StreamExt as _;
+use sparc_bus::{BusError, ChangeBus, ChangeStream, Outbox, OutboxError, Presence};
+use sparc_store::Database;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use auth::{AuthFailure, Authenticator, Viewer};
+
+use crate::hub::Hub;
+
+/// Ticks per ping interval: the silence check runs on every tick, the ping on every third.
+const TICKS_PER_PING: u32 = 3;
+/// How often a gateway announces its connection count.
+const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+/// An announcement older than this no longer counts (that gateway stopped).
+const PRESENCE_STALE_AFTER: Duration = Duration::from_secs(15);
+
+/// The gateway's tunables.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How often the server sends `{type: "ping"}` (30 s).
+    pub ping_interval: Duration,
+    /// How long a silent client is kept (60 s).
+    pub silence_timeout: Duration,
+    /// Changes queued per connection before it counts as a slow consumer (256).
+    pub send_queue: usize,
+    /// How long one write may take before the client counts as a slow consumer (10 s).
+    pub write_timeout: Duration,
+    /// The most changes a reconnecting client is replayed; beyond it must reload (10,000).
+    pub replay_limit: i64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(30),
+            silence_timeout: Duration::from_secs(60),
+            send_queue: 256,
+            write_timeout: Duration::from_secs(10),
+            replay_limit: 10_000,
+        }
+    }
+}
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The bus subscription failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The outbox could not be read.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// The shared heartbeat: one timer for every connection.
+pub(crate) struct Tick {
+    /// When it fired.
+    pub(crate) at: Instant,
+    /// The ping frame to send, on every [`TICKS_PER_PING`]th tick (serialized once).
+    pub(crate) ping: Option<Message>,
+}
+
+/// What every connection and handler of one gateway shares.
+pub(crate) struct Shared {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) outbox: Outbox,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) bus: Arc<dyn ChangeBus>,
+    pub(crate) config: GatewayConfig,
+    pub(crate) ticks: watch::Receiver<Arc<Tick>>,
+    /// This process's name in presence announcements.
+    instance: String,
+    /// Other gateways' last announced connection counts.
+    peers: Mutex<HashMap<String, (usize, Instant)>>,
+}
+
+impl Shared {
+    /// This gateway's connections plus those other gateways announced recently.
+    pub(crate) fn total_connections(&self) -> usize {
+        let peers = self.peers.lock().expect("the peers lock is never poisoned");
+        let others: usize = peers
+            .values()
+            .filter(|(_, seen)| seen.elapsed() < PRESENCE_STALE_AFTER)
+            .map(|(connections, _)| connections)
+            .sum();
+        self.hub.connections() + others
+    }
+}
+
+/// A running gateway; [`Gateway::router`] serves it.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("instance", &self.shared.instance)
+            .field("connections", &self.shared.hub.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Subscribes to `bus`, then starts the hub, the heartbeat and the presence announcements;
+    /// they stop when `shutdown` turns true, and every connection then closes with 1001.
+    /// Returns the gateway and its background tasks.
+    ///
+    /// # Errors
+    /// The bus subscription or the outbox read failed.
+    pub async fn start(
+        db: &Database,
+        bus: Arc<dyn ChangeBus>,
+        authenticator: Arc<dyn Authenticator>,
+        config: GatewayConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(Self, Vec<JoinHandle<()>>), GatewayError> {
+        let outbox = Outbox::new(db);
+        // Subscribe first: every change after the head read next arrives on the subscription.
+        let changes = bus.subscribe().await?;
+        let head = outbox.retained().await?.head;
+        let hub = Arc::new(Hub::new(outbox.clone(), head, config.send_queue));
+        let (tick_sender, ticks) = watch::channel(Arc::new(Tick {
+            at: Instant::now(),
+            ping: None,
+        }));
+        let shared = Arc::new(Shared {
+            hub: hub.clone(),
+            outbox,
+            authenticator,
+            bus: bus.clone(),
+            config,
+            ticks,
+            instance: uuid::Uuid::new_v4().to_string(),
+            peers: Mutex::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(relay_changes(hub, bus, changes, shutdown.clone())),
+            tokio::spawn(heartbeat(
+                tick_sender,
+                shared.config.ping_interval,
+                shutdown.clone(),
+            )),
+            tokio::spawn(presence(shared.clone(), shutdown)),
+        ];
+        Ok((Self { shared }, tasks))
+    }
+
+    /// `GET /ws` and `GET /ws/health`.
+    pub fn router(&self) -> Router {
+        http::router(self.shared.clone())
+    }
+
+    /// The connections this process holds.
+    pub fn connections(&self) -> usize {
+        self.shared.hub.connections()
+    }
+}
+
+/// Feeds the hub from the bus; subscribes again if the subscription ends.
+async fn relay_changes(
+    hub: Arc<Hub>,
+    bus: Arc<dyn ChangeBus>,
+    mut changes: ChangeStream,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        tokio::select! {
+            change = changes.next() => match change {
+                Some(change) => hub.accept(&change).await,
+                None => {
+                    tracing::warn!("bus subscription ended; subscribing again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match bus.subscribe().await {
+                        Ok(again) => changes = again,
+                        Err(error) => tracing::warn!(%error, "could not subscribe to the bus"),
+                    }
+                }
+            },
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Ticks every `ping_interval / TICKS_PER_PING`, with a ping frame every `TICKS_PER_PING`th
+/// tick. Dropping the sender on shutdown closes every connection.
+async fn heartbeat(
+    ticks: watch::Sender<Arc<Tick>>,
+    ping_interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut timer = tokio::time::interval(ping_interval / TICKS_PER_PING);
+    timer.tick().await;
+    let mut count = 0u32;
+    while !*shutdown.borrow() {
+        tokio::select! {
+            at = timer.tick() => {
+                count = count.wrapping_add(1);
+                let ping = count.is_multiple_of(TICKS_PER_PING).then(frames::ping);
+                ticks.send_replace(Arc::new(Tick { at, ping }));
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Announces this gateway's connection count and collects the others'.
+async fn presence(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut announcements = match shared.bus.presences().await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "gateway presence unavailable: totals count this gateway only");
+            futures::stream::pending().boxed()
+        }
+    };
+    let mut timer = tokio::time::interval(PRESENCE_EVERY);
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = timer.tick() => {
+                let me = Presence { gateway: shared.instance.clone(), connections: shared.hub.connections() };
+                if let Err(error) = shared.bus.announce(&me).await {
+                    tracing::debug!(%error, "presence not announced");
+                }
+            }
+            Some(peer) = announcements.next() => {
+                if peer.gateway != shared.instance {
+                    shared.peers.lock().expect("the peers lock is never poisoned")
+                        .insert(peer.gateway, (peer.connections, Instant::now()));
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Real time: the change bus, the outbox relay and the WebSocket gateway, wired together.
+//!
+//! `sparc serve` runs the relay and mounts the gateway on its own listener ([`start`]);
+//! `sparc gateway` runs only a gateway ([`run_gateway`]), any number of them behind a load
+//! balancer, sharing nothing but NATS and reading the database only to replay. The gateway
+//! checks tokens through the API's own token service and session directory ([`ApiTokens`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use sparc_api::error::ApiError;
+use sparc_api::{App, ServiceInfo};
+use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
+use sparc_gateway::{AuthFailure, Authenticator, Gateway, GatewayConfig, Viewer};
+use sparc_projections::ProjectionRunner;
+use sparc_store::{CommandBus, Database};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::keys;
+use crate::server::shutdown_signal;
+
+/// The bus of this deployment: NATS JetStream when `NATS_URL` is set, else in process.
+pub async fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn ChangeBus>> {
+    Ok(match &settings.nats_url {
+        Some(url) => Arc::new(
+            NatsBus::connect(url, Subjects::new(settings.nats_namespace.clone()))
+                .await
+                .context("could not set up the NATS client")?,
+        ),
+        None => Arc::new(InProcessBus::new()),
+    })
+}
+
+/// Starts the relay (woken by `progress`, the projections' commit counter) and a gateway for
+/// `app`'s users; returns the gateway's routes and the background tasks.
+pub async fn start(
+    db: &Database,
+    bus: Arc<dyn ChangeBus>,
+    app: Arc<App>,
+    progress: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
+    let relay = Relay::new(db.clone(), bus.clone()).with_wakeup(progress);
+    let (gateway, mut tasks) = Gateway::start(
+        db,
+        bus,
+        Arc::new(ApiTokens(app)),
+        GatewayConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .context("could not start the WebSocket gateway")?;
+    tasks.push(tokio::spawn(relay.run(shutdown)));
+    Ok((gateway.router(), tasks))
+}
+
+/// `sparc gateway`: serves `/ws` and `/ws/health` on `settings.listen` until ctrl-c or SIGTERM.
+pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
+    if settings.nats_url.is_none() {
+        bail!(
+            "sparc gateway needs NATS_URL (with the in-process bus the gateway runs inside sparc serve)"
+        );
+    }
+    let key = keys::signing_key(&settings)?;
+    let db = Database::connect(settings.database_url.expose())
+        .await
+        .context("could not open the database")?;
+    if db.pending_migrations().await? {
+        bail!("the database has pending migrations: run `sparc migrate` first");
+    }
+    let info = ServiceInfo {
+        environment: settings.environment.clone(),
+        bus: "connected",
+        started_at: Utc::now(),
+    };
+    // The gateway checks tokens exactly as the API does, through an `App` that serves no routes.
+    let app = App::new(
+        db.clone(),
+        Arc::new(CommandBus::new(&db)),
+        ProjectionRunner::new(db.clone(), Vec::new()).handle(),
+        &key,
+        settings.api.clone(),
+        info,
+    )?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (gateway, tasks) = Gateway::start(
+        &db,
+        bus(&settings).await?,
+        Arc::new(ApiTokens(Arc::new(app))),
+        GatewayConfig::default(),
+        shutdown_rx,
+    )
+    .await
+    .context("could not start the WebSocket gateway")?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", settings.listen))?;
+    tracing::info!(addr = %settings.listen, "gateway listening");
+    axum::serve(
+        listener,
+        gateway
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    tracing::info!("shutting down");
+    let _ = shutdown.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// The gateway's [`Authenticator`]: the API's access-token and session checks.
+pub struct ApiTokens(pub Arc<App>);
+
+#[async_trait]
+impl Authenticator for ApiTokens {
+    async fn authenticate(&self, token: &str) -> Result<Viewer, AuthFailure> {
+        let app = &self.0;
+        let user = sparc_api::auth::authenticate(&app.tokens, app.sessions.as_ref(), token)
+            .await
+            .map_err(|error| match error {
+                ApiError::Unauthorized(_) => AuthFailure::Rejected,
+                other => {
+                    tracing::warn!(error = %other, "could not check a WebSocket token");
+                    AuthFailure::Unavailable
+                }
+            })?;
+        let expires_at = app
+            .tokens
+            .decode_access(token)
+            .ok()
+            .and_then(|claims| DateTime::from_timestamp(claims.exp, 0))
+            .ok_or(AuthFailure::Rejected)?;
+        Ok(Viewer {
+            user_id: user.user_id,
+            sees_everything: user.role.can_read_all(),
+            expires_at,
+        })
+    }
+}

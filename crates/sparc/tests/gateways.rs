@@ -1,0 +1,322 @@
+//! Scale-out, shown on the real binary: one `sparc serve` and three `sparc gateway` processes
+//! that share nothing but NATS (127.0.0.1:4222, under a namespace of the test's own) and the
+//! database. Every change reaches exactly the users allowed to see it on whichever gateway they
+//! are connected to, with the same event ids everywhere; a client resumes on another gateway
+//! than the one it left; `/ws/health` counts the connections of all gateways.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use sparc_store::testing::postgres_test_database;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "gateways-test-signing-key-0123456789abcdef";
+const PASSWORD: &str = "Sc4le0utFine!";
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A `sparc` process, killed on drop.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address")
+        .port()
+}
+
+/// Runs `sparc <subcommand>` with `env` on a free port and waits until `ready_path` answers 2xx.
+async fn start(subcommand: &str, env: &[(&str, &str)], ready_path: &str) -> Process {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_sparc"))
+        .arg(subcommand)
+        .envs(env.iter().copied())
+        .env("SPARC_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the sparc binary should start");
+    let process = Process {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(format!("{}{ready_path}", process.base)).await
+            && response.status().is_success()
+        {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sparc {subcommand} did not become ready");
+}
+
+async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> Value {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the service should answer");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.expect("a JSON answer")
+}
+
+async fn login(base: &str, username: &str) -> String {
+    let answer = post(
+        base,
+        "/api/v1/auth/login",
+        None,
+        json!({"username": username, "password": PASSWORD}),
+    )
+    .await;
+    answer["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
+async fn register(base: &str, username: &str) -> String {
+    post(
+        base,
+        "/api/v1/auth/register",
+        None,
+        json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD}),
+    )
+    .await;
+    login(base, username).await
+}
+
+async fn create_task(base: &str, token: &str, skill: &str) -> String {
+    let task = post(
+        base,
+        "/api/v1/tasks",
+        Some(token),
+        json!({"skill_name": skill, "schedule_cron": "0 0 1 1 *"}),
+    )
+    .await;
+    task["id"].as_str().expect("a task id").to_owned()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `gateway` and returns the socket and the ack.
+async fn connect(gateway: &Process, token: &str, last_event_id: Option<i64>) -> (Socket, Value) {
+    let mut url = format!(
+        "{}/ws?token={token}",
+        gateway.base.replacen("http://", "ws://", 1)
+    );
+    if let Some(last) = last_event_id {
+        url.push_str(&format!("&last_event_id={last}"));
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the upgrade should succeed");
+    let ack = frame(&mut socket).await;
+    assert_eq!(ack["type"], "ack");
+    (socket, ack)
+}
+
+async fn frame(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection stays open")
+            .expect("a readable frame");
+        if let Message::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text).expect("JSON");
+            if frame["type"] != "ping" {
+                return frame;
+            }
+        }
+    }
+}
+
+/// The next task change on `socket`: (task id, event id).
+async fn task_change(socket: &mut Socket) -> (String, i64) {
+    assert_eq!(frame(socket).await["type"], "task_status_update");
+    let full = frame(socket).await;
+    assert_eq!(full["type"], "task_updated");
+    let id = full["payload"]["task"]["id"]
+        .as_str()
+        .expect("a task id")
+        .to_owned();
+    let event = full["event_id"]
+        .as_str()
+        .and_then(|e| e.parse().ok())
+        .expect("an event id");
+    (id, event)
+}
+
+async fn total_connections(gateway: &Process) -> u64 {
+    let health: Value = reqwest::get(format!("{}/ws/health", gateway.base))
+        .await
+        .expect("the gateway answers")
+        .json()
+        .await
+        .expect("JSON");
+    health["connections"]["total"].as_u64().expect("a total")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_deliver_each_change_to_its_users_and_resume_across_gateways() {
+    if tokio::net::TcpStream::connect("127.0.0.1:4222")
+        .await
+        .is_err()
+    {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "NATS is not reachable at {NATS_URL} in CI (CI=true)"
+        );
+        eprintln!("skipping: NATS is not running at {NATS_URL} (start it to run this test)");
+        return;
+    }
+    let Some(database) = postgres_test_database().await else {
+        return;
+    };
+    let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("NATS_URL", NATS_URL),
+        ("SPARC_NATS_NAMESPACE", namespace.as_str()),
+        ("SPARC_JWT_SECRET", SECRET),
+        ("SPARC_RATE_LIMIT_PER_MINUTE", "0"),
+        ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
+        ("RUST_LOG", "warn"),
+    ];
+    let serve = start("serve", &env, "/api/v1/readiness").await;
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(start("gateway", &env, "/ws/health").await);
+    }
+
+    let alice = register(&serve.base, "alice").await;
+    let bob = register(&serve.base, "bob").await;
+    let created = Command::new(env!("CARGO_BIN_EXE_sparc"))
+        .args([
+            "user",
+            "create",
+            "--username",
+            "audrey",
+            "--email",
+            "audrey@example.com",
+        ])
+        .args(["--role", "auditor"])
+        .envs(env.iter().copied())
+        .env("SPARC_PASSWORD", PASSWORD)
+        .stdout(Stdio::null())
+        .status()
+        .expect("sparc user create runs");
+    assert!(created.success());
+    let mut auditor = None;
+    for _ in 0..100 {
+        let attempt = reqwest::Client::new()
+            .post(format!("{}/api/v1/auth/login", serve.base))
+            .json(&json!({"username": "audrey", "password": PASSWORD}))
+            .send()
+            .await
+            .expect("the service answers");
+        if attempt.status().is_success() {
+            let body: Value = attempt.json().await.expect("JSON");
+            auditor = body["access_token"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let auditor = auditor.expect("the auditor can log in");
+
+    let (mut alice_on_0, _) = connect(&gateways[0], &alice, None).await;
+    let (mut bob_on_1, _) = connect(&gateways[1], &bob, None).await;
+    let (mut auditor_on_2, _) = connect(&gateways[2], &auditor, None).await;
+    let (mut alice_on_2, _) = connect(&gateways[2], &alice, None).await;
+
+    let a1 = create_task(&serve.base, &alice, "a1").await;
+    let b1 = create_task(&serve.base, &bob, "b1").await;
+    let a2 = create_task(&serve.base, &alice, "a2").await;
+
+    let alice_sees = [
+        task_change(&mut alice_on_0).await,
+        task_change(&mut alice_on_0).await,
+    ];
+    assert_eq!(
+        [&alice_sees[0].0, &alice_sees[1].0],
+        [&a1, &a2],
+        "alice sees her own changes only"
+    );
+    let other_tab = [
+        task_change(&mut alice_on_2).await,
+        task_change(&mut alice_on_2).await,
+    ];
+    assert_eq!(
+        other_tab, alice_sees,
+        "the same changes and ids on another gateway"
+    );
+    let bob_sees = task_change(&mut bob_on_1).await;
+    assert_eq!(bob_sees.0, b1);
+    let audited: Vec<String> = [
+        task_change(&mut auditor_on_2).await.0,
+        task_change(&mut auditor_on_2).await.0,
+        task_change(&mut auditor_on_2).await.0,
+    ]
+    .into();
+    assert_eq!(audited, [a1, b1, a2.clone()]);
+
+    // Alice leaves gateway 0; what she misses meanwhile she gets from gateway 1.
+    let last_seen = alice_sees[1].1;
+    drop(alice_on_0);
+    create_task(&serve.base, &bob, "b2").await;
+    let a3 = create_task(&serve.base, &alice, "a3").await;
+    let a4 = create_task(&serve.base, &alice, "a4").await;
+    for _ in 0..2 {
+        task_change(&mut alice_on_2).await;
+    }
+    let (mut alice_on_1, ack) = connect(&gateways[1], &alice, Some(last_seen)).await;
+    assert_eq!(ack["payload"]["replayed"], 2);
+    assert_eq!(task_change(&mut alice_on_1).await.0, a3);
+    assert_eq!(task_change(&mut alice_on_1).await.0, a4);
+
+    // Gateways announce their counts every 5 s; each sees all four connections.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let totals = [
+            total_connections(&gateways[0]).await,
+            total_connections(&gateways[1]).await,
+            total_connections(&gateways[2]).await,
+        ];
+        if totals == [4, 4, 4] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every gateway should count the four connections: {totals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop((bob_on_1, auditor_on_2, alice_on_1));
+    let subjects = sparc_bus::Subjects::new(namespace);
+    let bus = sparc_bus::NatsBus::connect(NATS_URL, subjects.clone())
+        .await
+        .expect("a NATS client");
+    let _ = bus.jetstream().delete_stream(subjects.stream()).await;
+}
