@@ -7,43 +7,9 @@ use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, both_backends};
+use sparc_tests::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of, ids};
 
 // ----- helpers -----
-
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id in {value}"))
-        .to_owned()
-}
-
-fn ids(list: &Value, key: &str) -> Vec<String> {
-    list[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {key} list in {list}"))
-        .iter()
-        .map(id_of)
-        .collect()
-}
-
-#[track_caller]
-fn assert_422_at(response: &Response, loc: Value) {
-    assert_eq!(
-        response.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        response.body
-    );
-    let errors = response.body["detail"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a list of errors: {}", response.body));
-    assert!(
-        errors.iter().any(|e| e["loc"] == loc),
-        "an error at {loc}: {}",
-        response.body
-    );
-}
 
 async fn register(app: &TestApp, writer: &TestUser, body: Value) -> Value {
     let created = app

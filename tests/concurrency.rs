@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
 use sparc_projections::on_db;
-use sparc_tests::{Response, TestApp, TestUser, both_backends};
+use sparc_tests::{Response, TestApp, TestUser, both_backends, id_of};
 
 async fn read(response: reqwest::Response) -> Response {
     let status = response.status();
@@ -22,13 +22,6 @@ async fn read(response: reqwest::Response) -> Response {
 
 async fn send(builder: reqwest::RequestBuilder) -> Response {
     read(builder.send().await.expect("the service should answer")).await
-}
-
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id in {value}"))
-        .to_owned()
 }
 
 async fn new_task(app: &TestApp, user: &TestUser) -> String {

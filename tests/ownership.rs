@@ -6,26 +6,10 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, both_backends};
+use sparc_tests::{Response, TestApp, TestUser, both_backends, id_of, ids};
 
 const FORBIDDEN: &str = "You do not have permission to access this resource";
 const UNKNOWN: &str = "0190a1b2-0000-7000-8000-000000000000";
-
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id in {value}"))
-        .to_owned()
-}
-
-fn ids(list: &Value, key: &str) -> Vec<String> {
-    list[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {key} list in {list}"))
-        .iter()
-        .map(id_of)
-        .collect()
-}
 
 /// What the owner has: a project with a task that ran once (its execution finished by an agent)
 /// and one run still going.

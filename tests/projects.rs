@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sparc_tests::{Response, TestApp, TestUser, both_backends};
+use sparc_tests::{TestApp, TestUser, assert_422_at, both_backends, id_of, ids, sorted};
 
 // ----- helpers -----
 
@@ -39,45 +39,6 @@ async fn simple_task_in(app: &TestApp, user: &TestUser, project_id: &str) -> Str
         json!({"skill_name": "s", "schedule_cron": "0 9 * * *"}),
     )
     .await
-}
-
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id in {value}"))
-        .to_owned()
-}
-
-fn ids(list: &Value, key: &str) -> Vec<String> {
-    list[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {key} list in {list}"))
-        .iter()
-        .map(id_of)
-        .collect()
-}
-
-fn sorted(mut ids: Vec<String>) -> Vec<String> {
-    ids.sort();
-    ids
-}
-
-#[track_caller]
-fn assert_422_at(response: &Response, loc: Value) {
-    assert_eq!(
-        response.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        response.body
-    );
-    let errors = response.body["detail"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a list of errors: {}", response.body));
-    assert!(
-        errors.iter().any(|e| e["loc"] == loc),
-        "an error at {loc}: {}",
-        response.body
-    );
 }
 
 // ----- creation -----

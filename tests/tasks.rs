@@ -7,7 +7,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc, W
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, both_backends};
+use sparc_tests::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of, ids, sorted};
 
 // ----- helpers -----
 
@@ -47,13 +47,6 @@ async fn simple_task(app: &TestApp, user: &TestUser, skill: &str) -> Value {
     .await
 }
 
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id in {value}"))
-        .to_owned()
-}
-
 fn time(value: &Value) -> DateTime<Utc> {
     let text = value
         .as_str()
@@ -62,38 +55,6 @@ fn time(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|_| panic!("{text} is RFC 3339"))
         .with_timezone(&Utc)
-}
-
-fn ids(list: &Value, key: &str) -> Vec<String> {
-    list[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("a {key} list in {list}"))
-        .iter()
-        .map(id_of)
-        .collect()
-}
-
-fn sorted(mut ids: Vec<String>) -> Vec<String> {
-    ids.sort();
-    ids
-}
-
-#[track_caller]
-fn assert_422_at(response: &Response, loc: Value) {
-    assert_eq!(
-        response.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        response.body
-    );
-    let errors = response.body["detail"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a list of errors: {}", response.body));
-    assert!(
-        errors.iter().any(|e| e["loc"] == loc),
-        "an error at {loc}: {}",
-        response.body
-    );
 }
 
 /// The last Sunday of `month` in `year`.

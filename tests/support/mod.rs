@@ -475,3 +475,48 @@ impl WsClient {
         let _ = self.socket.close(None).await;
     }
 }
+
+// Assertions and small readers shared by the resource tests.
+
+/// The `id` of a resource in a JSON body.
+pub fn id_of(value: &Value) -> String {
+    value["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an id in {value}"))
+        .to_owned()
+}
+
+/// The ids of the resources listed under `key`.
+pub fn ids(list: &Value, key: &str) -> Vec<String> {
+    list[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("a {key} list in {list}"))
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
+/// `ids` sorted, for order-insensitive comparisons.
+pub fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+/// Asserts a 422 whose `detail` list has an error at `loc`.
+#[track_caller]
+pub fn assert_422_at(response: &Response, loc: Value) {
+    assert_eq!(
+        response.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        response.body
+    );
+    let errors = response.body["detail"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list of errors: {}", response.body));
+    assert!(
+        errors.iter().any(|e| e["loc"] == loc),
+        "an error at {loc}: {}",
+        response.body
+    );
+}
