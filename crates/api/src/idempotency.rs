@@ -184,6 +184,14 @@ impl IdempotencyStore {
     }
 }
 
+/// The `Idempotency-Key` header of a request, if it has a readable one.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The answer for a created resource: its JSON, with `ETag` when it carries a version.
 pub fn answer(status: StatusCode, body: Value) -> Response {
     let etag = body

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::idempotency::idempotency_key;
 use crate::resources::{AgentResource, ExecutionResource};
 use crate::routes::{PageInfo, RequestContext, if_match, page, parse_query_value, with_etag};
 use crate::state::{App, AppState};
@@ -230,10 +231,7 @@ async fn register_agent(
     else {
         return Err(ApiError::Validation(errors));
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = idempotency_key(&headers);
     app.idempotency
         .run(
             user.user_id,

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::idempotency::idempotency_key;
 use crate::resources::{ProjectResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, history, if_match, page,
@@ -109,10 +110,7 @@ async fn create_project(
     let (Some(name), true) = (name, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = idempotency_key(&headers);
     app.idempotency
         .run(
             user.user_id,

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::idempotency::idempotency_key;
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, double_option, history,
@@ -149,10 +150,7 @@ async fn create_task(
     if let Some(project_id) = body.project_id {
         ensure_project(&app, &user, user.user_id, project_id).await?;
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = idempotency_key(&headers);
     app.idempotency
         .run(
             user.user_id,
