@@ -3,15 +3,23 @@
 #
 #   (a) pgbench: one single-row INSERT per transaction into `pgbench_events`, a table shaped
 #       like the event log (`migrations/postgres/0001_event_log.sql`), at 16 and 64 clients;
-#   (b) the release `commands` binary: `CommandBus::execute::<Task>(Schedule)` at 16 and 64
+#   (b) the release `commands` binary: `CommandBus::create::<Task>(Schedule)` at 16 and 64
 #       concurrent writers (pool sized to the writers);
 #   (c) a summary: pgbench TPS, CQRS commands/s, p50/p99, CQRS/pgbench ratio, target met?
+#   (d) over HTTP (skip with HTTP=0): the release `sparc serve` on a second database
+#       (<name>_http, also recreated) and the release `http` binary: POST /api/v1/tasks at
+#       HTTP_CONNECTIONS (64) connections beside the pgbench figure at 64 clients, then
+#       GET /api/v1/tasks?limit=20 for a user with 10,000 tasks at 1,000 req/s and at
+#       saturation.
 #
 # Env: SECONDS (measured seconds per step, default 10), DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/sparc_bench; the database is DROPPED and recreated),
-# WRITERS (default 16,64). Works from any directory.
+# WRITERS (default 16,64), HTTP (default 1), HTTP_CONNECTIONS (default 64). Works from any
+# directory.
 #
-# Target (DESIGN.md): at 64 writers, CQRS commands/s >= 0.5 x pgbench TPS and p99 <= 20 ms.
+# Targets: at 64 writers, CQRS commands/s >= 0.5 x pgbench TPS and p99 <= 20 ms (DESIGN.md);
+# HTTP create at 64 connections >= 0.4 x pgbench TPS with p99 <= 20 ms; the list p99 <= 5 ms at
+# 1,000 req/s and >= 10,000 req/s at saturation.
 
 # `SECONDS` is a bash builtin counter: read the caller's value before anything else, and
 # only if the caller exported one.
@@ -24,11 +32,16 @@ WARMUP=2
 TARGET_RATIO=0.5
 TARGET_P99_MS=20
 TARGET_WRITERS=64
+HTTP=${HTTP:-1}
+HTTP_CONNECTIONS=${HTTP_CONNECTIONS:-64}
+HTTP_LISTEN=127.0.0.1:18480
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/commands
+HTTP_BIN=$TARGET_DIR/release/http
+SPARC_BIN=$TARGET_DIR/release/sparc
 
 case $DATABASE_URL in
 postgres://* | postgresql://*) ;;
@@ -46,14 +59,19 @@ for tool in psql pgbench cargo jq; do
 done
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+SERVER_PID=
+cleanup() {
+	if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null; fi
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 echo "== sparc command benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, ${DURATION}s per step"
 echo "   database ${DB_NAME} (recreated), PostgreSQL $(psql "$ADMIN_URL" -Atc 'SHOW server_version')"
 echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a) (other work on the machine skews every figure)"
 
-echo "== building the release binary (cargo build --release -p sparc-bench)"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p sparc-bench --bin commands
+echo "== building the release binaries (cargo build --release -p sparc-bench -p sparc)"
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p sparc-bench -p sparc
 
 echo "== (re)creating database $DB_NAME"
 psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 \
@@ -108,7 +126,7 @@ for n in "${WRITER_COUNTS[@]}"; do
 		"$n" "${PG_TPS[$n]}" "${PG_LAT[$n]}" "${failed:-0}"
 done
 
-echo "== (b) CQRS: CommandBus::execute::<Task>(Schedule), ${WARMUP}s warm-up"
+echo "== (b) CQRS: CommandBus::create::<Task>(Schedule), ${WARMUP}s warm-up"
 "$BIN" --database-url "$DATABASE_URL" --writers "$WRITERS" --seconds "$DURATION" \
 	--warmup "$WARMUP" --json 2>&1 >"$WORK/cqrs.jsonl"
 
@@ -140,4 +158,45 @@ for n in "${WRITER_COUNTS[@]}"; do
 	fi
 done
 echo "target at ${TARGET_WRITERS} writers: $verdict"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
+
+[[ $HTTP == 0 ]] && exit 0
+
+HTTP_DB=${DB_NAME}_http
+HTTP_DATABASE_URL=${base%/*}/$HTTP_DB$query
+echo "== (d) HTTP: sparc serve on database $HTTP_DB (recreated), $HTTP_CONNECTIONS connections, ${WARMUP}s warm-up per phase"
+psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 \
+	-c "DROP DATABASE IF EXISTS \"$HTTP_DB\" WITH (FORCE)" \
+	-c "CREATE DATABASE \"$HTTP_DB\""
+# Rate limits out of the way; warnings only (no per-request log lines); the in-process bus.
+env -u NATS_URL DATABASE_URL="$HTTP_DATABASE_URL" SPARC_LISTEN="$HTTP_LISTEN" \
+	SPARC_JWT_SECRET="bench-$(date +%s%N)-not-a-real-secret" RUST_LOG=warn \
+	SPARC_RATE_LIMIT_PER_MINUTE=1000000000 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=1000000000 \
+	"$SPARC_BIN" serve >"$WORK/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+	curl -fsS "http://$HTTP_LISTEN/api/v1/readiness" >/dev/null 2>&1 && break
+	sleep 0.2
+done
+curl -fsS "http://$HTTP_LISTEN/api/v1/readiness" >/dev/null || { cat "$WORK/serve.log" >&2; echo "sparc serve did not become ready" >&2; exit 1; }
+"$HTTP_BIN" --api "http://$HTTP_LISTEN" --connections "$HTTP_CONNECTIONS" --seconds "$DURATION" \
+	--warmup "$WARMUP" --json 2>&1 >"$WORK/http.jsonl"
+
+pg_tps=${PG_TPS[$HTTP_CONNECTIONS]:-}
+echo "== (e) HTTP summary (targets: create >= 0.4 x pgbench at 64 with p99 <= 20 ms; list p99 <= 5 ms at 1,000 req/s, >= 10,000 req/s at saturation)"
+while read -r name rps p50 p99 errors; do
+	verdict=
+	case $name in
+	create*)
+		if [[ -n $pg_tps ]]; then
+			ratio=$(awk -v c="$rps" -v t="$pg_tps" 'BEGIN { printf "%.2f", c / t }')
+			verdict="pgbench=$(printf %.0f "$pg_tps") ratio=$ratio $(awk -v r="$ratio" -v p="$p99" 'BEGIN { print (r >= 0.4 && p <= 20) ? "met" : "MISSED" }')"
+		else
+			verdict="(no pgbench run at $HTTP_CONNECTIONS clients to compare with)"
+		fi ;;
+	list*rate*) verdict=$(awk -v p="$p99" 'BEGIN { print (p <= 5) ? "met" : "MISSED" }') ;;
+	list*saturation) verdict=$(awk -v r="$rps" 'BEGIN { print (r >= 10000) ? "met" : "MISSED" }') ;;
+	esac
+	printf '%-28s req/s=%-8.0f p50=%-7.2f p99=%-7.2f errors=%-4s %s\n' "$name" "$rps" "$p50" "$p99" "$errors" "$verdict"
+done < <(jq -r 'select(.benchmark) | "\(.benchmark | sub("^http "; "") | gsub(" "; "_")) \(.commands_per_s) \(.p50_ms) \(.p99_ms) \(.errors)"' "$WORK/http.jsonl")
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"

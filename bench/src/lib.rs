@@ -1,7 +1,7 @@
 //! Shared harness of the sparc benchmarks: N concurrent writers looping on one async operation
 //! for a warm-up and a measured window, each operation's latency in an HDR histogram, and the
-//! CPU the client process and the whole machine used meanwhile; and the create-task workload
-//! ([`workload`]).
+//! CPU the client process and the whole machine used meanwhile; the same at a fixed request
+//! rate ([`run_at_rate`]); and the create-task workload ([`workload`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+pub mod rest;
 pub mod workload;
 
 /// Highest latency the histograms track, in microseconds (a minute).
@@ -124,36 +125,127 @@ where
                 if end < measure_from || end >= measure_until {
                     continue;
                 }
-                match outcome {
-                    Ok(()) => {
-                        result.ok += 1;
-                        let us = u64::try_from(end.duration_since(start).as_micros())
-                            .unwrap_or(u64::MAX);
-                        result.histogram.saturating_record(us.max(1));
-                    }
-                    Err(error) => {
-                        result.errors += 1;
-                        result.first_error.get_or_insert(error);
-                    }
-                }
+                result.record(start, end, outcome);
             }
         }));
     }
 
-    tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_start = (process_cpu_seconds(), machine_cpu_seconds());
-    tokio::time::sleep_until(measure_until.into()).await;
-    let cpu_end = (process_cpu_seconds(), machine_cpu_seconds());
+    let cpu = measure_cpu(measure_from, measure_until).await;
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in handles {
+        results.push(handle.await?);
+    }
+    report(benchmark, writers, pool_size, window, cpu, results)
+}
 
+/// Runs `op(n)` at a fixed `rate` per second, open loop: call `n` starts at `n / rate` seconds
+/// whether or not earlier calls have finished, and its latency counts from that scheduled
+/// start (so a stall shows as latency of every call it delayed, not as fewer calls). At most
+/// `max_in_flight` calls run at once; a call that finds them all busy waits, and its wait counts
+/// as latency. Calls that complete inside the measured window are counted.
+pub async fn run_at_rate<F, Fut>(
+    benchmark: &str,
+    rate: u32,
+    max_in_flight: usize,
+    window: Window,
+    op: F,
+) -> anyhow::Result<Report>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    anyhow::ensure!(rate > 0, "the rate must be at least 1 per second");
+    let op = Arc::new(op);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let start = Instant::now();
+    let measure_from = start + window.warmup;
+    let measure_until = measure_from + window.measured;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+
+    let scheduler = tokio::spawn(async move {
+        let mut calls = Vec::new();
+        let mut n = 0u64;
+        loop {
+            let scheduled = start + interval.mul_f64(n as f64);
+            if scheduled >= measure_until {
+                return calls;
+            }
+            tokio::time::sleep_until(scheduled.into()).await;
+            n += 1;
+            let (op, slots) = (op.clone(), slots.clone());
+            calls.push(tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let outcome = op(n).await;
+                (scheduled, Instant::now(), outcome)
+            }));
+        }
+    });
+    let cpu = measure_cpu(measure_from, measure_until).await;
+
+    let mut result = WriterResult {
+        histogram: new_histogram(),
+        ok: 0,
+        errors: 0,
+        first_error: None,
+    };
+    for call in scheduler.await? {
+        let (scheduled, end, outcome) = call.await?;
+        if end < measure_from || end >= measure_until {
+            continue;
+        }
+        result.record(scheduled, end, outcome);
+    }
+    report(benchmark, max_in_flight, 0, window, cpu, vec![result])
+}
+
+impl WriterResult {
+    fn record(&mut self, start: Instant, end: Instant, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.ok += 1;
+                let us = u64::try_from(end.duration_since(start).as_micros()).unwrap_or(u64::MAX);
+                self.histogram.saturating_record(us.max(1));
+            }
+            Err(error) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(error);
+            }
+        }
+    }
+}
+
+/// Process and machine CPU seconds at `from` and at `until` (sleeping until each).
+async fn measure_cpu(from: Instant, until: Instant) -> CpuWindow {
+    tokio::time::sleep_until(from.into()).await;
+    let start = (process_cpu_seconds(), machine_cpu_seconds());
+    tokio::time::sleep_until(until.into()).await;
+    let end = (process_cpu_seconds(), machine_cpu_seconds());
+    CpuWindow { start, end }
+}
+
+/// CPU seconds (this process, the machine) at both ends of the measured window.
+struct CpuWindow {
+    start: (Option<f64>, Option<f64>),
+    end: (Option<f64>, Option<f64>),
+}
+
+fn report(
+    benchmark: &str,
+    writers: usize,
+    pool_size: u32,
+    window: Window,
+    cpu: CpuWindow,
+    results: Vec<WriterResult>,
+) -> anyhow::Result<Report> {
     let mut histogram = new_histogram();
     let (mut ok, mut errors, mut first_error) = (0, 0, None);
-    for handle in handles {
-        let result = handle.await?;
+    for result in results {
         histogram.add(&result.histogram)?;
         ok += result.ok;
         errors += result.errors;
         first_error = first_error.or(result.first_error);
     }
+    let (cpu_start, cpu_end) = (cpu.start, cpu.end);
 
     let seconds = window.measured.as_secs_f64();
     let ms = |us: u64| us as f64 / 1000.0;

@@ -48,7 +48,8 @@ pub fn population(n: usize) -> Vec<Writer> {
         .collect()
 }
 
-fn params(n: u64) -> Value {
+/// The `params` of the `n`th task a writer creates: a code review of this repository.
+pub fn params(n: u64) -> Value {
     json!({
         "repository": "git@github.com:example/sparc.git",
         "branch": "main",
@@ -83,7 +84,7 @@ pub async fn create_task(
         project_id: Some(writer.project_id),
         at: Utc::now(),
     };
-    bus.execute::<Task>(&task_id.to_string(), command, &metadata(writer), None)
+    bus.create::<Task>(&task_id.to_string(), command, &metadata(writer))
         .await
         .map(drop)
         .map_err(|e| e.to_string())

@@ -5,9 +5,9 @@
 //! cargo run --release -p sparc-bench --bin commands -- --writers 16,64 --seconds 10
 //! ```
 //!
-//! Every command is `TaskCommand::Schedule` on a fresh UUIDv7 task id, so it loads an empty
-//! stream (snapshot lookup + event lookup) and commits one `TaskScheduled` event: the path of
-//! `POST /tasks`. One line per writer count is printed; with `--json` one JSON object per line
+//! Every command is `TaskCommand::Schedule` on a fresh UUIDv7 task id through
+//! `CommandBus::create`, the path of `POST /tasks`: decided on the empty aggregate without a
+//! read, committed as one `TaskScheduled` event in one autocommit `INSERT`. One line per writer count is printed; with `--json` one JSON object per line
 //! goes to stdout and the human line to stderr.
 
 use std::sync::Arc;
@@ -17,8 +17,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use sparc_bench::workload::{Template, create_task, population};
 use sparc_bench::{Window, run_writers};
-use sparc_store::{CommandBus, Database};
-use sqlx::postgres::PgPoolOptions;
+use sparc_store::{CommandBus, Database, postgres_pool_options};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the CQRS create-task command path on PostgreSQL")]
@@ -73,14 +72,13 @@ async fn main() -> anyhow::Result<()> {
 
     for &writers in &args.writers {
         anyhow::ensure!(writers > 0, "writer counts must be at least 1");
-        // `Database::connect` has a fixed pool size (16): build the pool here, sized to the
-        // writers, and wrap it.
+        // `Database::connect` has a fixed pool size (16): build the pool here with the same
+        // options, sized to the writers, and wrap it.
         let pool_size = match args.pool_size {
             Some(size) => size,
             None => u32::try_from(writers).context("too many writers")?,
         };
-        let pool = PgPoolOptions::new()
-            .max_connections(pool_size)
+        let pool = postgres_pool_options(pool_size)
             .min_connections(pool_size)
             .acquire_timeout(Duration::from_secs(30))
             .connect(&args.database_url)

@@ -24,13 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
+use sparc_bench::rest::{login, post, register_and_login};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
@@ -188,45 +189,6 @@ fn resident_kib(pids: &[u32]) -> Option<u64> {
         .sum()
 }
 
-async fn post(
-    client: &reqwest::Client,
-    url: String,
-    token: Option<&str>,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let mut request = client.post(url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("{status}: {body}");
-    }
-    Ok(body)
-}
-
-async fn login(
-    client: &reqwest::Client,
-    api: &str,
-    username: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let body = post(
-        client,
-        format!("{api}/api/v1/auth/login"),
-        None,
-        json!({"username": username, "password": password}),
-    )
-    .await
-    .with_context(|| format!("logging in {username}"))?;
-    body["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no access token")
-}
-
 /// Opens one connection from `source` and reads frames into `recorder` until the socket ends.
 async fn connection(
     url: String,
@@ -277,19 +239,10 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let admin = login(&client, &args.api, &args.admin, &args.admin_password).await?;
 
-    let password = "L0adGen-Passw0rd!";
     let mut tokens = Vec::with_capacity(args.users);
     for i in 0..args.users {
         let username = format!("ws-{}-{i}", args.run);
-        post(
-            &client,
-            format!("{}/api/v1/auth/register", args.api),
-            None,
-            json!({"username": username, "email": format!("{username}@load.test"), "password": password}),
-        )
-        .await
-        .with_context(|| format!("registering {username}"))?;
-        tokens.push(login(&client, &args.api, &username, password).await?);
+        tokens.push(register_and_login(&client, &args.api, &username).await?);
     }
 
     let baseline = resident_kib(&args.gateway_pids);

@@ -93,7 +93,7 @@ pub async fn register_user(
             .await
             .map_err(|e| RegistrationError::Failed(e.to_string()))?;
         commands
-            .execute::<User>(
+            .create::<User>(
                 &user_id.to_string(),
                 UserCommand::Register {
                     user_id,
@@ -105,7 +105,6 @@ pub async fn register_user(
                     at: Utc::now(),
                 },
                 metadata,
-                None,
             )
             .await
             .map_err(|e| RegistrationError::Failed(e.to_string()))

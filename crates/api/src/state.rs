@@ -119,6 +119,25 @@ impl App {
             .map_err(command_error)
     }
 
+    /// Runs `command` on a new aggregate `id` the handler has just minted, without loading it
+    /// first ([`CommandBus::create`]), and maps a refusal to its HTTP error.
+    pub async fn create<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<Outcome<A>, ApiError>
+    where
+        A: Routed,
+        A::Command: Clone,
+        A::Error: DomainError,
+    {
+        self.commands
+            .create::<A>(id, command, metadata)
+            .await
+            .map_err(command_error)
+    }
+
     /// Waits until the read model of `A` holds `id` at `version` or later, so the next read by
     /// this client sees the write. Gives up quietly after a timeout: the write is committed
     /// either way, only the read may lag.

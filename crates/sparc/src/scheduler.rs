@@ -53,7 +53,7 @@ pub async fn fire_due(
                     .any(|e| matches!(e, TaskEvent::TaskFired { .. })) =>
             {
                 commands
-                    .execute::<Execution>(
+                    .create::<Execution>(
                         &execution_id.to_string(),
                         ExecutionCommand::Start {
                             execution_id,
@@ -64,7 +64,6 @@ pub async fn fire_due(
                             at: now,
                         },
                         &metadata,
-                        None,
                     )
                     .await
                     .map_err(|e| anyhow::anyhow!("starting execution {execution_id}: {e}"))?;

@@ -82,6 +82,17 @@ impl<A: Aggregate> Store<A> {
         Self { upcasters, ..self }
     }
 
+    /// The context of a stream with no events and no snapshot, for committing its first events
+    /// without loading it.
+    pub fn empty_context(&self, aggregate_id: &str) -> EventStoreAggregateContext<A> {
+        EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_string(),
+            aggregate: A::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        }
+    }
+
     fn envelopes(
         &self,
         events: Vec<SerializedEvent>,
@@ -102,15 +113,6 @@ impl<A: Aggregate> Store<A> {
     }
 }
 
-fn empty_context<A: Aggregate>(aggregate_id: &str) -> EventStoreAggregateContext<A> {
-    EventStoreAggregateContext {
-        aggregate_id: aggregate_id.to_string(),
-        aggregate: A::default(),
-        current_sequence: 0,
-        current_snapshot: None,
-    }
-}
-
 impl<A: Aggregate> EventStore<A> for Store<A> {
     type AC = EventStoreAggregateContext<A>;
 
@@ -126,7 +128,7 @@ impl<A: Aggregate> EventStore<A> for Store<A> {
         &self,
         aggregate_id: &str,
     ) -> Result<Self::AC, AggregateError<A::Error>> {
-        let mut context = empty_context::<A>(aggregate_id);
+        let mut context = self.empty_context(aggregate_id);
         if self.snapshot_every.is_some()
             && let Some(snapshot) = self.repo.get_snapshot::<A>(aggregate_id).await?
         {

@@ -30,7 +30,7 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use chain::{Chainer, VerifyReport, verify};
 pub use checkpoint::Checkpoint;
 pub use commands::{CommandBus, CommandError, Outcome, Routed};
-pub use db::{Backend, Database, StoreTx};
+pub use db::{Backend, Database, StoreTx, postgres_pool_options};
 pub use error::StoreError;
 pub use event_repository::EventRepository;
 pub use event_store::{Cqrs, Store, event_store, snapshot_store};

@@ -250,7 +250,7 @@ async fn register_agent(
                     at: Utc::now(),
                 };
                 let outcome = match app
-                    .execute::<Agent>(&agent_id.to_string(), command, &metadata, None)
+                    .create::<Agent>(&agent_id.to_string(), command, &metadata)
                     .await
                 {
                     Ok(outcome) => outcome,
@@ -613,7 +613,7 @@ async fn report_activity(
                 app.settle::<Task>(body.task_id, fired.version).await?;
             }
             let started = app
-                .execute::<Execution>(
+                .create::<Execution>(
                     &execution_id.to_string(),
                     ExecutionCommand::Start {
                         execution_id,
@@ -624,7 +624,6 @@ async fn report_activity(
                         at: now,
                     },
                     &metadata,
-                    None,
                 )
                 .await?;
             app.settle::<Execution>(execution_id, started.version)

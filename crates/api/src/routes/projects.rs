@@ -119,7 +119,7 @@ async fn create_project(
             || async {
                 let project_id = Uuid::now_v7();
                 let outcome = app
-                    .execute::<Project>(
+                    .create::<Project>(
                         &project_id.to_string(),
                         ProjectCommand::Create {
                             project_id,
@@ -129,7 +129,6 @@ async fn create_project(
                             at: Utc::now(),
                         },
                         &ctx.metadata(user.user_id.to_string()),
-                        None,
                     )
                     .await?;
                 app.settle::<Project>(project_id, outcome.version).await?;

@@ -159,7 +159,7 @@ async fn create_task(
             || async {
                 let task_id = Uuid::now_v7();
                 let outcome = app
-                    .execute::<Task>(
+                    .create::<Task>(
                         &task_id.to_string(),
                         TaskCommand::Schedule {
                             task_id,
@@ -173,7 +173,6 @@ async fn create_task(
                             at: Utc::now(),
                         },
                         &ctx.metadata(user.user_id.to_string()),
-                        None,
                     )
                     .await?;
                 app.settle::<Task>(task_id, outcome.version).await?;
@@ -437,7 +436,7 @@ async fn run_task(
         )
         .await?;
     let started = app
-        .execute::<Execution>(
+        .create::<Execution>(
             &execution_id.to_string(),
             ExecutionCommand::Start {
                 execution_id,
@@ -448,7 +447,6 @@ async fn run_task(
                 at: now,
             },
             &metadata,
-            None,
         )
         .await?;
     app.settle::<Task>(id, fired.version).await?;

@@ -1,0 +1,233 @@
+//! HTTP benchmark of a running `sparc serve`: creating tasks, and listing the tasks of a user
+//! who has many, over HTTP/1.1 keep-alive connections.
+//!
+//! ```text
+//! cargo run --release -p sparc-bench --bin http -- --api http://127.0.0.1:8080 --connections 64
+//! ```
+//!
+//! 1. **create**: `--connections` clients, each on its own connection, loop on
+//!    `POST /api/v1/tasks` (a fresh user; a weekday cron in Europe/Paris, a params object):
+//!    requests/s, p50/p99 of the 201s.
+//! 2. **seed**: a second user gets `--tasks` tasks through the same endpoint.
+//! 3. **list at a fixed rate**: `GET /api/v1/tasks?limit=20` as that user at `--rate` requests/s,
+//!    open loop (latency from each request's scheduled start).
+//! 4. **list at saturation**: the same request, `--connections` clients back to back.
+//!
+//! The service must allow the load: start it with high rate limits
+//! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`), as `bench/commands.sh`
+//! does. One line per phase; with `--json` one JSON object per phase on stdout and the human
+//! line on stderr.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sparc_bench::rest::register_and_login;
+use sparc_bench::workload::params;
+use sparc_bench::{Report, Window, run_at_rate, run_writers};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark task creation and the task list over HTTP against a running sparc")]
+struct Args {
+    /// Base URL of `sparc serve`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Concurrent connections for the create and saturation phases.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Tasks the list user owns.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: u64,
+    /// Requests per second of the fixed-rate list phase.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Unmeasured warm-up seconds before each phase.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Print one JSON object per phase on stdout (the human line goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Calls of one phase share this.
+struct Target {
+    client: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Target {
+    async fn create_task(&self, n: u64) -> Result<(), String> {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/tasks", self.api))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "skill_name": "code-review",
+                "schedule_cron": "*/15 9-18 * * 1-5",
+                "timezone": "Europe/Paris",
+                "params": params(n),
+            }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(response, StatusCode::CREATED).await
+    }
+
+    async fn list_tasks(&self) -> Result<(), String> {
+        let response = self
+            .client
+            .get(format!("{}/api/v1/tasks?limit=20", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(response, StatusCode::OK).await
+    }
+}
+
+/// Reads the whole body (as a client must) and checks the status.
+async fn expect(response: reqwest::Response, status: StatusCode) -> Result<(), String> {
+    let actual = response.status();
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    if actual == status {
+        Ok(())
+    } else {
+        Err(format!("{actual}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        eprintln!("{}", report.line());
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", report.line());
+    }
+    if let Some(error) = &report.first_error {
+        eprintln!("  first error: {error}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
+    let window = Window {
+        warmup: Duration::from_secs(args.warmup),
+        measured: Duration::from_secs(args.seconds),
+    };
+    let http = client(args.connections)?;
+    let run = chrono::Utc::now().format("%H%M%S%3f");
+    let connections = u32::try_from(args.connections).context("too many connections")?;
+
+    // 1. create
+    let creator = Arc::new(Target {
+        token: register_and_login(&http, &args.api, &format!("http-create-{run}")).await?,
+        client: http.clone(),
+        api: args.api.clone(),
+    });
+    let target = creator.clone();
+    let report = run_writers(
+        "http create-task",
+        args.connections,
+        connections,
+        window,
+        move |_, n| {
+            let target = target.clone();
+            async move { target.create_task(n).await }
+        },
+    )
+    .await?;
+    print(&report, args.json)?;
+
+    // 2. seed
+    let lister = Arc::new(Target {
+        token: register_and_login(&http, &args.api, &format!("http-list-{run}")).await?,
+        client: http.clone(),
+        api: args.api.clone(),
+    });
+    let started = Instant::now();
+    let created = Arc::new(AtomicU64::new(0));
+    let mut seeders = Vec::new();
+    for _ in 0..args.connections {
+        let (target, created, tasks) = (lister.clone(), created.clone(), args.tasks);
+        seeders.push(tokio::spawn(async move {
+            loop {
+                let n = created.fetch_add(1, Ordering::Relaxed) + 1;
+                if n > tasks {
+                    return Ok::<(), String>(());
+                }
+                target.create_task(n).await?;
+            }
+        }));
+    }
+    for seeder in seeders {
+        seeder.await?.map_err(anyhow::Error::msg)?;
+    }
+    let page: Value = http
+        .get(format!("{}/api/v1/tasks?limit=20", args.api))
+        .bearer_auth(&lister.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        page["total"] == json!(args.tasks),
+        "the list user should own {} tasks: {}",
+        args.tasks,
+        page["total"]
+    );
+    eprintln!(
+        "seeded {} tasks in {:.1} s",
+        args.tasks,
+        started.elapsed().as_secs_f64()
+    );
+
+    // 3. list at a fixed rate
+    let target = lister.clone();
+    let report = run_at_rate(
+        &format!("http list-tasks rate={}", args.rate),
+        args.rate,
+        args.connections,
+        window,
+        move |_| {
+            let target = target.clone();
+            async move { target.list_tasks().await }
+        },
+    )
+    .await?;
+    print(&report, args.json)?;
+
+    // 4. list at saturation
+    let target = lister.clone();
+    let report = run_writers(
+        "http list-tasks saturation",
+        args.connections,
+        connections,
+        window,
+        move |_, _| {
+            let target = target.clone();
+            async move { target.list_tasks().await }
+        },
+    )
+    .await?;
+    print(&report, args.json)
+}
