@@ -6,7 +6,7 @@ use sparc_store::Database;
 use uuid::Uuid;
 
 use crate::sql::SqlValue;
-use crate::state_table::{self, Indexed, Row, Selection};
+use crate::state_table::{self, Indexed, Row, Selection, Totals};
 
 impl Indexed for Agent {
     const TABLE: &'static str = "agents";
@@ -74,6 +74,7 @@ fn capability_pattern(capability: &str) -> String {
 pub async fn list(
     db: &Database,
     query: &AgentQuery,
+    totals: &Totals,
 ) -> Result<(Vec<Row<Agent>>, i64), sqlx::Error> {
     let mut conditions = vec!["registered = 1".to_owned()];
     let mut params: Vec<SqlValue> = Vec::new();
@@ -96,7 +97,7 @@ pub async fn list(
         }
         conditions.push(format!("({})", any.join(" OR ")));
     }
-    state_table::select(
+    state_table::select_with_totals(
         db,
         &Selection {
             filter: conditions.join(" AND "),
@@ -106,6 +107,7 @@ pub async fn list(
             limit: query.limit,
             offset: query.offset,
         },
+        Some(totals),
     )
     .await
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::on_db;
 use crate::sql::SqlValue;
-use crate::state_table::{self, Indexed, Row, Selection};
+use crate::state_table::{self, Indexed, Row, Selection, Totals};
 
 impl Indexed for Project {
     const TABLE: &'static str = "projects";
@@ -95,6 +95,7 @@ fn like_pattern(text: &str) -> String {
 pub async fn list(
     db: &Database,
     query: &ProjectQuery,
+    totals: &Totals,
 ) -> Result<(Vec<Row<Project>>, i64), sqlx::Error> {
     let mut conditions = vec!["status <> 'deleted'".to_owned()];
     let mut params: Vec<SqlValue> = Vec::new();
@@ -119,7 +120,7 @@ pub async fn list(
         ProjectSort::TasksCount => TASKS_COUNT,
     };
     let direction = if query.descending { "DESC" } else { "ASC" };
-    state_table::select(
+    state_table::select_with_totals(
         db,
         &Selection {
             filter: conditions.join(" AND "),
@@ -128,6 +129,7 @@ pub async fn list(
             limit: query.limit,
             offset: query.offset,
         },
+        Some(totals),
     )
     .await
 }

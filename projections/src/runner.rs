@@ -4,9 +4,11 @@
 //! were, so the batch is simply applied again after restart: nothing is lost or doubled.
 //!
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
-//! interval (other processes may write too). Every committed batch bumps a progress counter that
-//! readers wait on to see their own writes.
+//! interval (other processes may write too). Every committed batch bumps a progress counter,
+//! and each projection announces which stream versions its last batch covered ([`Applied`]), so
+//! a writer waiting to read its own write learns it without asking the database.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,11 @@ use async_trait::async_trait;
 use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreError, StoreTx};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+
+/// How long a loop waits after a poke, or after a batch that did not fill up, before reading
+/// the log: under load the writes of that moment share one transaction per projection instead
+/// of one each, at the price of this much latency.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Why a batch could not be applied. The runner retries it with back-off; the checkpoint does
 /// not move, so a projection stalls rather than skipping an event.
@@ -68,11 +75,33 @@ pub trait Projection: Send + Sync {
     }
 }
 
+/// What one projection's latest committed batch covered.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// How many batches this loop has committed (a receiver that sees it jump by more than one
+    /// missed a batch).
+    pub batch: u64,
+    /// The last sequence of each stream (by aggregate id) the batch applied.
+    pub streams: HashMap<String, i64>,
+}
+
+impl Applied {
+    fn of(batch: u64, events: &[RecordedEvent]) -> Self {
+        let mut streams = HashMap::with_capacity(events.len());
+        for event in events {
+            let sequence = streams.entry(event.aggregate_id.clone()).or_insert(0);
+            *sequence = event.sequence.max(*sequence);
+        }
+        Self { batch, streams }
+    }
+}
+
 /// Lets writers wake the projections and wait for them to advance.
 #[derive(Clone)]
 pub struct ProjectionHandle {
     wakers: Arc<[Arc<Notify>]>,
     progress: watch::Sender<u64>,
+    applied: Arc<HashMap<String, watch::Sender<Arc<Applied>>>>,
 }
 
 impl ProjectionHandle {
@@ -87,6 +116,12 @@ impl ProjectionHandle {
     pub fn progress(&self) -> watch::Receiver<u64> {
         self.progress.subscribe()
     }
+
+    /// A receiver of the latest batch the projection `name` committed in this process (`None`
+    /// for a projection this runner does not drive).
+    pub fn applied(&self, name: &str) -> Option<watch::Receiver<Arc<Applied>>> {
+        self.applied.get(name).map(watch::Sender::subscribe)
+    }
 }
 
 /// Drives a set of projections.
@@ -95,6 +130,7 @@ pub struct ProjectionRunner {
     projections: Vec<Arc<dyn Projection>>,
     wakers: Arc<[Arc<Notify>]>,
     progress: watch::Sender<u64>,
+    applied: Arc<HashMap<String, watch::Sender<Arc<Applied>>>>,
     batch_size: i64,
     poll_interval: Duration,
 }
@@ -106,11 +142,16 @@ impl ProjectionRunner {
             .iter()
             .map(|_| Arc::new(Notify::new()))
             .collect();
+        let applied = projections
+            .iter()
+            .map(|p| (p.name().to_owned(), watch::channel(Arc::default()).0))
+            .collect();
         Self {
             db,
             projections,
             wakers,
             progress: watch::channel(0).0,
+            applied: Arc::new(applied),
             batch_size: 1000,
             poll_interval: Duration::from_millis(200),
         }
@@ -133,6 +174,7 @@ impl ProjectionRunner {
         ProjectionHandle {
             wakers: self.wakers.clone(),
             progress: self.progress.clone(),
+            applied: self.applied.clone(),
         }
     }
 
@@ -148,11 +190,14 @@ impl ProjectionRunner {
                     projection: projection.clone(),
                     batch_size: self.batch_size,
                 };
-                let waker = waker.clone();
-                let progress = self.progress.clone();
+                let signals = Signals {
+                    waker: waker.clone(),
+                    progress: self.progress.clone(),
+                    applied: self.applied[projection.name()].clone(),
+                };
                 let poll = self.poll_interval;
                 let shutdown = shutdown.clone();
-                tokio::spawn(worker.run(waker, progress, poll, shutdown))
+                tokio::spawn(worker.run(signals, poll, shutdown))
             })
             .collect()
     }
@@ -175,10 +220,17 @@ pub async fn catch_up(
     let mut total = 0;
     loop {
         match worker.step(&mut checkpoint).await? {
-            0 => return Ok(total),
-            n => total += n as u64,
+            None => return Ok(total),
+            Some(events) => total += events.len() as u64,
         }
     }
+}
+
+/// How a loop is woken and announces its batches.
+struct Signals {
+    waker: Arc<Notify>,
+    progress: watch::Sender<u64>,
+    applied: watch::Sender<Arc<Applied>>,
 }
 
 struct Worker {
@@ -189,31 +241,35 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(
-        self,
-        waker: Arc<Notify>,
-        progress: watch::Sender<u64>,
-        poll: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(self, signals: Signals, poll: Duration, mut shutdown: watch::Receiver<bool>) {
         let name = self.projection.name().to_owned();
         let name = name.as_str();
         let mut checkpoint = None;
         let mut failures = 0u32;
+        let mut batches = 0u64;
         while !*shutdown.borrow() {
             match self.step(&mut checkpoint).await {
-                Ok(0) => {
+                Ok(None) => {
                     failures = 0;
                     tokio::select! {
-                        _ = waker.notified() => {}
+                        _ = signals.waker.notified() => {}
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.changed() => {}
                     }
+                    // Let the writes of the next moment join this one's batch.
+                    tokio::time::sleep(LINGER).await;
                 }
-                Ok(applied) => {
+                Ok(Some(events)) => {
                     failures = 0;
-                    tracing::debug!(projection = name, applied, "batch applied");
-                    progress.send_modify(|n| *n = n.wrapping_add(1));
+                    batches += 1;
+                    tracing::debug!(projection = name, applied = events.len(), "batch applied");
+                    signals
+                        .applied
+                        .send_replace(Arc::new(Applied::of(batches, &events)));
+                    signals.progress.send_modify(|n| *n = n.wrapping_add(1));
+                    if (events.len() as i64) < self.batch_size {
+                        tokio::time::sleep(LINGER).await;
+                    }
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -237,7 +293,10 @@ impl Worker {
     /// lock is only taken when there is work); inside it the checkpoint is locked and must still
     /// be the one the batch was read after, else another instance moved it and the batch is
     /// dropped and read again.
-    async fn step(&self, known: &mut Option<Checkpoint>) -> Result<usize, ProjectionError> {
+    async fn step(
+        &self,
+        known: &mut Option<Checkpoint>,
+    ) -> Result<Option<Vec<RecordedEvent>>, ProjectionError> {
         let name = self.projection.name();
         let mut after = match *known {
             Some(checkpoint) => checkpoint,
@@ -247,7 +306,7 @@ impl Worker {
             *known = Some(after);
             let events = self.reader.read_after(after, self.batch_size).await?;
             let Some(last) = events.last() else {
-                return Ok(0);
+                return Ok(None);
             };
             self.projection.react(&events).await?;
             let mut tx = self.db.begin().await?;
@@ -261,7 +320,7 @@ impl Worker {
             tx.save_checkpoint(name, last.checkpoint()).await?;
             tx.commit().await?;
             *known = Some(last.checkpoint());
-            return Ok(events.len());
+            return Ok(Some(events));
         }
     }
 }

@@ -305,10 +305,49 @@ pub struct Selection {
     pub offset: i64,
 }
 
+/// Remembered totals of list filters, each with the position of its read model's checkpoint
+/// when counted. A read model changes only in a transaction that also moves its checkpoint, so
+/// while the checkpoint stays put the count is still right and need not be taken again (a page
+/// query reads the checkpoint in the same statement). Bounded: it forgets everything when full.
+#[derive(Debug, Default)]
+pub struct Totals {
+    counted: std::sync::Mutex<HashMap<String, (i64, i64)>>,
+}
+
+/// Filters whose totals a [`Totals`] keeps at most.
+const TOTALS_KEPT: usize = 10_000;
+
+impl Totals {
+    fn get(&self, key: &str, generation: i64) -> Option<i64> {
+        let counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        counted
+            .get(key)
+            .and_then(|&(at, total)| (at == generation).then_some(total))
+    }
+
+    fn put(&self, key: String, generation: i64, total: i64) {
+        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        if counted.len() >= TOTALS_KEPT && !counted.contains_key(&key) {
+            counted.clear();
+        }
+        counted.insert(key, (generation, total));
+    }
+}
+
 /// Reads a page of states and the total number matching the filter.
 pub async fn select<A: Indexed>(
     db: &Database,
     selection: &Selection,
+) -> Result<(Vec<Row<A>>, i64), sqlx::Error> {
+    select_with_totals(db, selection, None).await
+}
+
+/// [`select`], taking the total from `totals` while the read model has not changed since it
+/// was counted.
+pub async fn select_with_totals<A: Indexed>(
+    db: &Database,
+    selection: &Selection,
+    totals: Option<&Totals>,
 ) -> Result<(Vec<Row<A>>, i64), sqlx::Error> {
     let filter = if selection.filter.is_empty() {
         "1 = 1"
@@ -316,29 +355,43 @@ pub async fn select<A: Indexed>(
         selection.filter.as_str()
     };
     let n = selection.params.len();
+    // The checkpoint is read by the same statement as the page: the generation of that page.
     let page_sql = format!(
-        "SELECT version, body FROM {} WHERE {filter} ORDER BY {} LIMIT ${} OFFSET ${}",
-        A::TABLE,
+        "SELECT version, body, (SELECT position FROM checkpoints WHERE name = '{table}') \
+         FROM {table} WHERE {filter} ORDER BY {} LIMIT ${} OFFSET ${}",
         if selection.order_by.is_empty() {
             "id"
         } else {
             selection.order_by.as_str()
         },
         n + 1,
-        n + 2
+        n + 2,
+        table = A::TABLE,
     );
-    let count_sql = format!("SELECT COUNT(*) FROM {} WHERE {filter}", A::TABLE);
-    let (rows, total): (Vec<(i64, String)>, i64) = on_db!(db, pool => {
-        let mut page = selection.params.clone();
-        page.push(SqlValue::Int(Some(selection.limit)));
-        page.push(SqlValue::Int(Some(selection.offset)));
-        let rows = bind_all!(sqlx::query_as(&page_sql), &page).fetch_all(pool).await?;
-        let (total,): (i64,) = bind_all!(sqlx::query_as(&count_sql), &selection.params).fetch_one(pool).await?;
-        (rows, total)
-    });
+    let mut page = selection.params.clone();
+    page.push(SqlValue::Int(Some(selection.limit)));
+    page.push(SqlValue::Int(Some(selection.offset)));
+    let rows: Vec<(i64, String, Option<i64>)> =
+        on_db!(db, pool => bind_all!(sqlx::query_as(&page_sql), &page).fetch_all(pool).await?);
+    let generation = rows.first().and_then(|row| row.2);
+    let key = format!("{}|{filter}|{:?}", A::TABLE, selection.params);
+    let remembered = totals
+        .zip(generation)
+        .and_then(|(totals, generation)| totals.get(&key, generation));
+    let total = match remembered {
+        Some(total) => total,
+        None => {
+            let count_sql = format!("SELECT COUNT(*) FROM {} WHERE {filter}", A::TABLE);
+            let (total,): (i64,) = on_db!(db, pool => bind_all!(sqlx::query_as(&count_sql), &selection.params).fetch_one(pool).await?);
+            if let Some((totals, generation)) = totals.zip(generation) {
+                totals.put(key, generation, total);
+            }
+            total
+        }
+    };
     let rows = rows
         .into_iter()
-        .map(|(version, body)| {
+        .map(|(version, body, _)| {
             Ok(Row {
                 state: parse_body(&body)?,
                 version,

@@ -6,7 +6,7 @@ use sparc_store::Database;
 use uuid::Uuid;
 
 use crate::sql::SqlValue;
-use crate::state_table::{self, Indexed, Row, Selection};
+use crate::state_table::{self, Indexed, Row, Selection, Totals};
 
 impl Indexed for Task {
     const TABLE: &'static str = "tasks";
@@ -80,7 +80,11 @@ pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Task>>, sqlx::Err
 }
 
 /// A page of tasks and the total matching.
-pub async fn list(db: &Database, query: &TaskQuery) -> Result<(Vec<Row<Task>>, i64), sqlx::Error> {
+pub async fn list(
+    db: &Database,
+    query: &TaskQuery,
+    totals: &Totals,
+) -> Result<(Vec<Row<Task>>, i64), sqlx::Error> {
     let mut conditions = Vec::new();
     let mut params = Vec::new();
     let param = |value: SqlValue, params: &mut Vec<SqlValue>| {
@@ -113,9 +117,14 @@ pub async fn list(db: &Database, query: &TaskQuery) -> Result<(Vec<Row<Task>>, i
         TaskSort::Status => "status",
     };
     let direction = if query.ascending { "ASC" } else { "DESC" };
-    // NULLs (tasks with no next run) go last either way; the id breaks ties so pages are stable.
-    let order_by = format!("{column} IS NULL, {column} {direction}, id {direction}");
-    state_table::select(
+    // The id breaks ties so pages are stable. Every task has a creation time; for the columns
+    // that may be NULL (no next run) the NULLs go last either way. The default order is the
+    // `tasks_owner_created` index's.
+    let order_by = match query.sort {
+        TaskSort::CreatedAt => format!("created_at {direction}, id {direction}"),
+        _ => format!("{column} IS NULL, {column} {direction}, id {direction}"),
+    };
+    state_table::select_with_totals(
         db,
         &Selection {
             filter: conditions.join(" AND "),
@@ -124,6 +133,7 @@ pub async fn list(db: &Database, query: &TaskQuery) -> Result<(Vec<Row<Task>>, i
             limit: query.limit,
             offset: query.offset,
         },
+        Some(totals),
     )
     .await
 }

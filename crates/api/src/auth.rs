@@ -363,6 +363,10 @@ pub trait SessionDirectory: Send + Sync {
     /// The read model could not be asked; the request then fails with a logged 500 rather than
     /// a 401 that would log the user out.
     fn is_active(&self, user_id: Uuid, session_id: Uuid) -> BoxFuture<'_, Result<bool, BoxError>>;
+
+    /// Drops whatever this directory remembers about `user_id`'s sessions: called once a change
+    /// to them (a logout, a revocation, a new password) has reached the read model.
+    fn forget(&self, _user_id: Uuid) {}
 }
 
 /// What the auth extractors need from the router state.

@@ -2,14 +2,17 @@
 //! run a command with the request's metadata (mapping refusals to HTTP errors), and wait until
 //! a read model shows a write, so a client that got 2xx reads its own write.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
-use sparc_projections::{Indexed, ProjectionHandle};
+use sparc_projections::{Applied, Indexed, ProjectionHandle, Totals};
 use sparc_store::{CommandBus, CommandError, Database, EventMetadata, Outcome, Routed};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::auth::{AuthState, Secret, SessionDirectory, TokenConfigError, TokenService};
@@ -49,6 +52,8 @@ pub struct App {
     pub idempotency: IdempotencyStore,
     /// Rebuilds started through the admin API.
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
+    /// List totals, reused while their read model stands still.
+    pub totals: Totals,
 }
 
 /// The state of the router: a cheap handle on the one [`App`].
@@ -75,6 +80,8 @@ impl AuthState for AppState {
 
 /// How long a write waits for the read model before answering anyway.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a waiting write reads its row again without news from the local projection.
+const SETTLE_RECHECK: Duration = Duration::from_millis(25);
 
 impl App {
     /// Builds the state; `signing_key` signs every token.
@@ -88,8 +95,13 @@ impl App {
     ) -> Result<Self, TokenConfigError> {
         let tokens = Arc::new(TokenService::from_settings(signing_key, &settings)?);
         Ok(Self {
-            sessions: Arc::new(UserSessions { db: db.clone() }),
+            sessions: Arc::new(UserSessions {
+                db: db.clone(),
+                users: projections.applied(<User as Indexed>::TABLE),
+                live: Mutex::default(),
+            }),
             idempotency: IdempotencyStore::new(db.clone()),
+            totals: Totals::default(),
             rebuilds: Arc::default(),
             db,
             commands,
@@ -141,29 +153,80 @@ impl App {
     /// Waits until the read model of `A` holds `id` at `version` or later, so the next read by
     /// this client sees the write. Gives up quietly after a timeout: the write is committed
     /// either way, only the read may lag.
+    ///
+    /// The projection announces each batch it commits here ([`sparc_projections::Applied`]), so
+    /// the row is read once, then only when a batch may have been missed, or every
+    /// `SETTLE_RECHECK` in case another instance applied the write.
     pub async fn settle<A: Indexed>(&self, id: Uuid, version: usize) -> Result<(), ApiError> {
         if version == 0 {
             return Ok(());
         }
-        let mut progress = self.projections.progress();
+        let key = id.to_string();
+        let reached = |row_version: i64| row_version >= version as i64;
+        let mut applied = self.projections.applied(A::TABLE);
+        let mut seen = applied.as_mut().map(|rx| rx.borrow_and_update().batch);
+        self.projections.poke();
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
-            self.projections.poke();
-            let current = sparc_projections::state_table::get::<A>(&self.db, &id.to_string())
+            let current = sparc_projections::state_table::get::<A>(&self.db, &key)
                 .await
                 .map_err(ApiError::internal)?;
-            if current.is_some_and(|row| row.version >= version as i64) {
+            if current.is_some_and(|row| reached(row.version)) {
                 return Ok(());
             }
-            tokio::select! {
-                _ = progress.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(table = A::TABLE, %id, version, "read model did not catch up in time");
-                    return Ok(());
+            // Wait for a batch that covers the write (done), one after a missed batch (read the
+            // row again), or the recheck interval (read the row again).
+            let recheck = tokio::time::sleep(SETTLE_RECHECK);
+            tokio::pin!(recheck);
+            loop {
+                let changed = async {
+                    match applied.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ok = changed => {
+                        let batch = if ok {
+                            applied.as_mut().map(|rx| rx.borrow_and_update().clone())
+                        } else {
+                            None
+                        };
+                        let Some(batch) = batch else {
+                            // The runner stopped: only rechecks are left.
+                            applied = None;
+                            break;
+                        };
+                        if batch.streams.get(&key).is_some_and(|v| reached(*v)) {
+                            return Ok(());
+                        }
+                        let missed = seen.is_some_and(|s| batch.batch > s + 1);
+                        seen = Some(batch.batch);
+                        if missed {
+                            break;
+                        }
+                    }
+                    _ = &mut recheck => {
+                        self.projections.poke();
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!(table = A::TABLE, %id, version, "read model did not catch up in time");
+                        return Ok(());
+                    }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
             }
         }
+    }
+}
+
+impl App {
+    /// [`App::settle`] for a write to a user, which then forgets the sessions of that user this
+    /// instance remembered as live, so a revoked session fails its very next request here.
+    pub async fn settle_user(&self, user_id: Uuid, version: usize) -> Result<(), ApiError> {
+        self.settle::<User>(user_id, version).await?;
+        self.sessions.forget(user_id);
+        Ok(())
     }
 }
 
@@ -184,16 +247,64 @@ pub fn command_error<E: DomainError>(error: CommandError<E>) -> ApiError {
     }
 }
 
-/// Session liveness from the `users` read model.
+/// Session liveness from the `users` read model, remembering sessions found live.
+///
+/// A remembered answer holds while the `users` projection of this process has committed no
+/// batch since (any change to any user forgets them all) and for at most `LIVE_SESSION_TTL`:
+/// a session revoked through this instance stops working at once, one revoked through another
+/// instance (whose runner applied the change) within that bound. Sessions found dead are not
+/// remembered.
 struct UserSessions {
     db: Database,
+    users: Option<watch::Receiver<Arc<Applied>>>,
+    live: Mutex<HashMap<(Uuid, Uuid), (u64, Instant)>>,
+}
+
+/// How long a session found live is believed without asking the read model again.
+const LIVE_SESSION_TTL: Duration = Duration::from_secs(1);
+/// Sessions remembered at most (all are forgotten when full).
+const LIVE_SESSIONS_KEPT: usize = 100_000;
+
+impl UserSessions {
+    fn users_batch(&self) -> Option<u64> {
+        self.users.as_ref().map(|rx| rx.borrow().batch)
+    }
+
+    fn remembered(&self, key: (Uuid, Uuid), batch: u64) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(&key)
+            .is_some_and(|&(at, since)| at == batch && since.elapsed() < LIVE_SESSION_TTL)
+    }
+
+    fn remember(&self, key: (Uuid, Uuid), batch: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.len() >= LIVE_SESSIONS_KEPT {
+            live.clear();
+        }
+        live.insert(key, (batch, Instant::now()));
+    }
 }
 
 impl SessionDirectory for UserSessions {
     fn is_active(&self, user_id: Uuid, session_id: Uuid) -> BoxFuture<'_, Result<bool, BoxError>> {
         Box::pin(async move {
+            let key = (user_id, session_id);
+            // Read before the row, so a change committed meanwhile makes the answer stale.
+            let batch = self.users_batch();
+            if batch.is_some_and(|batch| self.remembered(key, batch)) {
+                return Ok(true);
+            }
             let row = sparc_projections::users::get(&self.db, user_id).await?;
-            Ok(row.is_some_and(|row| row.state.session_is_live(session_id, Utc::now())))
+            let live = row.is_some_and(|row| row.state.session_is_live(session_id, Utc::now()));
+            if let (true, Some(batch)) = (live, batch) {
+                self.remember(key, batch);
+            }
+            Ok(live)
         })
+    }
+
+    fn forget(&self, user_id: Uuid) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|&(user, _), _| user != user_id);
     }
 }

@@ -171,7 +171,7 @@ async fn list_agents(
         limit,
         offset,
     };
-    let (rows, total) = sparc_projections::agents::list(&app.db, &filter)
+    let (rows, total) = sparc_projections::agents::list(&app.db, &filter, &app.totals)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(AgentList {

@@ -80,7 +80,7 @@ async fn register(
             }
             RegistrationError::Failed(message) => ApiError::internal(message),
         })?;
-    app.settle::<User>(user.state.id, user.version).await?;
+    app.settle_user(user.state.id, user.version).await?;
     Ok((StatusCode::CREATED, Json(UserResource::from(&user.state))).into_response())
 }
 
@@ -180,7 +180,7 @@ async fn login(
             ApiError::Conflict(_) => ApiError::Unauthorized("User account is inactive".to_owned()),
             other => other,
         })?;
-    app.settle::<User>(user_id, outcome.version).await?;
+    app.settle_user(user_id, outcome.version).await?;
     let tokens = issue(&app, &outcome.state, session_id, refresh_jti)?;
     Ok(Json(LoginResponse {
         user: UserResource::from(&outcome.state),
@@ -224,7 +224,7 @@ async fn refresh(
         )
         .await
         .map_err(|_| ApiError::Unauthorized(BAD_REFRESH.to_owned()))?;
-    app.settle::<User>(claims.sub, outcome.version).await?;
+    app.settle_user(claims.sub, outcome.version).await?;
     if outcome
         .events
         .iter()
@@ -273,7 +273,7 @@ async fn end_session(
             None,
         )
         .await?;
-    app.settle::<User>(user.user_id, outcome.version).await
+    app.settle_user(user.user_id, outcome.version).await
 }
 
 async fn current_user(
@@ -352,7 +352,7 @@ async fn update_me(
             None,
         )
         .await?;
-    app.settle::<User>(user.user_id, outcome.version).await?;
+    app.settle_user(user.user_id, outcome.version).await?;
     Ok(Json(UserResource::from(&outcome.state)))
 }
 
@@ -403,7 +403,7 @@ async fn change_password(
             None,
         )
         .await?;
-    app.settle::<User>(user.user_id, outcome.version).await?;
+    app.settle_user(user.user_id, outcome.version).await?;
     Ok(Json(Message::new("Password changed successfully")))
 }
 
@@ -475,6 +475,6 @@ async fn revoke_all_sessions(
             None,
         )
         .await?;
-    app.settle::<User>(user.user_id, outcome.version).await?;
+    app.settle_user(user.user_id, outcome.version).await?;
     Ok(Json(Message::new("All sessions revoked successfully")))
 }

@@ -209,7 +209,7 @@ async fn list_projects(
         limit,
         offset,
     };
-    let (rows, total) = sparc_projections::projects::list(&app.db, &filter)
+    let (rows, total) = sparc_projections::projects::list(&app.db, &filter, &app.totals)
         .await
         .map_err(ApiError::internal)?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.state.id).collect();

@@ -245,7 +245,7 @@ async fn list_tasks(
         limit,
         offset,
     };
-    let (rows, total) = sparc_projections::tasks::list(&app.db, &filter)
+    let (rows, total) = sparc_projections::tasks::list(&app.db, &filter, &app.totals)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(TaskList {
