@@ -116,14 +116,19 @@ echo "== (a) pgbench: single-row INSERT into pgbench_events (-j 2 -n, ${WARMUP}s
 pgbench -n -c "${WRITER_COUNTS[0]}" -j 2 -T "$WARMUP" -f "$WORK/insert.sql" "$DATABASE_URL" >/dev/null 2>&1 || true
 declare -A PG_TPS PG_LAT
 for n in "${WRITER_COUNTS[@]}"; do
-	out=$(pgbench -n -c "$n" -j 2 -T "$DURATION" -f "$WORK/insert.sql" "$DATABASE_URL" 2>&1) || {
+	# -l: one line per transaction (its latency in µs is the third field), for the p99.
+	out=$(cd "$WORK" && pgbench -n -c "$n" -j 2 -T "$DURATION" -l --log-prefix="pgbench_$n" \
+		-f "$WORK/insert.sql" "$DATABASE_URL" 2>&1) || {
 		echo "$out" >&2; echo "pgbench failed" >&2; exit 1
 	}
 	PG_TPS[$n]=$(awk '/^tps = /{print $3; exit}' <<<"$out")
 	PG_LAT[$n]=$(awk '/^latency average = /{print $4; exit}' <<<"$out")
 	failed=$(awk '/^number of failed transactions: /{print $5; exit}' <<<"$out")
-	printf 'pgbench insert    clients=%-3s  tps=%.0f  latency avg=%sms  failed=%s\n' \
-		"$n" "${PG_TPS[$n]}" "${PG_LAT[$n]}" "${failed:-0}"
+	p99=$(cat "$WORK"/pgbench_"$n".* | awk '{print $3}' | sort -n |
+		awk '{v[NR] = $1} END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.2f", v[i] / 1000 }')
+	rm -f "$WORK"/pgbench_"$n".*
+	printf 'pgbench insert    clients=%-3s  tps=%.0f  latency avg=%sms  p99=%sms  failed=%s\n' \
+		"$n" "${PG_TPS[$n]}" "${PG_LAT[$n]}" "$p99" "${failed:-0}"
 done
 
 echo "== (b) CQRS: CommandBus::create::<Task>(Schedule), ${WARMUP}s warm-up"
