@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Variants (raw ones write into `profile_events`, a `LIKE events INCLUDING ALL` copy):
-//! - `cqrs`: `CommandBus::execute::<Task>(Schedule)` (what `commands` measures);
+//! - `cqrs`: `CommandBus::create::<Task>(Schedule)` (what `commands` measures);
 //! - `insert`: one autocommit INSERT of the event row (1 statement, what pgbench does);
 //! - `tx-insert`: BEGIN; INSERT; COMMIT (postgres-es `persist` without a snapshot);
 //! - `load-tx-insert`: SELECT snapshot; SELECT events; BEGIN; INSERT; COMMIT, each on its own
