@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sparc_domain::task::{Task, TaskCommand, TaskStatus};
+use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
+use sparc_store::{CommandBus, EventMetadata};
 use sparc_tests::{TestApp, TestUser, assert_422_at, both_backends, id_of, ids, sorted};
 
 // ----- helpers -----
@@ -576,6 +579,67 @@ both_backends!(
     }
 );
 
+both_backends!(
+    a_task_scheduled_into_a_project_that_was_deleted_meanwhile_is_deleted_too,
+    |app: TestApp| async move {
+        let alice = app.user("alice").await;
+        let project = id_of(&create_project(&app, &alice, json!({"name": "Racing"})).await);
+        let deleted = app
+            .delete(&format!("/api/v1/projects/{project}"), &alice.token)
+            .await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+
+        // A create that checked the project just before its deletion commits just after it:
+        // the same command the API issues, straight on the command bus.
+        let task_id = uuid::Uuid::now_v7();
+        CommandBus::new(&app.db)
+            .create::<Task>(
+                &task_id.to_string(),
+                TaskCommand::Schedule {
+                    task_id,
+                    user_id: alice.id.parse().expect("a uuid"),
+                    skill_name: SkillName::parse("s").expect("a skill"),
+                    schedule_cron: CronSchedule::parse("0 9 * * *").expect("a cron"),
+                    timezone: TimeZoneName::parse("UTC").expect("a zone"),
+                    params: json!({}),
+                    status: TaskStatus::Pending,
+                    project_id: Some(project.parse().expect("a uuid")),
+                    at: chrono::Utc::now(),
+                },
+                &EventMetadata::new(alice.id.clone(), uuid::Uuid::now_v7().to_string()),
+            )
+            .await
+            .expect("the task should be scheduled");
+
+        // The task reaches the read model (it was created behind the API's back), then the
+        // policy deletes it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let read = app
+                .get(&format!("/api/v1/tasks/{task_id}"), &alice.token)
+                .await;
+            if read.status == StatusCode::OK && read.body["status"] == "deleted" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not deleted within 5 s: {}",
+                read.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let history = app
+            .get(&format!("/api/v1/tasks/{task_id}/history"), &alice.token)
+            .await;
+        let types: Vec<&Value> = history.body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| &e["event_type"])
+            .collect();
+        assert_eq!(types, [&json!("TaskScheduled"), &json!("TaskDeleted")]);
+    }
+);
 both_backends!(
     a_project_s_history_lists_its_events_oldest_first_with_metadata,
     |app: TestApp| async move {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sparc_store::{Database, RecordedEvent};
+use sparc_store::{Database, LogReader, RecordedEvent};
 use uuid::Uuid;
 
 use crate::runner::{Projection, ProjectionError};
@@ -18,16 +18,24 @@ pub trait TaskCommands: Send + Sync {
     async fn delete_task(&self, task_id: Uuid, cause: &RecordedEvent) -> Result<(), String>;
 }
 
-/// Deleting a project deletes every one of its tasks, each through its own `TaskDeleted`.
+/// Deleting a project deletes every one of its tasks, each through its own `TaskDeleted`; and a
+/// task scheduled into, or moved into, a project that the log shows deleted by then is deleted
+/// too (the task's command raced the deletion: it was decided on a project read before the
+/// deletion, so the cascade, which lists the project's tasks, may not have seen it).
 pub struct ProjectCascade {
     db: Database,
+    log: LogReader,
     commands: Arc<dyn TaskCommands>,
 }
 
 impl ProjectCascade {
     /// The policy, reading the `tasks` read model of `db`.
     pub fn new(db: Database, commands: Arc<dyn TaskCommands>) -> Self {
-        Self { db, commands }
+        Self {
+            log: LogReader::new(&db),
+            db,
+            commands,
+        }
     }
 }
 
@@ -38,25 +46,93 @@ impl Projection for ProjectCascade {
     }
 
     async fn react(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        for event in events
-            .iter()
-            .filter(|e| e.aggregate_type == "Project" && e.event_type == "ProjectDeleted")
-        {
-            // The task list must include every task created before the deletion.
-            let tasks_at = sparc_store::checkpoint::load(&self.db, "tasks").await?;
-            if tasks_at < event.checkpoint() {
-                return Err(ProjectionError::NotReady("tasks"));
-            }
-            let project_id: Uuid = event.aggregate_id.parse().map_err(|_| {
-                ProjectionError::Command(format!("project id {} is not a uuid", event.aggregate_id))
-            })?;
-            for task in crate::tasks::of_project(&self.db, project_id).await? {
-                self.commands
-                    .delete_task(task.state.id, event)
-                    .await
-                    .map_err(ProjectionError::Command)?;
+        for event in events {
+            if event.aggregate_type == "Project" && event.event_type == "ProjectDeleted" {
+                self.delete_tasks_of(event).await?;
+            } else if let Some(project_id) = project_joined(event) {
+                self.delete_if_project_deleted(project_id, event).await?;
             }
         }
         Ok(())
+    }
+}
+
+/// The project a task event puts its task into, if any: `TaskScheduled` with a project, or
+/// `TaskUpdated` that moves it to one.
+fn project_joined(event: &RecordedEvent) -> Option<Uuid> {
+    if event.aggregate_type != "Task" {
+        return None;
+    }
+    let project = match event.event_type.as_str() {
+        "TaskScheduled" => &event.payload["TaskScheduled"]["project_id"],
+        "TaskUpdated" => &event.payload["TaskUpdated"]["changes"]["project_id"],
+        _ => return None,
+    };
+    project.as_str()?.parse().ok()
+}
+
+impl ProjectCascade {
+    async fn delete_tasks_of(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        // The task list must include every task created before the deletion.
+        let tasks_at = sparc_store::checkpoint::load(&self.db, "tasks").await?;
+        if tasks_at < event.checkpoint() {
+            return Err(ProjectionError::NotReady("tasks"));
+        }
+        let project_id: Uuid = event.aggregate_id.parse().map_err(|_| {
+            ProjectionError::Command(format!("project id {} is not a uuid", event.aggregate_id))
+        })?;
+        for task in crate::tasks::of_project(&self.db, project_id).await? {
+            self.commands
+                .delete_task(task.state.id, event)
+                .await
+                .map_err(ProjectionError::Command)?;
+        }
+        Ok(())
+    }
+
+    async fn delete_if_project_deleted(
+        &self,
+        project_id: Uuid,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        // Deleted *before this event in the log*, read from the log itself: a read model may
+        // not have caught up yet, or may already show a deletion that came later (whose own
+        // cascade then deletes the task).
+        if !self.deleted_before(project_id, event).await? {
+            return Ok(());
+        }
+        let task_id: Uuid = event.aggregate_id.parse().map_err(|_| {
+            ProjectionError::Command(format!("task id {} is not a uuid", event.aggregate_id))
+        })?;
+        self.commands
+            .delete_task(task_id, event)
+            .await
+            .map_err(ProjectionError::Command)
+    }
+
+    /// Whether the log holds a `ProjectDeleted` of `project_id` ahead of `event`.
+    async fn deleted_before(
+        &self,
+        project_id: Uuid,
+        event: &RecordedEvent,
+    ) -> Result<bool, ProjectionError> {
+        const PAGE: i64 = 500;
+        let mut after = 0;
+        loop {
+            let page = self
+                .log
+                .aggregate_events("Project", &project_id.to_string(), after, PAGE)
+                .await?;
+            if page
+                .iter()
+                .any(|e| e.event_type == "ProjectDeleted" && e.checkpoint() < event.checkpoint())
+            {
+                return Ok(true);
+            }
+            match page.last() {
+                Some(last) if page.len() as i64 == PAGE => after = last.sequence,
+                _ => return Ok(false),
+            }
+        }
     }
 }
