@@ -101,6 +101,14 @@ both_backends!(
                 .is_some_and(|c| c == 0),
             "{body}"
         );
+        let user = app.user("watcher").await;
+        let (_socket, _ack) = app.ws(&user.token, None).await;
+        let with_socket = anonymous_get(&app, "/api/v1/health/detailed").await;
+        assert_eq!(
+            with_socket.body["websocket"]["connections"], 1,
+            "an open WebSocket is counted: {}",
+            with_socket.body
+        );
         let projections = body["projections"].as_array().expect("a projections list");
         let names: Vec<&str> = projections
             .iter()

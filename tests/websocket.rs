@@ -466,6 +466,11 @@ mod faults {
             .call(reqwest::Method::GET, "/ws/health", None, None)
             .await;
         assert_eq!(health.body["status"], "degraded", "{}", health.body);
+        let service = app
+            .call(reqwest::Method::GET, "/api/v1/health", None, None)
+            .await;
+        assert_eq!(service.body["bus"], "disconnected", "{}", service.body);
+        assert_eq!(service.body["status"], "degraded", "{}", service.body);
         nats.run().await.expect("nats-server should start again");
 
         for (n, expected) in written.iter().enumerate() {
@@ -480,6 +485,10 @@ mod faults {
             task_change(&mut ws).await,
             (after, before + 1 + written.len() as i64)
         );
+        let service = app
+            .call(reqwest::Method::GET, "/api/v1/health", None, None)
+            .await;
+        assert_eq!(service.body["bus"], "connected", "{}", service.body);
     }
 
     /// The rest of a task change whose first frame was already read.

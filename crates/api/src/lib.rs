@@ -32,4 +32,4 @@ pub mod settings;
 pub mod state;
 
 pub use routes::router;
-pub use state::{App, ServiceInfo};
+pub use state::{App, RuntimeProbe, ServiceInfo};

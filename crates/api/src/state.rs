@@ -3,7 +3,7 @@
 //! a read model shows a write, so a client that got 2xx reads its own write.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -26,10 +26,19 @@ use crate::settings::ApiSettings;
 pub struct ServiceInfo {
     /// Deployment name.
     pub environment: String,
-    /// `embedded` or `connected`.
+    /// The configured bus, `embedded` or `connected`, until a [`RuntimeProbe`] reports it live.
     pub bus: &'static str,
     /// Start time.
     pub started_at: DateTime<Utc>,
+}
+
+/// What the health endpoints ask of the parts that run beside the API (the change bus and the
+/// WebSocket gateway), registered by the composition root once they run ([`App::runtime`]).
+pub trait RuntimeProbe: Send + Sync {
+    /// `embedded`, `connected` or `disconnected`.
+    fn bus(&self) -> &'static str;
+    /// WebSocket connections this instance holds.
+    fn websocket_connections(&self) -> u64;
 }
 
 /// Everything a handler can reach.
@@ -54,6 +63,8 @@ pub struct App {
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
     /// List totals, reused while their read model stands still.
     pub totals: Totals,
+    /// The bus and gateway, once started (unset: the configured bus, no connections).
+    pub runtime: OnceLock<Arc<dyn RuntimeProbe>>,
 }
 
 /// The state of the router: a cheap handle on the one [`App`].
@@ -102,6 +113,7 @@ impl App {
             }),
             idempotency: IdempotencyStore::new(db.clone()),
             totals: Totals::default(),
+            runtime: OnceLock::new(),
             rebuilds: Arc::default(),
             db,
             commands,

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use sparc_api::error::ApiError;
-use sparc_api::{App, ServiceInfo};
+use sparc_api::{App, RuntimeProbe, ServiceInfo};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
 use sparc_gateway::{AuthFailure, Authenticator, Gateway, GatewayConfig, Viewer};
 use sparc_projections::ProjectionRunner;
@@ -50,13 +50,18 @@ pub async fn start(
     let relay = Relay::new(db.clone(), bus.clone()).with_wakeup(progress);
     let (gateway, mut tasks) = Gateway::start(
         db,
-        bus,
-        Arc::new(ApiTokens(app)),
+        bus.clone(),
+        Arc::new(ApiTokens(app.clone())),
         GatewayConfig::default(),
         shutdown.clone(),
     )
     .await
     .context("could not start the WebSocket gateway")?;
+    // Set once here, right after both exist; a second set cannot happen.
+    let _ = app.runtime.set(Arc::new(Runtime {
+        bus,
+        gateway: gateway.clone(),
+    }));
     tasks.push(tokio::spawn(relay.run(shutdown)));
     Ok((gateway.router(), tasks))
 }
@@ -146,5 +151,21 @@ impl Authenticator for ApiTokens {
             sees_everything: user.role.can_read_all(),
             expires_at,
         })
+    }
+}
+
+/// The health endpoints' view of this process's bus and gateway.
+struct Runtime {
+    bus: Arc<dyn ChangeBus>,
+    gateway: Gateway,
+}
+
+impl RuntimeProbe for Runtime {
+    fn bus(&self) -> &'static str {
+        self.bus.status().as_str()
+    }
+
+    fn websocket_connections(&self) -> u64 {
+        self.gateway.connections() as u64
     }
 }

@@ -45,18 +45,29 @@ pub struct Health {
 
 async fn health_of(app: &AppState) -> Health {
     let database = app.db.ping().await;
+    let bus = app.runtime.get().map_or(app.info.bus, |probe| probe.bus());
     Health {
-        status: if database { "healthy" } else { "degraded" },
+        status: if database && bus != "disconnected" {
+            "healthy"
+        } else {
+            "degraded"
+        },
         timestamp: now(),
         database: if database {
             "connected"
         } else {
             "disconnected"
         },
-        bus: app.info.bus,
+        bus,
         memory_mcp: "disabled",
         version: env!("CARGO_PKG_VERSION"),
     }
+}
+
+fn websocket_connections(app: &AppState) -> u64 {
+    app.runtime
+        .get()
+        .map_or(0, |probe| probe.websocket_connections())
 }
 
 /// Overall health.
@@ -130,7 +141,9 @@ async fn health_detailed(
             .into_iter()
             .map(ProjectionHealth::from)
             .collect(),
-        websocket: WebsocketHealth { connections: 0 },
+        websocket: WebsocketHealth {
+            connections: websocket_connections(&app),
+        },
     })
 }
 
@@ -261,7 +274,7 @@ async fn metrics(
         &mut out,
         "sparc_websocket_connections",
         "Open WebSocket connections.",
-        &[(String::new(), 0.0)],
+        &[(String::new(), websocket_connections(&app) as f64)],
     );
     (
         [(
