@@ -117,6 +117,8 @@ impl TestApp {
             jwt_secret: Some(Secret::new(
                 "test-signing-key-that-is-long-enough-0123456789",
             )),
+            // Tests run side by side on one PostgreSQL, whose connections are shared by all.
+            database_pool_size: 8,
             ..Settings::default()
         };
         settings.api.rate_limit_per_minute = 0;

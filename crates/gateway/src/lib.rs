@@ -188,6 +188,24 @@ impl Gateway {
     pub fn connections(&self) -> usize {
         self.shared.hub.connections()
     }
+
+    /// A live count of this process's connections that, unlike the gateway, holds nothing that
+    /// refers back to whoever keeps it (the API's state keeps one for its health endpoints,
+    /// while the gateway keeps the API's state for checking tokens).
+    pub fn connection_count(&self) -> ConnectionCount {
+        ConnectionCount(self.shared.hub.clone())
+    }
+}
+
+/// See [`Gateway::connection_count`].
+#[derive(Clone)]
+pub struct ConnectionCount(Arc<Hub>);
+
+impl ConnectionCount {
+    /// The connections this process holds now.
+    pub fn get(&self) -> usize {
+        self.0.connections()
+    }
 }
 
 /// Feeds the hub from the bus; subscribes again if the subscription ends.

@@ -43,6 +43,9 @@ pub struct Settings {
     pub jwt_secret: Option<Secret>,
     /// Run pending migrations when the service starts (`SPARC_MIGRATE_ON_START`).
     pub migrate_on_start: bool,
+    /// Connections in the PostgreSQL pool (`SPARC_DATABASE_POOL_SIZE`, default 16); SQLite
+    /// keeps its own.
+    pub database_pool_size: u32,
     /// Log format (`SPARC_LOG_FORMAT`: `pretty` or `json`).
     pub log_format: LogFormat,
     /// A name for this deployment, shown by the detailed health check (`SPARC_ENVIRONMENT`).
@@ -61,6 +64,7 @@ impl Default for Settings {
             nats_namespace: sparc_bus::Subjects::DEFAULT_NAMESPACE.to_owned(),
             jwt_secret: None,
             migrate_on_start: true,
+            database_pool_size: sparc_store::db::POSTGRES_POOL_SIZE,
             log_format: LogFormat::default(),
             environment: "development".to_owned(),
             api: ApiSettings::default(),

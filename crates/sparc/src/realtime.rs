@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sparc_api::error::ApiError;
 use sparc_api::{App, RuntimeProbe, ServiceInfo};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
-use sparc_gateway::{AuthFailure, Authenticator, Gateway, GatewayConfig, Viewer};
+use sparc_gateway::{AuthFailure, Authenticator, ConnectionCount, Gateway, GatewayConfig, Viewer};
 use sparc_projections::ProjectionRunner;
 use sparc_store::{CommandBus, Database};
 use tokio::net::TcpListener;
@@ -57,10 +57,11 @@ pub async fn start(
     )
     .await
     .context("could not start the WebSocket gateway")?;
-    // Set once here, right after both exist; a second set cannot happen.
+    // Set once here, right after both exist; a second set cannot happen. The probe must not
+    // hold the gateway itself: it holds `app` (for tokens), and `app` would then never drop.
     let _ = app.runtime.set(Arc::new(Runtime {
         bus,
-        gateway: gateway.clone(),
+        connections: gateway.connection_count(),
     }));
     tasks.push(tokio::spawn(relay.run(shutdown)));
     Ok((gateway.router(), tasks))
@@ -74,9 +75,12 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let key = keys::signing_key(&settings)?;
-    let db = Database::connect(settings.database_url.expose())
-        .await
-        .context("could not open the database")?;
+    let db = Database::connect_with_pool_size(
+        settings.database_url.expose(),
+        settings.database_pool_size,
+    )
+    .await
+    .context("could not open the database")?;
     if db.pending_migrations().await? {
         bail!("the database has pending migrations: run `sparc migrate` first");
     }
@@ -157,7 +161,7 @@ impl Authenticator for ApiTokens {
 /// The health endpoints' view of this process's bus and gateway.
 struct Runtime {
     bus: Arc<dyn ChangeBus>,
-    gateway: Gateway,
+    connections: ConnectionCount,
 }
 
 impl RuntimeProbe for Runtime {
@@ -166,6 +170,6 @@ impl RuntimeProbe for Runtime {
     }
 
     fn websocket_connections(&self) -> u64 {
-        self.gateway.connections() as u64
+        self.connections.get() as u64
     }
 }

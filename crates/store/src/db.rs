@@ -17,7 +17,7 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// Connections in a Postgres pool opened by [`Database::connect`].
-const POSTGRES_POOL_SIZE: u32 = 16;
+pub const POSTGRES_POOL_SIZE: u32 = 16;
 /// Connections in a SQLite pool opened by [`Database::connect`] (one writer at a time; the rest
 /// read concurrently thanks to WAL).
 const SQLITE_POOL_SIZE: u32 = 8;
@@ -84,10 +84,13 @@ impl Database {
     /// in WAL mode, foreign keys are enforced and writers wait up to 5 s for the write lock.
     /// The migrations are not applied: call [`Database::migrate`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool_size(url, POSTGRES_POOL_SIZE).await
+    }
+
+    /// [`Database::connect`] with `pool_size` connections for PostgreSQL (at least 1).
+    pub async fn connect_with_pool_size(url: &str, pool_size: u32) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = postgres_pool_options(POSTGRES_POOL_SIZE)
-                .connect(url)
-                .await?;
+            let pool = postgres_pool_options(pool_size.max(1)).connect(url).await?;
             Ok(Self::Postgres(pool))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?

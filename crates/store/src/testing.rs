@@ -40,6 +40,9 @@ pub async fn postgres_database() -> Option<Database> {
     postgres_test_database().await.map(|t| t.database)
 }
 
+/// Connections in the pool of a test's own [`Database`].
+const TEST_POOL_SIZE: u32 = 8;
+
 /// Like [`postgres_database`], with the database's URL and name.
 pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
     let admin_url = std::env::var("SPARC_TEST_POSTGRES_URL")
@@ -57,9 +60,13 @@ pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
         .expect("create the test database");
     let _ = admin.close().await;
     let url = with_database(&admin_url, &name);
-    let database = Database::connect(&url)
+    // A small pool: tests run in parallel, each beside a service with a pool of its own, and
+    // the server's `max_connections` (100 by default) is shared by all of them.
+    let pool = crate::db::postgres_pool_options(TEST_POOL_SIZE)
+        .connect(&url)
         .await
         .expect("connect to the test database");
+    let database = Database::Postgres(pool);
     database.migrate().await.expect("migrate the test database");
     Some(PostgresTestDatabase {
         database,
