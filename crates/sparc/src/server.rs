@@ -148,7 +148,7 @@ impl Server {
             })
             .await
         });
-        tracing::info!(%addr, backend = %"sparc", "listening");
+        tracing::info!(%addr, backend = %db.backend(), "listening");
         Ok(Server {
             addr,
             shutdown,
