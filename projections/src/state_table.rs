@@ -373,17 +373,22 @@ pub async fn select_with_totals<A: Indexed>(
     page.push(SqlValue::Int(Some(selection.offset)));
     let rows: Vec<(i64, String, Option<i64>)> =
         on_db!(db, pool => bind_all!(sqlx::query_as(&page_sql), &page).fetch_all(pool).await?);
-    let generation = rows.first().and_then(|row| row.2);
-    let key = format!("{}|{filter}|{:?}", A::TABLE, selection.params);
-    let remembered = totals
-        .zip(generation)
-        .and_then(|(totals, generation)| totals.get(&key, generation));
+    // Only a page with rows carries the generation; an empty one is counted every time.
+    let cache = totals
+        .zip(rows.first().and_then(|row| row.2))
+        .map(|(totals, generation)| {
+            let key = format!("{}|{filter}|{:?}", A::TABLE, selection.params);
+            (totals, generation, key)
+        });
+    let remembered = cache
+        .as_ref()
+        .and_then(|(totals, generation, key)| totals.get(key, *generation));
     let total = match remembered {
         Some(total) => total,
         None => {
             let count_sql = format!("SELECT COUNT(*) FROM {} WHERE {filter}", A::TABLE);
             let (total,): (i64,) = on_db!(db, pool => bind_all!(sqlx::query_as(&count_sql), &selection.params).fetch_one(pool).await?);
-            if let Some((totals, generation)) = totals.zip(generation) {
+            if let Some((totals, generation, key)) = cache {
                 totals.put(key, generation, total);
             }
             total

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use sparc_domain::user::Role;
-use sparc_store::{Database, EventMetadata};
+use sparc_store::EventMetadata;
 
 use crate::config::Settings;
 use crate::server::{Server, shutdown_signal};
@@ -173,7 +173,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            let db = connect(&settings).await?;
+            let db = settings.connect_database().await?;
             db.migrate().await.context("migration failed")?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
@@ -187,7 +187,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     full_name,
                 },
         } => {
-            let db = connect(&settings).await?;
+            let db = settings.connect_database().await?;
             db.migrate().await.context("migration failed")?;
             let password = read_password()?;
             let commands = sparc_store::CommandBus::new(&db);
@@ -214,7 +214,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Projections { command } => {
-            let db = connect(&settings).await?;
+            let db = settings.connect_database().await?;
             match command {
                 ProjectionsCommand::List => crate::projections::list(&db).await?,
                 ProjectionsCommand::Rebuild { name, all } => {
@@ -232,7 +232,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     output,
                 },
         } => {
-            let db = connect(&settings).await?;
+            let db = settings.connect_database().await?;
             let options = crate::audit::ExportOptions {
                 since,
                 until,
@@ -245,7 +245,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
-            let db = connect(&settings).await?;
+            let db = settings.connect_database().await?;
             let report = sparc_store::verify(&db).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(if report.ok {
@@ -259,12 +259,6 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
 
 fn username_of(user: &sparc_domain::user::User) -> &str {
     user.username.as_ref().map_or("", |u| u.as_str())
-}
-
-async fn connect(settings: &Settings) -> anyhow::Result<Database> {
-    Database::connect(settings.database_url.expose())
-        .await
-        .context("could not open the database")
 }
 
 /// `SPARC_PASSWORD`, else a prompt without echo on a terminal, else the first line of stdin.

@@ -73,6 +73,17 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Opens the configured database with the configured pool size (migrations not applied).
+    pub async fn connect_database(&self) -> anyhow::Result<sparc_store::Database> {
+        use anyhow::Context as _;
+        sparc_store::Database::connect_with_pool_size(
+            self.database_url.expose(),
+            self.database_pool_size,
+        )
+        .await
+        .context("could not open the database")
+    }
+
     /// Loads the settings: defaults, then `file` (if given), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));

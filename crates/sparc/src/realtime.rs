@@ -75,12 +75,7 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let key = keys::signing_key(&settings)?;
-    let db = Database::connect_with_pool_size(
-        settings.database_url.expose(),
-        settings.database_pool_size,
-    )
-    .await
-    .context("could not open the database")?;
+    let db = settings.connect_database().await?;
     if db.pending_migrations().await? {
         bail!("the database has pending migrations: run `sparc migrate` first");
     }

@@ -88,12 +88,7 @@ impl Server {
     /// Starts everything on an already bound listener.
     pub async fn start_on(listener: TcpListener, settings: Settings) -> anyhow::Result<Server> {
         let key = keys::signing_key(&settings)?;
-        let db = Database::connect_with_pool_size(
-            settings.database_url.expose(),
-            settings.database_pool_size,
-        )
-        .await
-        .context("could not open the database")?;
+        let db = settings.connect_database().await?;
         if settings.migrate_on_start {
             db.migrate().await.context("could not run migrations")?;
         }

@@ -12,6 +12,7 @@
 //! exist after all, the insert fails on the stream's primary key and the command runs on the
 //! loaded stream like any other.
 
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use sparc_domain::agent::Agent;
 use sparc_domain::execution::Execution;
@@ -134,35 +135,12 @@ impl CommandBus {
         A::Command: Clone,
     {
         let store: &Store<A> = A::store(self);
-        let mut context = store.empty_context(id);
-        let sink = cqrs_es::event_sink::EventSink::default();
-        context
-            .aggregate()
-            .handle(command.clone(), &(), &sink)
-            .await
-            .map_err(CommandError::Rejected)?;
-        let events = sink.collect().await;
-        let state = context.aggregate.clone();
-        if events.is_empty() {
-            return Ok(Outcome {
-                state,
-                version: 0,
-                events,
-            });
-        }
-        match store
-            .commit(events.clone(), context, metadata.clone().into_map())
-            .await
-        {
-            Ok(committed) => Ok(Outcome {
-                state,
-                version: committed.last().map_or(0, |e| e.sequence),
-                events,
-            }),
+        let context = store.empty_context(id);
+        match decide_and_commit(store, context, command.clone(), metadata).await {
             Err(AggregateError::AggregateConflict) => {
                 self.execute::<A>(id, command, metadata, None).await
             }
-            Err(error) => Err(store_error(error)),
+            decided => decided.map_err(store_error),
         }
     }
 
@@ -182,7 +160,7 @@ impl CommandBus {
         let store: &Store<A> = A::store(self);
         let mut attempt = 0;
         loop {
-            let mut context = store.load_aggregate(id).await.map_err(store_error)?;
+            let context = store.load_aggregate(id).await.map_err(store_error)?;
             if let Some(expected) = expected_version
                 && expected != context.current_sequence
             {
@@ -191,33 +169,7 @@ impl CommandBus {
                     actual: context.current_sequence,
                 });
             }
-            let sink = cqrs_es::event_sink::EventSink::default();
-            context
-                .aggregate()
-                .handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
-            let events = sink.collect().await;
-            let state = context.aggregate.clone();
-            if events.is_empty() {
-                return Ok(Outcome {
-                    state,
-                    version: context.current_sequence,
-                    events,
-                });
-            }
-            match store
-                .commit(events.clone(), context, metadata.clone().into_map())
-                .await
-            {
-                Ok(committed) => {
-                    let version = committed.last().map_or(0, |e| e.sequence);
-                    return Ok(Outcome {
-                        state,
-                        version,
-                        events,
-                    });
-                }
+            match decide_and_commit(store, context, command.clone(), metadata).await {
                 Err(AggregateError::AggregateConflict)
                     if expected_version.is_none() && attempt < CONFLICT_RETRIES =>
                 {
@@ -232,10 +184,44 @@ impl CommandBus {
                         None => CommandError::Conflict,
                     });
                 }
-                Err(error) => return Err(store_error(error)),
+                decided => return decided.map_err(store_error),
             }
         }
     }
+}
+
+/// Lets the aggregate in `context` (as loaded, or empty for a new stream) decide `command` and
+/// commits the events it decides with `metadata`; a refusal is `UserError`, a lost race
+/// `AggregateConflict`. Deciding nothing commits nothing.
+async fn decide_and_commit<A: Routed>(
+    store: &Store<A>,
+    mut context: EventStoreAggregateContext<A>,
+    command: A::Command,
+    metadata: &EventMetadata,
+) -> Result<Outcome<A>, AggregateError<A::Error>> {
+    let sink = cqrs_es::event_sink::EventSink::default();
+    context
+        .aggregate()
+        .handle(command, &(), &sink)
+        .await
+        .map_err(AggregateError::UserError)?;
+    let events = sink.collect().await;
+    let state = context.aggregate.clone();
+    if events.is_empty() {
+        return Ok(Outcome {
+            state,
+            version: context.current_sequence,
+            events,
+        });
+    }
+    let committed = store
+        .commit(events.clone(), context, metadata.clone().into_map())
+        .await?;
+    Ok(Outcome {
+        state,
+        version: committed.last().map_or(0, |e| e.sequence),
+        events,
+    })
 }
 
 fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
