@@ -107,8 +107,10 @@ pub async fn rebuild_all(
     }
     let mut tx = db.begin().await?;
     let rebuilt_at = crate::format_timestamp(chrono::Utc::now());
-    for (model, table, shadow) in &shadows {
-        let live_at = tx.lock_checkpoint(model.name).await?;
+    // All live checkpoints at once, in the order the live loop takes them.
+    let names: Vec<&str> = models.iter().map(|model| model.name).collect();
+    let live_ats = tx.lock_checkpoints(&names).await?;
+    for ((model, table, shadow), live_at) in shadows.iter().zip(live_ats) {
         finish_in(&mut tx, shadow.as_ref(), at, live_at).await?;
         on_tx!(&mut tx, conn => {
             sqlx::query(&format!("DELETE FROM {}", model.name)).execute(&mut *conn).await?;
@@ -126,6 +128,7 @@ pub async fn rebuild_all(
         });
         tx.delete_checkpoint(table).await?;
     }
+    tx.notify_changed(&names).await?;
     tx.commit().await?;
     progress.elapsed = started.elapsed();
     on_progress(progress);

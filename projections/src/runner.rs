@@ -1,7 +1,11 @@
-//! The projection runner: one loop per projection that reads the log in global order after the
-//! projection's checkpoint, hands each batch to the projection inside a transaction, and commits
-//! the read-model change with the new checkpoint. A crash before the commit leaves both as they
+//! The projection runner: loops that read the log in global order after their projections'
+//! checkpoints, hand each batch to the projections inside a transaction, and commit the
+//! read-model changes with the new checkpoints. A crash before the commit leaves both as they
 //! were, so the batch is simply applied again after restart: nothing is lost or doubled.
+//!
+//! The read models share one loop: one read of the log and one transaction per batch for all
+//! of them (each keeps its own checkpoint, so one can be rebuilt or added on its own). Each
+//! policy has a loop of its own, since it may wait for a read model.
 //!
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
 //! interval (other processes may write too). Every committed batch bumps a progress counter,
@@ -13,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreError, StoreTx};
+use sparc_store::{
+    Checkpoint, Database, Generations, LogReader, RecordedEvent, StoreError, StoreTx,
+};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -127,8 +133,11 @@ impl ProjectionHandle {
 /// Drives a set of projections.
 pub struct ProjectionRunner {
     db: Database,
-    projections: Vec<Arc<dyn Projection>>,
+    /// Each loop's members, and whether they are the read models (whose changes are announced
+    /// to [`Generations`]).
+    loops: Vec<(Vec<Arc<dyn Projection>>, bool)>,
     wakers: Arc<[Arc<Notify>]>,
+    generations: Generations,
     progress: watch::Sender<u64>,
     applied: Arc<HashMap<String, watch::Sender<Arc<Applied>>>>,
     batch_size: i64,
@@ -136,20 +145,30 @@ pub struct ProjectionRunner {
 }
 
 impl ProjectionRunner {
-    /// A runner for `projections` over `db`.
-    pub fn new(db: Database, projections: Vec<Arc<dyn Projection>>) -> Self {
-        let wakers: Arc<[Arc<Notify>]> = projections
+    /// A runner for `read_models`, which share one loop (one read of the log and one
+    /// transaction per batch for all of them), and `policies`, one loop each: a policy may wait
+    /// for a read model to catch up, so it must not hold the read models back.
+    pub fn new(
+        db: Database,
+        read_models: Vec<Arc<dyn Projection>>,
+        policies: Vec<Arc<dyn Projection>>,
+    ) -> Self {
+        let applied = read_models
             .iter()
-            .map(|_| Arc::new(Notify::new()))
-            .collect();
-        let applied = projections
-            .iter()
+            .chain(&policies)
             .map(|p| (p.name().to_owned(), watch::channel(Arc::default()).0))
             .collect();
+        let mut loops = Vec::new();
+        if !read_models.is_empty() {
+            loops.push((read_models, true));
+        }
+        loops.extend(policies.into_iter().map(|policy| (vec![policy], false)));
+        let wakers: Arc<[Arc<Notify>]> = loops.iter().map(|_| Arc::new(Notify::new())).collect();
         Self {
             db,
-            projections,
+            loops,
             wakers,
+            generations: Generations::default(),
             progress: watch::channel(0).0,
             applied: Arc::new(applied),
             batch_size: 1000,
@@ -169,6 +188,13 @@ impl ProjectionRunner {
         self
     }
 
+    /// Marks each read model in `generations` as changed when a batch changes it, before the
+    /// batch is announced, and has the batch's transaction notify other instances.
+    pub fn with_generations(mut self, generations: Generations) -> Self {
+        self.generations = generations;
+        self
+    }
+
     /// The handle writers use to poke and wait.
     pub fn handle(&self) -> ProjectionHandle {
         ProjectionHandle {
@@ -178,22 +204,26 @@ impl ProjectionRunner {
         }
     }
 
-    /// Spawns one loop per projection; they stop when `shutdown` turns true.
+    /// Spawns the loops; they stop when `shutdown` turns true.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        self.projections
+        self.loops
             .iter()
             .zip(self.wakers.iter())
-            .map(|(projection, waker)| {
+            .map(|((members, read_models), waker)| {
                 let worker = Worker {
                     db: self.db.clone(),
                     reader: LogReader::new(&self.db),
-                    projection: projection.clone(),
+                    members: members.clone(),
                     batch_size: self.batch_size,
+                    generations: read_models.then(|| self.generations.clone()),
                 };
                 let signals = Signals {
                     waker: waker.clone(),
                     progress: self.progress.clone(),
-                    applied: self.applied[projection.name()].clone(),
+                    applied: members
+                        .iter()
+                        .map(|member| self.applied[member.name()].clone())
+                        .collect(),
                 };
                 let poll = self.poll_interval;
                 let shutdown = shutdown.clone();
@@ -213,15 +243,16 @@ pub async fn catch_up(
     let worker = Worker {
         db: db.clone(),
         reader: LogReader::new(db),
-        projection,
+        members: vec![projection],
         batch_size,
+        generations: None,
     };
-    let mut checkpoint = None;
+    let mut checkpoints = None;
     let mut total = 0;
     loop {
-        match worker.step(&mut checkpoint).await? {
+        match worker.step(&mut checkpoints).await? {
             None => return Ok(total),
-            Some(events) => total += events.len() as u64,
+            Some(batch) => total += batch.events.len() as u64,
         }
     }
 }
@@ -230,25 +261,43 @@ pub async fn catch_up(
 struct Signals {
     waker: Arc<Notify>,
     progress: watch::Sender<u64>,
-    applied: watch::Sender<Arc<Applied>>,
+    /// One per member of the loop, in the same order.
+    applied: Vec<watch::Sender<Arc<Applied>>>,
 }
 
+/// One loop: the projections it drives (its members) read the log together and commit each
+/// batch in one transaction, each under its own checkpoint.
 struct Worker {
     db: Database,
     reader: LogReader,
-    projection: Arc<dyn Projection>,
+    members: Vec<Arc<dyn Projection>>,
     batch_size: i64,
+    /// Where to mark the read models a batch changed (`None`: nobody caches them).
+    generations: Option<Generations>,
+}
+
+/// A committed batch: the events read, and for each member the index of the first event it
+/// applied (`events.len()` when it had applied them all before).
+struct Batch {
+    events: Vec<RecordedEvent>,
+    starts: Vec<usize>,
+}
+
+impl Batch {
+    /// The events member `index` applied.
+    fn of_member(&self, index: usize) -> &[RecordedEvent] {
+        &self.events[self.starts[index]..]
+    }
 }
 
 impl Worker {
     async fn run(self, signals: Signals, poll: Duration, mut shutdown: watch::Receiver<bool>) {
-        let name = self.projection.name().to_owned();
-        let name = name.as_str();
-        let mut checkpoint = None;
+        let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
+        let mut checkpoints = None;
         let mut failures = 0u32;
-        let mut batches = 0u64;
+        let mut batches = vec![0u64; self.members.len()];
         while !*shutdown.borrow() {
-            match self.step(&mut checkpoint).await {
+            match self.step(&mut checkpoints).await {
                 Ok(None) => {
                     failures = 0;
                     tokio::select! {
@@ -259,26 +308,29 @@ impl Worker {
                     // Let the writes of the next moment join this one's batch.
                     tokio::time::sleep(LINGER).await;
                 }
-                Ok(Some(events)) => {
+                Ok(Some(batch)) => {
                     failures = 0;
-                    batches += 1;
-                    tracing::debug!(projection = name, applied = events.len(), "batch applied");
-                    signals
-                        .applied
-                        .send_replace(Arc::new(Applied::of(batches, &events)));
+                    tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
+                    for (index, announce) in signals.applied.iter().enumerate() {
+                        let events = batch.of_member(index);
+                        if !events.is_empty() {
+                            batches[index] += 1;
+                            announce.send_replace(Arc::new(Applied::of(batches[index], events)));
+                        }
+                    }
                     signals.progress.send_modify(|n| *n = n.wrapping_add(1));
-                    if (events.len() as i64) < self.batch_size {
+                    if (batch.events.len() as i64) < self.batch_size {
                         tokio::time::sleep(LINGER).await;
                     }
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    checkpoint = None;
+                    checkpoints = None;
                     let delay = Duration::from_millis(50u64 << failures.min(7));
                     if matches!(error, ProjectionError::NotReady(_)) {
-                        tracing::debug!(projection = name, %error, "batch postponed");
+                        tracing::debug!(projections = ?names, %error, "batch postponed");
                     } else {
-                        tracing::warn!(projection = name, %error, retry_in_ms = delay.as_millis() as u64, "batch failed");
+                        tracing::warn!(projections = ?names, %error, retry_in_ms = delay.as_millis() as u64, "batch failed");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -289,38 +341,72 @@ impl Worker {
         }
     }
 
-    /// Applies the next batch, if any. The log is read outside the transaction (so SQLite's write
-    /// lock is only taken when there is work); inside it the checkpoint is locked and must still
-    /// be the one the batch was read after, else another instance moved it and the batch is
-    /// dropped and read again.
+    /// Applies the next batch, if any. The log is read once, after the earliest of the members'
+    /// checkpoints, and outside the transaction (so SQLite's write lock is only taken when there
+    /// is work); each member gets the events past its own checkpoint. Inside the transaction
+    /// the checkpoints are locked and must still be the ones the batch was read after, else
+    /// another instance moved them and the batch is dropped and read again.
     async fn step(
         &self,
-        known: &mut Option<Checkpoint>,
-    ) -> Result<Option<Vec<RecordedEvent>>, ProjectionError> {
-        let name = self.projection.name();
-        let mut after = match *known {
-            Some(checkpoint) => checkpoint,
-            None => sparc_store::checkpoint::load(&self.db, name).await?,
+        known: &mut Option<Vec<Checkpoint>>,
+    ) -> Result<Option<Batch>, ProjectionError> {
+        let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
+        let mut after = match known.take() {
+            Some(checkpoints) => checkpoints,
+            None => {
+                let mut checkpoints = Vec::with_capacity(names.len());
+                for name in &names {
+                    checkpoints.push(sparc_store::checkpoint::load(&self.db, name).await?);
+                }
+                checkpoints
+            }
         };
         loop {
-            *known = Some(after);
-            let events = self.reader.read_after(after, self.batch_size).await?;
-            let Some(last) = events.last() else {
+            *known = Some(after.clone());
+            let from = after.iter().copied().min().unwrap_or(Checkpoint::ORIGIN);
+            let events = self.reader.read_after(from, self.batch_size).await?;
+            let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
                 return Ok(None);
             };
-            self.projection.react(&events).await?;
+            let batch = Batch {
+                starts: after
+                    .iter()
+                    .map(|at| events.partition_point(|e| e.checkpoint() <= *at))
+                    .collect(),
+                events,
+            };
+            let mine = |index: usize| Some(batch.of_member(index)).filter(|e| !e.is_empty());
+            for (index, member) in self.members.iter().enumerate() {
+                if let Some(events) = mine(index) {
+                    member.react(events).await?;
+                }
+            }
             let mut tx = self.db.begin().await?;
-            let locked = tx.lock_checkpoint(name).await?;
+            let locked = tx.lock_checkpoints(&names).await?;
             if locked != after {
                 tx.rollback().await?;
                 after = locked;
                 continue;
             }
-            self.projection.apply(&mut tx, &events).await?;
-            tx.save_checkpoint(name, last.checkpoint()).await?;
+            let mut moved = Vec::with_capacity(names.len());
+            for (index, member) in self.members.iter().enumerate() {
+                if let Some(events) = mine(index) {
+                    member.apply(&mut tx, events).await?;
+                    moved.push(names[index]);
+                }
+            }
+            tx.save_checkpoints(&moved, last).await?;
+            if self.generations.is_some() {
+                tx.notify_changed(&moved).await?;
+            }
             tx.commit().await?;
-            *known = Some(last.checkpoint());
-            return Ok(Some(events));
+            if let Some(generations) = &self.generations {
+                for name in &moved {
+                    generations.bump(name);
+                }
+            }
+            *known = Some(after.iter().map(|at| (*at).max(last)).collect());
+            return Ok(Some(batch));
         }
     }
 }

@@ -18,6 +18,7 @@
 //!   shared with the WebSocket gateway).
 //! - [`accounts`]: account creation, shared by registration and `sparc user create`.
 //! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
+//! - [`pages`]: list answers kept in memory while their read model stands still.
 
 pub mod accounts;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;
+pub mod pages;
 pub mod password;
 pub use sparc_contract::resources;
 pub mod routes;

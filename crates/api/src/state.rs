@@ -11,7 +11,9 @@ use futures::future::BoxFuture;
 use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
 use sparc_projections::{Applied, Indexed, ProjectionHandle, Totals};
-use sparc_store::{CommandBus, CommandError, Database, EventMetadata, Outcome, Routed};
+use sparc_store::{
+    CommandBus, CommandError, Database, EventMetadata, Generations, Outcome, Routed,
+};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -19,6 +21,7 @@ use crate::auth::{AuthState, Secret, SessionDirectory, TokenConfigError, TokenSe
 use crate::error::ApiError;
 use crate::error::BoxError;
 use crate::idempotency::IdempotencyStore;
+use crate::pages::PageCache;
 use crate::settings::ApiSettings;
 
 /// Facts about the running service for the health endpoints.
@@ -63,6 +66,8 @@ pub struct App {
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
     /// List totals, reused while their read model stands still.
     pub totals: Totals,
+    /// List answers, reused while their read model stands still.
+    pub pages: PageCache,
     /// The bus and gateway, once started (unset: the configured bus, no connections).
     pub runtime: OnceLock<Arc<dyn RuntimeProbe>>,
 }
@@ -103,6 +108,7 @@ impl App {
         signing_key: &Secret,
         settings: ApiSettings,
         info: ServiceInfo,
+        generations: Generations,
     ) -> Result<Self, TokenConfigError> {
         let tokens = Arc::new(TokenService::from_settings(signing_key, &settings)?);
         Ok(Self {
@@ -113,6 +119,7 @@ impl App {
             }),
             idempotency: IdempotencyStore::new(db.clone()),
             totals: Totals::default(),
+            pages: PageCache::new(generations),
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
             db,
@@ -184,6 +191,9 @@ impl App {
                 .await
                 .map_err(ApiError::internal)?;
             if current.is_some_and(|row| reached(row.version)) {
+                // Found in the table, perhaps applied by another instance whose change notice
+                // has not arrived yet: what this instance keeps of the read model may be stale.
+                self.pages.generations().bump(A::TABLE);
                 return Ok(());
             }
             // Wait for a batch that covers the write (done), one after a missed batch (read the

@@ -17,7 +17,7 @@ use sparc_api::{App, RuntimeProbe, ServiceInfo};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
 use sparc_gateway::{AuthFailure, Authenticator, ConnectionCount, Gateway, GatewayConfig, Viewer};
 use sparc_projections::ProjectionRunner;
-use sparc_store::{CommandBus, Database};
+use sparc_store::{CommandBus, Database, Generations};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -88,10 +88,11 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
     let app = App::new(
         db.clone(),
         Arc::new(CommandBus::new(&db)),
-        ProjectionRunner::new(db.clone(), Vec::new()).handle(),
+        ProjectionRunner::new(db.clone(), Vec::new(), Vec::new()).handle(),
         &key,
         settings.api.clone(),
         info,
+        Generations::default(),
     )?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (gateway, tasks) = Gateway::start(

@@ -12,14 +12,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sparc_api::{App, ServiceInfo};
-use sparc_domain::agent::Agent;
-use sparc_domain::execution::Execution;
-use sparc_domain::project::Project;
 use sparc_domain::task::{Task, TaskCommand};
-use sparc_domain::user::User;
+use sparc_projections::catalog::{READ_MODELS, ReadModel};
 use sparc_projections::policies::{ProjectCascade, TaskCommands};
-use sparc_projections::{Projection, ProjectionRunner, StateTable};
-use sparc_store::{Chainer, CommandBus, Database, EventMetadata, RecordedEvent};
+use sparc_projections::{Projection, ProjectionRunner};
+use sparc_store::{Chainer, CommandBus, Database, EventMetadata, Generations, RecordedEvent};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,20 +24,12 @@ use tokio::task::JoinHandle;
 use crate::config::Settings;
 use crate::keys;
 
-/// Every projection and policy the service runs, in no particular order (each has its own
-/// checkpoint).
-pub fn projections(db: &Database, commands: Arc<CommandBus>) -> Vec<Arc<dyn Projection>> {
-    vec![
-        Arc::new(StateTable::<Task>::new()),
-        Arc::new(StateTable::<Project>::new()),
-        Arc::new(StateTable::<Execution>::new()),
-        Arc::new(StateTable::<Agent>::new()),
-        Arc::new(StateTable::<User>::new()),
-        Arc::new(ProjectCascade::new(
-            db.clone(),
-            Arc::new(PolicyCommands(commands)),
-        )),
-    ]
+/// The policies the service runs beside the read models (`catalog::READ_MODELS`).
+pub fn policies(db: &Database, commands: Arc<CommandBus>) -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(ProjectCascade::new(
+        db.clone(),
+        Arc::new(PolicyCommands(commands)),
+    ))]
 }
 
 /// The command side as the policies see it.
@@ -94,11 +83,22 @@ impl Server {
         }
         let commands = Arc::new(CommandBus::new(&db));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let generations = Generations::default();
+        let mut tasks = vec![tokio::spawn(sparc_store::changes::follow(
+            db.clone(),
+            generations.clone(),
+            shutdown_rx.clone(),
+        ))];
 
-        let runner = ProjectionRunner::new(db.clone(), projections(&db, commands.clone()))
-            .with_poll_interval(Duration::from_millis(100));
+        let runner = ProjectionRunner::new(
+            db.clone(),
+            READ_MODELS.iter().map(ReadModel::live).collect(),
+            policies(&db, commands.clone()),
+        )
+        .with_poll_interval(Duration::from_millis(100))
+        .with_generations(generations.clone());
         let projection_handle = runner.handle();
-        let mut tasks = runner.spawn(shutdown_rx.clone());
+        tasks.extend(runner.spawn(shutdown_rx.clone()));
         tasks.push(tokio::spawn(run_chainer(db.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(crate::scheduler::run(
             db.clone(),
@@ -126,6 +126,7 @@ impl Server {
             &key,
             settings.api.clone(),
             info,
+            generations,
         )?);
         let (realtime, realtime_tasks) =
             crate::realtime::start(&db, bus, app.clone(), progress, shutdown_rx.clone()).await?;

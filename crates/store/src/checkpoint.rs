@@ -121,6 +121,54 @@ impl StoreTx {
         self.load_checkpoint(name).await
     }
 
+    /// [`lock_checkpoint`](Self::lock_checkpoint) for several consumers that commit together:
+    /// the locks are taken in name order (as every caller takes them, so two never deadlock),
+    /// and the checkpoints come back in the order of `names`.
+    pub async fn lock_checkpoints(
+        &mut self,
+        names: &[&str],
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        match self {
+            Self::Postgres(tx) => {
+                let mut keys: Vec<String> = names
+                    .iter()
+                    .map(|name| format!("sparc.checkpoint.{name}"))
+                    .collect();
+                keys.sort_unstable();
+                // `unnest` yields in array order, so the locks are taken in name order.
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(key, 0)) FROM unnest($1::text[]) AS key",
+                )
+                .bind(&keys)
+                .execute(&mut **tx)
+                .await?;
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT name, transaction_id, position FROM checkpoints WHERE name = ANY($1)",
+                )
+                .bind(names)
+                .fetch_all(&mut **tx)
+                .await?;
+                Ok(names
+                    .iter()
+                    .map(|name| {
+                        to_checkpoint(
+                            rows.iter()
+                                .find(|(n, _, _)| n == name)
+                                .map(|(_, t, p)| (*t, *p)),
+                        )
+                    })
+                    .collect())
+            }
+            Self::Sqlite(_) => {
+                let mut checkpoints = Vec::with_capacity(names.len());
+                for name in names {
+                    checkpoints.push(self.load_checkpoint(name).await?);
+                }
+                Ok(checkpoints)
+            }
+        }
+    }
+
     /// Loads the checkpoint `name` inside the transaction, or [`Checkpoint::ORIGIN`].
     pub async fn load_checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
         let row: Option<(i64, i64)> = match self {
@@ -172,6 +220,35 @@ impl StoreTx {
                 .bind(checkpoint.position)
                 .execute(&mut **tx)
                 .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the same checkpoint under every one of `names`; it takes effect at commit.
+    pub async fn save_checkpoints(
+        &mut self,
+        names: &[&str],
+        checkpoint: Checkpoint,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => {
+                sqlx::query(
+                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+                     SELECT name, $2, $3, now() FROM unnest($1::text[]) AS name \
+                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+                     position = excluded.position, updated_at = excluded.updated_at",
+                )
+                .bind(names)
+                .bind(checkpoint.transaction_id)
+                .bind(checkpoint.position)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Self::Sqlite(_) => {
+                for name in names {
+                    self.save_checkpoint(name, checkpoint).await?;
+                }
             }
         }
         Ok(())

@@ -9,12 +9,14 @@
 //! - [`log`]: reading the whole log in global (commit-safe) order, and per aggregate.
 //! - [`checkpoint`]: how far each consumer of the log has read.
 //! - [`chain`]: the sha256 hash chain over the log and its verification.
+//! - [`changes`]: read-model change notices between instances, and the generations caches use.
 //! - `testing` (feature `testing`): fresh test databases.
 
 #![warn(missing_docs)]
 
 pub mod audit;
 pub mod chain;
+pub mod changes;
 pub mod checkpoint;
 pub mod commands;
 pub mod db;
@@ -28,6 +30,7 @@ pub mod testing;
 
 pub use audit::{AuditEvent, AuditFilter};
 pub use chain::{Chainer, VerifyReport, verify};
+pub use changes::Generations;
 pub use checkpoint::Checkpoint;
 pub use commands::{CommandBus, CommandError, Outcome, Routed};
 pub use db::{Backend, Database, StoreTx, postgres_pool_options};

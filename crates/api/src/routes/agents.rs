@@ -14,8 +14,8 @@ use sparc_domain::reservation::{Reservation, ReservationCommand, reservation_id}
 use sparc_domain::task::{Task, TaskCommand, TaskStatus};
 use sparc_domain::user::Role;
 use sparc_domain::values::AgentName;
-use sparc_projections::Row;
 use sparc_projections::agents::AgentQuery;
+use sparc_projections::{Indexed, Row};
 use sparc_store::EventMetadata;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -27,7 +27,9 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::idempotency::idempotency_key;
 use crate::resources::{AgentResource, ExecutionResource};
-use crate::routes::{PageInfo, RequestContext, if_match, page, parse_query_value, with_etag};
+use crate::routes::{
+    PageInfo, RequestContext, cached_list, if_match, page, parse_query_value, with_etag,
+};
 use crate::state::{App, AppState};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -152,7 +154,7 @@ async fn list_agents(
     State(app): State<AppState>,
     _user: AuthUser,
     AppQuery(query): AppQuery<ListAgents>,
-) -> Result<Json<AgentList>, ApiError> {
+) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 100, 1000)?;
     let filter = AgentQuery {
         agent_type: parse_query_value("type", query.agent_type.as_deref(), AgentType::parse)?,
@@ -171,16 +173,20 @@ async fn list_agents(
         limit,
         offset,
     };
-    let (rows, total) = sparc_projections::agents::list(&app.db, &filter, &app.totals)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(AgentList {
-        agents: rows
-            .iter()
-            .map(|r| AgentResource::new(&r.state, r.version))
-            .collect(),
-        page: PageInfo::new(total, limit, offset),
-    }))
+    let key = format!("{filter:?}");
+    cached_list(&app, <Agent as Indexed>::TABLE, key, async {
+        let (rows, total) = sparc_projections::agents::list(&app.db, &filter, &app.totals)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(AgentList {
+            agents: rows
+                .iter()
+                .map(|r| AgentResource::new(&r.state, r.version))
+                .collect(),
+            page: PageInfo::new(total, limit, offset),
+        })
+    })
+    .await
 }
 
 /// A new agent.

@@ -153,6 +153,42 @@ pub fn with_etag(version: i64, body: impl Serialize) -> Response {
     response
 }
 
+/// A list answer: the one kept in [`App::pages`](crate::state::App::pages) under `key` while the
+/// read model `read_model` has not changed since, else the one `read` builds (then kept). `key`
+/// must name everything the answer depends on (filter, page, the caller's scope).
+pub async fn cached_list<T, F>(
+    app: &crate::state::App,
+    read_model: &str,
+    key: String,
+    read: F,
+) -> Result<Response, ApiError>
+where
+    T: Serialize,
+    F: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let generation = app.pages.generation(read_model);
+    if let Some(body) = generation.and_then(|at| app.pages.get(&key, at)) {
+        return Ok(json_bytes(body));
+    }
+    let body =
+        axum::body::Bytes::from(serde_json::to_vec(&read.await?).map_err(ApiError::internal)?);
+    if let Some(at) = generation {
+        app.pages.put(key, at, body.clone());
+    }
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// `limit`/`offset` checked against a list's range: out of range is 422, never clamped.
 pub fn page(
     limit: Option<i64>,

@@ -13,8 +13,8 @@ use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
 use sparc_domain::project::ProjectStatus;
 use sparc_domain::task::{Task, TaskChanges, TaskCommand, TaskStatus};
 use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
-use sparc_projections::Row;
 use sparc_projections::tasks::{TaskQuery, TaskSort};
+use sparc_projections::{Indexed, Row};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,8 +26,8 @@ use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::idempotency::idempotency_key;
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
-    AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, double_option, history,
-    if_match, page, parse_query_value, state_as_of, with_etag,
+    AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, cached_list, double_option,
+    history, if_match, page, parse_query_value, state_as_of, with_etag,
 };
 use crate::state::{App, AppState};
 
@@ -217,7 +217,7 @@ async fn list_tasks(
     State(app): State<AppState>,
     user: AuthUser,
     AppQuery(query): AppQuery<ListTasks>,
-) -> Result<Json<TaskList>, ApiError> {
+) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
     let status = parse_query_value("status", query.status.as_deref(), TaskStatus::parse)?;
     let sort = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| match raw {
@@ -245,16 +245,20 @@ async fn list_tasks(
         limit,
         offset,
     };
-    let (rows, total) = sparc_projections::tasks::list(&app.db, &filter, &app.totals)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(TaskList {
-        tasks: rows
-            .iter()
-            .map(|r| TaskResource::new(&r.state, r.version))
-            .collect(),
-        page: PageInfo::new(total, limit, offset),
-    }))
+    let key = format!("{filter:?}");
+    cached_list(&app, <Task as Indexed>::TABLE, key, async {
+        let (rows, total) = sparc_projections::tasks::list(&app.db, &filter, &app.totals)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(TaskList {
+            tasks: rows
+                .iter()
+                .map(|r| TaskResource::new(&r.state, r.version))
+                .collect(),
+            page: PageInfo::new(total, limit, offset),
+        })
+    })
+    .await
 }
 
 /// One task with its last 10 executions; with `as_of` or `version`, the state rebuilt from the
