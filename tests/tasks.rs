@@ -1208,3 +1208,52 @@ both_backends!(
         assert_eq!(read.body["project_id"], projects[1].as_str());
     }
 );
+
+both_backends!(
+    a_list_read_again_right_after_a_create_shows_the_new_task,
+    |app: TestApp| async move {
+        let user = app.user("ada").await;
+        let first = simple_task(&app, &user, "review").await;
+        let before = app.get("/api/v1/tasks", &user.token).await;
+        assert_eq!(ids(&before.body, "tasks"), vec![id_of(&first)]);
+
+        let second = simple_task(&app, &user, "deploy").await;
+        let after = app.get("/api/v1/tasks", &user.token).await;
+        assert_eq!(
+            sorted(ids(&after.body, "tasks")),
+            sorted(vec![id_of(&first), id_of(&second)]),
+            "the list answered before the create must not be served again"
+        );
+        assert_eq!(after.body["total"], 2);
+    }
+);
+
+/// Two instances on one Postgres database, as a scaled-out deployment runs: a task list one
+/// instance has answered (and keeps in memory) shows a task created through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_one_instance_keeps_shows_a_task_created_through_another_instance() {
+    let Some(first) = TestApp::spawn(sparc_tests::Backend::Postgres).await else {
+        return;
+    };
+    let second = first.spawn_beside().await;
+    let user = first.user("ada").await;
+    let empty = second.get("/api/v1/tasks", &user.token).await;
+    assert_eq!(empty.status, StatusCode::OK, "{}", empty.body);
+    assert_eq!(empty.body["total"], 0);
+
+    let created = simple_task(&first, &user, "review").await;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = ids(
+            &second.get("/api/v1/tasks", &user.token).await.body,
+            "tasks",
+        );
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed, vec![id_of(&created)]);
+    second.stop().await;
+    first.stop().await;
+}

@@ -8,12 +8,14 @@
 //! policy has a loop of its own, since it may wait for a read model.
 //!
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
-//! interval (other processes may write too). Every committed batch bumps a progress counter,
-//! and each projection announces which stream versions its last batch covered ([`Applied`]), so
-//! a writer waiting to read its own write learns it without asking the database.
+//! interval (other processes may write too). Each projection announces which stream versions its
+//! last batch covered ([`Applied`]) and remembers the streams it applied lately, so a writer
+//! waiting to read its own write learns it without asking the database. A batch of the read
+//! models also bumps a progress counter (the outbox relay's wake-up), moves their
+//! [`Generations`] and sends a change notice to other instances (caches key on them).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +29,10 @@ use tokio::task::JoinHandle;
 /// the log: under load the writes of that moment share one transaction per projection instead
 /// of one each, at the price of this much latency.
 const LINGER: Duration = Duration::from_millis(2);
+
+/// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
+/// looks again.
+const NOT_READY_RETRY: Duration = Duration::from_millis(20);
 
 /// Why a batch could not be applied. The runner retries it with back-off; the checkpoint does
 /// not move, so a projection stalls rather than skipping an event.
@@ -73,6 +79,12 @@ pub trait Projection: Send + Sync {
         Ok(())
     }
 
+    /// Whether `event` concerns this projection: a batch counts as a change of the projection
+    /// (announced, marked in its generation, notified) only if one of its events does.
+    fn concerns(&self, _event: &RecordedEvent) -> bool {
+        true
+    }
+
     /// Policies: reacts to a batch by issuing commands, before the checkpoint transaction opens
     /// (a command needs the write lock that transaction would hold on SQLite). A crash after
     /// the reaction repeats it, so reactions must be idempotent.
@@ -92,8 +104,8 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn of(batch: u64, events: &[RecordedEvent]) -> Self {
-        let mut streams = HashMap::with_capacity(events.len());
+    fn of<'a>(batch: u64, events: impl IntoIterator<Item = &'a RecordedEvent>) -> Self {
+        let mut streams = HashMap::new();
         for event in events {
             let sequence = streams.entry(event.aggregate_id.clone()).or_insert(0);
             *sequence = event.sequence.max(*sequence);
@@ -102,12 +114,67 @@ impl Applied {
     }
 }
 
+/// The streams a projection applied lately, with the last version of each: at least the last
+/// `RECENT_STREAMS` streams it touched (two generations of maps, the older dropped when the
+/// newer fills up).
+#[derive(Debug, Default)]
+struct Recent {
+    current: HashMap<String, i64>,
+    previous: HashMap<String, i64>,
+}
+
+/// Streams a [`Recent`] keeps in its newer generation before it drops the older one.
+const RECENT_STREAMS: usize = 50_000;
+
+impl Recent {
+    fn record(&mut self, applied: &Applied) {
+        if self.current.len() + applied.streams.len() > RECENT_STREAMS {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        for (stream, &sequence) in &applied.streams {
+            let kept = self.current.entry(stream.clone()).or_insert(sequence);
+            *kept = (*kept).max(sequence);
+        }
+    }
+
+    fn version(&self, stream: &str) -> Option<i64> {
+        let current = self.current.get(stream).copied();
+        let previous = self.previous.get(stream).copied();
+        current.max(previous)
+    }
+}
+
+/// What a loop announces per projection: its latest batch, and the streams it applied lately.
+struct Announcer {
+    applied: watch::Sender<Arc<Applied>>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+impl Announcer {
+    fn new() -> Self {
+        Self {
+            applied: watch::channel(Arc::default()).0,
+            recent: Arc::default(),
+        }
+    }
+
+    /// Records the batch among the recent streams, then announces it: a writer that sees the
+    /// announcement (or subscribed after it) finds its stream in [`ProjectionHandle::applied_version`].
+    fn announce(&self, applied: Applied) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&applied);
+        self.applied.send_replace(Arc::new(applied));
+    }
+}
+
 /// Lets writers wake the projections and wait for them to advance.
 #[derive(Clone)]
 pub struct ProjectionHandle {
     wakers: Arc<[Arc<Notify>]>,
     progress: watch::Sender<u64>,
-    applied: Arc<HashMap<String, watch::Sender<Arc<Applied>>>>,
+    announcers: Arc<HashMap<String, Announcer>>,
 }
 
 impl ProjectionHandle {
@@ -118,7 +185,8 @@ impl ProjectionHandle {
         }
     }
 
-    /// A receiver that changes whenever any projection commits a batch.
+    /// A receiver that changes whenever the read models commit a batch (what the outbox relay
+    /// waits for).
     pub fn progress(&self) -> watch::Receiver<u64> {
         self.progress.subscribe()
     }
@@ -126,7 +194,16 @@ impl ProjectionHandle {
     /// A receiver of the latest batch the projection `name` committed in this process (`None`
     /// for a projection this runner does not drive).
     pub fn applied(&self, name: &str) -> Option<watch::Receiver<Arc<Applied>>> {
-        self.applied.get(name).map(watch::Sender::subscribe)
+        self.announcers.get(name).map(|a| a.applied.subscribe())
+    }
+
+    /// The version of `stream` the projection `name` applied lately in this process, if it
+    /// did. Everything announced before a receiver from [`applied`](Self::applied) last saw a
+    /// value is in here, as far back as the last 50,000 streams or so.
+    pub fn applied_version(&self, name: &str, stream: &str) -> Option<i64> {
+        let announcer = self.announcers.get(name)?;
+        let recent = announcer.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.version(stream)
     }
 }
 
@@ -139,7 +216,7 @@ pub struct ProjectionRunner {
     wakers: Arc<[Arc<Notify>]>,
     generations: Generations,
     progress: watch::Sender<u64>,
-    applied: Arc<HashMap<String, watch::Sender<Arc<Applied>>>>,
+    announcers: Arc<HashMap<String, Announcer>>,
     batch_size: i64,
     poll_interval: Duration,
 }
@@ -153,10 +230,10 @@ impl ProjectionRunner {
         read_models: Vec<Arc<dyn Projection>>,
         policies: Vec<Arc<dyn Projection>>,
     ) -> Self {
-        let applied = read_models
+        let announcers = read_models
             .iter()
             .chain(&policies)
-            .map(|p| (p.name().to_owned(), watch::channel(Arc::default()).0))
+            .map(|p| (p.name().to_owned(), Announcer::new()))
             .collect();
         let mut loops = Vec::new();
         if !read_models.is_empty() {
@@ -170,7 +247,7 @@ impl ProjectionRunner {
             wakers,
             generations: Generations::default(),
             progress: watch::channel(0).0,
-            applied: Arc::new(applied),
+            announcers: Arc::new(announcers),
             batch_size: 1000,
             poll_interval: Duration::from_millis(200),
         }
@@ -200,7 +277,7 @@ impl ProjectionRunner {
         ProjectionHandle {
             wakers: self.wakers.clone(),
             progress: self.progress.clone(),
-            applied: self.applied.clone(),
+            announcers: self.announcers.clone(),
         }
     }
 
@@ -215,15 +292,13 @@ impl ProjectionRunner {
                     reader: LogReader::new(&self.db),
                     members: members.clone(),
                     batch_size: self.batch_size,
-                    generations: read_models.then(|| self.generations.clone()),
+                    drives_read_models: *read_models,
+                    generations: self.generations.clone(),
                 };
                 let signals = Signals {
                     waker: waker.clone(),
                     progress: self.progress.clone(),
-                    applied: members
-                        .iter()
-                        .map(|member| self.applied[member.name()].clone())
-                        .collect(),
+                    announcers: self.announcers.clone(),
                 };
                 let poll = self.poll_interval;
                 let shutdown = shutdown.clone();
@@ -245,7 +320,8 @@ pub async fn catch_up(
         reader: LogReader::new(db),
         members: vec![projection],
         batch_size,
-        generations: None,
+        drives_read_models: false,
+        generations: Generations::default(),
     };
     let mut checkpoints = None;
     let mut total = 0;
@@ -261,8 +337,7 @@ pub async fn catch_up(
 struct Signals {
     waker: Arc<Notify>,
     progress: watch::Sender<u64>,
-    /// One per member of the loop, in the same order.
-    applied: Vec<watch::Sender<Arc<Applied>>>,
+    announcers: Arc<HashMap<String, Announcer>>,
 }
 
 /// One loop: the projections it drives (its members) read the log together and commit each
@@ -272,8 +347,10 @@ struct Worker {
     reader: LogReader,
     members: Vec<Arc<dyn Projection>>,
     batch_size: i64,
-    /// Where to mark the read models a batch changed (`None`: nobody caches them).
-    generations: Option<Generations>,
+    /// Whether this is the loop of the read models: its batches move their generations,
+    /// notify other instances and wake the outbox relay.
+    drives_read_models: bool,
+    generations: Generations,
 }
 
 /// A committed batch: the events read, and for each member the index of the first event it
@@ -281,6 +358,8 @@ struct Worker {
 struct Batch {
     events: Vec<RecordedEvent>,
     starts: Vec<usize>,
+    /// For each member, whether one of the events it applied concerns it.
+    changed: Vec<bool>,
 }
 
 impl Batch {
@@ -311,27 +390,35 @@ impl Worker {
                 Ok(Some(batch)) => {
                     failures = 0;
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
-                    for (index, announce) in signals.applied.iter().enumerate() {
-                        let events = batch.of_member(index);
-                        if !events.is_empty() {
+                    for (index, member) in self.members.iter().enumerate() {
+                        if batch.changed[index] {
                             batches[index] += 1;
-                            announce.send_replace(Arc::new(Applied::of(batches[index], events)));
+                            let events =
+                                batch.of_member(index).iter().filter(|e| member.concerns(e));
+                            signals.announcers[names[index]]
+                                .announce(Applied::of(batches[index], events));
                         }
                     }
-                    signals.progress.send_modify(|n| *n = n.wrapping_add(1));
+                    if self.drives_read_models && batch.changed.contains(&true) {
+                        signals.progress.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     if (batch.events.len() as i64) < self.batch_size {
                         tokio::time::sleep(LINGER).await;
                     }
                 }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
                     checkpoints = None;
-                    let delay = Duration::from_millis(50u64 << failures.min(7));
-                    if matches!(error, ProjectionError::NotReady(_)) {
+                    // Waiting for another projection is no failure: look again soon, without
+                    // backing off (it may take a while under load, and the wait must not grow).
+                    let delay = if matches!(error, ProjectionError::NotReady(_)) {
                         tracing::debug!(projections = ?names, %error, "batch postponed");
+                        NOT_READY_RETRY
                     } else {
+                        failures = failures.saturating_add(1);
+                        let delay = Duration::from_millis(50u64 << failures.min(7));
                         tracing::warn!(projections = ?names, %error, retry_in_ms = delay.as_millis() as u64, "batch failed");
-                    }
+                        delay
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
@@ -368,12 +455,20 @@ impl Worker {
             let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
                 return Ok(None);
             };
+            let starts: Vec<usize> = after
+                .iter()
+                .map(|at| events.partition_point(|e| e.checkpoint() <= *at))
+                .collect();
+            let changed = self
+                .members
+                .iter()
+                .zip(&starts)
+                .map(|(member, &start)| events[start..].iter().any(|e| member.concerns(e)))
+                .collect();
             let batch = Batch {
-                starts: after
-                    .iter()
-                    .map(|at| events.partition_point(|e| e.checkpoint() <= *at))
-                    .collect(),
                 events,
+                starts,
+                changed,
             };
             let mine = |index: usize| Some(batch.of_member(index)).filter(|e| !e.is_empty());
             for (index, member) in self.members.iter().enumerate() {
@@ -396,17 +491,68 @@ impl Worker {
                 }
             }
             tx.save_checkpoints(&moved, last).await?;
-            if self.generations.is_some() {
-                tx.notify_changed(&moved).await?;
+            let changed: Vec<&str> = names
+                .iter()
+                .zip(&batch.changed)
+                .filter_map(|(name, changed)| changed.then_some(*name))
+                .collect();
+            if self.drives_read_models {
+                tx.notify_changed(&changed).await?;
             }
             tx.commit().await?;
-            if let Some(generations) = &self.generations {
-                for name in &moved {
-                    generations.bump(name);
+            if self.drives_read_models {
+                for name in &changed {
+                    self.generations.bump(name);
                 }
             }
             *known = Some(after.iter().map(|at| (*at).max(last)).collect());
             return Ok(Some(batch));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(streams: &[(&str, i64)]) -> Applied {
+        Applied {
+            batch: 1,
+            streams: streams.iter().map(|(s, v)| (s.to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn recent_streams_keep_the_highest_version_applied() {
+        let mut recent = Recent::default();
+        recent.record(&applied(&[("a", 3), ("b", 1)]));
+        recent.record(&applied(&[("a", 2)]));
+        assert_eq!(recent.version("a"), Some(3));
+        assert_eq!(recent.version("b"), Some(1));
+        assert_eq!(recent.version("c"), None);
+    }
+
+    #[test]
+    fn recent_streams_survive_one_turnover_and_are_dropped_at_the_second() {
+        let mut recent = Recent::default();
+        recent.record(&applied(&[("first", 1)]));
+        let filler = |prefix: &str| -> Vec<(String, i64)> {
+            (0..RECENT_STREAMS)
+                .map(|i| (format!("{prefix}{i}"), 1))
+                .collect()
+        };
+        let batch = |streams: Vec<(String, i64)>| Applied {
+            batch: 1,
+            streams: streams.into_iter().collect(),
+        };
+        recent.record(&batch(filler("x")));
+        assert_eq!(
+            recent.version("first"),
+            Some(1),
+            "kept in the older generation"
+        );
+        recent.record(&batch(filler("y")));
+        assert_eq!(recent.version("first"), None, "dropped with it");
+        assert_eq!(recent.version("y0"), Some(1));
     }
 }

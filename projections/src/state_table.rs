@@ -113,15 +113,16 @@ where
         &self.name
     }
 
+    fn concerns(&self, event: &RecordedEvent) -> bool {
+        event.aggregate_type == A::TYPE
+    }
+
     async fn apply(
         &self,
         tx: &mut StoreTx,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let mine: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| e.aggregate_type == A::TYPE)
-            .collect();
+        let mine: Vec<&RecordedEvent> = events.iter().filter(|e| self.concerns(e)).collect();
         if mine.is_empty() {
             return Ok(());
         }

@@ -23,6 +23,26 @@ pub enum Backend {
     Sqlite,
 }
 
+/// The settings every test service starts from: on 127.0.0.1:0, a fixed signing key, rate
+/// limits off.
+fn test_settings(database_url: &str) -> Settings {
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        database_url: Secret::new(database_url.to_owned()),
+        jwt_secret: Some(Secret::new(
+            "test-signing-key-that-is-long-enough-0123456789",
+        )),
+        // Tests run side by side on one PostgreSQL, whose connections are shared by all.
+        database_pool_size: 8,
+        ..Settings::default()
+    };
+    settings.api.rate_limit_per_minute = 0;
+    settings.api.auth_rate_limit_per_minute = 0;
+    settings.api.activity_rate_limit_per_minute = 0;
+    settings.api.agent_create_rate_limit_per_minute = 0;
+    settings
+}
+
 /// A running service and a client for it.
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
@@ -111,20 +131,7 @@ impl TestApp {
                 (db, url, Some(file), None)
             }
         };
-        let mut settings = Settings {
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
-            database_url: Secret::new(database_url.clone()),
-            jwt_secret: Some(Secret::new(
-                "test-signing-key-that-is-long-enough-0123456789",
-            )),
-            // Tests run side by side on one PostgreSQL, whose connections are shared by all.
-            database_pool_size: 8,
-            ..Settings::default()
-        };
-        settings.api.rate_limit_per_minute = 0;
-        settings.api.auth_rate_limit_per_minute = 0;
-        settings.api.activity_rate_limit_per_minute = 0;
-        settings.api.agent_create_rate_limit_per_minute = 0;
+        let mut settings = test_settings(&database_url);
         configure(&mut settings);
         let server = Server::start(settings)
             .await
@@ -138,6 +145,23 @@ impl TestApp {
             _sqlite: sqlite,
             _postgres: postgres,
         })
+    }
+
+    /// A second instance of the service on this one's database (a scaled-out deployment): same
+    /// signing key, its own projections and caches. The database stays this app's.
+    pub async fn spawn_beside(&self) -> TestApp {
+        let server = Server::start(test_settings(&self.database_url))
+            .await
+            .expect("the second instance should start");
+        TestApp {
+            base: format!("http://{}", server.addr),
+            db: self.db.clone(),
+            database_url: self.database_url.clone(),
+            client: reqwest::Client::new(),
+            server: Some(server),
+            _sqlite: None,
+            _postgres: None,
+        }
     }
 
     /// Stops the service gracefully.

@@ -96,8 +96,8 @@ impl AuthState for AppState {
 
 /// How long a write waits for the read model before answering anyway.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a waiting write reads its row again without news from the local projection.
-const SETTLE_RECHECK: Duration = Duration::from_millis(25);
+/// How often a waiting write reads its row, in case another instance applied it.
+const SETTLE_RECHECK: Duration = Duration::from_millis(50);
 
 impl App {
     /// Builds the state; `signing_key` signs every token.
@@ -173,69 +173,71 @@ impl App {
     /// this client sees the write. Gives up quietly after a timeout: the write is committed
     /// either way, only the read may lag.
     ///
-    /// The projection announces each batch it commits here ([`sparc_projections::Applied`]), so
-    /// the row is read once, then only when a batch may have been missed, or every
-    /// `SETTLE_RECHECK` in case another instance applied the write.
+    /// This process's projections announce every batch they commit and remember which streams
+    /// they applied lately ([`ProjectionHandle::applied_version`]), so a write applied here is
+    /// learnt without asking the database; the row is read only every `SETTLE_RECHECK`, in
+    /// case another instance applied the write.
     pub async fn settle<A: Indexed>(&self, id: Uuid, version: usize) -> Result<(), ApiError> {
         if version == 0 {
             return Ok(());
         }
         let key = id.to_string();
         let reached = |row_version: i64| row_version >= version as i64;
+        let applied_here = || {
+            self.projections
+                .applied_version(A::TABLE, &key)
+                .is_some_and(reached)
+        };
         let mut applied = self.projections.applied(A::TABLE);
-        let mut seen = applied.as_mut().map(|rx| rx.borrow_and_update().batch);
+        if let Some(rx) = applied.as_mut() {
+            // Everything announced up to this value is already among the recent streams.
+            rx.borrow_and_update();
+        }
+        if applied_here() {
+            return Ok(());
+        }
         self.projections.poke();
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        let mut recheck = tokio::time::interval(SETTLE_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if applied.is_some() {
+            // The first read waits a recheck interval; without local projections it is now.
+            recheck.tick().await;
+        }
         loop {
-            let current = sparc_projections::state_table::get::<A>(&self.db, &key)
-                .await
-                .map_err(ApiError::internal)?;
-            if current.is_some_and(|row| reached(row.version)) {
-                // Found in the table, perhaps applied by another instance whose change notice
-                // has not arrived yet: what this instance keeps of the read model may be stale.
-                self.pages.generations().bump(A::TABLE);
-                return Ok(());
-            }
-            // Wait for a batch that covers the write (done), one after a missed batch (read the
-            // row again), or the recheck interval (read the row again).
-            let recheck = tokio::time::sleep(SETTLE_RECHECK);
-            tokio::pin!(recheck);
-            loop {
-                let changed = async {
-                    match applied.as_mut() {
-                        Some(rx) => rx.changed().await.is_ok(),
-                        None => std::future::pending().await,
+            let changed = async {
+                match applied.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ok = changed => {
+                    if !ok {
+                        // The runner stopped: only rechecks are left.
+                        applied = None;
+                    } else if let Some(rx) = applied.as_mut() {
+                        rx.borrow_and_update();
                     }
-                };
-                tokio::select! {
-                    ok = changed => {
-                        let batch = if ok {
-                            applied.as_mut().map(|rx| rx.borrow_and_update().clone())
-                        } else {
-                            None
-                        };
-                        let Some(batch) = batch else {
-                            // The runner stopped: only rechecks are left.
-                            applied = None;
-                            break;
-                        };
-                        if batch.streams.get(&key).is_some_and(|v| reached(*v)) {
-                            return Ok(());
-                        }
-                        let missed = seen.is_some_and(|s| batch.batch > s + 1);
-                        seen = Some(batch.batch);
-                        if missed {
-                            break;
-                        }
-                    }
-                    _ = &mut recheck => {
-                        self.projections.poke();
-                        break;
-                    }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        tracing::warn!(table = A::TABLE, %id, version, "read model did not catch up in time");
+                    if applied_here() {
                         return Ok(());
                     }
+                }
+                _ = recheck.tick() => {
+                    let current = sparc_projections::state_table::get::<A>(&self.db, &key)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    if current.is_some_and(|row| reached(row.version)) {
+                        // Perhaps applied by another instance whose change notice has not
+                        // arrived yet: what this instance keeps of the read model may be stale.
+                        self.pages.generations().bump(A::TABLE);
+                        return Ok(());
+                    }
+                    self.projections.poke();
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(table = A::TABLE, %id, version, "read model did not catch up in time");
+                    return Ok(());
                 }
             }
         }

@@ -210,6 +210,88 @@ async fn checkpoints_commit_with_the_transaction_and_roll_back_with_it() {
 }
 
 #[tokio::test]
+async fn checkpoints_of_several_consumers_lock_and_save_together_in_the_order_asked() {
+    for (db, _file) in both_backends().await {
+        let tasks_at = Checkpoint {
+            transaction_id: 0,
+            position: 3,
+        };
+        let mut tx = db.begin().await.unwrap();
+        tx.save_checkpoint("tasks", tasks_at).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        assert_eq!(
+            tx.lock_checkpoints(&["users", "tasks", "agents"])
+                .await
+                .unwrap(),
+            vec![Checkpoint::ORIGIN, tasks_at, Checkpoint::ORIGIN],
+            "each name's checkpoint, in the order asked; the origin for one never saved"
+        );
+        let moved = Checkpoint {
+            transaction_id: 0,
+            position: 9,
+        };
+        tx.save_checkpoints(&["users", "tasks"], moved)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            checkpoint::load(&db, "users").await.unwrap(),
+            Checkpoint::ORIGIN
+        );
+
+        let mut tx = db.begin().await.unwrap();
+        tx.lock_checkpoints(&["users", "tasks"]).await.unwrap();
+        tx.save_checkpoints(&["users", "tasks"], moved)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            checkpoint::list(&db).await.unwrap(),
+            vec![("tasks".to_string(), moved), ("users".to_string(), moved)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_waits_while_a_group_holding_its_checkpoint_is_in_a_transaction() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    let mut group = db.begin().await.unwrap();
+    group.lock_checkpoints(&["tasks", "users"]).await.unwrap();
+    let single = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let at = tx.lock_checkpoint("users").await.unwrap();
+            tx.rollback().await.unwrap();
+            at
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !single.is_finished(),
+        "the lock of 'users' is held by the group"
+    );
+    let moved = Checkpoint {
+        transaction_id: 0,
+        position: 4,
+    };
+    group
+        .save_checkpoints(&["tasks", "users"], moved)
+        .await
+        .unwrap();
+    group.commit().await.unwrap();
+    assert_eq!(
+        single.await.unwrap(),
+        moved,
+        "after the wait it sees the group's commit"
+    );
+}
+
+#[tokio::test]
 async fn connect_creates_the_sqlite_file_and_reports_pending_migrations_until_migrated() {
     let file = SqliteTestFile::new();
     let nested = file.path().with_extension("d").join("deeper/sparc.db");
