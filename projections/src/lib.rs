@@ -34,6 +34,6 @@ pub mod status;
 pub mod tasks;
 pub mod users;
 
-pub use runner::{Applied, Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
+pub use runner::{Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
 pub use sql::{SqlValue, format_timestamp};
 pub use state_table::{Indexed, Row, StateTable, Totals};

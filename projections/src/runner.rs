@@ -8,8 +8,8 @@
 //! policy has a loop of its own, since it may wait for a read model.
 //!
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
-//! interval (other processes may write too). Each projection announces which stream versions its
-//! last batch covered ([`Applied`]) and remembers the streams it applied lately, so a writer
+//! interval (other processes may write too). Each projection counts the batches that changed it
+//! ([`ProjectionHandle::applied`]) and remembers the streams it applied lately, so a writer
 //! waiting to read its own write learns it without asking the database. A batch of the read
 //! models also bumps a progress counter (the outbox relay's wake-up), moves their
 //! [`Generations`] and sends a change notice to other instances (caches key on them).
@@ -93,27 +93,6 @@ pub trait Projection: Send + Sync {
     }
 }
 
-/// What one projection's latest committed batch covered.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// How many batches this loop has committed (a receiver that sees it jump by more than one
-    /// missed a batch).
-    pub batch: u64,
-    /// The last sequence of each stream (by aggregate id) the batch applied.
-    pub streams: HashMap<String, i64>,
-}
-
-impl Applied {
-    fn of<'a>(batch: u64, events: impl IntoIterator<Item = &'a RecordedEvent>) -> Self {
-        let mut streams = HashMap::new();
-        for event in events {
-            let sequence = streams.entry(event.aggregate_id.clone()).or_insert(0);
-            *sequence = event.sequence.max(*sequence);
-        }
-        Self { batch, streams }
-    }
-}
-
 /// The streams a projection applied lately, with the last version of each: at least the last
 /// `RECENT_STREAMS` streams it touched (two generations of maps, the older dropped when the
 /// newer fills up).
@@ -127,13 +106,18 @@ struct Recent {
 const RECENT_STREAMS: usize = 50_000;
 
 impl Recent {
-    fn record(&mut self, applied: &Applied) {
-        if self.current.len() + applied.streams.len() > RECENT_STREAMS {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        for (stream, &sequence) in &applied.streams {
-            let kept = self.current.entry(stream.clone()).or_insert(sequence);
-            *kept = (*kept).max(sequence);
+    fn record<'a>(&mut self, events: impl IntoIterator<Item = &'a RecordedEvent>) {
+        for event in events {
+            if self.current.len() >= RECENT_STREAMS
+                && !self.current.contains_key(&event.aggregate_id)
+            {
+                self.previous = std::mem::take(&mut self.current);
+            }
+            let kept = self
+                .current
+                .entry(event.aggregate_id.clone())
+                .or_insert(event.sequence);
+            *kept = (*kept).max(event.sequence);
         }
     }
 
@@ -144,28 +128,24 @@ impl Recent {
     }
 }
 
-/// What a loop announces per projection: its latest batch, and the streams it applied lately.
+/// What a loop announces per projection: how many batches changed it, and the streams it
+/// applied lately.
+#[derive(Default)]
 struct Announcer {
-    applied: watch::Sender<Arc<Applied>>,
-    recent: Arc<Mutex<Recent>>,
+    batches: watch::Sender<u64>,
+    recent: Mutex<Recent>,
 }
 
 impl Announcer {
-    fn new() -> Self {
-        Self {
-            applied: watch::channel(Arc::default()).0,
-            recent: Arc::default(),
-        }
-    }
-
-    /// Records the batch among the recent streams, then announces it: a writer that sees the
-    /// announcement (or subscribed after it) finds its stream in [`ProjectionHandle::applied_version`].
-    fn announce(&self, applied: Applied) {
+    /// Records the batch's events among the recent streams, then counts the batch: a writer
+    /// that sees the count move (or subscribed after it moved) finds its stream in
+    /// [`ProjectionHandle::applied_version`].
+    fn announce<'a>(&self, events: impl IntoIterator<Item = &'a RecordedEvent>) {
         self.recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(&applied);
-        self.applied.send_replace(Arc::new(applied));
+            .record(events);
+        self.batches.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -191,10 +171,10 @@ impl ProjectionHandle {
         self.progress.subscribe()
     }
 
-    /// A receiver of the latest batch the projection `name` committed in this process (`None`
-    /// for a projection this runner does not drive).
-    pub fn applied(&self, name: &str) -> Option<watch::Receiver<Arc<Applied>>> {
-        self.announcers.get(name).map(|a| a.applied.subscribe())
+    /// A receiver of the number of batches that changed the projection `name` in this
+    /// process (`None` for a projection this runner does not drive).
+    pub fn applied(&self, name: &str) -> Option<watch::Receiver<u64>> {
+        self.announcers.get(name).map(|a| a.batches.subscribe())
     }
 
     /// The version of `stream` the projection `name` applied lately in this process, if it
@@ -233,7 +213,7 @@ impl ProjectionRunner {
         let announcers = read_models
             .iter()
             .chain(&policies)
-            .map(|p| (p.name().to_owned(), Announcer::new()))
+            .map(|p| (p.name().to_owned(), Announcer::default()))
             .collect();
         let mut loops = Vec::new();
         if !read_models.is_empty() {
@@ -374,7 +354,6 @@ impl Worker {
         let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
         let mut checkpoints = None;
         let mut failures = 0u32;
-        let mut batches = vec![0u64; self.members.len()];
         while !*shutdown.borrow() {
             match self.step(&mut checkpoints).await {
                 Ok(None) => {
@@ -392,11 +371,9 @@ impl Worker {
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
                     for (index, member) in self.members.iter().enumerate() {
                         if batch.changed[index] {
-                            batches[index] += 1;
                             let events =
                                 batch.of_member(index).iter().filter(|e| member.concerns(e));
-                            signals.announcers[names[index]]
-                                .announce(Applied::of(batches[index], events));
+                            signals.announcers[names[index]].announce(events);
                         }
                     }
                     if self.drives_read_models && batch.changed.contains(&true) {
@@ -515,18 +492,27 @@ impl Worker {
 mod tests {
     use super::*;
 
-    fn applied(streams: &[(&str, i64)]) -> Applied {
-        Applied {
-            batch: 1,
-            streams: streams.iter().map(|(s, v)| (s.to_string(), *v)).collect(),
+    fn event(stream: &str, sequence: i64) -> RecordedEvent {
+        RecordedEvent {
+            position: sequence,
+            transaction_id: 0,
+            aggregate_type: "Task".to_owned(),
+            aggregate_id: stream.to_owned(),
+            sequence,
+            event_type: "TaskUpdated".to_owned(),
+            event_version: "1".to_owned(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+            hash: None,
         }
     }
 
     #[test]
     fn recent_streams_keep_the_highest_version_applied() {
         let mut recent = Recent::default();
-        recent.record(&applied(&[("a", 3), ("b", 1)]));
-        recent.record(&applied(&[("a", 2)]));
+        recent.record(&[event("a", 3), event("b", 1)]);
+        recent.record(&[event("a", 2)]);
         assert_eq!(recent.version("a"), Some(3));
         assert_eq!(recent.version("b"), Some(1));
         assert_eq!(recent.version("c"), None);
@@ -535,23 +521,19 @@ mod tests {
     #[test]
     fn recent_streams_survive_one_turnover_and_are_dropped_at_the_second() {
         let mut recent = Recent::default();
-        recent.record(&applied(&[("first", 1)]));
-        let filler = |prefix: &str| -> Vec<(String, i64)> {
+        recent.record(&[event("first", 1)]);
+        let filler = |prefix: &str| -> Vec<RecordedEvent> {
             (0..RECENT_STREAMS)
-                .map(|i| (format!("{prefix}{i}"), 1))
+                .map(|i| event(&format!("{prefix}{i}"), 1))
                 .collect()
         };
-        let batch = |streams: Vec<(String, i64)>| Applied {
-            batch: 1,
-            streams: streams.into_iter().collect(),
-        };
-        recent.record(&batch(filler("x")));
+        recent.record(&filler("x"));
         assert_eq!(
             recent.version("first"),
             Some(1),
             "kept in the older generation"
         );
-        recent.record(&batch(filler("y")));
+        recent.record(&filler("y"));
         assert_eq!(recent.version("first"), None, "dropped with it");
         assert_eq!(recent.version("y0"), Some(1));
     }

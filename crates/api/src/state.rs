@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
-use sparc_projections::{Applied, Indexed, ProjectionHandle, Totals};
+use sparc_projections::{Indexed, ProjectionHandle, Totals};
 use sparc_store::{
     CommandBus, CommandError, Database, EventMetadata, Generations, Outcome, Routed,
 };
@@ -280,7 +280,7 @@ pub fn command_error<E: DomainError>(error: CommandError<E>) -> ApiError {
 /// remembered.
 struct UserSessions {
     db: Database,
-    users: Option<watch::Receiver<Arc<Applied>>>,
+    users: Option<watch::Receiver<u64>>,
     live: Mutex<HashMap<(Uuid, Uuid), (u64, Instant)>>,
 }
 
@@ -291,7 +291,7 @@ const LIVE_SESSIONS_KEPT: usize = 100_000;
 
 impl UserSessions {
     fn users_batch(&self) -> Option<u64> {
-        self.users.as_ref().map(|rx| rx.borrow().batch)
+        self.users.as_ref().map(|rx| *rx.borrow())
     }
 
     fn remembered(&self, key: (Uuid, Uuid), batch: u64) -> bool {

@@ -112,13 +112,8 @@ impl StoreTx {
     /// consumer never process the same batch. On Postgres this is a transaction-scoped advisory
     /// lock; a SQLite transaction already holds the database's write lock.
     pub async fn lock_checkpoint(&mut self, name: &str) -> Result<Checkpoint, StoreError> {
-        if let Self::Postgres(tx) = self {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(format!("sparc.checkpoint.{name}"))
-                .execute(&mut **tx)
-                .await?;
-        }
-        self.load_checkpoint(name).await
+        let locked = self.lock_checkpoints(&[name]).await?;
+        Ok(locked.first().copied().unwrap_or(Checkpoint::ORIGIN))
     }
 
     /// [`lock_checkpoint`](Self::lock_checkpoint) for several consumers that commit together:
@@ -194,35 +189,7 @@ impl StoreTx {
         name: &str,
         checkpoint: Checkpoint,
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(tx) => {
-                sqlx::query(
-                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
-                     VALUES ($1, $2, $3, now()) \
-                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-                     position = excluded.position, updated_at = excluded.updated_at",
-                )
-                .bind(name)
-                .bind(checkpoint.transaction_id)
-                .bind(checkpoint.position)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Self::Sqlite(tx) => {
-                sqlx::query(
-                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
-                     VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
-                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-                     position = excluded.position, updated_at = excluded.updated_at",
-                )
-                .bind(name)
-                .bind(checkpoint.transaction_id)
-                .bind(checkpoint.position)
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        Ok(())
+        self.save_checkpoints(&[name], checkpoint).await
     }
 
     /// Saves the same checkpoint under every one of `names`; it takes effect at commit.
@@ -245,9 +212,19 @@ impl StoreTx {
                 .execute(&mut **tx)
                 .await?;
             }
-            Self::Sqlite(_) => {
+            Self::Sqlite(tx) => {
                 for name in names {
-                    self.save_checkpoint(name, checkpoint).await?;
+                    sqlx::query(
+                        "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+                         VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+                         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+                         position = excluded.position, updated_at = excluded.updated_at",
+                    )
+                    .bind(name)
+                    .bind(checkpoint.transaction_id)
+                    .bind(checkpoint.position)
+                    .execute(&mut **tx)
+                    .await?;
                 }
             }
         }
