@@ -18,6 +18,8 @@ use crate::state_table::{Indexed, StateTable};
 pub struct ReadModel {
     /// Its table and checkpoint name.
     pub name: &'static str,
+    /// Whether its changes are published to clients (through the outbox).
+    pub published: bool,
     live: fn() -> Arc<dyn Projection>,
     shadow: fn(&str) -> Arc<dyn Projection>,
 }
@@ -45,6 +47,7 @@ fn shadow<A: Indexed + 'static>(table: &str) -> Arc<dyn Projection> {
 const fn entry<A: Indexed + 'static>() -> ReadModel {
     ReadModel {
         name: A::TABLE,
+        published: A::PUBLISHED,
         live: live::<A>,
         shadow: shadow::<A>,
     }

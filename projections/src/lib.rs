@@ -18,12 +18,15 @@
 //! [`catalog`] lists the read models by name; [`rebuild`] replays one into a shadow table and
 //! swaps it in without downtime, or compares a live one with a fresh replay.
 //!
+//! [`outbox`] carries the changes of the published read models to the `outbox` table.
+//!
 //! [`policies`] holds the cross-aggregate reactions (deleting a project deletes its tasks),
 //! which run on the same runner but issue commands instead of writing tables.
 
 pub mod agents;
 pub mod catalog;
 pub mod executions;
+pub mod outbox;
 pub mod policies;
 pub mod projects;
 pub mod rebuild;

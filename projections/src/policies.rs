@@ -45,9 +45,13 @@ impl Projection for ProjectCascade {
         "policy_project_cascade"
     }
 
+    fn concerns(&self, event: &RecordedEvent) -> bool {
+        project_deleted(event) || project_joined(event).is_some()
+    }
+
     async fn react(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         for event in events {
-            if event.aggregate_type == "Project" && event.event_type == "ProjectDeleted" {
+            if project_deleted(event) {
                 self.delete_tasks_of(event).await?;
             } else if let Some(project_id) = project_joined(event) {
                 self.delete_if_project_deleted(project_id, event).await?;
@@ -55,6 +59,10 @@ impl Projection for ProjectCascade {
         }
         Ok(())
     }
+}
+
+fn project_deleted(event: &RecordedEvent) -> bool {
+    event.aggregate_type == "Project" && event.event_type == "ProjectDeleted"
 }
 
 /// The project a task event puts its task into, if any: `TaskScheduled` with a project, or

@@ -15,6 +15,7 @@ use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreTx, check
 
 use crate::catalog::ReadModel;
 use crate::on_db;
+use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
 use crate::sql::on_tx;
 
@@ -96,7 +97,10 @@ pub async fn rebuild_all(
         };
         let mut tx = db.begin().await?;
         for (_, table, shadow) in &shadows {
-            shadow.apply(&mut tx, &events).await?;
+            // A shadow publishes nothing.
+            shadow
+                .apply(&mut tx, &events, &mut Outgoing::default())
+                .await?;
             tx.save_checkpoint(table, last).await?;
         }
         tx.commit().await?;
@@ -177,7 +181,9 @@ async fn finish_in(
         let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
             return Ok(applied);
         };
-        projection.apply(tx, &events).await?;
+        projection
+            .apply(tx, &events, &mut Outgoing::default())
+            .await?;
         applied += events.len() as u64;
         at = last;
     }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sparc_store::{
@@ -24,6 +24,8 @@ use sparc_store::{
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+
+use crate::outbox::Outgoing;
 
 /// How long a loop waits after a poke, or after a batch that did not fill up, before reading
 /// the log: under load the writes of that moment share one transaction per projection instead
@@ -69,12 +71,14 @@ pub trait Projection: Send + Sync {
     fn name(&self) -> &str;
 
     /// Read models: applies a batch of events (in global order) inside `tx`, which also saves
-    /// the checkpoint. It must be deterministic: the same batch on the same state gives the same
+    /// the checkpoint, and adds the changes clients should see to `outgoing` (published read
+    /// models). It must be deterministic: the same batch on the same state gives the same
     /// result.
     async fn apply(
         &self,
         _tx: &mut StoreTx,
         _events: &[RecordedEvent],
+        _outgoing: &mut Outgoing,
     ) -> Result<(), ProjectionError> {
         Ok(())
     }
@@ -303,10 +307,10 @@ pub async fn catch_up(
         drives_read_models: false,
         generations: Generations::default(),
     };
-    let mut checkpoints = None;
+    let mut cursor = Cursor::default();
     let mut total = 0;
     loop {
-        match worker.step(&mut checkpoints).await? {
+        match worker.step(&mut cursor).await? {
             None => return Ok(total),
             Some(batch) => total += batch.events.len() as u64,
         }
@@ -352,10 +356,13 @@ impl Batch {
 impl Worker {
     async fn run(self, signals: Signals, poll: Duration, mut shutdown: watch::Receiver<bool>) {
         let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
-        let mut checkpoints = None;
+        let mut cursor = Cursor {
+            passes_unconcerned: !self.drives_read_models,
+            ..Cursor::default()
+        };
         let mut failures = 0u32;
         while !*shutdown.borrow() {
-            match self.step(&mut checkpoints).await {
+            match self.step(&mut cursor).await {
                 Ok(None) => {
                     failures = 0;
                     tokio::select! {
@@ -384,7 +391,7 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    checkpoints = None;
+                    cursor.forget();
                     // Waiting for another projection is no failure: look again soon, without
                     // backing off (it may take a while under load, and the wait must not grow).
                     let delay = if matches!(error, ProjectionError::NotReady(_)) {
@@ -406,18 +413,17 @@ impl Worker {
     }
 
     /// Applies the next batch, if any. The log is read once, after the earliest of the members'
-    /// checkpoints, and outside the transaction (so SQLite's write lock is only taken when there
-    /// is work); each member gets the events past its own checkpoint. Inside the transaction
-    /// the checkpoints are locked and must still be the ones the batch was read after, else
-    /// another instance moved them and the batch is dropped and read again.
-    async fn step(
-        &self,
-        known: &mut Option<Vec<Checkpoint>>,
-    ) -> Result<Option<Batch>, ProjectionError> {
+    /// positions, and outside the transaction (so SQLite's write lock is only taken when there
+    /// is work); each member gets the events past its own position. Inside the transaction the
+    /// checkpoints are locked and must still be the ones last seen, else another instance moved
+    /// them and the batch is dropped and read again from there. A batch that concerns no member
+    /// may be passed over without a transaction (see [`Cursor`]).
+    async fn step(&self, cursor: &mut Cursor) -> Result<Option<Batch>, ProjectionError> {
         let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
-        let mut after = match known.take() {
+        let mut saved = match cursor.saved.take() {
             Some(checkpoints) => checkpoints,
             None => {
+                cursor.passed = None;
                 let mut checkpoints = Vec::with_capacity(names.len());
                 for name in &names {
                     checkpoints.push(sparc_store::checkpoint::load(&self.db, name).await?);
@@ -426,17 +432,24 @@ impl Worker {
             }
         };
         loop {
-            *known = Some(after.clone());
+            cursor.saved = Some(saved.clone());
+            let after = match &cursor.passed {
+                Some((passed, _)) => passed.clone(),
+                None => saved.clone(),
+            };
             let from = after.iter().copied().min().unwrap_or(Checkpoint::ORIGIN);
             let events = self.reader.read_after(from, self.batch_size).await?;
             let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
+                if cursor.overdue() {
+                    self.save_passed(cursor, &names).await?;
+                }
                 return Ok(None);
             };
             let starts: Vec<usize> = after
                 .iter()
                 .map(|at| events.partition_point(|e| e.checkpoint() <= *at))
                 .collect();
-            let changed = self
+            let changed: Vec<bool> = self
                 .members
                 .iter()
                 .zip(&starts)
@@ -447,6 +460,12 @@ impl Worker {
                 starts,
                 changed,
             };
+            if cursor.may_pass(&batch) {
+                let passed_since = cursor.passed.take().map_or_else(Instant::now, |(_, at)| at);
+                let reached = after.iter().map(|at| (*at).max(last)).collect();
+                cursor.passed = Some((reached, passed_since));
+                return Ok(Some(batch));
+            }
             let mine = |index: usize| Some(batch.of_member(index)).filter(|e| !e.is_empty());
             for (index, member) in self.members.iter().enumerate() {
                 if let Some(events) = mine(index) {
@@ -455,18 +474,24 @@ impl Worker {
             }
             let mut tx = self.db.begin().await?;
             let locked = tx.lock_checkpoints(&names).await?;
-            if locked != after {
+            if locked != saved {
                 tx.rollback().await?;
-                after = locked;
+                cursor.passed = None;
+                saved = locked;
                 continue;
             }
-            let mut moved = Vec::with_capacity(names.len());
+            let mut outgoing = Outgoing::default();
             for (index, member) in self.members.iter().enumerate() {
                 if let Some(events) = mine(index) {
-                    member.apply(&mut tx, events).await?;
-                    moved.push(names[index]);
+                    member.apply(&mut tx, events, &mut outgoing).await?;
                 }
             }
+            crate::outbox::write(&mut tx, outgoing, next_in_line(&names, &after)).await?;
+            let moved: Vec<&str> = names
+                .iter()
+                .zip(&saved)
+                .filter_map(|(name, at)| (*at < last).then_some(*name))
+                .collect();
             tx.save_checkpoints(&moved, last).await?;
             let changed: Vec<&str> = names
                 .iter()
@@ -482,9 +507,92 @@ impl Worker {
                     self.generations.bump(name);
                 }
             }
-            *known = Some(after.iter().map(|at| (*at).max(last)).collect());
+            cursor.saved = Some(saved.iter().map(|at| (*at).max(last)).collect());
+            cursor.passed = None;
             return Ok(Some(batch));
         }
+    }
+
+    /// Saves how far the loop has passed over batches, unless another instance moved the
+    /// checkpoints meanwhile (then the next step reads from theirs).
+    async fn save_passed(
+        &self,
+        cursor: &mut Cursor,
+        names: &[&str],
+    ) -> Result<(), ProjectionError> {
+        let (Some(saved), Some((passed, _))) = (cursor.saved.take(), cursor.passed.take()) else {
+            cursor.forget();
+            return Ok(());
+        };
+        let mut tx = self.db.begin().await?;
+        if tx.lock_checkpoints(names).await? != saved {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        for ((name, was), now) in names.iter().zip(&saved).zip(&passed) {
+            if now > was {
+                tx.save_checkpoints(&[name], *now).await?;
+            }
+        }
+        tx.commit().await?;
+        cursor.saved = Some(passed);
+        Ok(())
+    }
+}
+
+/// Where a loop stands: its members' checkpoints as last read from or saved to the database
+/// (`None`: load them), and how far past them it has read batches that concern none of its
+/// members, with when it began to (such a batch needs no transaction: a policy reacts to
+/// nothing in it; it is saved with the next batch that does concern a member, or once the
+/// loop has passed batches over for [`PASS_OVER_AT_MOST`]; a crash repeats at most that much
+/// reading, and reactions are idempotent anyway).
+#[derive(Default)]
+struct Cursor {
+    saved: Option<Vec<Checkpoint>>,
+    passed: Option<(Vec<Checkpoint>, Instant)>,
+    /// Whether batches may be passed over (policy loops; the read models' checkpoints tell the
+    /// outbox relay what is safe to number, so they always move).
+    passes_unconcerned: bool,
+}
+
+/// How long a policy loop passes over batches that concern it not before it saves how far it
+/// has read.
+const PASS_OVER_AT_MOST: Duration = Duration::from_secs(1);
+
+impl Cursor {
+    /// Forgets everything (after a failure): the next step loads the checkpoints again.
+    fn forget(&mut self) {
+        self.saved = None;
+        self.passed = None;
+    }
+
+    /// Whether `batch` may be passed over without a transaction.
+    fn may_pass(&self, batch: &Batch) -> bool {
+        self.passes_unconcerned && !batch.changed.contains(&true) && !self.overdue()
+    }
+
+    /// Whether the loop has passed batches over for long enough that it must save.
+    fn overdue(&self) -> bool {
+        self.passed
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= PASS_OVER_AT_MOST)
+    }
+}
+
+/// Whether a batch of `members`, read after their checkpoints `after`, is next in line to
+/// number its changes: every published read model is a member and all of them start from the
+/// same checkpoint, so every existing change comes before the batch's and none can come later.
+fn next_in_line(members: &[&str], after: &[Checkpoint]) -> bool {
+    let mut starts = crate::catalog::READ_MODELS
+        .iter()
+        .filter(|model| model.published)
+        .map(|model| {
+            let index = members.iter().position(|name| *name == model.name)?;
+            Some(after[index])
+        });
+    match starts.next() {
+        Some(Some(first)) => starts.all(|start| start == Some(first)),
+        _ => false,
     }
 }
 

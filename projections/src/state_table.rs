@@ -5,9 +5,10 @@
 //! A batch is applied with one read of the touched rows and one multi-row upsert, which is what
 //! makes a rebuild of a million events take seconds rather than minutes.
 //!
-//! Live tables of published aggregates also write, in the same transaction, one `outbox` row per
-//! applied event: the state after that event, for the relay that pushes changes to clients.
-//! A rebuild into a shadow table writes no outbox rows, so clients never see a change twice.
+//! Live tables of published aggregates also hand the batch one change per applied event (the
+//! state after that event, [`Outgoing`]), which the loop writes to the `outbox` in the same
+//! transaction. A rebuild into a shadow table publishes nothing, so clients never see a change
+//! twice.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -19,6 +20,7 @@ use sparc_store::{Database, RecordedEvent, StoreTx};
 use sqlx::Row as _;
 
 use crate::on_db;
+use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
 use crate::sql::{SqlValue, bind_all, on_tx};
 
@@ -121,6 +123,7 @@ where
         &self,
         tx: &mut StoreTx,
         events: &[RecordedEvent],
+        outgoing: &mut Outgoing,
     ) -> Result<(), ProjectionError> {
         let mine: Vec<&RecordedEvent> = events.iter().filter(|e| self.concerns(e)).collect();
         if mine.is_empty() {
@@ -155,7 +158,6 @@ where
                 states.insert(id, (parse_body(&body)?, version, false));
             }
         }
-        let mut outbox = Vec::new();
         for event in mine {
             let entry = states
                 .entry(event.aggregate_id.clone())
@@ -167,11 +169,11 @@ where
             entry.1 = event.sequence;
             entry.2 = true;
             if self.publish {
-                outbox.push(outbox_row(event, &entry.0)?);
+                let state = serde_json::to_string(&entry.0)
+                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                let audience = entry.0.audience().map(|user| user.to_string());
+                outgoing.push(A::TABLE, event, audience, state);
             }
-        }
-        for chunk in outbox.chunks(ROWS_PER_STATEMENT) {
-            insert_outbox(tx, chunk).await?;
         }
         let changed: Vec<(&String, &(A, i64, bool))> = states.iter().filter(|(_, s)| s.2).collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
@@ -218,62 +220,6 @@ impl<A: Indexed> StateTable<A> {
         });
         Ok(())
     }
-}
-
-/// The columns of an `outbox` row, in [`OUTBOX_COLUMNS`] order.
-const OUTBOX_COLUMNS: &[&str] = &[
-    "position",
-    "transaction_id",
-    "kind",
-    "aggregate_id",
-    "audience",
-    "version",
-    "event_type",
-    "state",
-    "recorded_at",
-];
-
-fn outbox_row<A: Indexed>(
-    event: &RecordedEvent,
-    state: &A,
-) -> Result<Vec<SqlValue>, ProjectionError> {
-    let body = serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    Ok(vec![
-        SqlValue::Int(Some(event.position)),
-        SqlValue::Int(Some(event.transaction_id)),
-        SqlValue::Text(Some(A::TABLE.to_owned())),
-        SqlValue::Text(Some(event.aggregate_id.clone())),
-        SqlValue::Text(state.audience().map(|u| u.to_string())),
-        SqlValue::Int(Some(event.sequence)),
-        SqlValue::Text(Some(event.event_type.clone())),
-        SqlValue::Text(Some(body)),
-        Some(event.recorded_at).into(),
-    ])
-}
-
-async fn insert_outbox(tx: &mut StoreTx, rows: &[Vec<SqlValue>]) -> Result<(), ProjectionError> {
-    let width = OUTBOX_COLUMNS.len();
-    let tuples: Vec<String> = (0..rows.len())
-        .map(|i| {
-            format!(
-                "({})",
-                (1..=width)
-                    .map(|c| format!("${}", i * width + c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO outbox ({}) VALUES {} ON CONFLICT (position) DO NOTHING",
-        OUTBOX_COLUMNS.join(", "),
-        tuples.join(", ")
-    );
-    let values: Vec<SqlValue> = rows.iter().flatten().cloned().collect();
-    on_tx!(tx, conn => {
-        bind_all!(sqlx::query(&sql), &values).execute(&mut *conn).await?;
-    });
-    Ok(())
 }
 
 /// Reads one state by id.

@@ -5,6 +5,7 @@
 
 use serde_json::value::RawValue;
 use sparc_store::Database;
+use sparc_store::outbox::LAST_NUMBERED;
 use uuid::Uuid;
 
 use crate::change::{Change, ChangeKind};
@@ -58,12 +59,6 @@ pub enum OutboxError {
 pub struct Outbox {
     db: Database,
 }
-
-/// The last event id ever given (0 before the first): the largest numbered row, or the last
-/// pruned one when pruning emptied the outbox, so numbering never starts over.
-pub(crate) const LAST_NUMBERED: &str = "(SELECT coalesce(max(seq), 0) FROM ( \
-     SELECT max(published_seq) AS seq FROM outbox \
-     UNION ALL SELECT pruned_seq FROM outbox_relay WHERE name = 'relay') AS given)";
 
 /// The columns of a numbered row, in [`ChangeRow`] order.
 pub(crate) const CHANGE_COLUMNS: &str =

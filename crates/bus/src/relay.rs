@@ -6,15 +6,18 @@
 //! past `c`, every row at or before `c` is committed and no new one can appear there: the rows
 //! up to the smallest of the four checkpoints are a fixed prefix of the log, safe to number.
 //!
-//! **Numbering.** One transaction gives those rows `published_seq = max + 1, max + 2, …` in log
-//! order. That number is the change's `event_id`: gap-free, and final once committed.
+//! **Numbering.** The read-model loop numbers its own rows when it is next in line
+//! ([`sparc_store::outbox`]); the relay numbers the rest: one transaction gives the safe rows
+//! `published_seq = max + 1, max + 2, …` in log order. That number is the change's `event_id`:
+//! gap-free, and final once committed.
 //!
 //! **At least once.** Numbers are assigned *before* publishing, so a crash can fall between the
 //! numbering commit and the publish. The relay therefore records in `outbox_relay` the last
 //! event id the bus acknowledged, and each pass publishes every numbered row after it, in
-//! order, before recording the new mark. After a crash the rows numbered but not acknowledged
-//! are published again with the same `event_id` (JetStream drops repeats by `Nats-Msg-Id`,
-//! gateways by `event_id`): nothing is lost, nothing is numbered twice.
+//! order. The active relay keeps the mark in memory and records it when it is idle, at least
+//! every second under load, and when it stops. After a crash the rows numbered but not
+//! recorded as acknowledged are published again with the same `event_id` (JetStream drops
+//! repeats by `Nats-Msg-Id`, gateways by `event_id`): nothing is lost, nothing is numbered twice.
 //!
 //! **One active relay.** On Postgres a relay publishes only while it holds a session advisory
 //! lock on a connection of its own; the others poll the lock and take over when its holder's
@@ -35,7 +38,9 @@ use sqlx::{Connection as _, PgConnection};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::outbox::{CHANGE_COLUMNS, ChangeRow, LAST_NUMBERED, OutboxError, on_pool, to_change};
+use sparc_store::outbox::LAST_NUMBERED;
+
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
 
 /// Why a relay pass failed; the relay retries with back-off.
@@ -56,8 +61,6 @@ pub enum RelayError {
 const RELAY: &str = "relay";
 /// The session lock the active relay holds (Postgres).
 const LEADER_LOCK: &str = "sparc.outbox_relay.leader";
-/// The transaction lock numbering takes (Postgres).
-const NUMBERING_LOCK: &str = "sparc.outbox_relay.numbering";
 
 /// Publishes the outbox to a [`ChangeBus`]; see the module documentation.
 pub struct Relay {
@@ -138,12 +141,13 @@ impl Relay {
         let mut failures = 0u32;
         let mut lock_checked = Instant::now();
         let mut pruned: Option<Instant> = None;
+        let mut mark = None;
         while !*shutdown.borrow() {
             // On shutdown a pass gets a moment to finish (so a clean handover repeats nothing);
             // one stuck on an unreachable bus is dropped, which loses nothing: the mark moves
             // only after the bus acknowledged.
             let pass = {
-                let pass = self.step();
+                let pass = self.pass(&mut mark);
                 tokio::pin!(pass);
                 tokio::select! {
                     pass = &mut pass => pass,
@@ -156,9 +160,18 @@ impl Relay {
             match pass {
                 Ok(0) => {
                     failures = 0;
+                    self.record_or_warn(&mut mark).await;
                     self.idle(shutdown).await;
                 }
-                Ok(_) => failures = 0,
+                Ok(_) => {
+                    failures = 0;
+                    if mark
+                        .as_ref()
+                        .is_some_and(|m| m.recorded_at.elapsed() >= RECORD_MARK_EVERY)
+                    {
+                        self.record_or_warn(&mut mark).await;
+                    }
+                }
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let delay = Duration::from_millis(50u64 << failures.min(5));
@@ -169,6 +182,7 @@ impl Relay {
             if lock_checked.elapsed() >= LOCK_CHECK_EVERY {
                 if !leadership.holds().await {
                     tracing::warn!("outbox relay lost its lock; standing by");
+                    self.record_or_warn(&mut mark).await;
                     return;
                 }
                 lock_checked = Instant::now();
@@ -182,7 +196,18 @@ impl Relay {
                 pruned = Some(Instant::now());
             }
         }
+        self.record_or_warn(&mut mark).await;
         leadership.release().await;
+    }
+
+    /// Records the acknowledged mark if it moved; a failure is only logged (the rows after the
+    /// recorded mark are published again after a crash, which loses nothing).
+    async fn record_or_warn(&self, mark: &mut Option<Mark>) {
+        if let Some(mark) = mark
+            && let Err(error) = self.record(mark).await
+        {
+            tracing::warn!(%error, "outbox relay could not record its mark");
+        }
     }
 
     /// Waits for a wake-up, the poll interval or shutdown.
@@ -210,15 +235,41 @@ impl Relay {
         }
     }
 
-    /// One pass: numbers the rows that became safe, then publishes what is numbered and not yet
-    /// acknowledged. Returns how much it did (0: nothing to do).
+    /// One pass: numbers the rows that became safe, publishes what is numbered and not yet
+    /// acknowledged, and records the new mark. Returns how much it did (0: nothing to do).
     ///
     /// # Errors
     /// The database or the bus failed; nothing acknowledged is lost and the pass can be
     /// repeated.
     pub async fn step(&self) -> Result<usize, RelayError> {
+        let mut mark = None;
+        let done = self.pass(&mut mark).await?;
+        if let Some(mark) = &mut mark {
+            self.record(mark).await?;
+        }
+        Ok(done)
+    }
+
+    /// A pass that keeps the acknowledged mark in `mark` (read from the database when `None`)
+    /// without recording it.
+    async fn pass(&self, mark: &mut Option<Mark>) -> Result<usize, RelayError> {
         let numbered = self.number().await?;
-        let published = self.publish_numbered().await?;
+        let acknowledged = match mark {
+            Some(mark) => mark.acknowledged,
+            None => {
+                let recorded = self.acknowledged_through().await?;
+                *mark = Some(Mark {
+                    acknowledged: recorded,
+                    recorded,
+                    recorded_at: Instant::now(),
+                });
+                recorded
+            }
+        };
+        let (published, last) = self.publish_after(acknowledged).await?;
+        if let (Some(mark), Some(last)) = (mark.as_mut(), last) {
+            mark.acknowledged = last;
+        }
         Ok(numbered.max(published))
     }
 
@@ -228,6 +279,15 @@ impl Relay {
     /// # Errors
     /// The database failed; nothing was numbered.
     pub async fn number(&self) -> Result<usize, RelayError> {
+        // Usually the read-model loop has numbered everything: one look at the partial index.
+        let unnumbered: bool = on_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL)")
+                .fetch_one(pool)
+                .await?
+        });
+        if !unnumbered {
+            return Ok(0);
+        }
         let Some((transaction_id, position)) = self.safe_through().await? else {
             return Ok(0);
         };
@@ -256,20 +316,15 @@ impl Relay {
              WHERE outbox.position = numbered.position AND outbox.published_seq IS NULL"
         );
         let mut tx = self.db.begin().await?;
+        tx.lock_outbox_numbering().await?;
         let numbered = match &mut tx {
-            StoreTx::Postgres(tx) => {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(NUMBERING_LOCK)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(&numbering)
-                    .bind(transaction_id)
-                    .bind(position)
-                    .bind(self.batch_size)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
-            }
+            StoreTx::Postgres(tx) => sqlx::query(&numbering)
+                .bind(transaction_id)
+                .bind(position)
+                .bind(self.batch_size)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
             StoreTx::Sqlite(tx) => sqlx::query(&numbering)
                 .bind(transaction_id)
                 .bind(position)
@@ -282,15 +337,14 @@ impl Relay {
         Ok(numbered as usize)
     }
 
-    /// Publishes up to a batch of numbered rows after the last acknowledged one, in event order,
-    /// and records the new mark once the bus has acknowledged them all. Returns how many it
-    /// published.
+    /// Publishes up to a batch of numbered rows after `acknowledged`, in event order. Returns
+    /// how many it published and the last event id the bus acknowledged (`None`: nothing to
+    /// publish).
     ///
     /// # Errors
-    /// The database or the bus failed; the mark did not move, so the rows are published again
+    /// The database or the bus failed; the mark does not move, so the rows are published again
     /// by the next pass.
-    pub async fn publish_numbered(&self) -> Result<usize, RelayError> {
-        let acknowledged = self.acknowledged_through().await?;
+    async fn publish_after(&self, acknowledged: i64) -> Result<(usize, Option<i64>), RelayError> {
         let sql = format!(
             "SELECT {CHANGE_COLUMNS} FROM outbox WHERE published_seq > $1 \
              ORDER BY published_seq LIMIT $2"
@@ -303,7 +357,7 @@ impl Relay {
                 .await?
         });
         let Some(last) = rows.last().map(|row| row.0) else {
-            return Ok(0);
+            return Ok((0, None));
         };
         let mut changes = Vec::with_capacity(rows.len());
         for row in rows {
@@ -317,6 +371,14 @@ impl Relay {
             }
         }
         self.bus.publish(&changes).await?;
+        Ok((changes.len(), Some(last)))
+    }
+
+    /// Records `mark`'s acknowledged event id in `outbox_relay` if it moved (never backwards).
+    async fn record(&self, mark: &mut Mark) -> Result<(), RelayError> {
+        if mark.acknowledged <= mark.recorded {
+            return Ok(());
+        }
         on_pool!(&self.db, pool => {
             sqlx::query(
                 "INSERT INTO outbox_relay (name, published_seq, pruned_seq) VALUES ($1, $2, 0) \
@@ -325,12 +387,14 @@ impl Relay {
                  THEN excluded.published_seq ELSE outbox_relay.published_seq END",
             )
             .bind(RELAY)
-            .bind(last)
+            .bind(mark.acknowledged)
             .execute(pool)
             .await
             .map(drop)?
         });
-        Ok(changes.len())
+        mark.recorded = mark.acknowledged;
+        mark.recorded_at = Instant::now();
+        Ok(())
     }
 
     /// Deletes acknowledged rows older than the retention period, oldest first, and records
@@ -420,6 +484,16 @@ impl Relay {
     }
 }
 
+/// The last event id the bus acknowledged, as the active relay knows it, and the last one it
+/// recorded in `outbox_relay`.
+struct Mark {
+    acknowledged: i64,
+    recorded: i64,
+    recorded_at: Instant,
+}
+
+/// How often a busy relay records its acknowledged mark (an idle one records at once).
+const RECORD_MARK_EVERY: Duration = Duration::from_secs(1);
 /// How long a pass may still run once shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the active relay checks that its lock connection is alive.

@@ -169,3 +169,20 @@ impl RuntimeProbe for Runtime {
         self.connections.get() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sparc_bus::ChangeKind;
+    use sparc_projections::catalog::READ_MODELS;
+
+    #[test]
+    fn the_read_models_that_publish_are_the_ones_the_relay_waits_for() {
+        let published: Vec<&str> = READ_MODELS
+            .iter()
+            .filter(|model| model.published)
+            .map(|model| model.name)
+            .collect();
+        let relayed: Vec<&str> = ChangeKind::ALL.iter().map(|k| k.read_model()).collect();
+        assert_eq!(published, relayed);
+    }
+}

@@ -163,13 +163,19 @@ impl Server {
     }
 }
 
-/// Hashes newly committed events into the chain, in global order, until shutdown.
+/// Events the chainer hashes per transaction at most.
+const CHAIN_BATCH: i64 = 1000;
+
+/// Hashes newly committed events into the chain, in global order, until shutdown. Short of a
+/// backlog it pauses between passes, so that under load a pass hashes the events of a tenth of a
+/// second in one transaction instead of a handful each.
 async fn run_chainer(db: Database, mut shutdown: watch::Receiver<bool>) {
     let chainer = Chainer::new(&db);
     while !*shutdown.borrow() {
-        let pause = match chainer.chain_pending(1000).await {
+        let pause = match chainer.chain_pending(CHAIN_BATCH).await {
             Ok(0) => Duration::from_millis(250),
-            Ok(_) => Duration::ZERO,
+            Ok(chained) if chained as i64 >= CHAIN_BATCH => Duration::ZERO,
+            Ok(_) => Duration::from_millis(100),
             Err(error) => {
                 tracing::warn!(%error, "hash chain: batch failed");
                 Duration::from_secs(1)

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: how far each consumer of the log has read.
 //! - [`chain`]: the sha256 hash chain over the log and its verification.
 //! - [`changes`]: read-model change notices between instances, and the generations caches use.
+//! - [`outbox`]: how published changes get their gap-free `event_id`, in log order.
 //! - `testing` (feature `testing`): fresh test databases.
 
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod event_repository;
 pub mod event_store;
 pub mod log;
 pub mod metadata;
+pub mod outbox;
 #[cfg(feature = "testing")]
 pub mod testing;
 
