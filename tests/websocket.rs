@@ -153,8 +153,35 @@ async fn changes_arrive_as_the_contracts_frames(app: TestApp) {
             assert_eq!(frame["payload"]["execution"]["task_id"], task.as_str());
             assert_eq!(frame["payload"]["execution"]["status"], "running");
         }
+        if frame["type"] == "task_status_update" {
+            assert_eq!(frame["payload"]["status"], "running", "{frame}");
+            assert_eq!(frame["payload"]["assignee"], agent_id, "{frame}");
+            assert_eq!(frame["payload"]["output"], Value::Null);
+        }
         seen.insert(frame["type"].as_str().expect("a type").to_owned());
     }
+
+    // The finished report: the task's status update carries what the run reported.
+    let report = app
+        .post(
+            "/api/v1/agents/activity",
+            &admin.token,
+            json!({"agent_id": agent_id, "task_id": task, "status": "failed",
+                   "output": "2 findings", "error": "exit status 1"}),
+        )
+        .await;
+    assert_eq!(report.status, 201, "{}", report.body);
+    let status = loop {
+        let frame = ws.change().await;
+        if frame["type"] == "task_status_update" {
+            break frame;
+        }
+    };
+    assert_eq!(status["payload"]["taskId"], task.as_str());
+    assert_eq!(status["payload"]["status"], "pending", "back to pending");
+    assert_eq!(status["payload"]["assignee"], agent_id);
+    assert_eq!(status["payload"]["output"], "2 findings");
+    assert_eq!(status["payload"]["error"], "exit status 1");
 }
 
 both_backends!(changes_arrive_as_the_contracts_frames, |app| {

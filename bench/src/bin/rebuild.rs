@@ -179,6 +179,7 @@ fn generate(args: &Args) -> Vec<Row> {
                 execution_id: execution,
                 scheduled_for: at,
                 manual: false,
+                agent_id: Some(*agent),
                 next_run_at: Some(at + Duration::minutes(15)),
                 at,
             },
@@ -217,6 +218,9 @@ fn generate(args: &Args) -> Vec<Row> {
             TaskEvent::TaskRunFinished {
                 execution_id: execution,
                 status,
+                agent_id: Some(*agent),
+                output: Some("ok".into()),
+                error: (status == ExecutionStatus::Failed).then(|| "exit status 1".into()),
                 next_run_at: Some(at + Duration::minutes(15)),
                 at: at + Duration::seconds(2),
             },

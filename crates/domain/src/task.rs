@@ -132,10 +132,22 @@ pub enum TaskCommand {
         /// Decision time.
         at: Timestamp,
     },
-    /// Run now, outside the schedule (`POST /tasks/{id}/run`).
+    /// Run now, outside the schedule (`POST /tasks/{id}/run`, or an agent reporting a run it
+    /// started).
     RunNow {
         /// The execution the run becomes.
         execution_id: Uuid,
+        /// The agent running it, when an agent started it.
+        agent_id: Option<Uuid>,
+        /// Decision time.
+        at: Timestamp,
+    },
+    /// Record which agent took the running execution; other executions are ignored.
+    Assign {
+        /// The execution the agent took.
+        execution_id: Uuid,
+        /// The agent.
+        agent_id: Uuid,
         /// Decision time.
         at: Timestamp,
     },
@@ -145,9 +157,42 @@ pub enum TaskCommand {
         execution_id: Uuid,
         /// Its final status.
         status: ExecutionStatus,
+        /// What the agent reported with it.
+        report: RunReport,
         /// Decision time.
         at: Timestamp,
     },
+}
+
+/// What an agent reported with a finished run. The task keeps the first
+/// [`RunReport::EXCERPT_BYTES`] of the output and the error (the execution keeps them whole).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunReport {
+    /// The agent that ran it.
+    pub agent_id: Option<Uuid>,
+    /// Its output.
+    pub output: Option<String>,
+    /// Its error.
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    /// How much of an output or error a task keeps, in bytes.
+    pub const EXCERPT_BYTES: usize = 4096;
+}
+
+/// The first [`RunReport::EXCERPT_BYTES`] of `text`, cut at a character boundary.
+fn excerpt(text: Option<String>) -> Option<String> {
+    text.map(|mut text| {
+        if text.len() > RunReport::EXCERPT_BYTES {
+            let mut end = RunReport::EXCERPT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    })
 }
 
 /// What happened to a task. Names are stable: they are the `event_type` column of the log.
@@ -198,8 +243,20 @@ pub enum TaskEvent {
         scheduled_for: Timestamp,
         /// Whether it was started by hand.
         manual: bool,
+        /// The agent running it, when an agent started it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<Uuid>,
         /// The next due slot.
         next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
+    /// An agent took the running execution.
+    TaskRunAssigned {
+        /// The execution.
+        execution_id: Uuid,
+        /// The agent.
+        agent_id: Uuid,
         /// When.
         at: Timestamp,
     },
@@ -220,6 +277,15 @@ pub enum TaskEvent {
         execution_id: Uuid,
         /// Its final status.
         status: ExecutionStatus,
+        /// The agent that ran it, if one reported it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<Uuid>,
+        /// The start of its output (at most [`RunReport::EXCERPT_BYTES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// The start of its error (at most [`RunReport::EXCERPT_BYTES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
         /// The next due slot (the next cron time after the finish).
         next_run_at: Option<Timestamp>,
         /// When.
@@ -235,6 +301,7 @@ impl DomainEvent for TaskEvent {
             TaskEvent::TaskDeleted { .. } => "TaskDeleted",
             TaskEvent::TaskFired { .. } => "TaskFired",
             TaskEvent::TaskRunSkipped { .. } => "TaskRunSkipped",
+            TaskEvent::TaskRunAssigned { .. } => "TaskRunAssigned",
             TaskEvent::TaskRunFinished { .. } => "TaskRunFinished",
         }
         .to_owned()
@@ -341,6 +408,15 @@ pub struct Task {
     pub run_count: u64,
     /// Finished runs that failed or timed out.
     pub error_count: u64,
+    /// The agent on the running or the last run, if known.
+    #[serde(default)]
+    pub assignee: Option<Uuid>,
+    /// The start of the last finished run's output.
+    #[serde(default)]
+    pub last_output: Option<String>,
+    /// The start of the last finished run's error.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 impl Task {
@@ -465,6 +541,7 @@ impl Task {
                 execution_id,
                 scheduled_for,
                 manual: false,
+                agent_id: None,
                 next_run_at,
                 at,
             },
@@ -474,6 +551,7 @@ impl Task {
     fn decide_run_now(
         &self,
         execution_id: Uuid,
+        agent_id: Option<Uuid>,
         at: Timestamp,
     ) -> Result<Vec<TaskEvent>, TaskError> {
         self.live()?;
@@ -484,7 +562,30 @@ impl Task {
             execution_id,
             scheduled_for: at,
             manual: true,
+            agent_id,
             next_run_at: self.next_run_at,
+            at,
+        }])
+    }
+
+    fn decide_assign(
+        &self,
+        execution_id: Uuid,
+        agent_id: Uuid,
+        at: Timestamp,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        if !self.exists {
+            return Err(TaskError::NotFound);
+        }
+        if self.running_execution_id != Some(execution_id)
+            || self.assignee == Some(agent_id)
+            || self.status == TaskStatus::Deleted
+        {
+            return Ok(vec![]);
+        }
+        Ok(vec![TaskEvent::TaskRunAssigned {
+            execution_id,
+            agent_id,
             at,
         }])
     }
@@ -493,6 +594,7 @@ impl Task {
         &self,
         execution_id: Uuid,
         status: ExecutionStatus,
+        report: RunReport,
         at: Timestamp,
     ) -> Result<Vec<TaskEvent>, TaskError> {
         if !self.exists {
@@ -511,6 +613,9 @@ impl Task {
         Ok(vec![TaskEvent::TaskRunFinished {
             execution_id,
             status,
+            agent_id: report.agent_id,
+            output: excerpt(report.output),
+            error: excerpt(report.error),
             next_run_at,
             at,
         }])
@@ -573,12 +678,22 @@ impl Aggregate for Task {
                 scheduled_for,
                 at,
             } => self.decide_fire(execution_id, scheduled_for, at)?,
-            TaskCommand::RunNow { execution_id, at } => self.decide_run_now(execution_id, at)?,
+            TaskCommand::RunNow {
+                execution_id,
+                agent_id,
+                at,
+            } => self.decide_run_now(execution_id, agent_id, at)?,
+            TaskCommand::Assign {
+                execution_id,
+                agent_id,
+                at,
+            } => self.decide_assign(execution_id, agent_id, at)?,
             TaskCommand::FinishRun {
                 execution_id,
                 status,
+                report,
                 at,
-            } => self.decide_finish(execution_id, status, at)?,
+            } => self.decide_finish(execution_id, status, report, at)?,
         };
         for event in events {
             sink.write(event, self).await;
@@ -654,12 +769,16 @@ impl Aggregate for Task {
                 execution_id,
                 scheduled_for,
                 manual,
+                agent_id,
                 next_run_at,
                 at,
             } => {
                 if !manual {
                     self.last_fired_slot = Some(scheduled_for);
                 }
+                self.assignee = agent_id;
+                self.last_output = None;
+                self.last_error = None;
                 self.resume_status = self.settled_status();
                 self.status = TaskStatus::Running;
                 self.running_execution_id = Some(execution_id);
@@ -677,12 +796,22 @@ impl Aggregate for Task {
                 self.next_run_at = next_run_at;
                 self.updated_at = Some(at);
             }
+            TaskEvent::TaskRunAssigned { agent_id, at, .. } => {
+                self.assignee = Some(agent_id);
+                self.updated_at = Some(at);
+            }
             TaskEvent::TaskRunFinished {
                 status,
+                agent_id,
+                output,
+                error,
                 next_run_at,
                 at,
                 ..
             } => {
+                self.assignee = agent_id.or(self.assignee);
+                self.last_output = output;
+                self.last_error = error;
                 self.run_count += 1;
                 if status.is_error() {
                     self.error_count += 1;
@@ -737,6 +866,7 @@ mod tests {
             execution_id: Uuid::from_u128(exec),
             scheduled_for: slot,
             manual: false,
+            agent_id: None,
             next_run_at: Some(next),
             at: slot,
         }
@@ -803,6 +933,7 @@ mod tests {
                 execution_id: Uuid::from_u128(100),
                 scheduled_for: at(9, 15),
                 manual: false,
+                agent_id: None,
                 // Slots 9:30 was missed while no scheduler ran: it collapses into this run.
                 next_run_at: Some(at(9, 45)),
                 at: at(9, 40),
@@ -893,11 +1024,15 @@ mod tests {
             .when(TaskCommand::FinishRun {
                 execution_id: Uuid::from_u128(100),
                 status: ExecutionStatus::Failed,
+                report: RunReport::default(),
                 at: at(9, 50),
             })
             .then_expect_events(vec![TaskEvent::TaskRunFinished {
                 execution_id: Uuid::from_u128(100),
                 status: ExecutionStatus::Failed,
+                agent_id: None,
+                output: None,
+                error: None,
                 next_run_at: Some(at(10, 0)),
                 at: at(9, 50),
             }]);
@@ -908,6 +1043,9 @@ mod tests {
             TaskEvent::TaskRunFinished {
                 execution_id: Uuid::from_u128(100),
                 status: ExecutionStatus::Failed,
+                agent_id: None,
+                output: None,
+                error: None,
                 next_run_at: Some(at(10, 0)),
                 at: at(9, 50),
             },
@@ -920,12 +1058,97 @@ mod tests {
     }
 
     #[test]
+    fn a_task_shows_who_took_its_run_and_the_start_of_what_the_run_reported() {
+        let agent = Uuid::from_u128(77);
+        // One byte, then two-byte characters: the limit falls inside a character.
+        let long_output = format!("a{}", "é".repeat(RunReport::EXCERPT_BYTES));
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+            ])
+            .when(TaskCommand::Assign {
+                execution_id: Uuid::from_u128(100),
+                agent_id: agent,
+                at: at(9, 16),
+            })
+            .then_expect_events(vec![TaskEvent::TaskRunAssigned {
+                execution_id: Uuid::from_u128(100),
+                agent_id: agent,
+                at: at(9, 16),
+            }]);
+        let mut task = Task::default();
+        for event in [
+            scheduled("*/15 * * * *", TaskStatus::Pending),
+            fired(100, at(9, 15), at(9, 30)),
+            TaskEvent::TaskRunAssigned {
+                execution_id: Uuid::from_u128(100),
+                agent_id: agent,
+                at: at(9, 16),
+            },
+        ] {
+            task.apply(event);
+        }
+        assert_eq!(task.assignee, Some(agent));
+        let finished = TaskTest::with(())
+            .given(vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+            ])
+            .when(TaskCommand::FinishRun {
+                execution_id: Uuid::from_u128(100),
+                status: ExecutionStatus::Failed,
+                report: RunReport {
+                    agent_id: Some(agent),
+                    output: Some(long_output),
+                    error: Some("boom".to_owned()),
+                },
+                at: at(9, 50),
+            })
+            .inspect_result()
+            .expect("the run finishes");
+        let [TaskEvent::TaskRunFinished { output, error, .. }] = &finished[..] else {
+            panic!("one TaskRunFinished expected: {finished:?}");
+        };
+        let output = output.as_deref().expect("an output");
+        assert_eq!(
+            output.len(),
+            RunReport::EXCERPT_BYTES - 1,
+            "cut before the split character"
+        );
+        assert!(output[1..].chars().all(|c| c == 'é'));
+        assert_eq!(error.as_deref(), Some("boom"));
+        task.apply(finished[0].clone());
+        assert_eq!(task.assignee, Some(agent));
+        assert_eq!(task.last_error.as_deref(), Some("boom"));
+        task.apply(fired(101, at(10, 0), at(10, 15)));
+        assert_eq!(
+            (task.assignee, task.last_output, task.last_error),
+            (None, None, None),
+            "a new run starts with a clean slate"
+        );
+    }
+
+    #[test]
+    fn assigning_an_execution_that_is_not_running_records_nothing() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Assign {
+                execution_id: Uuid::from_u128(5),
+                agent_id: Uuid::from_u128(77),
+                at: at(9, 50),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
     fn finishing_an_execution_that_is_not_running_records_nothing() {
         TaskTest::with(())
             .given(vec![scheduled("*/15 * * * *", TaskStatus::Pending)])
             .when(TaskCommand::FinishRun {
                 execution_id: Uuid::from_u128(5),
                 status: ExecutionStatus::Success,
+                report: RunReport::default(),
                 at: at(9, 50),
             })
             .then_expect_events(vec![]);
@@ -940,6 +1163,7 @@ mod tests {
             ])
             .when(TaskCommand::RunNow {
                 execution_id: Uuid::from_u128(2),
+                agent_id: None,
                 at: at(9, 16),
             })
             .then_expect_error(TaskError::AlreadyRunning);

@@ -13,9 +13,10 @@
 //!
 //! `task`, `project`, `execution` and `agent` are the REST resources (`sparc-contract`), except
 //! that a project in a frame has no `tasks_count`: the count is derived from the tasks read
-//! model, which changes without a project change; task frames carry those changes. A task state
-//! records neither a run's output or error nor an assignee (executions do, in their own frames),
-//! so `output`, `error` and `assignee` of `task_status_update` are `null`.
+//! model, which changes without a project change; task frames carry those changes. In
+//! `task_status_update`, `assignee` is the agent on the running or last run (once an agent has
+//! reported it), and `output` and `error` are the start (4 KiB) of what the last finished run
+//! reported; a new run clears them. The execution's own frames carry them whole.
 //!
 //! A change frame's `event_id` is the change's position as a decimal string (opaque to
 //! clients, ordered) and its `timestamp` is when the event was stored, so a replayed frame is
@@ -133,9 +134,9 @@ impl ChangeFrames {
                     task_id: task.id,
                     status: task.status.as_str(),
                     updated_at: task.updated_at.map(rfc3339),
-                    output: None,
-                    error: None,
-                    assignee: None,
+                    output: task.last_output.clone(),
+                    error: task.last_error.clone(),
+                    assignee: task.assignee,
                     project_id: task.project_id,
                 };
                 vec![
@@ -316,12 +317,16 @@ mod tests {
     fn a_task_change_is_a_status_update_and_a_full_task_frame() {
         let owner = Uuid::new_v4();
         let project = Uuid::new_v4();
+        let agent = Uuid::new_v4();
         let task = Task {
             id: Uuid::new_v4(),
             exists: true,
             user_id: owner,
             project_id: Some(project),
             updated_at: Some(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()),
+            assignee: Some(agent),
+            last_output: Some("3 findings".to_owned()),
+            last_error: Some("exit status 1".to_owned()),
             ..Task::default()
         };
         let rendered =
@@ -349,6 +354,9 @@ mod tests {
         );
         assert_eq!(status["payload"]["taskId"], task.id.to_string());
         assert_eq!(status["payload"]["projectId"], project.to_string());
+        assert_eq!(status["payload"]["assignee"], agent.to_string());
+        assert_eq!(status["payload"]["output"], "3 findings");
+        assert_eq!(status["payload"]["error"], "exit status 1");
         assert_eq!(
             status["payload"]["updatedAt"],
             "2026-03-02T09:00:00.000000Z"

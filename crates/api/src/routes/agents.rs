@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sparc_domain::agent::{Agent, AgentChanges, AgentCommand, AgentStatus, AgentType};
 use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
 use sparc_domain::reservation::{Reservation, ReservationCommand, reservation_id};
-use sparc_domain::task::{Task, TaskCommand, TaskStatus};
+use sparc_domain::task::{RunReport, Task, TaskCommand, TaskStatus};
 use sparc_domain::user::Role;
 use sparc_domain::values::AgentName;
 use sparc_projections::agents::AgentQuery;
@@ -595,6 +595,19 @@ async fn report_activity(
                 .await?;
             app.settle::<Execution>(execution_id, claimed.version)
                 .await?;
+            let assigned = app
+                .execute::<Task>(
+                    &body.task_id.to_string(),
+                    TaskCommand::Assign {
+                        execution_id,
+                        agent_id: body.agent_id,
+                        at: now,
+                    },
+                    &metadata,
+                    None,
+                )
+                .await?;
+            app.settle::<Task>(body.task_id, assigned.version).await?;
             execution_id
         }
         (ExecutionStatus::Running, None) => {
@@ -610,6 +623,7 @@ async fn report_activity(
                         &body.task_id.to_string(),
                         TaskCommand::RunNow {
                             execution_id,
+                            agent_id: Some(body.agent_id),
                             at: now,
                         },
                         &metadata,
@@ -649,8 +663,8 @@ async fn report_activity(
                     ExecutionCommand::Finish {
                         agent_id: Some(body.agent_id),
                         status,
-                        output: body.output,
-                        error: body.error,
+                        output: body.output.clone(),
+                        error: body.error.clone(),
                         duration_ms: body.duration_ms.map(|d| d as u64),
                         at: now,
                     },
@@ -669,6 +683,11 @@ async fn report_activity(
                         TaskCommand::FinishRun {
                             execution_id,
                             status,
+                            report: RunReport {
+                                agent_id: Some(body.agent_id),
+                                output: body.output,
+                                error: body.error,
+                            },
                             at: now,
                         },
                         &metadata,

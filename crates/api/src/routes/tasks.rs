@@ -433,6 +433,7 @@ async fn run_task(
             &id.to_string(),
             TaskCommand::RunNow {
                 execution_id,
+                agent_id: None,
                 at: now,
             },
             &metadata,
