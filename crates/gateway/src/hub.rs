@@ -44,6 +44,17 @@ struct Registry {
     seeing_everything: HashMap<u64, Mailbox>,
 }
 
+impl Registry {
+    /// Whether a connection may see a change for `audience`.
+    fn anyone_sees(&self, audience: Option<Uuid>) -> bool {
+        !self.seeing_everything.is_empty()
+            || match audience {
+                Some(user) => self.by_user.contains_key(&user),
+                None => !self.by_user.is_empty(),
+            }
+    }
+}
+
 struct Mailbox {
     queue: mpsc::Sender<Arc<ChangeFrames>>,
     evicted: Arc<Notify>,
@@ -192,6 +203,18 @@ impl Hub {
     }
 
     fn deliver(&self, change: &Change) {
+        {
+            // Nobody to render for: move on. The registry lock makes this and a connection
+            // that subscribes at this moment see the same head.
+            let registry = self
+                .registry
+                .read()
+                .expect("the registry lock is never poisoned");
+            if !registry.anyone_sees(change.audience) {
+                self.head.store(change.event_id, Ordering::Release);
+                return;
+            }
+        }
         match ChangeFrames::render(change) {
             Ok(frames) => self.fan_out(Arc::new(frames)),
             Err(error) => {
