@@ -169,6 +169,82 @@ both_backends!(
 );
 
 both_backends!(
+    metrics_count_commands_by_outcome_events_by_type_and_websocket_messages,
+    |app: TestApp| async move {
+        let alice = app.user("alice").await;
+        let (mut ws, _ack) = app.ws(&alice.token, None).await;
+        ws.send_text(r#"{"type":"ping"}"#).await;
+        assert_eq!(ws.frame().await["type"], "pong");
+        let created = app
+            .post(
+                "/api/v1/tasks",
+                &alice.token,
+                serde_json::json!({"skill_name": "lint", "schedule_cron": "0 0 1 1 *"}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        let task_id = created.body["id"].as_str().expect("a task id").to_owned();
+        let stale = app
+            .request(
+                Method::PUT,
+                &format!("/api/v1/tasks/{task_id}"),
+                Some(&alice.token),
+            )
+            .header("If-Match", "\"7\"")
+            .json(&serde_json::json!({"params": {"depth": 1}}))
+            .send()
+            .await
+            .expect("the service should answer");
+        assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+
+        let text = app
+            .request(Method::GET, "/metrics", None)
+            .send()
+            .await
+            .expect("the service should answer")
+            .text()
+            .await
+            .expect("a text body");
+        let sample = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("a sample {series} in:\n{text}"))
+        };
+        assert!(text.contains("# TYPE sparc_commands_total counter"));
+        assert_eq!(
+            sample(
+                r#"sparc_commands_total{aggregate="Task",command="Schedule",outcome="committed"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(r#"sparc_events_recorded_total{aggregate="Task",event_type="TaskScheduled"}"#),
+            1.0
+        );
+        assert_eq!(
+            sample(r#"sparc_commands_total{aggregate="Task",command="Update",outcome="conflict"}"#),
+            1.0,
+            "the stale If-Match"
+        );
+        assert!(
+            sample(
+                r#"sparc_commands_total{aggregate="User",command="Register",outcome="committed"}"#
+            ) >= 1.0
+        );
+        assert!(
+            sample(r#"sparc_websocket_messages_total{direction="received"}"#) >= 1.0,
+            "the ping"
+        );
+        assert!(
+            sample(r#"sparc_websocket_messages_total{direction="sent"}"#) >= 2.0,
+            "the ack and the pong"
+        );
+        assert!(!text.contains(&task_id), "ids never become labels");
+    }
+);
+
+both_backends!(
     metrics_are_prometheus_text_with_requests_by_route_and_projection_lag,
     |app: TestApp| async move {
         for _ in 0..2 {

@@ -42,6 +42,8 @@ pub trait RuntimeProbe: Send + Sync {
     fn bus(&self) -> &'static str;
     /// WebSocket connections this instance holds.
     fn websocket_connections(&self) -> u64;
+    /// WebSocket messages this instance has sent and received.
+    fn websocket_messages(&self) -> (u64, u64);
 }
 
 /// Everything a handler can reach.

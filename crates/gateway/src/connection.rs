@@ -224,6 +224,9 @@ where
             }
             incoming = rx.next() => {
                 last_heard = Instant::now();
+                if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &incoming {
+                    shared.hub.count_received();
+                }
                 let reply = match incoming {
                     Some(Ok(Message::Text(text))) => match ClientFrame::parse(&text) {
                         Some(ClientFrame::Ping) => Some(frames::pong()),
@@ -284,17 +287,19 @@ where
 {
     tokio::select! {
         written = tokio::time::timeout(shared.config.write_timeout, write(tx, messages)) => {
-            written.unwrap_or(Err(Close::new(SLOW_CONSUMER, "slow consumer")))
+            let written = written.unwrap_or(Err(Close::new(SLOW_CONSUMER, "slow consumer")))?;
+            shared.hub.count_sent(written);
+            Ok(())
         }
         _ = evicted.notified() => Err(Close::new(SLOW_CONSUMER, "slow consumer")),
     }
 }
 
-/// Writes `messages` and flushes once.
+/// Writes `messages` and flushes once; returns how many it wrote.
 async fn write<Tx>(
     tx: &mut Tx,
     messages: impl IntoIterator<Item = Message>,
-) -> Result<(), Option<Close>>
+) -> Result<u64, Option<Close>>
 where
     Tx: Sink<Message> + Unpin,
     Tx::Error: Display,
@@ -303,10 +308,13 @@ where
         tracing::debug!(%error, "socket closed while writing");
         GONE
     };
+    let mut written = 0;
     for message in messages {
         tx.feed(message).await.map_err(broken)?;
+        written += 1;
     }
-    tx.flush().await.map_err(broken)
+    tx.flush().await.map_err(broken)?;
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! same lock that delivery takes, so it receives exactly the changes after that position.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub(crate) struct Hub {
     registry: RwLock<Registry>,
     head: AtomicI64,
     connections: AtomicUsize,
+    /// WebSocket messages written to and read from this process's connections.
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
     outbox: Outbox,
     queue_capacity: usize,
 }
@@ -86,6 +89,8 @@ impl Hub {
             registry: RwLock::new(Registry::default()),
             head: AtomicI64::new(head),
             connections: AtomicUsize::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
             outbox,
             queue_capacity,
         }
@@ -94,6 +99,24 @@ impl Hub {
     /// Open connections.
     pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts `count` messages written to a connection.
+    pub(crate) fn count_sent(&self, count: u64) {
+        self.messages_sent.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts a message read from a connection.
+    pub(crate) fn count_received(&self) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The messages written to and read from connections so far.
+    pub(crate) fn messages(&self) -> (u64, u64) {
+        (
+            self.messages_sent.load(Ordering::Relaxed),
+            self.messages_received.load(Ordering::Relaxed),
+        )
     }
 
     /// Registers a connection that sees `visibility`.

@@ -206,6 +206,11 @@ impl ConnectionCount {
     pub fn get(&self) -> usize {
         self.0.connections()
     }
+
+    /// The WebSocket messages this process has written to and read from its connections.
+    pub fn messages(&self) -> (u64, u64) {
+        self.0.messages()
+    }
 }
 
 /// Feeds the hub from the bus; subscribes again if the subscription ends.

@@ -168,6 +168,10 @@ impl RuntimeProbe for Runtime {
     fn websocket_connections(&self) -> u64 {
         self.connections.get() as u64
     }
+
+    fn websocket_messages(&self) -> (u64, u64) {
+        self.connections.messages()
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,10 @@ use sparc_domain::reservation::Reservation;
 use sparc_domain::task::Task;
 use sparc_domain::user::User;
 
+use cqrs_es::DomainEvent;
+
 use crate::event_store::{Store, event_store, snapshot_store};
+use crate::metrics::{CommandMetrics, CommandOutcome, command_name};
 use crate::{Database, EventMetadata};
 
 /// Long streams (tasks accumulate runs, agents accumulate activity, users sessions) are loaded
@@ -72,12 +75,15 @@ pub struct CommandBus {
     executions: Store<Execution>,
     agents: Store<Agent>,
     reservations: Store<Reservation>,
+    metrics: CommandMetrics,
 }
 
 /// Selects an aggregate's store on the bus.
 pub trait Routed: Aggregate<Services = ()> + Clone {
     /// The store of this aggregate type.
     fn store(bus: &CommandBus) -> &Store<Self>;
+    /// The command's name, for the metrics.
+    fn command_name(command: &Self::Command) -> String;
 }
 
 macro_rules! routed {
@@ -85,6 +91,10 @@ macro_rules! routed {
         $(impl Routed for $aggregate {
             fn store(bus: &CommandBus) -> &Store<Self> {
                 &bus.$field
+            }
+
+            fn command_name(command: &Self::Command) -> String {
+                command_name(command)
             }
         })+
     };
@@ -110,7 +120,31 @@ impl CommandBus {
             executions: event_store(db).with_upcasters(upcasters()),
             agents: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
             reservations: event_store(db).with_upcasters(upcasters()),
+            metrics: CommandMetrics::default(),
         }
+    }
+
+    /// What this bus has done: commands by outcome, events by type.
+    pub fn metrics(&self) -> &CommandMetrics {
+        &self.metrics
+    }
+
+    /// Counts a command named `name` and the events it recorded.
+    fn count<A: Routed>(&self, name: String, result: &Result<Outcome<A>, CommandError<A::Error>>) {
+        let outcome = match result {
+            Ok(done) if done.events.is_empty() => CommandOutcome::Unchanged,
+            Ok(done) => {
+                self.metrics
+                    .count_events(A::TYPE, done.events.iter().map(DomainEvent::event_type));
+                CommandOutcome::Committed
+            }
+            Err(CommandError::Rejected(_)) => CommandOutcome::Rejected,
+            Err(CommandError::VersionMismatch { .. } | CommandError::Conflict) => {
+                CommandOutcome::Conflict
+            }
+            Err(CommandError::Store(_)) => CommandOutcome::Failed,
+        };
+        self.metrics.count_command(A::TYPE, name, outcome);
     }
 
     /// Loads an aggregate's current state and version.
@@ -134,20 +168,43 @@ impl CommandBus {
     where
         A::Command: Clone,
     {
+        let name = A::command_name(&command);
         let store: &Store<A> = A::store(self);
         let context = store.empty_context(id);
-        match decide_and_commit(store, context, command.clone(), metadata).await {
+        let result = match decide_and_commit(store, context, command.clone(), metadata).await {
             Err(AggregateError::AggregateConflict) => {
-                self.execute::<A>(id, command, metadata, None).await
+                self.decide_on_stream::<A>(id, command, metadata, None)
+                    .await
             }
             decided => decided.map_err(store_error),
-        }
+        };
+        self.count(name, &result);
+        result
     }
 
     /// Decides `command` on the aggregate `id` and commits its events with `metadata`.
     /// With `expected_version`, the stream must be at exactly that version (no retry: the
     /// caller asked for that state). Without it, a lost race is decided again on the new state.
     pub async fn execute<A: Routed>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        expected_version: Option<usize>,
+    ) -> Result<Outcome<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let name = A::command_name(&command);
+        let result = self
+            .decide_on_stream::<A>(id, command, metadata, expected_version)
+            .await;
+        self.count(name, &result);
+        result
+    }
+
+    /// [`CommandBus::execute`] without counting.
+    async fn decide_on_stream<A: Routed>(
         &self,
         id: &str,
         command: A::Command,

@@ -6,6 +6,7 @@
 //!   what a command committed.
 //! - [`event_store`](mod@event_store): the cqrs-es event store (events, optionally snapshots) and `Cqrs<A>`.
 //! - [`metadata`]: the metadata stored on every event (actor, request and correlation ids, …).
+//! - [`metrics`]: what the command bus did (commands by outcome, events by type).
 //! - [`log`]: reading the whole log in global (commit-safe) order, and per aggregate.
 //! - [`checkpoint`]: how far each consumer of the log has read.
 //! - [`chain`]: the sha256 hash chain over the log and its verification.
@@ -26,6 +27,7 @@ pub mod event_repository;
 pub mod event_store;
 pub mod log;
 pub mod metadata;
+pub mod metrics;
 pub mod outbox;
 #[cfg(feature = "testing")]
 pub mod testing;

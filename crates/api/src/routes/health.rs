@@ -212,7 +212,9 @@ async fn liveness() -> Json<Alive> {
 }
 
 /// Prometheus text exposition of the HTTP traffic (requests and latency by method, route and
-/// status), the log's size, each projection's position and lag, and WebSocket connections.
+/// status), this instance's commands (by aggregate, command and outcome) and the events they
+/// recorded (by aggregate and type), the log's size, each projection's position and lag, and
+/// WebSocket connections and messages.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(
@@ -223,6 +225,40 @@ async fn metrics(
     if let Some(Extension(http)) = http {
         http.render(&mut out);
     }
+    let commands = app.commands.metrics();
+    counter(
+        &mut out,
+        "sparc_commands_total",
+        "Commands this instance ran, by aggregate, command and outcome.",
+        &commands
+            .commands()
+            .into_iter()
+            .map(|((aggregate, command, outcome), count)| {
+                let labels = format!(
+                    "{{aggregate=\"{aggregate}\",command=\"{}\",outcome=\"{}\"}}",
+                    escape_label(&command),
+                    outcome.as_str()
+                );
+                (labels, count as f64)
+            })
+            .collect::<Vec<_>>(),
+    );
+    counter(
+        &mut out,
+        "sparc_events_recorded_total",
+        "Events this instance's commands recorded, by aggregate and event type.",
+        &commands
+            .events()
+            .into_iter()
+            .map(|((aggregate, event_type), count)| {
+                let labels = format!(
+                    "{{aggregate=\"{aggregate}\",event_type=\"{}\"}}",
+                    escape_label(&event_type)
+                );
+                (labels, count as f64)
+            })
+            .collect::<Vec<_>>(),
+    );
     match sparc_store::LogReader::new(&app.db).stats().await {
         Ok(stats) => {
             gauge(
@@ -276,6 +312,19 @@ async fn metrics(
         "Open WebSocket connections.",
         &[(String::new(), websocket_connections(&app) as f64)],
     );
+    let (sent, received) = app
+        .runtime
+        .get()
+        .map_or((0, 0), |probe| probe.websocket_messages());
+    counter(
+        &mut out,
+        "sparc_websocket_messages_total",
+        "WebSocket messages sent to and received from clients.",
+        &[
+            ("{direction=\"sent\"}".to_owned(), sent as f64),
+            ("{direction=\"received\"}".to_owned(), received as f64),
+        ],
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -288,8 +337,17 @@ async fn metrics(
 
 /// Writes one gauge family: `# HELP`, `# TYPE` and a sample per `(labels, value)`.
 fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    family(out, name, "gauge", help, samples);
+}
+
+/// Writes one counter family (`name` ends in `_total`).
+fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    family(out, name, "counter", help, samples);
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
     use std::fmt::Write;
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, value) in samples {
         let _ = writeln!(out, "{name}{labels} {value}");
     }
