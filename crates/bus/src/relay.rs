@@ -33,14 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use sparc_store::{Database, StoreError, StoreTx};
+use sparc_store::{Database, StoreError};
 use sqlx::{Connection as _, PgConnection};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use sparc_store::outbox::LAST_NUMBERED;
 
-use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, to_change};
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, on_tx, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
 
 /// Why a relay pass failed; the relay retries with back-off.
@@ -317,22 +317,13 @@ impl Relay {
         );
         let mut tx = self.db.begin().await?;
         tx.lock_outbox_numbering().await?;
-        let numbered = match &mut tx {
-            StoreTx::Postgres(tx) => sqlx::query(&numbering)
-                .bind(transaction_id)
-                .bind(position)
-                .bind(self.batch_size)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            StoreTx::Sqlite(tx) => sqlx::query(&numbering)
-                .bind(transaction_id)
-                .bind(position)
-                .bind(self.batch_size)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-        };
+        let numbered = on_tx!(&mut tx, conn => sqlx::query(&numbering)
+            .bind(transaction_id)
+            .bind(position)
+            .bind(self.batch_size)
+            .execute(&mut **conn)
+            .await?
+            .rows_affected());
         tx.commit().await?;
         Ok(numbered as usize)
     }
@@ -426,26 +417,15 @@ impl Relay {
             let mut tx = self.db.begin().await?;
             let delete = "DELETE FROM outbox WHERE published_seq <= $1";
             let record = "UPDATE outbox_relay SET pruned_seq = $1 WHERE name = $2";
-            deleted += match &mut tx {
-                StoreTx::Postgres(tx) => {
-                    let rows = sqlx::query(delete).bind(through).execute(&mut **tx).await?;
-                    sqlx::query(record)
-                        .bind(through)
-                        .bind(RELAY)
-                        .execute(&mut **tx)
-                        .await?;
-                    rows.rows_affected()
-                }
-                StoreTx::Sqlite(tx) => {
-                    let rows = sqlx::query(delete).bind(through).execute(&mut **tx).await?;
-                    sqlx::query(record)
-                        .bind(through)
-                        .bind(RELAY)
-                        .execute(&mut **tx)
-                        .await?;
-                    rows.rows_affected()
-                }
-            };
+            deleted += on_tx!(&mut tx, conn => {
+                let rows = sqlx::query(delete).bind(through).execute(&mut **conn).await?;
+                sqlx::query(record)
+                    .bind(through)
+                    .bind(RELAY)
+                    .execute(&mut **conn)
+                    .await?;
+                rows.rows_affected()
+            });
             tx.commit().await?;
         }
     }
