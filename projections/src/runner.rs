@@ -4,8 +4,10 @@
 //! were, so the batch is simply applied again after restart: nothing is lost or doubled.
 //!
 //! The read models share one loop: one read of the log and one transaction per batch for all
-//! of them (each keeps its own checkpoint, so one can be rebuilt or added on its own). Each
-//! policy has a loop of its own, since it may wait for a read model.
+//! of them (each keeps its own checkpoint, so one can be rebuilt or added on its own), which
+//! also writes the batch's changes for clients to the outbox ([`crate::outbox`]). Each policy
+//! has a loop of its own, since it may wait for a read model; it passes over batches with
+//! nothing for it without a transaction and saves how far it read at least every second.
 //!
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
 //! interval (other processes may write too). Each projection counts the batches that changed it
@@ -555,8 +557,8 @@ struct Cursor {
     passes_unconcerned: bool,
 }
 
-/// How long a policy loop passes over batches that concern it not before it saves how far it
-/// has read.
+/// How long a policy loop passes over batches that do not concern it before it saves how far
+/// it has read.
 const PASS_OVER_AT_MOST: Duration = Duration::from_secs(1);
 
 impl Cursor {
