@@ -18,9 +18,17 @@ use sparc_store::{Database, LogReader};
 const SECRET: &str = "crash-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Crash3dButFine";
 
+/// A `sparc serve` process, killed on drop (so a failed assertion leaves nothing running).
 struct Service {
     child: Child,
     base: String,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn free_port() -> u16 {
@@ -228,9 +236,6 @@ async fn crash_repeatedly_then_check(db: Database, database_url: String) {
         "audit verify failed: {report}"
     );
     assert!(report["events_checked"].as_u64().unwrap_or(0) > 0);
-
-    service.child.kill().ok();
-    service.child.wait().ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

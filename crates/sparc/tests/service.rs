@@ -141,8 +141,18 @@ impl Drop for OwnCluster {
     }
 }
 
-fn spawn_service(database_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sparc"))
+/// A `sparc serve` process, killed on drop (so a failed assertion leaves nothing running).
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_service(database_url: &str, port: u16) -> Service {
+    let child = Command::new(env!("CARGO_BIN_EXE_sparc"))
         .arg("serve")
         .env("DATABASE_URL", database_url)
         .env("SPARC_JWT_SECRET", SECRET)
@@ -151,7 +161,8 @@ fn spawn_service(database_url: &str, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("the sparc binary should start")
+        .expect("the sparc binary should start");
+    Service(child)
 }
 
 async fn readiness(port: u16) -> Option<u16> {
@@ -193,7 +204,7 @@ async fn readiness_answers_503_while_the_database_is_unreachable_and_200_when_it
         return;
     };
     let port = free_port();
-    let mut service = spawn_service(&cluster.url(), port);
+    let _service = spawn_service(&cluster.url(), port);
     wait_for_readiness(port, 200).await;
 
     assert!(cluster.stop(), "our own cluster should stop");
@@ -209,8 +220,6 @@ async fn readiness_answers_503_while_the_database_is_unreachable_and_200_when_it
 
     assert!(cluster.pg_ctl_start(), "our own cluster should start again");
     wait_for_readiness(port, 200).await;
-    service.kill().ok();
-    service.wait().ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,13 +229,13 @@ async fn sigterm_stops_the_service_gracefully() {
     let mut service = spawn_service(&file.url(), port);
     wait_for_readiness(port, 200).await;
     let term = Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
+        .args(["-TERM", &service.0.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(term.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = service.try_wait().expect("the process can be polled") {
+        if let Some(status) = service.0.try_wait().expect("the process can be polled") {
             assert!(
                 status.success(),
                 "a graceful stop exits with status 0, got {status}"
