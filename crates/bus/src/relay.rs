@@ -33,12 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use sparc_store::outbox::LAST_NUMBERED;
 use sparc_store::{Database, StoreError};
 use sqlx::{Connection as _, PgConnection};
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-use sparc_store::outbox::LAST_NUMBERED;
 
 use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, on_tx, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
