@@ -10,7 +10,9 @@
 use sparc_store::{RecordedEvent, StoreTx};
 
 use crate::runner::ProjectionError;
-use crate::sql::{SqlValue, bind_all, on_tx};
+use sparc_store::on_tx;
+
+use crate::sql::{SqlValue, bind_all};
 
 /// One change for clients.
 #[derive(Debug, Clone)]
@@ -78,7 +80,7 @@ pub(crate) async fn write(
         .0
         .sort_unstable_by_key(|change| (change.transaction_id, change.position));
     let mut last_numbered = if may_number {
-        tx.next_in_line().await?
+        tx.outbox_numbering_start().await?
     } else {
         None
     };

@@ -17,7 +17,7 @@ use crate::catalog::ReadModel;
 use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
-use crate::sql::on_tx;
+use sparc_store::on_tx;
 
 /// Events per transaction: large, so each touched row is loaded and written once per batch.
 const BATCH: i64 = 50_000;

@@ -488,7 +488,7 @@ impl Worker {
                     member.apply(&mut tx, events, &mut outgoing).await?;
                 }
             }
-            crate::outbox::write(&mut tx, outgoing, next_in_line(&names, &after)).await?;
+            crate::outbox::write(&mut tx, outgoing, publishers_level(&names, &after)).await?;
             let moved: Vec<&str> = names
                 .iter()
                 .zip(&saved)
@@ -584,7 +584,7 @@ impl Cursor {
 /// Whether a batch of `members`, read after their checkpoints `after`, is next in line to
 /// number its changes: every published read model is a member and all of them start from the
 /// same checkpoint, so every existing change comes before the batch's and none can come later.
-fn next_in_line(members: &[&str], after: &[Checkpoint]) -> bool {
+fn publishers_level(members: &[&str], after: &[Checkpoint]) -> bool {
     let mut starts = crate::catalog::READ_MODELS
         .iter()
         .filter(|model| model.published)

@@ -1,7 +1,7 @@
 //! Small helpers for writing one SQL text that runs on both backends: `$n` placeholders (which
 //! SQLite accepts too), values limited to text and integers, timestamps as fixed-width RFC 3339
-//! text (so text order is time order on both engines), and macros that run a statement on
-//! whichever connection a `StoreTx` or `Database` holds.
+//! text (so text order is time order on both engines), and a macro that runs a statement on
+//! whichever pool a `Database` holds (`sparc_store::on_tx!` does it for a `StoreTx`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -64,23 +64,6 @@ macro_rules! bind_all {
     }};
 }
 pub(crate) use bind_all;
-
-/// Runs `$body` with `$conn` bound to the connection inside a `StoreTx`, for either backend.
-macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
-        match $tx {
-            sparc_store::StoreTx::Postgres(tx) => {
-                let $conn = &mut **tx;
-                $body
-            }
-            sparc_store::StoreTx::Sqlite(tx) => {
-                let $conn = &mut **tx;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use on_tx;
 
 /// Runs `$body` with `$pool` bound to the pool of a `Database`, for either backend. The body is
 /// compiled once per backend, so one SQL text (with `$n` placeholders) serves both.

@@ -16,13 +16,13 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
-use sparc_store::{Database, RecordedEvent, StoreTx};
+use sparc_store::{Database, RecordedEvent, StoreTx, on_tx};
 use sqlx::Row as _;
 
 use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
-use crate::sql::{SqlValue, bind_all, on_tx};
+use crate::sql::{SqlValue, bind_all};
 
 /// An aggregate whose states form a read-model table.
 pub trait Indexed: Aggregate + Clone {

@@ -88,17 +88,6 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// Runs `$body` with `$conn` bound to the connection of either backend's transaction.
-macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
-        match $tx {
-            sparc_store::StoreTx::Postgres($conn) => $body,
-            sparc_store::StoreTx::Sqlite($conn) => $body,
-        }
-    };
-}
-pub(crate) use on_tx;
-
 /// Turns a numbered row into the change it records.
 pub(crate) fn to_change(row: ChangeRow) -> Result<Change, OutboxError> {
     let (event_id, kind, aggregate_id, audience, version, event_type, state, recorded_at) = row;

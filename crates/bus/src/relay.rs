@@ -33,13 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use sparc_store::outbox::LAST_NUMBERED;
-use sparc_store::{Database, StoreError};
+use sparc_store::outbox::{LAST_NUMBERED, ROW_WAITING};
+use sparc_store::{Database, StoreError, on_tx};
 use sqlx::{Connection as _, PgConnection};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, on_tx, to_change};
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
 
 /// Why a relay pass failed; the relay retries with back-off.
@@ -280,7 +280,7 @@ impl Relay {
     pub async fn number(&self) -> Result<usize, RelayError> {
         // Usually the read-model loop has numbered everything: one look at the partial index.
         let unnumbered: bool = on_pool!(&self.db, pool => {
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL)")
+            sqlx::query_scalar(&format!("SELECT {ROW_WAITING}"))
                 .fetch_one(pool)
                 .await?
         });
@@ -320,7 +320,7 @@ impl Relay {
             .bind(transaction_id)
             .bind(position)
             .bind(self.batch_size)
-            .execute(&mut **conn)
+            .execute(&mut *conn)
             .await?
             .rows_affected());
         tx.commit().await?;
@@ -417,11 +417,11 @@ impl Relay {
             let delete = "DELETE FROM outbox WHERE published_seq <= $1";
             let record = "UPDATE outbox_relay SET pruned_seq = $1 WHERE name = $2";
             deleted += on_tx!(&mut tx, conn => {
-                let rows = sqlx::query(delete).bind(through).execute(&mut **conn).await?;
+                let rows = sqlx::query(delete).bind(through).execute(&mut *conn).await?;
                 sqlx::query(record)
                     .bind(through)
                     .bind(RELAY)
-                    .execute(&mut **conn)
+                    .execute(&mut *conn)
                     .await?;
                 rows.rows_affected()
             });

@@ -48,6 +48,30 @@ struct Registry {
 }
 
 impl Registry {
+    /// Offers `frames` to the queue of every connection that may see them; a full queue gets its
+    /// connection evicted.
+    fn offer(&self, frames: &Arc<ChangeFrames>) {
+        let offer = |mailbox: &Mailbox| {
+            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.queue.try_send(frames.clone())
+            {
+                mailbox.evicted.notify_one();
+            }
+        };
+        match frames.audience {
+            Some(user) => {
+                if let Some(mailboxes) = self.by_user.get(&user) {
+                    mailboxes.values().for_each(offer);
+                }
+            }
+            None => self
+                .by_user
+                .values()
+                .flat_map(HashMap::values)
+                .for_each(offer),
+        }
+        self.seeing_everything.values().for_each(offer);
+    }
+
     /// Whether a connection may see a change for `audience`.
     fn anyone_sees(&self, audience: Option<Uuid>) -> bool {
         !self.seeing_everything.is_empty()
@@ -225,54 +249,21 @@ impl Hub {
         }
     }
 
+    /// Renders `change` once and offers it to every connection that may see it, then moves the
+    /// head, all under one read lock of the registry (so a connection subscribing meanwhile sees
+    /// a head that agrees with what it is offered). Nobody to see it: nothing is rendered. A
+    /// connection whose queue is full is signalled to close; it leaves the hub when it does.
     fn deliver(&self, change: &Change) {
-        {
-            // Nobody to render for: move on. The registry lock makes this and a connection
-            // that subscribes at this moment see the same head.
-            let registry = self
-                .registry
-                .read()
-                .expect("the registry lock is never poisoned");
-            if !registry.anyone_sees(change.audience) {
-                self.head.store(change.event_id, Ordering::Release);
-                return;
-            }
-        }
-        match ChangeFrames::render(change) {
-            Ok(frames) => self.fan_out(Arc::new(frames)),
-            Err(error) => {
-                tracing::error!(%error, "change skipped");
-                self.head.store(change.event_id, Ordering::Release);
-            }
-        }
-    }
-
-    /// Offers `frames` to every connection that may see them and moves the head. A connection
-    /// whose queue is full is signalled to close; it leaves the hub when it does.
-    pub(crate) fn fan_out(&self, frames: Arc<ChangeFrames>) {
         let registry = self
             .registry
             .read()
             .expect("the registry lock is never poisoned");
-        let offer = |mailbox: &Mailbox| {
-            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.queue.try_send(frames.clone())
-            {
-                mailbox.evicted.notify_one();
+        if registry.anyone_sees(change.audience) {
+            match ChangeFrames::render(change) {
+                Ok(frames) => registry.offer(&Arc::new(frames)),
+                Err(error) => tracing::error!(%error, "change skipped"),
             }
-        };
-        match frames.audience {
-            Some(user) => {
-                if let Some(mailboxes) = registry.by_user.get(&user) {
-                    mailboxes.values().for_each(offer);
-                }
-            }
-            None => registry
-                .by_user
-                .values()
-                .flat_map(HashMap::values)
-                .for_each(offer),
         }
-        registry.seeing_everything.values().for_each(offer);
-        self.head.store(frames.event_id, Ordering::Release);
+        self.head.store(change.event_id, Ordering::Release);
     }
 }

@@ -189,21 +189,21 @@ impl Gateway {
         self.shared.hub.connections()
     }
 
-    /// A live count of this process's connections that, unlike the gateway, holds nothing that
-    /// refers back to whoever keeps it (the API's state keeps one for its health endpoints,
-    /// while the gateway keeps the API's state for checking tokens).
-    pub fn connection_count(&self) -> ConnectionCount {
-        ConnectionCount(self.shared.hub.clone())
+    /// Live counts of this process's connections and messages that, unlike the gateway, hold
+    /// nothing that refers back to whoever keeps them (the API's state keeps them for its health
+    /// endpoints, while the gateway keeps the API's state for checking tokens).
+    pub fn counters(&self) -> GatewayCounters {
+        GatewayCounters(self.shared.hub.clone())
     }
 }
 
-/// See [`Gateway::connection_count`].
+/// See [`Gateway::counters`].
 #[derive(Clone)]
-pub struct ConnectionCount(Arc<Hub>);
+pub struct GatewayCounters(Arc<Hub>);
 
-impl ConnectionCount {
+impl GatewayCounters {
     /// The connections this process holds now.
-    pub fn get(&self) -> usize {
+    pub fn connections(&self) -> usize {
         self.0.connections()
     }
 

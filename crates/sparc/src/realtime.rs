@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sparc_api::error::ApiError;
 use sparc_api::{App, RuntimeProbe, ServiceInfo};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
-use sparc_gateway::{AuthFailure, Authenticator, ConnectionCount, Gateway, GatewayConfig, Viewer};
+use sparc_gateway::{AuthFailure, Authenticator, Gateway, GatewayConfig, GatewayCounters, Viewer};
 use sparc_projections::ProjectionRunner;
 use sparc_store::{CommandBus, Database, Generations};
 use tokio::net::TcpListener;
@@ -61,7 +61,7 @@ pub async fn start(
     // hold the gateway itself: it holds `app` (for tokens), and `app` would then never drop.
     let _ = app.runtime.set(Arc::new(Runtime {
         bus,
-        connections: gateway.connection_count(),
+        gateway: gateway.counters(),
     }));
     tasks.push(tokio::spawn(relay.run(shutdown)));
     Ok((gateway.router(), tasks))
@@ -157,7 +157,7 @@ impl Authenticator for ApiTokens {
 /// The health endpoints' view of this process's bus and gateway.
 struct Runtime {
     bus: Arc<dyn ChangeBus>,
-    connections: ConnectionCount,
+    gateway: GatewayCounters,
 }
 
 impl RuntimeProbe for Runtime {
@@ -166,11 +166,11 @@ impl RuntimeProbe for Runtime {
     }
 
     fn websocket_connections(&self) -> u64 {
-        self.connections.get() as u64
+        self.gateway.connections() as u64
     }
 
     fn websocket_messages(&self) -> (u64, u64) {
-        self.connections.messages()
+        self.gateway.messages()
     }
 }
 

@@ -13,15 +13,13 @@
 //! loaded stream like any other.
 
 use cqrs_es::persist::EventStoreAggregateContext;
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventStore};
 use sparc_domain::agent::Agent;
 use sparc_domain::execution::Execution;
 use sparc_domain::project::Project;
 use sparc_domain::reservation::Reservation;
 use sparc_domain::task::Task;
 use sparc_domain::user::User;
-
-use cqrs_es::DomainEvent;
 
 use crate::event_store::{Store, event_store, snapshot_store};
 use crate::metrics::{CommandMetrics, CommandOutcome, command_name};
@@ -168,18 +166,19 @@ impl CommandBus {
     where
         A::Command: Clone,
     {
-        let name = A::command_name(&command);
         let store: &Store<A> = A::store(self);
         let context = store.empty_context(id);
-        let result = match decide_and_commit(store, context, command.clone(), metadata).await {
+        match decide_and_commit(store, context, command.clone(), metadata).await {
+            // `execute` counts the command.
             Err(AggregateError::AggregateConflict) => {
-                self.decide_on_stream::<A>(id, command, metadata, None)
-                    .await
+                self.execute::<A>(id, command, metadata, None).await
             }
-            decided => decided.map_err(store_error),
-        };
-        self.count(name, &result);
-        result
+            decided => {
+                let result = decided.map_err(store_error);
+                self.count(A::command_name(&command), &result);
+                result
+            }
+        }
     }
 
     /// Decides `command` on the aggregate `id` and commits its events with `metadata`.
@@ -195,55 +194,41 @@ impl CommandBus {
     where
         A::Command: Clone,
     {
-        let name = A::command_name(&command);
-        let result = self
-            .decide_on_stream::<A>(id, command, metadata, expected_version)
-            .await;
-        self.count(name, &result);
-        result
-    }
-
-    /// [`CommandBus::execute`] without counting.
-    async fn decide_on_stream<A: Routed>(
-        &self,
-        id: &str,
-        command: A::Command,
-        metadata: &EventMetadata,
-        expected_version: Option<usize>,
-    ) -> Result<Outcome<A>, CommandError<A::Error>>
-    where
-        A::Command: Clone,
-    {
         let store: &Store<A> = A::store(self);
-        let mut attempt = 0;
-        loop {
-            let context = store.load_aggregate(id).await.map_err(store_error)?;
-            if let Some(expected) = expected_version
-                && expected != context.current_sequence
-            {
-                return Err(CommandError::VersionMismatch {
-                    expected,
-                    actual: context.current_sequence,
-                });
-            }
-            match decide_and_commit(store, context, command.clone(), metadata).await {
-                Err(AggregateError::AggregateConflict)
-                    if expected_version.is_none() && attempt < CONFLICT_RETRIES =>
+        let decided = async {
+            let mut attempt = 0;
+            loop {
+                let context = store.load_aggregate(id).await.map_err(store_error)?;
+                if let Some(expected) = expected_version
+                    && expected != context.current_sequence
                 {
-                    attempt += 1;
-                }
-                Err(AggregateError::AggregateConflict) => {
-                    return Err(match expected_version {
-                        Some(expected) => CommandError::VersionMismatch {
-                            expected,
-                            actual: expected + 1,
-                        },
-                        None => CommandError::Conflict,
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        actual: context.current_sequence,
                     });
                 }
-                decided => return decided.map_err(store_error),
+                match decide_and_commit(store, context, command.clone(), metadata).await {
+                    Err(AggregateError::AggregateConflict)
+                        if expected_version.is_none() && attempt < CONFLICT_RETRIES =>
+                    {
+                        attempt += 1;
+                    }
+                    Err(AggregateError::AggregateConflict) => {
+                        return Err(match expected_version {
+                            Some(expected) => CommandError::VersionMismatch {
+                                expected,
+                                actual: expected + 1,
+                            },
+                            None => CommandError::Conflict,
+                        });
+                    }
+                    decided => return decided.map_err(store_error),
+                }
             }
         }
+        .await;
+        self.count(A::command_name(&command), &decided);
+        decided
     }
 }
 

@@ -1,5 +1,6 @@
 //! Connecting to the database (PostgreSQL or SQLite, chosen by the URL), applying the embedded
-//! migrations, readiness probes, and [`StoreTx`], a transaction on either backend.
+//! migrations, readiness probes, and [`StoreTx`], a transaction on either backend (with
+//! [`on_tx!`](crate::on_tx) to run one statement text on whichever it holds).
 
 use std::fmt;
 use std::path::Path;
@@ -248,4 +249,22 @@ impl StoreTx {
         }
         Ok(())
     }
+}
+
+/// Runs `$body` with `$conn` bound to the connection inside a [`StoreTx`], for either backend:
+/// the body is compiled once per backend, so one SQL text (with `$n` placeholders) serves both.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::StoreTx::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::StoreTx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
 }

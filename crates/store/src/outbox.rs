@@ -15,6 +15,9 @@ pub const LAST_NUMBERED: &str = "(SELECT coalesce(max(seq), 0) FROM ( \
      SELECT max(published_seq) AS seq FROM outbox \
      UNION ALL SELECT pruned_seq FROM outbox_relay WHERE name = 'relay') AS given)";
 
+/// Whether some row waits for a number (a look at the partial index of unnumbered rows).
+pub const ROW_WAITING: &str = "EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL)";
+
 /// The transaction lock numbering takes (Postgres; SQLite's write lock already serializes).
 const NUMBERING_LOCK: &str = "sparc.outbox_relay.numbering";
 
@@ -30,18 +33,14 @@ impl StoreTx {
         Ok(())
     }
 
-    /// Takes the numbering lock and returns the last event id given, or `None` if some row
-    /// still waits for a number (rows written now must then wait behind it, for the relay).
-    pub async fn next_in_line(&mut self) -> Result<Option<i64>, StoreError> {
+    /// Takes the numbering lock and returns the last event id given, which the next numbered
+    /// row follows, or `None` if some row still waits for a number (rows written now must then
+    /// wait behind it, for the relay).
+    pub async fn outbox_numbering_start(&mut self) -> Result<Option<i64>, StoreError> {
         self.lock_outbox_numbering().await?;
-        let sql = format!(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL) \
-             THEN NULL ELSE {LAST_NUMBERED} END"
-        );
-        let last: Option<i64> = match self {
-            Self::Postgres(tx) => sqlx::query_scalar(&sql).fetch_one(&mut **tx).await?,
-            Self::Sqlite(tx) => sqlx::query_scalar(&sql).fetch_one(&mut **tx).await?,
-        };
+        let sql = format!("SELECT CASE WHEN {ROW_WAITING} THEN NULL ELSE {LAST_NUMBERED} END");
+        let last: Option<i64> =
+            crate::on_tx!(self, conn => sqlx::query_scalar(&sql).fetch_one(&mut *conn).await?);
         Ok(last)
     }
 }
