@@ -4,8 +4,8 @@
 //!
 //! When the batch is next in line (every published read model starts it from the same
 //! checkpoint, so no row can later appear before its rows, and no row waits for a number) it
-//! numbers its rows itself, under the numbering lock; otherwise it leaves them for the relay
-//! ([`sparc_store::outbox`]).
+//! numbers its rows itself, under the numbering lock it took with its checkpoints; otherwise it
+//! leaves them for the relay ([`sparc_store::outbox`]).
 
 use sparc_store::{RecordedEvent, StoreTx};
 
@@ -65,13 +65,14 @@ const COLUMNS: &str = "position, transaction_id, kind, aggregate_id, audience, v
 /// Rows per statement (nine parameters each).
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// Writes `outgoing` in log order inside `tx`, skipping events that already have a row. If
-/// `may_number` and no row waits for a number, the rows get the next event ids; otherwise the
-/// relay numbers them.
+/// Writes `outgoing` in log order inside `tx`, skipping events that already have a row. With
+/// `numbering_start` (the transaction holds the numbering lock, see
+/// [`StoreTx::lock_checkpoints_and_numbering`]) the rows get the event ids after it; otherwise
+/// the relay numbers them.
 pub(crate) async fn write(
     tx: &mut StoreTx,
     mut outgoing: Outgoing,
-    may_number: bool,
+    numbering_start: Option<i64>,
 ) -> Result<(), ProjectionError> {
     if outgoing.is_empty() {
         return Ok(());
@@ -79,11 +80,7 @@ pub(crate) async fn write(
     outgoing
         .0
         .sort_unstable_by_key(|change| (change.transaction_id, change.position));
-    let mut last_numbered = if may_number {
-        tx.outbox_numbering_start().await?
-    } else {
-        None
-    };
+    let mut last_numbered = numbering_start;
     for chunk in outgoing.0.chunks(ROWS_PER_STATEMENT) {
         let width = chunk[0].values.len();
         let tuples: Vec<String> = (0..chunk.len())

@@ -31,8 +31,13 @@ use crate::outbox::Outgoing;
 
 /// How long a loop waits after a poke, or after a batch that did not fill up, before reading
 /// the log: under load the writes of that moment share one transaction per projection instead
-/// of one each, at the price of this much latency.
+/// of one each, at the price of this much latency. The read models' loop skips the wait when a
+/// poke ends a quiet spell ([`QUIET_AFTER`]), so a lone write reaches its reader and the
+/// WebSocket without it.
 const LINGER: Duration = Duration::from_millis(2);
+
+/// How long without a batch counts as quiet: a write then is not one of a stream.
+const QUIET_AFTER: Duration = Duration::from_millis(10);
 
 /// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
 /// looks again.
@@ -363,6 +368,7 @@ impl Worker {
             ..Cursor::default()
         };
         let mut failures = 0u32;
+        let mut last_batch = Instant::now();
         while !*shutdown.borrow() {
             match self.step(&mut cursor).await {
                 Ok(None) => {
@@ -372,11 +378,13 @@ impl Worker {
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.changed() => {}
                     }
-                    // Let the writes of the next moment join this one's batch.
-                    tokio::time::sleep(LINGER).await;
+                    if !self.drives_read_models || last_batch.elapsed() < QUIET_AFTER {
+                        tokio::time::sleep(LINGER).await;
+                    }
                 }
                 Ok(Some(batch)) => {
                     failures = 0;
+                    last_batch = Instant::now();
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
                     for (index, member) in self.members.iter().enumerate() {
                         if batch.changed[index] {
@@ -475,7 +483,11 @@ impl Worker {
                 }
             }
             let mut tx = self.db.begin().await?;
-            let locked = tx.lock_checkpoints(&names).await?;
+            let (locked, numbering_start) = if publishers_level(&names, &after) {
+                tx.lock_checkpoints_and_numbering(&names).await?
+            } else {
+                (tx.lock_checkpoints(&names).await?, None)
+            };
             if locked != saved {
                 tx.rollback().await?;
                 cursor.passed = None;
@@ -488,21 +500,24 @@ impl Worker {
                     member.apply(&mut tx, events, &mut outgoing).await?;
                 }
             }
-            crate::outbox::write(&mut tx, outgoing, publishers_level(&names, &after)).await?;
+            crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
             let moved: Vec<&str> = names
                 .iter()
                 .zip(&saved)
                 .filter_map(|(name, at)| (*at < last).then_some(*name))
                 .collect();
-            tx.save_checkpoints(&moved, last).await?;
             let changed: Vec<&str> = names
                 .iter()
                 .zip(&batch.changed)
                 .filter_map(|(name, changed)| changed.then_some(*name))
                 .collect();
-            if self.drives_read_models {
-                tx.notify_changed(&changed).await?;
-            }
+            let notified: &[&str] = if self.drives_read_models {
+                &changed
+            } else {
+                &[]
+            };
+            tx.save_checkpoints_and_notify(&moved, last, notified)
+                .await?;
             tx.commit().await?;
             if self.drives_read_models {
                 for name in &changed {

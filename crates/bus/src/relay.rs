@@ -162,13 +162,19 @@ impl Relay {
                     self.record_or_warn(&mut mark).await;
                     self.idle(shutdown).await;
                 }
-                Ok(_) => {
+                Ok(done) => {
                     failures = 0;
                     if mark
                         .as_ref()
                         .is_some_and(|m| m.recorded_at.elapsed() >= RECORD_MARK_EVERY)
                     {
                         self.record_or_warn(&mut mark).await;
+                    }
+                    // A pass short of a full batch took everything there was: wait for the next
+                    // wake-up rather than look again at once (the mark is recorded when a pass
+                    // finds nothing, at the latest one poll interval after the changes stop).
+                    if (done as i64) < self.batch_size {
+                        self.idle(shutdown).await;
                     }
                 }
                 Err(error) => {

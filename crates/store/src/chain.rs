@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::Checkpoint;
 use crate::db::{Database, StoreTx};
 use crate::error::StoreError;
-use crate::log::RecordedEvent;
+use crate::log::{LogReader, RecordedEvent};
 
 /// The "previous hash" of the first event: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -105,8 +105,8 @@ pub fn chain_hash(prev_hash: &str, event: &RecordedEvent) -> String {
 }
 
 /// Extends the hash chain over newly committed events. Run one loop of
-/// [`chain_pending`](Chainer::chain_pending) per deployment; concurrent chainers wait for each
-/// other (the checkpoint is locked) and never hash an event twice.
+/// [`chain_pending`](Chainer::chain_pending) per deployment; concurrent chainers never hash an
+/// event twice: a chainer writes only if the checkpoint is still where its reads began.
 #[derive(Clone, Debug)]
 pub struct Chainer {
     db: Database,
@@ -119,84 +119,112 @@ impl Chainer {
     }
 
     /// Hashes up to `batch` unchained events in global order, storing each row's hash and the
-    /// `"chain"` checkpoint in one transaction. Returns how many events it chained (0: nothing
-    /// to do yet). Fails with [`StoreError::ChainBroken`] if the last chained event has been
-    /// deleted or lost its hash.
+    /// `"chain"` checkpoint together. Returns how many events it chained (0: nothing to do yet,
+    /// or another chainer got there first). Fails with [`StoreError::ChainBroken`] if the last
+    /// chained event has been deleted or lost its hash.
+    ///
+    /// The reads take no lock and the write moves the checkpoint only from where they began. On
+    /// Postgres the write is one statement: a writing transaction holds back every log reader
+    /// until it ends (see [`crate::log`]), and this one ends with the statement instead of
+    /// waiting on this process for the next.
     pub async fn chain_pending(&self, batch: i64) -> Result<usize, StoreError> {
-        let mut tx = self.db.begin().await?;
-        let after = tx.lock_checkpoint(CHAIN_CHECKPOINT).await?;
-        let events = tx.read_after(after, batch).await?;
-        let Some(last) = events.last() else {
-            tx.rollback().await?;
+        let after = crate::checkpoint::load(&self.db, CHAIN_CHECKPOINT).await?;
+        let events = LogReader::new(&self.db).read_after(after, batch).await?;
+        let Some(reached) = events.last().map(RecordedEvent::checkpoint) else {
             return Ok(0);
         };
         let mut prev = if after == Checkpoint::ORIGIN {
             GENESIS_HASH.to_string()
         } else {
-            tx.hash_at(after.position)
+            self.hash_at(after.position)
                 .await?
                 .ok_or(StoreError::ChainBroken(after.position))?
         };
-        let mut links = Vec::with_capacity(events.len());
+        let mut positions = Vec::with_capacity(events.len());
+        let mut hashes = Vec::with_capacity(events.len());
         for event in &events {
             prev = chain_hash(&prev, event);
-            links.push((event.position, prev.clone()));
+            positions.push(event.position);
+            hashes.push(prev.clone());
         }
-        tx.store_hashes(&links).await?;
-        tx.save_checkpoint(CHAIN_CHECKPOINT, last.checkpoint())
-            .await?;
-        tx.commit().await?;
-        Ok(events.len())
+        let stored = match &self.db {
+            Database::Postgres(pool) => {
+                let moved: i64 = sqlx::query_scalar(
+                    "WITH moved AS ( \
+                         INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+                         VALUES ($1, $2, $3, now()) \
+                         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+                         position = excluded.position, updated_at = excluded.updated_at \
+                         WHERE checkpoints.transaction_id = $4 AND checkpoints.position = $5 \
+                         RETURNING 1), \
+                     hashed AS ( \
+                         UPDATE events AS e SET hash = v.hash \
+                         FROM unnest($6::bigint[], $7::text[]) AS v(position, hash) \
+                         WHERE e.global_position = v.position AND EXISTS (SELECT 1 FROM moved)) \
+                     SELECT count(*) FROM moved",
+                )
+                .bind(CHAIN_CHECKPOINT)
+                .bind(reached.transaction_id)
+                .bind(reached.position)
+                .bind(after.transaction_id)
+                .bind(after.position)
+                .bind(&positions)
+                .bind(&hashes)
+                .fetch_one(pool)
+                .await?;
+                moved > 0
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let moved: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+                     VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+                     position = excluded.position, updated_at = excluded.updated_at \
+                     WHERE checkpoints.transaction_id = ? AND checkpoints.position = ? \
+                     RETURNING 1",
+                )
+                .bind(CHAIN_CHECKPOINT)
+                .bind(reached.transaction_id)
+                .bind(reached.position)
+                .bind(after.transaction_id)
+                .bind(after.position)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if moved.is_some() {
+                    for (position, hash) in positions.iter().zip(&hashes) {
+                        sqlx::query("UPDATE events SET hash = ? WHERE global_position = ?")
+                            .bind(hash)
+                            .bind(position)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                }
+                moved.is_some()
+            }
+        };
+        Ok(if stored { events.len() } else { 0 })
     }
-}
 
-impl StoreTx {
     /// The stored hash of the event at `position`, `None` if there is no such event or it is
     /// unhashed.
-    async fn hash_at(&mut self, position: i64) -> Result<Option<String>, StoreError> {
-        let hash: Option<Option<String>> = match self {
-            Self::Postgres(tx) => {
+    async fn hash_at(&self, position: i64) -> Result<Option<String>, StoreError> {
+        let hash: Option<Option<String>> = match &self.db {
+            Database::Postgres(pool) => {
                 sqlx::query_scalar("SELECT hash FROM events WHERE global_position = $1")
                     .bind(position)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(pool)
                     .await?
             }
-            Self::Sqlite(tx) => {
+            Database::Sqlite(pool) => {
                 sqlx::query_scalar("SELECT hash FROM events WHERE global_position = ?")
                     .bind(position)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(pool)
                     .await?
             }
         };
         Ok(hash.flatten())
-    }
-
-    /// Stores `(position, hash)` links.
-    async fn store_hashes(&mut self, links: &[(i64, String)]) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(tx) => {
-                let (positions, hashes): (Vec<i64>, Vec<String>) = links.iter().cloned().unzip();
-                sqlx::query(
-                    "UPDATE events AS e SET hash = v.hash \
-                     FROM unnest($1::bigint[], $2::text[]) AS v(position, hash) \
-                     WHERE e.global_position = v.position",
-                )
-                .bind(positions)
-                .bind(hashes)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Self::Sqlite(tx) => {
-                for (position, hash) in links {
-                    sqlx::query("UPDATE events SET hash = ? WHERE global_position = ?")
-                        .bind(hash)
-                        .bind(position)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 

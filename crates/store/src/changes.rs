@@ -21,6 +21,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 
+use crate::checkpoint::{Checkpoint, PG_SAVE_CHECKPOINTS};
 use crate::db::{Database, StoreTx};
 use crate::error::StoreError;
 
@@ -31,6 +32,38 @@ pub const CHANNEL: &str = "sparc_read_models";
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
 impl StoreTx {
+    /// [`save_checkpoints`](Self::save_checkpoints) and
+    /// [`notify_changed`](Self::notify_changed), in one statement on Postgres.
+    pub async fn save_checkpoints_and_notify(
+        &mut self,
+        names: &[&str],
+        checkpoint: Checkpoint,
+        read_models: &[&str],
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) if !names.is_empty() && !read_models.is_empty() => {
+                sqlx::query(&format!(
+                    "WITH saved AS ({PG_SAVE_CHECKPOINTS}) \
+                     SELECT pg_notify($4, name) FROM unnest($5::text[]) AS name"
+                ))
+                .bind(names)
+                .bind(checkpoint.transaction_id)
+                .bind(checkpoint.position)
+                .bind(CHANNEL)
+                .bind(read_models)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+            _ => {
+                if !names.is_empty() {
+                    self.save_checkpoints(names, checkpoint).await?;
+                }
+                self.notify_changed(read_models).await
+            }
+        }
+    }
+
     /// Announces, at commit, that this transaction changed `read_models` (Postgres; nothing on
     /// SQLite, whose caches are off).
     pub async fn notify_changed(&mut self, read_models: &[&str]) -> Result<(), StoreError> {

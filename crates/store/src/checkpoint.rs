@@ -106,6 +106,50 @@ fn to_checkpoint(row: Option<(i64, i64)>) -> Checkpoint {
     })
 }
 
+/// The advisory lock keys of the checkpoints `names`, in the order every caller takes them.
+pub(crate) fn checkpoint_lock_keys(names: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = names
+        .iter()
+        .map(|name| format!("sparc.checkpoint.{name}"))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Takes the transaction-scoped advisory locks `keys` in the order given (`unnest` yields in
+/// array order).
+pub(crate) async fn take_advisory_locks(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    keys: &[String],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(key, 0)) FROM unnest($1::text[]) AS key",
+    )
+    .bind(keys)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The end of a select giving one row per name of the array `$1`, in its order: the
+/// checkpoint's `transaction_id` and `position` (NULL when there is none yet).
+pub(crate) const PG_CHECKPOINTS_OF_NAMES: &str = "c.transaction_id, c.position \
+     FROM unnest($1::text[]) WITH ORDINALITY AS n(name, place) \
+     LEFT JOIN checkpoints c ON c.name = n.name ORDER BY n.place";
+
+/// A row of [`PG_CHECKPOINTS_OF_NAMES`] as a checkpoint.
+pub(crate) fn checkpoint_of_row(
+    (transaction_id, position): (Option<i64>, Option<i64>),
+) -> Checkpoint {
+    to_checkpoint(transaction_id.zip(position))
+}
+
+/// Saves the checkpoint `($2, $3)` under every name of the array `$1` (Postgres).
+pub(crate) const PG_SAVE_CHECKPOINTS: &str = "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+     SELECT name, $2, $3, now() FROM unnest($1::text[]) AS name \
+     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+     position = excluded.position, updated_at = excluded.updated_at";
+
 impl StoreTx {
     /// Loads the checkpoint `name` (or [`Checkpoint::ORIGIN`]) and holds it until commit or
     /// rollback: a second transaction locking the same name waits, so two instances of a
@@ -125,34 +169,13 @@ impl StoreTx {
     ) -> Result<Vec<Checkpoint>, StoreError> {
         match self {
             Self::Postgres(tx) => {
-                let mut keys: Vec<String> = names
-                    .iter()
-                    .map(|name| format!("sparc.checkpoint.{name}"))
-                    .collect();
-                keys.sort_unstable();
-                // `unnest` yields in array order, so the locks are taken in name order.
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(key, 0)) FROM unnest($1::text[]) AS key",
-                )
-                .bind(&keys)
-                .execute(&mut **tx)
-                .await?;
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT name, transaction_id, position FROM checkpoints WHERE name = ANY($1)",
-                )
-                .bind(names)
-                .fetch_all(&mut **tx)
-                .await?;
-                Ok(names
-                    .iter()
-                    .map(|name| {
-                        to_checkpoint(
-                            rows.iter()
-                                .find(|(n, _, _)| n == name)
-                                .map(|(_, t, p)| (*t, *p)),
-                        )
-                    })
-                    .collect())
+                take_advisory_locks(tx, &checkpoint_lock_keys(names)).await?;
+                let rows: Vec<(Option<i64>, Option<i64>)> =
+                    sqlx::query_as(&format!("SELECT {PG_CHECKPOINTS_OF_NAMES}"))
+                        .bind(names)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                Ok(rows.into_iter().map(checkpoint_of_row).collect())
             }
             Self::Sqlite(_) => {
                 let mut checkpoints = Vec::with_capacity(names.len());
@@ -200,17 +223,12 @@ impl StoreTx {
     ) -> Result<(), StoreError> {
         match self {
             Self::Postgres(tx) => {
-                sqlx::query(
-                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
-                     SELECT name, $2, $3, now() FROM unnest($1::text[]) AS name \
-                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-                     position = excluded.position, updated_at = excluded.updated_at",
-                )
-                .bind(names)
-                .bind(checkpoint.transaction_id)
-                .bind(checkpoint.position)
-                .execute(&mut **tx)
-                .await?;
+                sqlx::query(PG_SAVE_CHECKPOINTS)
+                    .bind(names)
+                    .bind(checkpoint.transaction_id)
+                    .bind(checkpoint.position)
+                    .execute(&mut **tx)
+                    .await?;
             }
             Self::Sqlite(tx) => {
                 for name in names {

@@ -6,6 +6,10 @@
 //! relay numbers whatever was written unnumbered (a lagging or rebuilt read model), once every
 //! published read model's checkpoint has passed it.
 
+use crate::checkpoint::{
+    Checkpoint, PG_CHECKPOINTS_OF_NAMES, checkpoint_lock_keys, checkpoint_of_row,
+    take_advisory_locks,
+};
 use crate::db::StoreTx;
 use crate::error::StoreError;
 
@@ -17,6 +21,11 @@ pub const LAST_NUMBERED: &str = "(SELECT coalesce(max(seq), 0) FROM ( \
 
 /// Whether some row waits for a number (a look at the partial index of unnumbered rows).
 pub const ROW_WAITING: &str = "EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL)";
+
+/// The event id the next numbered row follows, or NULL while some row waits for a number.
+fn numbering_start() -> String {
+    format!("CASE WHEN {ROW_WAITING} THEN NULL ELSE {LAST_NUMBERED} END")
+}
 
 /// The transaction lock numbering takes (Postgres; SQLite's write lock already serializes).
 const NUMBERING_LOCK: &str = "sparc.outbox_relay.numbering";
@@ -33,14 +42,47 @@ impl StoreTx {
         Ok(())
     }
 
-    /// Takes the numbering lock and returns the last event id given, which the next numbered
-    /// row follows, or `None` if some row still waits for a number (rows written now must then
-    /// wait behind it, for the relay).
-    pub async fn outbox_numbering_start(&mut self) -> Result<Option<i64>, StoreError> {
-        self.lock_outbox_numbering().await?;
-        let sql = format!("SELECT CASE WHEN {ROW_WAITING} THEN NULL ELSE {LAST_NUMBERED} END");
-        let last: Option<i64> =
-            crate::on_tx!(self, conn => sqlx::query_scalar(&sql).fetch_one(&mut *conn).await?);
-        Ok(last)
+    /// [`lock_checkpoints`](Self::lock_checkpoints) for a batch of the read models that numbers
+    /// its own outbox rows, and then the numbering lock: returns the checkpoints and the last
+    /// event id given, which the batch's first row follows, or `None` if some row still waits
+    /// for a number (the batch's rows must then wait behind it, for the relay). On Postgres two
+    /// statements: the locks, then one read of both.
+    pub async fn lock_checkpoints_and_numbering(
+        &mut self,
+        names: &[&str],
+    ) -> Result<(Vec<Checkpoint>, Option<i64>), StoreError> {
+        match self {
+            Self::Postgres(tx) if !names.is_empty() => {
+                let mut keys = checkpoint_lock_keys(names);
+                // Always last: the relay takes the numbering lock alone.
+                keys.push(NUMBERING_LOCK.to_owned());
+                take_advisory_locks(tx, &keys).await?;
+                let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(&format!(
+                    "SELECT {}, {PG_CHECKPOINTS_OF_NAMES}",
+                    numbering_start()
+                ))
+                .bind(names)
+                .fetch_all(&mut **tx)
+                .await?;
+                let start = rows.first().and_then(|row| row.0);
+                let checkpoints = rows
+                    .into_iter()
+                    .map(|(_, transaction_id, position)| {
+                        checkpoint_of_row((transaction_id, position))
+                    })
+                    .collect();
+                Ok((checkpoints, start))
+            }
+            _ => {
+                let checkpoints = self.lock_checkpoints(names).await?;
+                self.lock_outbox_numbering().await?;
+                let start: Option<i64> = crate::on_tx!(self, conn => {
+                    sqlx::query_scalar(&format!("SELECT {}", numbering_start()))
+                        .fetch_one(&mut *conn)
+                        .await?
+                });
+                Ok((checkpoints, start))
+            }
+        }
     }
 }

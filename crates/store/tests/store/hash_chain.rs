@@ -127,3 +127,46 @@ async fn chainer_never_chains_past_an_open_transaction() {
         .collect();
     assert_eq!(order[3..], [a_position, b_position]);
 }
+
+/// 30 events, chained by two chainers taking small batches at the same moment.
+async fn two_chainers_at_once_chain_every_event_exactly_once(db: &Database) {
+    for round in 0..10 {
+        for id in ["a", "b", "c"] {
+            append(db, id, round + 1, 1).await;
+        }
+    }
+    wait_until_readable(db, 30).await;
+    let (one, two) = (Chainer::new(db), Chainer::new(db));
+    let mut chained = 0;
+    loop {
+        let (a, b) = tokio::join!(one.chain_pending(4), two.chain_pending(4));
+        let both = a.unwrap() + b.unwrap();
+        if both == 0 {
+            break;
+        }
+        chained += both;
+    }
+    assert_eq!(
+        chained,
+        30,
+        "{}: an event chained twice or never",
+        db.backend()
+    );
+    let report = verify(db).await.unwrap();
+    assert!(report.ok, "{}: {report:?}", db.backend());
+    assert_eq!((report.events_checked, report.unchained), (30, 0));
+}
+
+#[tokio::test]
+async fn two_chainers_at_once_chain_every_event_exactly_once_on_sqlite() {
+    let (db, _file): (Database, SqliteTestFile) = testing::sqlite_database().await;
+    two_chainers_at_once_chain_every_event_exactly_once(&db).await;
+}
+
+#[tokio::test]
+async fn two_chainers_at_once_chain_every_event_exactly_once_on_postgres() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    two_chainers_at_once_chain_every_event_exactly_once(&db).await;
+}
