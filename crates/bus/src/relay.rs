@@ -160,7 +160,7 @@ impl Relay {
                 Ok(0) => {
                     failures = 0;
                     self.record_or_warn(&mut mark).await;
-                    self.idle(shutdown).await;
+                    self.idle(self.poll_interval, shutdown).await;
                 }
                 Ok(done) => {
                     failures = 0;
@@ -170,11 +170,13 @@ impl Relay {
                     {
                         self.record_or_warn(&mut mark).await;
                     }
-                    // A pass short of a full batch took everything there was: wait for the next
-                    // wake-up rather than look again at once (the mark is recorded when a pass
-                    // finds nothing, at the latest one poll interval after the changes stop).
+                    // A pass short of a full batch took everything there was: wait a moment
+                    // for the next wake-up rather than look again at once (changes another
+                    // instance's loop applied wake nobody here, hence the short wait; the mark
+                    // is recorded when a pass finds nothing).
                     if (done as i64) < self.batch_size {
-                        self.idle(shutdown).await;
+                        self.idle(AFTER_PARTIAL_PASS.min(self.poll_interval), shutdown)
+                            .await;
                     }
                 }
                 Err(error) => {
@@ -215,9 +217,9 @@ impl Relay {
         }
     }
 
-    /// Waits for a wake-up, the poll interval or shutdown.
-    async fn idle(&mut self, shutdown: &mut watch::Receiver<bool>) {
-        let poll = tokio::time::sleep(self.poll_interval);
+    /// Waits for a wake-up, `at_most` or shutdown.
+    async fn idle(&mut self, at_most: Duration, shutdown: &mut watch::Receiver<bool>) {
+        let poll = tokio::time::sleep(at_most);
         match &mut self.wakeup {
             Some(wakeup) => {
                 tokio::select! {
@@ -477,6 +479,8 @@ struct Mark {
     recorded_at: Instant,
 }
 
+/// How long a relay waits for a wake-up after a pass that published less than a batch.
+const AFTER_PARTIAL_PASS: Duration = Duration::from_millis(5);
 /// How often a busy relay records its acknowledged mark (an idle one records at once).
 const RECORD_MARK_EVERY: Duration = Duration::from_secs(1);
 /// How long a pass may still run once shutdown is asked for.
