@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, PG_SAVE_CHECKPOINTS, SQLITE_SAVE_CHECKPOINT};
 use crate::db::{Database, StoreTx};
 use crate::error::StoreError;
 use crate::log::{LogReader, RecordedEvent};
@@ -25,6 +25,11 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// The name of the chainer's checkpoint: the last event it has hashed.
 pub const CHAIN_CHECKPOINT: &str = "chain";
+
+/// The condition on a checkpoint save's update that the stored checkpoint is still `($4, $5)`,
+/// where the chainer's reads began.
+const FROM_WHERE_THE_READS_BEGAN: &str =
+    "WHERE checkpoints.transaction_id = $4 AND checkpoints.position = $5";
 
 /// At most this many bad positions are listed in a [`VerifyReport`].
 const MAX_BAD_POSITIONS: usize = 100;
@@ -149,21 +154,15 @@ impl Chainer {
         }
         let stored = match &self.db {
             Database::Postgres(pool) => {
-                let moved: i64 = sqlx::query_scalar(
-                    "WITH moved AS ( \
-                         INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
-                         VALUES ($1, $2, $3, now()) \
-                         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-                         position = excluded.position, updated_at = excluded.updated_at \
-                         WHERE checkpoints.transaction_id = $4 AND checkpoints.position = $5 \
-                         RETURNING 1), \
+                let moved: i64 = sqlx::query_scalar(&format!(
+                    "WITH moved AS ({PG_SAVE_CHECKPOINTS} {FROM_WHERE_THE_READS_BEGAN} RETURNING 1), \
                      hashed AS ( \
                          UPDATE events AS e SET hash = v.hash \
                          FROM unnest($6::bigint[], $7::text[]) AS v(position, hash) \
                          WHERE e.global_position = v.position AND EXISTS (SELECT 1 FROM moved)) \
-                     SELECT count(*) FROM moved",
-                )
-                .bind(CHAIN_CHECKPOINT)
+                     SELECT count(*) FROM moved"
+                ))
+                .bind(&[CHAIN_CHECKPOINT][..])
                 .bind(reached.transaction_id)
                 .bind(reached.position)
                 .bind(after.transaction_id)
@@ -176,14 +175,9 @@ impl Chainer {
             }
             Database::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                let moved: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
-                     VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
-                     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-                     position = excluded.position, updated_at = excluded.updated_at \
-                     WHERE checkpoints.transaction_id = ? AND checkpoints.position = ? \
-                     RETURNING 1",
-                )
+                let moved: Option<i64> = sqlx::query_scalar(&format!(
+                    "{SQLITE_SAVE_CHECKPOINT} {FROM_WHERE_THE_READS_BEGAN} RETURNING 1"
+                ))
                 .bind(CHAIN_CHECKPOINT)
                 .bind(reached.transaction_id)
                 .bind(reached.position)

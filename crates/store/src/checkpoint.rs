@@ -150,6 +150,12 @@ pub(crate) const PG_SAVE_CHECKPOINTS: &str = "INSERT INTO checkpoints (name, tra
      ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
      position = excluded.position, updated_at = excluded.updated_at";
 
+/// Saves the checkpoint `($2, $3)` under the name `$1` (SQLite).
+pub(crate) const SQLITE_SAVE_CHECKPOINT: &str = "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
+     VALUES ($1, $2, $3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+     ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+     position = excluded.position, updated_at = excluded.updated_at";
+
 impl StoreTx {
     /// Loads the checkpoint `name` (or [`Checkpoint::ORIGIN`]) and holds it until commit or
     /// rollback: a second transaction locking the same name waits, so two instances of a
@@ -232,17 +238,12 @@ impl StoreTx {
             }
             Self::Sqlite(tx) => {
                 for name in names {
-                    sqlx::query(
-                        "INSERT INTO checkpoints (name, transaction_id, position, updated_at) \
-                         VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
-                         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-                         position = excluded.position, updated_at = excluded.updated_at",
-                    )
-                    .bind(name)
-                    .bind(checkpoint.transaction_id)
-                    .bind(checkpoint.position)
-                    .execute(&mut **tx)
-                    .await?;
+                    sqlx::query(SQLITE_SAVE_CHECKPOINT)
+                        .bind(name)
+                        .bind(checkpoint.transaction_id)
+                        .bind(checkpoint.position)
+                        .execute(&mut **tx)
+                        .await?;
                 }
             }
         }
