@@ -1,7 +1,7 @@
 //! The `users` read model: accounts with their live sessions, looked up by id (every
 //! authenticated request checks its session here) and by username (login).
 
-use sparc_domain::user::User;
+use sparc_domain::user::{Role, User};
 use sparc_store::Database;
 use uuid::Uuid;
 
@@ -41,4 +41,42 @@ pub async fn by_username(db: &Database, username: &str) -> Result<Option<Row<Use
     )
     .await?;
     Ok(rows.pop())
+}
+
+/// What the account list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only active or only deactivated accounts.
+    pub is_active: Option<bool>,
+    /// Page size.
+    pub limit: i64,
+    /// Page start.
+    pub offset: i64,
+}
+
+/// A page of accounts ordered by username, and the total matching.
+pub async fn list(db: &Database, query: &UserQuery) -> Result<(Vec<Row<User>>, i64), sqlx::Error> {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    if let Some(role) = query.role {
+        params.push(SqlValue::from(role.as_str().to_owned()));
+        conditions.push(format!("role = ${}", params.len()));
+    }
+    if let Some(active) = query.is_active {
+        params.push(SqlValue::from(active));
+        conditions.push(format!("is_active = ${}", params.len()));
+    }
+    state_table::select(
+        db,
+        &Selection {
+            filter: conditions.join(" AND "),
+            params,
+            order_by: "username_key ASC, id ASC".to_owned(),
+            limit: query.limit,
+            offset: query.offset,
+        },
+    )
+    .await
 }

@@ -60,6 +60,8 @@ pub enum RevocationReason {
     PasswordChanged,
     /// The account was deactivated.
     Deactivated,
+    /// The role changed: tokens carry the role, so those issued before must stop working.
+    RoleChanged,
 }
 
 /// A login session, identified in tokens by `sid`.
@@ -126,7 +128,8 @@ pub enum UserCommand {
         /// Decision time.
         at: Timestamp,
     },
-    /// Change the role (admins only; checked by the caller).
+    /// Change the role (admins only; checked by the caller) and end every session, since each
+    /// of its tokens names the old role.
     ChangeRole {
         /// New role.
         role: Role,
@@ -419,10 +422,11 @@ impl User {
             }
             UserCommand::ChangeRole { role, at } => {
                 if role == self.role {
-                    vec![]
-                } else {
-                    vec![UserEvent::RoleChanged { role, at }]
+                    return Ok(vec![]);
                 }
+                let mut events = vec![UserEvent::RoleChanged { role, at }];
+                events.extend(self.revoke_all(None, RevocationReason::RoleChanged, at));
+                events
             }
             UserCommand::SetActive { active, at } => {
                 if active == self.is_active {
@@ -753,6 +757,38 @@ mod tests {
                     at: t(3),
                 },
             ]);
+    }
+
+    #[test]
+    fn a_role_change_ends_every_session() {
+        TestFramework::<User>::with(())
+            .given(vec![registered(), session(10, 100)])
+            .when(UserCommand::ChangeRole {
+                role: Role::Auditor,
+                at: t(3),
+            })
+            .then_expect_events(vec![
+                UserEvent::RoleChanged {
+                    role: Role::Auditor,
+                    at: t(3),
+                },
+                UserEvent::SessionRevoked {
+                    session_id: Uuid::from_u128(10),
+                    reason: RevocationReason::RoleChanged,
+                    at: t(3),
+                },
+            ]);
+    }
+
+    #[test]
+    fn changing_to_the_same_role_records_nothing() {
+        TestFramework::<User>::with(())
+            .given(vec![registered(), session(10, 100)])
+            .when(UserCommand::ChangeRole {
+                role: Role::User,
+                at: t(3),
+            })
+            .then_expect_events(vec![]);
     }
 
     #[test]

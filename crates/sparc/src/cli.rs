@@ -1,4 +1,5 @@
-//! The command line: `sparc serve`, `sparc migrate`, `sparc user create`, `sparc audit verify`.
+//! The command line: `sparc serve`, `sparc gateway`, `sparc migrate`, `sparc user …`,
+//! `sparc projections …`, `sparc audit …`.
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -80,6 +81,28 @@ enum UserCommand {
         /// Display name.
         #[arg(long)]
         full_name: Option<String>,
+    },
+    /// Change a user's role. Ends every session of that user (their tokens name the old role).
+    /// Works while the server runs.
+    SetRole {
+        /// The user's login name.
+        #[arg(long)]
+        username: String,
+        /// One of admin, auditor, agent, user.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// Deactivate a user: they can no longer sign in and every session ends.
+    Deactivate {
+        /// The user's login name.
+        #[arg(long)]
+        username: String,
+    },
+    /// Activate a deactivated user again.
+    Activate {
+        /// The user's login name.
+        #[arg(long)]
+        username: String,
     },
 }
 
@@ -213,6 +236,27 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::User {
+            command: UserCommand::SetRole { username, role },
+        } => {
+            let at = chrono::Utc::now();
+            let command = sparc_domain::user::UserCommand::ChangeRole { role, at };
+            change_account(&settings, &username, command).await
+        }
+        Command::User {
+            command: UserCommand::Deactivate { username },
+        } => {
+            let at = chrono::Utc::now();
+            let command = sparc_domain::user::UserCommand::SetActive { active: false, at };
+            change_account(&settings, &username, command).await
+        }
+        Command::User {
+            command: UserCommand::Activate { username },
+        } => {
+            let at = chrono::Utc::now();
+            let command = sparc_domain::user::UserCommand::SetActive { active: true, at };
+            change_account(&settings, &username, command).await
+        }
         Command::Projections { command } => {
             let db = settings.connect_database().await?;
             match command {
@@ -255,6 +299,45 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             })
         }
     }
+}
+
+/// Runs `command` on the account named `username`, found through its username reservation (the
+/// log itself, so this works whether or not a server keeps the read models current).
+async fn change_account(
+    settings: &Settings,
+    username: &str,
+    command: sparc_domain::user::UserCommand,
+) -> anyhow::Result<ExitCode> {
+    use sparc_domain::reservation::{Reservation, reservation_id};
+    use sparc_domain::user::User;
+
+    let db = settings.connect_database().await?;
+    db.migrate().await.context("migration failed")?;
+    let commands = sparc_store::CommandBus::new(&db);
+    let (reservation, _) = commands
+        .load::<Reservation>(&reservation_id("username", username))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(user_id) = reservation.owner else {
+        bail!("no user named '{username}'");
+    };
+    let metadata = EventMetadata::new("cli", uuid::Uuid::now_v7().to_string());
+    let user = commands
+        .execute::<User>(&user_id.to_string(), command, &metadata, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "user {} ({}): role {}, {}",
+        user.state.id,
+        username_of(&user.state),
+        user.state.role,
+        if user.state.is_active {
+            "active"
+        } else {
+            "deactivated"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn username_of(user: &sparc_domain::user::User) -> &str {

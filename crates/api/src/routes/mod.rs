@@ -22,6 +22,7 @@ use crate::middleware::RequestId;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod admin_users;
 pub mod agents;
 pub mod audit;
 pub mod auth;
@@ -64,6 +65,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(agents::routes())
         .merge(audit::routes())
         .merge(admin::routes())
+        .merge(admin_users::routes())
 }
 
 /// The complete application: every route, the OpenAPI document and the middleware stack.
