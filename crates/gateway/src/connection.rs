@@ -41,6 +41,10 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Changes replayed per outbox query.
 const REPLAY_PAGE: i64 = 500;
 
+/// At most this many queued changes are written together (one flush), so a connection with a
+/// backlog still yields to the others between writes.
+const CHANGES_PER_WRITE: usize = 32;
+
 /// Why the connection ends.
 struct Close {
     code: u16,
@@ -215,11 +219,20 @@ where
                 let Some(change) = change else {
                     return Close::new(GOING_AWAY, "gateway shutting down");
                 };
-                if change.event_id > skip_through {
-                    let sent = write_within(shared, tx, change.frames.iter().cloned(), evicted).await;
-                    if let Err(close) = sent {
-                        return close;
+                // The changes queued behind this one go out with it: one write and one flush.
+                let mut queued = vec![change];
+                while queued.len() < CHANGES_PER_WRITE {
+                    match changes.try_recv() {
+                        Ok(change) => queued.push(change),
+                        Err(_) => break,
                     }
+                }
+                let mut frames = Vec::with_capacity(queued.len() * 2);
+                for change in queued.iter().filter(|change| change.event_id > skip_through) {
+                    frames.extend(change.frames.iter().cloned());
+                }
+                if let Err(close) = write_within(shared, tx, frames, evicted).await {
+                    return close;
                 }
             }
             incoming = rx.next() => {

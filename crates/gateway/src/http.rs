@@ -24,9 +24,10 @@ use crate::connection::{self, INTERNAL_ERROR, POLICY};
 
 /// The read buffer: client frames are a few hundred bytes at most.
 const READ_BUFFER: usize = 1024;
-/// Frames are written as they are sent (every send is flushed anyway), so the write buffer
-/// only ever holds the frame being written.
-const WRITE_BUFFER: usize = 0;
+/// Frames sent together (a change's two frames, the changes queued behind it) are buffered up
+/// to this much and written with one system call when the batch is flushed; a batch larger
+/// than this is written out as it fills. An idle connection holds no write buffer.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// The most a blocked socket may buffer: above the largest frame (a task with 1 MiB of
 /// params), well below what would let one client hold much memory.
 const MAX_WRITE_BUFFER: usize = 2 * 1024 * 1024;
