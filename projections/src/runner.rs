@@ -31,13 +31,18 @@ use crate::outbox::Outgoing;
 
 /// How long a loop waits after a poke, or after a batch that did not fill up, before reading
 /// the log: under load the writes of that moment share one transaction per projection instead
-/// of one each, at the price of this much latency. The read models' loop skips the wait when a
-/// poke ends a quiet spell ([`QUIET_AFTER`]), so a lone write reaches its reader and the
-/// WebSocket without it.
+/// of one each, at the price of this much latency. After a poke, the read models' loop waits
+/// only while it is busy ([`BUSY_FROM`] events in its last batch, less than [`QUIET_AFTER`]
+/// ago): at a trickle of writes waiting would batch nothing and only delay every reader and
+/// the WebSocket. (After a batch it always waits: the writers it answered write again.)
 const LINGER: Duration = Duration::from_millis(2);
 
 /// How long without a batch counts as quiet: a write then is not one of a stream.
 const QUIET_AFTER: Duration = Duration::from_millis(10);
+
+/// A batch of the read models with at least this many events means writes arrive faster than
+/// a batch is applied, so waiting for the next ones pays.
+const BUSY_FROM: usize = 8;
 
 /// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
 /// looks again.
@@ -369,6 +374,7 @@ impl Worker {
         };
         let mut failures = 0u32;
         let mut last_batch = Instant::now();
+        let mut last_batch_len = 0;
         while !*shutdown.borrow() {
             match self.step(&mut cursor).await {
                 Ok(None) => {
@@ -378,13 +384,15 @@ impl Worker {
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.changed() => {}
                     }
-                    if !self.drives_read_models || last_batch.elapsed() < QUIET_AFTER {
+                    let busy = last_batch_len >= BUSY_FROM && last_batch.elapsed() < QUIET_AFTER;
+                    if !self.drives_read_models || busy {
                         tokio::time::sleep(LINGER).await;
                     }
                 }
                 Ok(Some(batch)) => {
                     failures = 0;
                     last_batch = Instant::now();
+                    last_batch_len = batch.events.len();
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
                     for (index, member) in self.members.iter().enumerate() {
                         if batch.changed[index] {
