@@ -2,33 +2,16 @@
 //! SQLite) database: `sparc user create`, `set-role`, `deactivate` and `activate`, seen through
 //! the running service's login and session checks.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sparc_store::testing::SqliteTestFile;
 
+mod support;
+
 const SECRET: &str = "accounts-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Sup3rSecret!";
-
-/// A `sparc serve` process, killed on drop.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
-}
 
 fn sparc(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sparc"))
@@ -96,29 +79,15 @@ async fn signed_in(base: &str, username: &str) -> String {
 async fn the_command_line_changes_roles_and_activity_while_the_server_runs() {
     let file = SqliteTestFile::new();
     let url = file.url();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _service = Service(
-        Command::new(env!("CARGO_BIN_EXE_sparc"))
-            .arg("serve")
-            .env("DATABASE_URL", &url)
-            .env("SPARC_JWT_SECRET", SECRET)
-            .env("SPARC_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SPARC_RATE_LIMIT_PER_MINUTE", "0")
-            .env("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sparc serve starts"),
-    );
-    eventually("the service becomes ready", || async {
-        let response = reqwest::get(format!("{base}/api/v1/readiness"))
-            .await
-            .ok()?;
-        (response.status() == 200).then_some(Value::Null)
-    })
-    .await;
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SPARC_JWT_SECRET", SECRET),
+        ("SPARC_RATE_LIMIT_PER_MINUTE", "0"),
+        ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
+        ("RUST_LOG", "error"),
+    ];
+    let service = support::start("serve", &env, "/api/v1/readiness").await;
+    let base = service.base.as_str();
 
     let created = sparc(
         &url,
@@ -132,8 +101,8 @@ async fn the_command_line_changes_roles_and_activity_while_the_server_runs() {
         ],
     );
     assert!(created.status.success(), "{created:?}");
-    let token = signed_in(&base, "bob").await;
-    assert_eq!(me(&base, &token).await.1["role"], "user");
+    let token = signed_in(base, "bob").await;
+    assert_eq!(me(base, &token).await.1["role"], "user");
 
     let promoted = sparc(
         &url,
@@ -142,28 +111,28 @@ async fn the_command_line_changes_roles_and_activity_while_the_server_runs() {
     assert!(promoted.status.success(), "{promoted:?}");
     assert!(String::from_utf8_lossy(&promoted.stdout).contains("role auditor"));
     eventually("the token naming the old role stops working", || async {
-        (me(&base, &token).await.0 == 401).then_some(Value::Null)
+        (me(base, &token).await.0 == 401).then_some(Value::Null)
     })
     .await;
-    let token = signed_in(&base, "bob").await;
-    assert_eq!(me(&base, &token).await.1["role"], "auditor");
+    let token = signed_in(base, "bob").await;
+    assert_eq!(me(base, &token).await.1["role"], "auditor");
 
     let deactivated = sparc(&url, &["user", "deactivate", "--username", "bob"]);
     assert!(deactivated.status.success(), "{deactivated:?}");
     let refusal = eventually("bob's login is refused", || async {
-        let (status, body) = login(&base, "bob").await;
+        let (status, body) = login(base, "bob").await;
         (status == 401).then_some(body)
     })
     .await;
     assert_eq!(refusal["detail"], "User account is inactive");
     eventually("bob's sessions end", || async {
-        (me(&base, &token).await.0 == 401).then_some(Value::Null)
+        (me(base, &token).await.0 == 401).then_some(Value::Null)
     })
     .await;
 
     let activated = sparc(&url, &["user", "activate", "--username", "bob"]);
     assert!(activated.status.success(), "{activated:?}");
-    signed_in(&base, "bob").await;
+    signed_in(base, "bob").await;
 
     let unknown = sparc(
         &url,

@@ -3,8 +3,7 @@
 //! a 2xx is in the log, every read model equals a rebuild from the log, and the hash chain
 //! verifies.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,58 +14,22 @@ use sparc_projections::rebuild::differences;
 use sparc_store::testing::{SqliteTestFile, postgres_test_database};
 use sparc_store::{Database, LogReader};
 
+mod support;
+use support::Process;
+
 const SECRET: &str = "crash-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Crash3dButFine";
 
-/// A `sparc serve` process, killed on drop (so a failed assertion leaves nothing running).
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
-}
-
-async fn start(database_url: &str) -> Service {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparc"))
-        .arg("serve")
-        .env("DATABASE_URL", database_url)
-        .env("SPARC_JWT_SECRET", SECRET)
-        .env("SPARC_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SPARC_RATE_LIMIT_PER_MINUTE", "0")
-        .env("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the sparc binary should start");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{base}/api/v1/readiness")).send().await
-            && r.status().is_success()
-        {
-            return Service { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    child.kill().ok();
-    child.wait().ok();
-    panic!("the service did not become ready");
+/// `sparc serve` on `database_url`, rate limits off, once it is ready.
+async fn start(database_url: &str) -> Process {
+    let env = [
+        ("DATABASE_URL", database_url),
+        ("SPARC_JWT_SECRET", SECRET),
+        ("SPARC_RATE_LIMIT_PER_MINUTE", "0"),
+        ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
+        ("RUST_LOG", "warn"),
+    ];
+    support::start("serve", &env, "/api/v1/readiness").await
 }
 
 /// What the clients were told was stored: (aggregate type, id, version).

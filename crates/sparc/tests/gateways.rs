@@ -4,8 +4,7 @@
 //! are connected to, with the same event ids everywhere; a client resumes on another gateway
 //! than the one it left; `/ws/health` counts the connections of all gateways.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -13,57 +12,12 @@ use serde_json::{Value, json};
 use sparc_store::testing::postgres_test_database;
 use tokio_tungstenite::tungstenite::Message;
 
+mod support;
+use support::{Process, start};
+
 const SECRET: &str = "gateways-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Sc4le0utFine!";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
-
-/// A `sparc` process, killed on drop.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
-}
-
-/// Runs `sparc <subcommand>` with `env` on a free port and waits until `ready_path` answers 2xx.
-async fn start(subcommand: &str, env: &[(&str, &str)], ready_path: &str) -> Process {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sparc"))
-        .arg(subcommand)
-        .envs(env.iter().copied())
-        .env("SPARC_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the sparc binary should start");
-    let process = Process {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = reqwest::get(format!("{}{ready_path}", process.base)).await
-            && response.status().is_success()
-        {
-            return process;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("sparc {subcommand} did not become ready");
-}
 
 async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> Value {
     let mut request = reqwest::Client::new()

@@ -4,20 +4,14 @@
 //! The outage test runs its own PostgreSQL cluster (initdb in a temporary directory, its own
 //! port) and stops only that one.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "service-test-signing-key-0123456789abcdef";
+mod support;
+use support::{Process, free_port};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
-}
+const SECRET: &str = "service-test-signing-key-0123456789abcdef";
 
 fn pg_bin(tool: &str) -> Option<PathBuf> {
     let versions = std::fs::read_dir("/usr/lib/postgresql").ok()?;
@@ -141,47 +135,33 @@ impl Drop for OwnCluster {
     }
 }
 
-/// A `sparc serve` process, killed on drop (so a failed assertion leaves nothing running).
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `sparc serve` on `database_url`, once its readiness answers 200.
+async fn start(database_url: &str) -> Process {
+    let env = [
+        ("DATABASE_URL", database_url),
+        ("SPARC_JWT_SECRET", SECRET),
+        ("RUST_LOG", "error"),
+    ];
+    support::start("serve", &env, "/api/v1/readiness").await
 }
 
-fn spawn_service(database_url: &str, port: u16) -> Service {
-    let child = Command::new(env!("CARGO_BIN_EXE_sparc"))
-        .arg("serve")
-        .env("DATABASE_URL", database_url)
-        .env("SPARC_JWT_SECRET", SECRET)
-        .env("SPARC_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the sparc binary should start");
-    Service(child)
-}
-
-async fn readiness(port: u16) -> Option<u16> {
+async fn readiness(base: &str) -> Option<u16> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .ok()?;
     let response = client
-        .get(format!("http://127.0.0.1:{port}/api/v1/readiness"))
+        .get(format!("{base}/api/v1/readiness"))
         .send()
         .await
         .ok()?;
     Some(response.status().as_u16())
 }
 
-async fn wait_for_readiness(port: u16, expected: u16) {
+async fn wait_for_readiness(base: &str, expected: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = readiness(port).await;
+        let got = readiness(base).await;
         if got == Some(expected) {
             return;
         }
@@ -203,13 +183,11 @@ async fn readiness_answers_503_while_the_database_is_unreachable_and_200_when_it
         println!("skipping: initdb/pg_ctl of PostgreSQL are not installed");
         return;
     };
-    let port = free_port();
-    let _service = spawn_service(&cluster.url(), port);
-    wait_for_readiness(port, 200).await;
+    let service = start(&cluster.url()).await;
 
     assert!(cluster.stop(), "our own cluster should stop");
-    wait_for_readiness(port, 503).await;
-    let liveness = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/liveness"))
+    wait_for_readiness(&service.base, 503).await;
+    let liveness = reqwest::get(format!("{}/api/v1/liveness", service.base))
         .await
         .expect("liveness answers");
     assert_eq!(
@@ -219,23 +197,21 @@ async fn readiness_answers_503_while_the_database_is_unreachable_and_200_when_it
     );
 
     assert!(cluster.pg_ctl_start(), "our own cluster should start again");
-    wait_for_readiness(port, 200).await;
+    wait_for_readiness(&service.base, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_service_gracefully() {
     let file = sparc_store::testing::SqliteTestFile::new();
-    let port = free_port();
-    let mut service = spawn_service(&file.url(), port);
-    wait_for_readiness(port, 200).await;
+    let mut service = start(&file.url()).await;
     let term = Command::new("kill")
-        .args(["-TERM", &service.0.id().to_string()])
+        .args(["-TERM", &service.child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(term.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = service.0.try_wait().expect("the process can be polled") {
+        if let Some(status) = service.child.try_wait().expect("the process can be polled") {
             assert!(
                 status.success(),
                 "a graceful stop exits with status 0, got {status}"
