@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use sparc_domain::user::Role;
+use sparc_domain::user::{Role, UserCommand as DomainUserCommand};
 use sparc_store::EventMetadata;
 
 use crate::config::Settings;
@@ -82,6 +82,13 @@ enum UserCommand {
         #[arg(long)]
         full_name: Option<String>,
     },
+    #[command(flatten)]
+    Change(AccountChange),
+}
+
+/// Changes to an existing account; each works while the server runs.
+#[derive(Debug, Subcommand)]
+enum AccountChange {
     /// Change a user's role. Ends every session of that user (their tokens name the old role).
     /// Works while the server runs.
     SetRole {
@@ -237,26 +244,8 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::User {
-            command: UserCommand::SetRole { username, role },
-        } => {
-            let at = chrono::Utc::now();
-            let command = sparc_domain::user::UserCommand::ChangeRole { role, at };
-            change_account(&settings, &username, command).await
-        }
-        Command::User {
-            command: UserCommand::Deactivate { username },
-        } => {
-            let at = chrono::Utc::now();
-            let command = sparc_domain::user::UserCommand::SetActive { active: false, at };
-            change_account(&settings, &username, command).await
-        }
-        Command::User {
-            command: UserCommand::Activate { username },
-        } => {
-            let at = chrono::Utc::now();
-            let command = sparc_domain::user::UserCommand::SetActive { active: true, at };
-            change_account(&settings, &username, command).await
-        }
+            command: UserCommand::Change(change),
+        } => change_account(&settings, change).await,
         Command::Projections { command } => {
             let db = settings.connect_database().await?;
             match command {
@@ -301,21 +290,35 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
     }
 }
 
-/// Runs `command` on the account named `username`, found through its username reservation (the
-/// log itself, so this works whether or not a server keeps the read models current).
-async fn change_account(
-    settings: &Settings,
-    username: &str,
-    command: sparc_domain::user::UserCommand,
-) -> anyhow::Result<ExitCode> {
+impl AccountChange {
+    /// The account's username and the domain command that makes the change at `at`.
+    fn into_command(self, at: chrono::DateTime<chrono::Utc>) -> (String, DomainUserCommand) {
+        match self {
+            AccountChange::SetRole { username, role } => {
+                (username, DomainUserCommand::ChangeRole { role, at })
+            }
+            AccountChange::Deactivate { username } => {
+                (username, DomainUserCommand::SetActive { active: false, at })
+            }
+            AccountChange::Activate { username } => {
+                (username, DomainUserCommand::SetActive { active: true, at })
+            }
+        }
+    }
+}
+
+/// Makes `change` to its account, found through the username's reservation (the log itself, so
+/// this works whether or not a server keeps the read models current).
+async fn change_account(settings: &Settings, change: AccountChange) -> anyhow::Result<ExitCode> {
     use sparc_domain::reservation::{Reservation, reservation_id};
     use sparc_domain::user::User;
 
+    let (username, command) = change.into_command(chrono::Utc::now());
     let db = settings.connect_database().await?;
     db.migrate().await.context("migration failed")?;
     let commands = sparc_store::CommandBus::new(&db);
     let (reservation, _) = commands
-        .load::<Reservation>(&reservation_id("username", username))
+        .load::<Reservation>(&reservation_id("username", &username))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let Some(user_id) = reservation.owner else {
