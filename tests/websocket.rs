@@ -530,3 +530,58 @@ mod faults {
         (task, event_id(&full))
     }
 }
+
+/// A connection lives as long as its login session: at the gateway's next ping (every second
+/// here) it is closed with 1008 once the session has ended, by a logout or an admin's role
+/// change, while the same user's other sessions stay connected.
+async fn a_connection_closes_when_its_session_ends(backend: Backend) {
+    let Some(app) =
+        TestApp::spawn_with(backend, |settings| settings.websocket_ping_seconds = 1).await
+    else {
+        return;
+    };
+    let admin = app.user_with_role("root", Role::Admin).await;
+    let alice = app.user("alice").await;
+    let alice_elsewhere = app.login("alice").await;
+    let bob = app.user("bob").await;
+    let (mut alices, _) = app.ws(&alice.token, None).await;
+    let (mut alices_other, _) = app.ws(&alice_elsewhere.token, None).await;
+    let (mut bobs, _) = app.ws(&bob.token, None).await;
+
+    let logout = app
+        .post(
+            "/api/v1/auth/logout",
+            &alice.token,
+            json!({"refresh_token": alice.refresh_token}),
+        )
+        .await;
+    assert_eq!(logout.status, 200);
+    assert_eq!(
+        alices.closed_with().await,
+        (1008, "Session ended".to_owned())
+    );
+    let task = create_task(&app, &alice_elsewhere, "still-here", None).await;
+    let change = alices_other.change().await;
+    assert_eq!(change["payload"]["taskId"], task.as_str(), "{change}");
+
+    let demoted = app
+        .put(
+            &format!("/api/v1/admin/users/{}", bob.id),
+            &admin.token,
+            json!({"role": "auditor"}),
+        )
+        .await;
+    assert_eq!(demoted.status, 200);
+    assert_eq!(bobs.closed_with().await, (1008, "Session ended".to_owned()));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closes_when_its_session_ends_on_postgres() {
+    a_connection_closes_when_its_session_ends(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closes_when_its_session_ends_on_sqlite() {
+    a_connection_closes_when_its_session_ends(Backend::Sqlite).await;
+}

@@ -4,6 +4,8 @@
 //! implements this port with the REST API's token service and session directory, so a token is
 //! accepted on the WebSocket exactly when it would be accepted over HTTP.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sparc_bus::Visibility;
@@ -14,6 +16,8 @@ use uuid::Uuid;
 pub struct Viewer {
     /// The user.
     pub user_id: Uuid,
+    /// The login session the token belongs to; the connection closes when it ends.
+    pub session_id: Uuid,
     /// Admins and auditors see every change; other users their own and the shared ones.
     pub sees_everything: bool,
     /// When the token stops being valid; the connection is closed then unless the client sent a
@@ -52,4 +56,15 @@ pub trait Authenticator: Send + Sync {
     /// [`AuthFailure::Rejected`] for a token that does not check out,
     /// [`AuthFailure::Unavailable`] when that cannot be decided now.
     async fn authenticate(&self, token: &str) -> Result<Viewer, AuthFailure>;
+
+    /// Which of `sessions` (user and session ids of open connections) have ended since their
+    /// token was checked: logged out, revoked, ended by a password or role change or a
+    /// deactivation.
+    ///
+    /// # Errors
+    /// [`AuthFailure::Unavailable`] when that cannot be decided now.
+    async fn ended(
+        &self,
+        sessions: Vec<(Uuid, Uuid)>,
+    ) -> Result<HashSet<(Uuid, Uuid)>, AuthFailure>;
 }

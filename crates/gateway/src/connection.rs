@@ -76,6 +76,7 @@ pub(crate) async fn serve<Tx, Rx, E>(
     let mut ticks = shared.ticks.clone();
     let connection_id = Uuid::new_v4();
     tracing::debug!(%connection_id, user = %viewer.user_id, "connected");
+    shared.join_session(&viewer);
     let ending = match start(
         &shared,
         &mut tx,
@@ -101,6 +102,7 @@ pub(crate) async fn serve<Tx, Rx, E>(
         }
     };
     drop(subscription);
+    shared.leave_session(&viewer);
     if let Some(close) = ending {
         let frame = Message::Close(Some(CloseFrame {
             code: close.code,
@@ -248,6 +250,11 @@ where
                             match shared.authenticator.authenticate(&payload.token).await {
                                 Ok(renewed) if renewed.user_id == viewer.user_id => {
                                     viewer.expires_at = renewed.expires_at;
+                                    if renewed.session_id != viewer.session_id {
+                                        shared.leave_session(viewer);
+                                        viewer.session_id = renewed.session_id;
+                                        shared.join_session(viewer);
+                                    }
                                     Some(frames::authenticated(renewed.expires_at))
                                 }
                                 _ => return Close::new(POLICY, "Authentication failed"),
@@ -275,6 +282,9 @@ where
                 }
                 if Utc::now() >= viewer.expires_at {
                     return Close::new(POLICY, "Token expired");
+                }
+                if tick.ended.contains(&(viewer.user_id, viewer.session_id)) {
+                    return Close::new(POLICY, "Session ended");
                 }
                 if let Some(ping) = &tick.ping
                     && let Err(close) = write_within(shared, tx, [ping.clone()], evicted).await
@@ -332,7 +342,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -349,8 +359,16 @@ mod tests {
     use crate::hub::Hub;
     use crate::{GatewayConfig, Tick};
 
-    /// Tokens are `"<user id>"`, or `"admin:<user id>"` for one who sees everything.
-    struct Tokens;
+    /// Tokens are `"<user id>"`, or `"admin:<user id>"` for one who sees everything; every
+    /// token is of session [`SESSION`]. The sessions in `ended` have ended; `asked` records
+    /// what the gateway asked about.
+    #[derive(Default)]
+    struct Tokens {
+        ended: Mutex<HashSet<(Uuid, Uuid)>>,
+        asked: Mutex<Vec<Vec<(Uuid, Uuid)>>>,
+    }
+
+    const SESSION: Uuid = Uuid::from_u128(7);
 
     #[async_trait]
     impl Authenticator for Tokens {
@@ -361,14 +379,31 @@ mod tests {
             };
             Ok(Viewer {
                 user_id: id.parse().map_err(|_| AuthFailure::Rejected)?,
+                session_id: SESSION,
                 sees_everything,
                 expires_at: Utc::now() + chrono::Duration::hours(1),
             })
+        }
+
+        async fn ended(
+            &self,
+            mut sessions: Vec<(Uuid, Uuid)>,
+        ) -> Result<HashSet<(Uuid, Uuid)>, AuthFailure> {
+            let ended = self.ended.lock().expect("never poisoned");
+            let found = sessions
+                .iter()
+                .filter(|s| ended.contains(s))
+                .copied()
+                .collect();
+            sessions.sort();
+            self.asked.lock().expect("never poisoned").push(sessions);
+            Ok(found)
         }
     }
 
     struct Fixture {
         shared: Arc<Shared>,
+        tokens: Arc<Tokens>,
         ticks: watch::Sender<Arc<Tick>>,
         db: Database,
         _file: SqliteTestFile,
@@ -378,23 +413,24 @@ mod tests {
         let (db, file) = sqlite_database().await;
         let outbox = Outbox::new(&db);
         let head = outbox.retained().await.expect("reads").head;
-        let (ticks, receiver) = watch::channel(Arc::new(Tick {
-            at: Instant::now(),
-            ping: None,
-        }));
+        let (ticks, receiver) =
+            watch::channel(Arc::new(Tick::new(Instant::now(), None, HashSet::new())));
+        let tokens = Arc::new(Tokens::default());
         let bus: Arc<dyn ChangeBus> = Arc::new(InProcessBus::new());
         let shared = Arc::new(Shared {
             hub: Arc::new(Hub::new(outbox.clone(), head, config.send_queue)),
             outbox,
-            authenticator: Arc::new(Tokens),
+            authenticator: tokens.clone(),
             bus,
             config,
             ticks: receiver,
+            sessions: Mutex::default(),
             instance: "test".into(),
             peers: Mutex::new(HashMap::new()),
         });
         Fixture {
             shared,
+            tokens,
             ticks,
             db,
             _file: file,
@@ -464,16 +500,18 @@ mod tests {
         }
 
         fn tick(&self, after: Duration, ping: bool) {
-            self.ticks.send_replace(Arc::new(Tick {
-                at: Instant::now() + after,
-                ping: ping.then(frames::ping),
-            }));
+            self.ticks.send_replace(Arc::new(Tick::new(
+                Instant::now() + after,
+                ping.then(frames::ping),
+                HashSet::new(),
+            )));
         }
     }
 
     fn user(id: Uuid) -> Viewer {
         Viewer {
             user_id: id,
+            session_id: SESSION,
             sees_everything: false,
             expires_at: Utc::now() + chrono::Duration::hours(1),
         }
@@ -718,5 +756,65 @@ mod tests {
         client.frame().await;
         fixture.tick(Duration::ZERO, false);
         assert_eq!(client.closed_with().await, POLICY);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_session_ended_is_closed_at_the_next_ping() {
+        let fixture = fixture(GatewayConfig::default()).await;
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut alices = fixture.connect(user(alice), None);
+        let mut bobs = fixture.connect(user(bob), None);
+        alices.frame().await;
+        bobs.frame().await;
+        fixture.ticks.send_replace(Arc::new(Tick::new(
+            Instant::now(),
+            Some(frames::ping()),
+            HashSet::from([(alice, SESSION)]),
+        )));
+        assert_eq!(alices.closed_with().await, POLICY);
+        assert_eq!(bobs.frame().await["type"], "ping", "bob's session goes on");
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_asks_about_the_sessions_of_open_connections() {
+        let fixture = fixture(GatewayConfig::default()).await;
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut alices = fixture.connect(user(alice), None);
+        let mut alices_second = fixture.connect(user(alice), None);
+        let mut bobs = fixture.connect(user(bob), None);
+        for client in [&mut alices, &mut alices_second, &mut bobs] {
+            client.frame().await;
+        }
+        fixture
+            .tokens
+            .ended
+            .lock()
+            .expect("never poisoned")
+            .insert((bob, SESSION));
+        assert_eq!(
+            fixture.shared.ended_sessions().await,
+            HashSet::from([(bob, SESSION)])
+        );
+        let mut open = vec![(alice, SESSION), (bob, SESSION)];
+        open.sort();
+        assert_eq!(
+            fixture.tokens.asked.lock().expect("never poisoned").last(),
+            Some(&open),
+            "each session once, however many connections it has"
+        );
+
+        drop(bobs);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while fixture.shared.hub.connections() > 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("bob's connection ends");
+        fixture.shared.ended_sessions().await;
+        assert_eq!(
+            fixture.tokens.asked.lock().expect("never poisoned").last(),
+            Some(&vec![(alice, SESSION)])
+        );
     }
 }

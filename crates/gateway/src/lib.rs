@@ -22,7 +22,7 @@ pub mod frames;
 mod http;
 mod hub;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use sparc_store::Database;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 pub use auth::{AuthFailure, Authenticator, Viewer};
 
@@ -90,6 +91,19 @@ pub(crate) struct Tick {
     pub(crate) at: Instant,
     /// The ping frame to send, on every [`TICKS_PER_PING`]th tick (serialized once).
     pub(crate) ping: Option<Message>,
+    /// The sessions (user, session) found ended on this tick: their connections close. Asked
+    /// with every ping, for the sessions of all open connections at once.
+    pub(crate) ended: Arc<HashSet<(Uuid, Uuid)>>,
+}
+
+impl Tick {
+    fn new(at: Instant, ping: Option<Message>, ended: HashSet<(Uuid, Uuid)>) -> Self {
+        Self {
+            at,
+            ping,
+            ended: Arc::new(ended),
+        }
+    }
 }
 
 /// What every connection and handler of one gateway shares.
@@ -100,6 +114,8 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn ChangeBus>,
     pub(crate) config: GatewayConfig,
     pub(crate) ticks: watch::Receiver<Arc<Tick>>,
+    /// The sessions of the open connections, with how many connections each has.
+    pub(crate) sessions: Mutex<HashMap<(Uuid, Uuid), usize>>,
     /// This process's name in presence announcements.
     instance: String,
     /// Other gateways' last announced connection counts.
@@ -107,6 +123,54 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counts a connection of `viewer`'s session (undone by [`Shared::leave_session`]).
+    pub(crate) fn join_session(&self, viewer: &Viewer) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .expect("the sessions lock is never poisoned");
+        *sessions
+            .entry((viewer.user_id, viewer.session_id))
+            .or_default() += 1;
+    }
+
+    /// Uncounts a connection of `viewer`'s session.
+    pub(crate) fn leave_session(&self, viewer: &Viewer) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .expect("the sessions lock is never poisoned");
+        let key = (viewer.user_id, viewer.session_id);
+        if let Some(count) = sessions.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.remove(&key);
+            }
+        }
+    }
+
+    /// The sessions of the open connections that have ended (none when that cannot be asked:
+    /// the next ping asks again).
+    async fn ended_sessions(&self) -> HashSet<(Uuid, Uuid)> {
+        let open: Vec<(Uuid, Uuid)> = self
+            .sessions
+            .lock()
+            .expect("the sessions lock is never poisoned")
+            .keys()
+            .copied()
+            .collect();
+        if open.is_empty() {
+            return HashSet::new();
+        }
+        self.authenticator
+            .ended(open)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "could not check the sessions of open connections");
+                HashSet::new()
+            })
+    }
+
     /// This gateway's connections plus those other gateways announced recently.
     pub(crate) fn total_connections(&self) -> usize {
         let peers = self.peers.lock().expect("the peers lock is never poisoned");
@@ -153,10 +217,8 @@ impl Gateway {
         let changes = bus.subscribe().await?;
         let head = outbox.retained().await?.head;
         let hub = Arc::new(Hub::new(outbox.clone(), head, config.send_queue));
-        let (tick_sender, ticks) = watch::channel(Arc::new(Tick {
-            at: Instant::now(),
-            ping: None,
-        }));
+        let (tick_sender, ticks) =
+            watch::channel(Arc::new(Tick::new(Instant::now(), None, HashSet::new())));
         let shared = Arc::new(Shared {
             hub: hub.clone(),
             outbox,
@@ -164,16 +226,13 @@ impl Gateway {
             bus: bus.clone(),
             config,
             ticks,
-            instance: uuid::Uuid::new_v4().to_string(),
+            sessions: Mutex::default(),
+            instance: Uuid::new_v4().to_string(),
             peers: Mutex::default(),
         });
         let tasks = vec![
             tokio::spawn(relay_changes(hub, bus, changes, shutdown.clone())),
-            tokio::spawn(heartbeat(
-                tick_sender,
-                shared.config.ping_interval,
-                shutdown.clone(),
-            )),
+            tokio::spawn(heartbeat(shared.clone(), tick_sender, shutdown.clone())),
             tokio::spawn(presence(shared.clone(), shutdown)),
         ];
         Ok((Self { shared }, tasks))
@@ -238,22 +297,27 @@ async fn relay_changes(
     }
 }
 
-/// Ticks every `ping_interval / TICKS_PER_PING`, with a ping frame every `TICKS_PER_PING`th
-/// tick. Dropping the sender on shutdown closes every connection.
+/// Ticks every `ping_interval / TICKS_PER_PING`, with a ping frame, and the sessions of open
+/// connections found ended, every `TICKS_PER_PING`th tick. Dropping the sender on shutdown
+/// closes every connection.
 async fn heartbeat(
+    shared: Arc<Shared>,
     ticks: watch::Sender<Arc<Tick>>,
-    ping_interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut timer = tokio::time::interval(ping_interval / TICKS_PER_PING);
+    let mut timer = tokio::time::interval(shared.config.ping_interval / TICKS_PER_PING);
     timer.tick().await;
     let mut count = 0u32;
     while !*shutdown.borrow() {
         tokio::select! {
             at = timer.tick() => {
                 count = count.wrapping_add(1);
-                let ping = count.is_multiple_of(TICKS_PER_PING).then(frames::ping);
-                ticks.send_replace(Arc::new(Tick { at, ping }));
+                let tick = if count.is_multiple_of(TICKS_PER_PING) {
+                    Tick::new(at, Some(frames::ping()), shared.ended_sessions().await)
+                } else {
+                    Tick::new(at, None, HashSet::new())
+                };
+                ticks.send_replace(Arc::new(tick));
             }
             _ = shutdown.changed() => {}
         }

@@ -50,6 +50,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A name for this deployment, shown by the detailed health check (`SPARC_ENVIRONMENT`).
     pub environment: String,
+    /// How often the WebSocket gateway pings its clients, in seconds
+    /// (`SPARC_WEBSOCKET_PING_SECONDS`, default 30, at least 1). A client silent for twice that
+    /// is closed, and on every ping the gateway closes the connections whose login session has
+    /// ended (logout, password or role change, deactivation).
+    pub websocket_ping_seconds: u64,
     /// HTTP settings: rate limits, token lifetimes, HSTS (`SPARC_RATE_LIMIT_PER_MINUTE`, …).
     #[serde(flatten)]
     pub api: ApiSettings,
@@ -67,6 +72,7 @@ impl Default for Settings {
             database_pool_size: sparc_store::db::POSTGRES_POOL_SIZE,
             log_format: LogFormat::default(),
             environment: "development".to_owned(),
+            websocket_ping_seconds: 30,
             api: ApiSettings::default(),
         }
     }
@@ -95,6 +101,16 @@ impl Settings {
             .merge(Env::raw().only(&["DATABASE_URL", "NATS_URL"]))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The WebSocket gateway's heartbeat and limits.
+    pub fn gateway(&self) -> sparc_gateway::GatewayConfig {
+        let ping = std::time::Duration::from_secs(self.websocket_ping_seconds.max(1));
+        sparc_gateway::GatewayConfig {
+            ping_interval: ping,
+            silence_timeout: ping * 2,
+            ..sparc_gateway::GatewayConfig::default()
+        }
     }
 
     /// Whether the database is the embedded SQLite file.

@@ -5,6 +5,7 @@
 //! balancer, sharing nothing but NATS and reading the database only to replay. The gateway
 //! checks tokens through the API's own token service and session directory ([`ApiTokens`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use sparc_store::{CommandBus, Database, Generations};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::keys;
@@ -45,6 +47,7 @@ pub async fn start(
     bus: Arc<dyn ChangeBus>,
     app: Arc<App>,
     progress: watch::Receiver<u64>,
+    config: GatewayConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     let relay = Relay::new(db.clone(), bus.clone()).with_wakeup(progress);
@@ -52,7 +55,7 @@ pub async fn start(
         db,
         bus.clone(),
         Arc::new(ApiTokens(app.clone())),
-        GatewayConfig::default(),
+        config,
         shutdown.clone(),
     )
     .await
@@ -99,7 +102,7 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         &db,
         bus(&settings).await?,
         Arc::new(ApiTokens(Arc::new(app))),
-        GatewayConfig::default(),
+        settings.gateway(),
         shutdown_rx,
     )
     .await
@@ -148,9 +151,32 @@ impl Authenticator for ApiTokens {
             .ok_or(AuthFailure::Rejected)?;
         Ok(Viewer {
             user_id: user.user_id,
+            session_id: user.session_id,
             sees_everything: user.role.can_read_all(),
             expires_at,
         })
+    }
+
+    async fn ended(
+        &self,
+        sessions: Vec<(Uuid, Uuid)>,
+    ) -> Result<HashSet<(Uuid, Uuid)>, AuthFailure> {
+        let mut ended = HashSet::new();
+        for (user, session) in sessions {
+            let live = self
+                .0
+                .sessions
+                .is_active(user, session)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "could not check a WebSocket session");
+                    AuthFailure::Unavailable
+                })?;
+            if !live {
+                ended.insert((user, session));
+            }
+        }
+        Ok(ended)
     }
 }
 

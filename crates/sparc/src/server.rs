@@ -128,8 +128,16 @@ impl Server {
             info,
             generations,
         )?);
-        let (realtime, realtime_tasks) =
-            crate::realtime::start(&db, bus, app.clone(), progress, shutdown_rx.clone()).await?;
+        let gateway = settings.gateway();
+        let (realtime, realtime_tasks) = crate::realtime::start(
+            &db,
+            bus,
+            app.clone(),
+            progress,
+            gateway,
+            shutdown_rx.clone(),
+        )
+        .await?;
         tasks.extend(realtime_tasks);
         let router = sparc_api::router(app).merge(realtime);
         let addr = listener.local_addr()?;
