@@ -874,6 +874,79 @@ both_backends!(
 // ----- as of, history -----
 
 both_backends!(
+    a_past_detail_shows_the_executions_as_they_stood_then,
+    |app: TestApp| async move {
+        let alice = app.user("alice").await;
+        let worker = agent(&app, "worker").await;
+        let task_id = id_of(&simple_task(&app, &alice, "s").await);
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(20));
+        let first = run_and_finish(&app, &alice, &worker, &task_id, "success").await;
+        pause().await;
+        let after_first = Utc::now();
+        pause().await;
+        let run = app
+            .post(
+                &format!("/api/v1/tasks/{task_id}/run"),
+                &alice.token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
+        let second = id_of(&run.body);
+        pause().await;
+        let while_second_ran = Utc::now();
+        pause().await;
+        let finished = app
+            .post(
+                "/api/v1/agents/activity",
+                &worker.0.token,
+                json!({"agent_id": worker.1, "task_id": task_id, "execution_id": second,
+                       "status": "failed", "duration_ms": 10}),
+            )
+            .await;
+        assert_eq!(finished.status, StatusCode::CREATED, "{}", finished.body);
+
+        let results_at = |query: String| {
+            let (app, alice, task_id) = (&app, &alice, &task_id);
+            async move {
+                let detail = app
+                    .get(&format!("/api/v1/tasks/{task_id}?{query}"), &alice.token)
+                    .await;
+                assert_eq!(detail.status, StatusCode::OK, "{}", detail.body);
+                detail.body["execution_results"]
+                    .as_array()
+                    .expect("execution_results")
+                    .iter()
+                    .map(|e| (id_of(e), e["status"].as_str().expect("a status").to_owned()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let at = |moment: DateTime<Utc>| {
+            format!(
+                "as_of={}",
+                moment.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            )
+        };
+        assert_eq!(results_at("version=1".to_owned()).await, vec![]);
+        assert_eq!(
+            results_at(at(after_first)).await,
+            vec![(first.clone(), "success".to_owned())]
+        );
+        assert_eq!(
+            results_at(at(while_second_ran)).await,
+            vec![
+                (second.clone(), "running".to_owned()),
+                (first.clone(), "success".to_owned())
+            ]
+        );
+        assert_eq!(
+            results_at("as_of=2999-01-01T00:00:00Z".to_owned()).await,
+            vec![(second, "failed".to_owned()), (first, "success".to_owned())]
+        );
+    }
+);
+
+both_backends!(
     version_and_as_of_rebuild_every_intermediate_state_of_a_task_changed_five_times,
     |app: TestApp| async move {
         let alice = app.user("alice").await;

@@ -1,6 +1,7 @@
 //! The `executions` read model: runs of tasks, for a task's execution list and an agent's
 //! history.
 
+use chrono::{DateTime, Utc};
 use sparc_domain::execution::{Execution, ExecutionStatus};
 use sparc_store::Database;
 use uuid::Uuid;
@@ -33,6 +34,27 @@ impl Indexed for Execution {
 /// One execution by id.
 pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Execution>>, sqlx::Error> {
     state_table::get(db, &id.to_string()).await
+}
+
+/// The newest `limit` executions of a task that had started by `moment`, newest first.
+pub async fn of_task_started_by(
+    db: &Database,
+    task_id: Uuid,
+    moment: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Row<Execution>>, sqlx::Error> {
+    let (rows, _) = state_table::select(
+        db,
+        &Selection {
+            filter: "task_id = $1 AND started_at <= $2".to_owned(),
+            params: vec![task_id.to_string().into(), Some(moment).into()],
+            order_by: "started_at DESC, id DESC".to_owned(),
+            limit,
+            offset: 0,
+        },
+    )
+    .await?;
+    Ok(rows)
 }
 
 /// A page of a task's executions, newest first, optionally of one status.

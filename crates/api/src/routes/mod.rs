@@ -351,31 +351,53 @@ pub struct AsOfQuery {
     pub version: Option<i64>,
 }
 
+impl AsOfQuery {
+    /// Whether a point in the past is asked for.
+    pub fn is_past(&self) -> bool {
+        self.as_of.is_some() || self.version.is_some()
+    }
+
+    /// The `as_of` time, if given; 422 when it is not RFC 3339.
+    pub fn time(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        self.as_of
+            .as_deref()
+            .map(|raw| {
+                chrono::DateTime::parse_from_rfc3339(raw)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| {
+                        ApiError::Validation(vec![FieldError::query(
+                            "as_of",
+                            "as_of must be an RFC 3339 time",
+                            "datetime_parsing",
+                        )])
+                    })
+            })
+            .transpose()
+    }
+}
+
+/// An aggregate's state at a point of its history: its version then, and when the last event
+/// folded into it was recorded.
+pub struct PastState<A> {
+    /// The state.
+    pub state: A,
+    /// The sequence of its last event.
+    pub version: i64,
+    /// When that event was recorded.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Folds an aggregate's events up to the `as_of` time or `version` asked for; `None` when the
 /// aggregate did not exist yet at that point.
 pub async fn state_as_of<A: cqrs_es::Aggregate>(
     db: &sparc_store::Database,
     id: Uuid,
     query: &AsOfQuery,
-) -> Result<Option<(A, i64)>, ApiError>
+) -> Result<Option<PastState<A>>, ApiError>
 where
     A::Event: serde::de::DeserializeOwned,
 {
-    let as_of = query
-        .as_of
-        .as_deref()
-        .map(|raw| {
-            chrono::DateTime::parse_from_rfc3339(raw)
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .map_err(|_| {
-                    ApiError::Validation(vec![FieldError::query(
-                        "as_of",
-                        "as_of must be an RFC 3339 time",
-                        "datetime_parsing",
-                    )])
-                })
-        })
-        .transpose()?;
+    let as_of = query.time()?;
     if query.version.is_some_and(|v| v < 1) {
         return Err(ApiError::Validation(vec![FieldError::query(
             "version",
@@ -383,23 +405,42 @@ where
             "value_error",
         )]));
     }
+    state_until(db, &id.to_string(), query.version, as_of).await
+}
+
+/// Folds the events of aggregate `id` up to `version` and recorded no later than `time`;
+/// `None` when it did not exist yet at that point.
+pub async fn state_until<A: cqrs_es::Aggregate>(
+    db: &sparc_store::Database,
+    id: &str,
+    version: Option<i64>,
+    time: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Option<PastState<A>>, ApiError>
+where
+    A::Event: serde::de::DeserializeOwned,
+{
     let events = sparc_store::LogReader::new(db)
-        .aggregate_events(A::TYPE, &id.to_string(), 0, i64::MAX)
+        .aggregate_events(A::TYPE, id, 0, i64::MAX)
         .await
         .map_err(ApiError::internal)?;
-    let mut state = A::default();
-    let mut version = 0;
+    let mut past: Option<PastState<A>> = None;
     for event in events {
-        if query.version.is_some_and(|v| event.sequence > v)
-            || as_of.is_some_and(|t| event.recorded_at > t)
+        if version.is_some_and(|v| event.sequence > v)
+            || time.is_some_and(|t| event.recorded_at > t)
         {
             break;
         }
         let payload =
             sparc_domain::upcasting::upcast(&event.event_type, &event.event_version, event.payload);
         let payload: A::Event = serde_json::from_value(payload).map_err(ApiError::internal)?;
-        state.apply(payload);
-        version = event.sequence;
+        let past = past.get_or_insert_with(|| PastState {
+            state: A::default(),
+            version: 0,
+            recorded_at: event.recorded_at,
+        });
+        past.state.apply(payload);
+        past.version = event.sequence;
+        past.recorded_at = event.recorded_at;
     }
-    Ok((version > 0).then_some((state, version)))
+    Ok(past)
 }

@@ -241,10 +241,11 @@ async fn get_project(
     AppQuery(as_of): AppQuery<AsOfQuery>,
 ) -> Result<Response, ApiError> {
     let row = project_for(&app, &user, id, false).await?;
-    let (state, version) = if as_of.as_of.is_some() || as_of.version.is_some() {
-        state_as_of::<Project>(&app.db, id, &as_of)
+    let (state, version) = if as_of.is_past() {
+        let past = state_as_of::<Project>(&app.db, id, &as_of)
             .await?
-            .ok_or_else(|| ApiError::NotFound("Project did not exist at that point".to_owned()))?
+            .ok_or_else(|| ApiError::NotFound("Project did not exist at that point".to_owned()))?;
+        (past.state, past.version)
     } else {
         (row.state, row.version)
     };

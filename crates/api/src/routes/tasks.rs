@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
@@ -27,7 +27,7 @@ use crate::idempotency::idempotency_key;
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, cached_list, double_option,
-    history, if_match, page, parse_query_value, state_as_of, with_etag,
+    history, if_match, page, parse_query_value, state_as_of, state_until, with_etag,
 };
 use crate::state::{App, AppState};
 
@@ -261,8 +261,8 @@ async fn list_tasks(
     .await
 }
 
-/// One task with its last 10 executions; with `as_of` or `version`, the state rebuilt from the
-/// log at that point.
+/// One task with its last 10 executions; with `as_of` or `version`, both as they stood at that
+/// point, rebuilt from the log.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path), AsOfQuery),
     responses((status = 200, body = TaskResource), (status = 403, description = "Not yours"), (status = 404, description = "Task not found")), security(("bearer" = [])))]
 async fn get_task(
@@ -272,24 +272,44 @@ async fn get_task(
     AppQuery(as_of): AppQuery<AsOfQuery>,
 ) -> Result<Response, ApiError> {
     let row = task_for(&app, &user, id, false).await?;
-    let (state, version) = if as_of.as_of.is_some() || as_of.version.is_some() {
-        state_as_of::<Task>(&app.db, id, &as_of)
+    let (state, version, executions) = if as_of.is_past() {
+        let past = state_as_of::<Task>(&app.db, id, &as_of)
             .await?
-            .ok_or_else(|| ApiError::NotFound("Task did not exist at that point".to_owned()))?
+            .ok_or_else(|| ApiError::NotFound("Task did not exist at that point".to_owned()))?;
+        // The moment asked for: the `as_of` time, else when the asked version was recorded.
+        let moment = as_of.time()?.unwrap_or(past.recorded_at);
+        let executions = executions_as_of(&app, id, moment).await?;
+        (past.state, past.version, executions)
     } else {
-        (row.state, row.version)
+        let (executions, _) = sparc_projections::executions::of_task(&app.db, id, None, 10, 0)
+            .await
+            .map_err(ApiError::internal)?;
+        let executions = executions.into_iter().map(|e| e.state).collect();
+        (row.state, row.version, executions)
     };
-    let (executions, _) = sparc_projections::executions::of_task(&app.db, id, None, 10, 0)
+    let mut resource = TaskResource::new(&state, version);
+    resource.execution_results = Some(executions.iter().map(ExecutionResource::from).collect());
+    Ok(with_etag(version, resource))
+}
+
+/// The task's last 10 executions as they stood at `moment`: those started by then, each folded
+/// from its own events up to it.
+async fn executions_as_of(
+    app: &App,
+    task_id: Uuid,
+    moment: DateTime<Utc>,
+) -> Result<Vec<Execution>, ApiError> {
+    let started = sparc_projections::executions::of_task_started_by(&app.db, task_id, moment, 10)
         .await
         .map_err(ApiError::internal)?;
-    let mut resource = TaskResource::new(&state, version);
-    resource.execution_results = Some(
-        executions
-            .iter()
-            .map(|e| ExecutionResource::from(&e.state))
-            .collect(),
-    );
-    Ok(with_etag(version, resource))
+    let mut executions = Vec::with_capacity(started.len());
+    for row in started {
+        let id = row.state.id.to_string();
+        if let Some(past) = state_until::<Execution>(&app.db, &id, None, Some(moment)).await? {
+            executions.push(past.state);
+        }
+    }
+    Ok(executions)
 }
 
 /// Fields to change; `skill_name` cannot change.
