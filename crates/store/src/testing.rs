@@ -11,6 +11,10 @@
 //! When PostgreSQL is not reachable the Postgres helpers print one `skipping: …` line and return
 //! `None`, so a developer without the service still runs the rest; with `CI=true` they panic,
 //! because a missing service in CI is a failure.
+//!
+//! Test databases are named `sparc_test_<unix seconds>_<uuid>`. A test process first drops the
+//! ones older than [`TEST_DATABASE_KEPT`] (and any of the older unnamed-time form), so the
+//! databases of earlier runs do not pile up on the shared server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,7 +34,7 @@ pub struct PostgresTestDatabase {
     pub database: Database,
     /// Its URL, for handing to a spawned `sparc` binary.
     pub url: String,
-    /// Its name (`sparc_test_<uuid>`).
+    /// Its name (`sparc_test_<unix seconds>_<uuid>`).
     pub name: String,
 }
 
@@ -53,7 +57,14 @@ pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
         Ok(Err(error)) => return unreachable_postgres(&error.to_string()),
         Err(_) => return unreachable_postgres("timed out"),
     };
-    let name = format!("sparc_test_{}", Uuid::new_v4().simple());
+    STALE_DATABASES_DROPPED
+        .get_or_init(|| drop_stale_test_databases(&mut admin))
+        .await;
+    let name = format!(
+        "{TEST_DATABASE_PREFIX}{}_{}",
+        chrono::Utc::now().timestamp(),
+        Uuid::new_v4().simple()
+    );
     sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
@@ -73,6 +84,45 @@ pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
         url,
         name,
     })
+}
+
+/// Test databases are named with this prefix.
+const TEST_DATABASE_PREFIX: &str = "sparc_test_";
+
+/// How long a test database is left alone: no test process runs longer.
+pub const TEST_DATABASE_KEPT: Duration = Duration::from_secs(3600);
+
+static STALE_DATABASES_DROPPED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops the test databases created more than [`TEST_DATABASE_KEPT`] ago, and those named
+/// without a creation time. Failures are only reported: cleaning up is not the test.
+async fn drop_stale_test_databases(admin: &mut PgConnection) {
+    let names: Vec<String> =
+        match sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(TEST_DATABASE_PREFIX)
+            .fetch_all(&mut *admin)
+            .await
+        {
+            Ok(names) => names,
+            Err(error) => {
+                eprintln!("could not list old test databases: {error}");
+                return;
+            }
+        };
+    let oldest_kept = chrono::Utc::now().timestamp() - TEST_DATABASE_KEPT.as_secs() as i64;
+    for name in names {
+        let created = name
+            .strip_prefix(TEST_DATABASE_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(seconds, _)| seconds.parse::<i64>().ok());
+        if created.is_some_and(|created| created >= oldest_kept) {
+            continue;
+        }
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        if let Err(error) = sqlx::raw_sql(&drop).execute(&mut *admin).await {
+            eprintln!("could not drop the old test database {name}: {error}");
+        }
+    }
 }
 
 fn unreachable_postgres<T>(why: &str) -> Option<T> {
