@@ -9,6 +9,7 @@
 //! enough: its session must still be live and its user active (logout, rotation reuse, password
 //! change and deactivation all end sessions), which [`AuthUser`] asks the [`SessionDirectory`].
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Once;
 
@@ -364,6 +365,26 @@ pub trait SessionDirectory: Send + Sync {
     /// a 401 that would log the user out.
     fn is_active(&self, user_id: Uuid, session_id: Uuid) -> BoxFuture<'_, Result<bool, BoxError>>;
 
+    /// Of `sessions` (user and session ids), those no longer live: asked for the sessions of
+    /// many open connections at once. By default [`is_active`](Self::is_active) for each.
+    ///
+    /// # Errors
+    /// The read model could not be asked.
+    fn ended(
+        &self,
+        sessions: Vec<(Uuid, Uuid)>,
+    ) -> BoxFuture<'_, Result<HashSet<(Uuid, Uuid)>, BoxError>> {
+        Box::pin(async move {
+            let mut ended = HashSet::new();
+            for (user_id, session_id) in sessions {
+                if !self.is_active(user_id, session_id).await? {
+                    ended.insert((user_id, session_id));
+                }
+            }
+            Ok(ended)
+        })
+    }
+
     /// Drops whatever this directory remembers about `user_id`'s sessions: called once a change
     /// to them (a logout, a revocation, a new password) has reached the read model.
     fn forget(&self, _user_id: Uuid) {}
@@ -513,7 +534,6 @@ impl<S: AuthState> FromRequestParts<S> for MaybeAuthUser {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
 
     use axum::Router;

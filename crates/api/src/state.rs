@@ -2,7 +2,7 @@
 //! run a command with the request's metadata (mapping refusals to HTTP errors), and wait until
 //! a read model shows a write, so a client that got 2xx reads its own write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -326,6 +326,33 @@ impl SessionDirectory for UserSessions {
                 self.remember(key, batch);
             }
             Ok(live)
+        })
+    }
+
+    /// One read of the `users` read model per user, however many sessions each has.
+    fn ended(
+        &self,
+        sessions: Vec<(Uuid, Uuid)>,
+    ) -> BoxFuture<'_, Result<HashSet<(Uuid, Uuid)>, BoxError>> {
+        Box::pin(async move {
+            let mut by_user: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+            for (user_id, session_id) in sessions {
+                by_user.entry(user_id).or_default().push(session_id);
+            }
+            let now = Utc::now();
+            let mut ended = HashSet::new();
+            for (user_id, session_ids) in by_user {
+                let row = sparc_projections::users::get(&self.db, user_id).await?;
+                for session_id in session_ids {
+                    if !row
+                        .as_ref()
+                        .is_some_and(|row| row.state.session_is_live(session_id, now))
+                    {
+                        ended.insert((user_id, session_id));
+                    }
+                }
+            }
+            Ok(ended)
         })
     }
 

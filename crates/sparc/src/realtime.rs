@@ -5,7 +5,7 @@
 //! balancer, sharing nothing but NATS and reading the database only to replay. The gateway
 //! checks tokens through the API's own token service and session directory ([`ApiTokens`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -157,34 +157,14 @@ impl Authenticator for ApiTokens {
         })
     }
 
-    /// One read of the `users` read model per user, whatever their number of sessions.
     async fn ended(
         &self,
         sessions: Vec<(Uuid, Uuid)>,
     ) -> Result<HashSet<(Uuid, Uuid)>, AuthFailure> {
-        let mut by_user: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        for (user, session) in sessions {
-            by_user.entry(user).or_default().push(session);
-        }
-        let now = Utc::now();
-        let mut ended = HashSet::new();
-        for (user, sessions) in by_user {
-            let row = sparc_projections::users::get(&self.0.db, user)
-                .await
-                .map_err(|error| {
-                    tracing::warn!(%error, "could not check WebSocket sessions");
-                    AuthFailure::Unavailable
-                })?;
-            for session in sessions {
-                if !row
-                    .as_ref()
-                    .is_some_and(|row| row.state.session_is_live(session, now))
-                {
-                    ended.insert((user, session));
-                }
-            }
-        }
-        Ok(ended)
+        self.0.sessions.ended(sessions).await.map_err(|error| {
+            tracing::warn!(%error, "could not check WebSocket sessions");
+            AuthFailure::Unavailable
+        })
     }
 }
 
