@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::auth::Viewer;
 use crate::frames::{self, ChangeFrames, ClientFrame};
 use crate::hub::Subscription;
-use crate::{Shared, Tick};
+use crate::{SeatedViewer, Shared, Tick};
 
 /// Close code: the token was refused (RFC 6455 policy violation).
 pub(crate) const POLICY: u16 = 1008;
@@ -65,18 +65,18 @@ pub(crate) async fn serve<Tx, Rx, E>(
     shared: Arc<Shared>,
     mut tx: Tx,
     mut rx: Rx,
-    mut viewer: Viewer,
+    viewer: Viewer,
     resume_from: Option<String>,
 ) where
     Tx: Sink<Message> + Unpin,
     Tx::Error: Display,
     Rx: Stream<Item = Result<Message, E>> + Unpin,
 {
+    let mut viewer = shared.seat(viewer);
     let mut subscription = shared.hub.subscribe(viewer.visibility());
     let mut ticks = shared.ticks.clone();
     let connection_id = Uuid::new_v4();
     tracing::debug!(%connection_id, user = %viewer.user_id, "connected");
-    shared.join_session(&viewer);
     let ending = match start(
         &shared,
         &mut tx,
@@ -102,7 +102,6 @@ pub(crate) async fn serve<Tx, Rx, E>(
         }
     };
     drop(subscription);
-    shared.leave_session(&viewer);
     if let Some(close) = ending {
         let frame = Message::Close(Some(CloseFrame {
             code: close.code,
@@ -198,7 +197,7 @@ async fn live<Tx, Rx, E>(
     shared: &Shared,
     tx: &mut Tx,
     rx: &mut Rx,
-    viewer: &mut Viewer,
+    viewer: &mut SeatedViewer,
     subscription: &mut Subscription,
     ticks: &mut watch::Receiver<Arc<Tick>>,
     skip_through: i64,
@@ -248,14 +247,15 @@ where
                         Some(ClientFrame::Pong) => None,
                         Some(ClientFrame::Authenticate { payload }) => {
                             match shared.authenticator.authenticate(&payload.token).await {
-                                Ok(renewed) if renewed.user_id == viewer.user_id => {
-                                    viewer.expires_at = renewed.expires_at;
-                                    if renewed.session_id != viewer.session_id {
-                                        shared.leave_session(viewer);
-                                        viewer.session_id = renewed.session_id;
-                                        shared.join_session(viewer);
-                                    }
-                                    Some(frames::authenticated(renewed.expires_at))
+                                // The subscription's visibility stays: a token that would
+                                // see more or less needs a new connection.
+                                Ok(renewed)
+                                    if renewed.user_id == viewer.user_id
+                                        && renewed.sees_everything == viewer.sees_everything =>
+                                {
+                                    let expires_at = renewed.expires_at;
+                                    viewer.renew(renewed);
+                                    Some(frames::authenticated(expires_at))
                                 }
                                 _ => return Close::new(POLICY, "Authentication failed"),
                             }
@@ -740,6 +740,17 @@ mod tests {
         assert_eq!(client.frame().await["type"], "authenticated");
         let bob = Uuid::new_v4();
         client.send(&json!({"type": "authenticate", "payload": {"token": bob}}).to_string());
+        assert_eq!(client.closed_with().await, POLICY);
+    }
+
+    #[tokio::test]
+    async fn a_token_of_the_same_user_with_another_reach_closes() {
+        let fixture = fixture(GatewayConfig::default()).await;
+        let alice = Uuid::new_v4();
+        let mut client = fixture.connect(user(alice), None);
+        client.frame().await;
+        let promoted = format!("admin:{alice}");
+        client.send(&json!({"type": "authenticate", "payload": {"token": promoted}}).to_string());
         assert_eq!(client.closed_with().await, POLICY);
     }
 

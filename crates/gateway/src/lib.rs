@@ -123,25 +123,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Counts a connection of `viewer`'s session (undone by [`Shared::leave_session`]).
-    pub(crate) fn join_session(&self, viewer: &Viewer) {
-        let mut sessions = self
-            .sessions
-            .lock()
-            .expect("the sessions lock is never poisoned");
-        *sessions
-            .entry((viewer.user_id, viewer.session_id))
-            .or_default() += 1;
+    /// `viewer`, counted among the open sessions for as long as the result lives.
+    pub(crate) fn seat(self: &Arc<Self>, viewer: Viewer) -> SeatedViewer {
+        self.count_session((viewer.user_id, viewer.session_id), true);
+        SeatedViewer {
+            shared: self.clone(),
+            viewer,
+        }
     }
 
-    /// Uncounts a connection of `viewer`'s session.
-    pub(crate) fn leave_session(&self, viewer: &Viewer) {
+    fn count_session(&self, key: (Uuid, Uuid), joins: bool) {
         let mut sessions = self
             .sessions
             .lock()
             .expect("the sessions lock is never poisoned");
-        let key = (viewer.user_id, viewer.session_id);
-        if let Some(count) = sessions.get_mut(&key) {
+        if joins {
+            *sessions.entry(key).or_default() += 1;
+        } else if let Some(count) = sessions.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
                 sessions.remove(&key);
@@ -180,6 +178,43 @@ impl Shared {
             .map(|(connections, _)| connections)
             .sum();
         self.hub.connections() + others
+    }
+}
+
+/// A connection's viewer, counted among the open sessions whose end the heartbeat asks about
+/// ([`Shared::seat`]); it leaves the count when dropped, however the connection ends.
+pub(crate) struct SeatedViewer {
+    shared: Arc<Shared>,
+    viewer: Viewer,
+}
+
+impl SeatedViewer {
+    /// Takes the expiry and session of `renewed`, a fresh token of the same user.
+    pub(crate) fn renew(&mut self, renewed: Viewer) {
+        let (old, new) = (self.key(), (renewed.user_id, renewed.session_id));
+        if new != old {
+            self.shared.count_session(new, true);
+            self.shared.count_session(old, false);
+        }
+        self.viewer = renewed;
+    }
+
+    fn key(&self) -> (Uuid, Uuid) {
+        (self.viewer.user_id, self.viewer.session_id)
+    }
+}
+
+impl std::ops::Deref for SeatedViewer {
+    type Target = Viewer;
+
+    fn deref(&self) -> &Viewer {
+        &self.viewer
+    }
+}
+
+impl Drop for SeatedViewer {
+    fn drop(&mut self) {
+        self.shared.count_session(self.key(), false);
     }
 }
 
