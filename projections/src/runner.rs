@@ -373,8 +373,8 @@ impl Worker {
             ..Cursor::default()
         };
         let mut failures = 0u32;
-        let mut last_batch = Instant::now();
-        let mut last_batch_len = 0;
+        // Until when a poke counts as one of a stream of writes (see `LINGER`).
+        let mut busy_until: Option<Instant> = None;
         while !*shutdown.borrow() {
             match self.step(&mut cursor).await {
                 Ok(None) => {
@@ -384,15 +384,15 @@ impl Worker {
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.changed() => {}
                     }
-                    let busy = last_batch_len >= BUSY_FROM && last_batch.elapsed() < QUIET_AFTER;
+                    let busy = busy_until.is_some_and(|until| Instant::now() < until);
                     if !self.drives_read_models || busy {
                         tokio::time::sleep(LINGER).await;
                     }
                 }
                 Ok(Some(batch)) => {
                     failures = 0;
-                    last_batch = Instant::now();
-                    last_batch_len = batch.events.len();
+                    busy_until =
+                        (batch.events.len() >= BUSY_FROM).then(|| Instant::now() + QUIET_AFTER);
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
                     for (index, member) in self.members.iter().enumerate() {
                         if batch.changed[index] {
