@@ -118,6 +118,13 @@ async fn run_and_finish(
     task_id: &str,
     status: &str,
 ) -> String {
+    let execution_id = start_run(app, owner, task_id).await;
+    finish_run(app, agent, task_id, &execution_id, status).await;
+    execution_id
+}
+
+/// Runs a task by hand; returns the running execution's id.
+async fn start_run(app: &TestApp, owner: &TestUser, task_id: &str) -> String {
     let run = app
         .post(
             &format!("/api/v1/tasks/{task_id}/run"),
@@ -126,7 +133,17 @@ async fn run_and_finish(
         )
         .await;
     assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
-    let execution_id = id_of(&run.body);
+    id_of(&run.body)
+}
+
+/// The agent reports the execution finished with `status`.
+async fn finish_run(
+    app: &TestApp,
+    agent: &(TestUser, String),
+    task_id: &str,
+    execution_id: &str,
+    status: &str,
+) {
     let finished = app
         .post(
             "/api/v1/agents/activity",
@@ -136,7 +153,6 @@ async fn run_and_finish(
         )
         .await;
     assert_eq!(finished.status, StatusCode::CREATED, "{}", finished.body);
-    execution_id
 }
 
 // ----- creation and validation -----
@@ -884,27 +900,11 @@ both_backends!(
         pause().await;
         let after_first = Utc::now();
         pause().await;
-        let run = app
-            .post(
-                &format!("/api/v1/tasks/{task_id}/run"),
-                &alice.token,
-                json!({}),
-            )
-            .await;
-        assert_eq!(run.status, StatusCode::ACCEPTED, "{}", run.body);
-        let second = id_of(&run.body);
+        let second = start_run(&app, &alice, &task_id).await;
         pause().await;
         let while_second_ran = Utc::now();
         pause().await;
-        let finished = app
-            .post(
-                "/api/v1/agents/activity",
-                &worker.0.token,
-                json!({"agent_id": worker.1, "task_id": task_id, "execution_id": second,
-                       "status": "failed", "duration_ms": 10}),
-            )
-            .await;
-        assert_eq!(finished.status, StatusCode::CREATED, "{}", finished.body);
+        finish_run(&app, &worker, &task_id, &second, "failed").await;
 
         let results_at = |query: String| {
             let (app, alice, task_id) = (&app, &alice, &task_id);
