@@ -3,9 +3,9 @@
 //! same sequence gets `AggregateConflict`). Callers learn what a command committed from
 //! [`crate::CommandBus::execute`].
 //!
-//! One write differs from postgres-es: a single event without a snapshot is appended by one
-//! autocommit `INSERT` instead of `BEGIN; INSERT; COMMIT`; a statement is atomic on its own, so
-//! the two extra round trips bought nothing.
+//! One write differs from postgres-es: a single event without a snapshot (most commands) is
+//! appended through [`GroupCommit`], which inserts the single events of concurrent commands in
+//! one statement, instead of `BEGIN; INSERT; COMMIT` each.
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
@@ -14,14 +14,14 @@ use cqrs_es::persist::{
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
-use sqlx::PgPool;
 
 use crate::db::Database;
+use crate::group_commit::GroupCommit;
 
 /// The event repository of a [`Database`]: postgres-es or sqlite-es behind one type.
 pub enum EventRepository {
-    /// postgres-es on a Postgres pool (and the pool, for the one-statement append).
-    Postgres(PostgresEventRepository, PgPool),
+    /// postgres-es on a Postgres pool, and group commit for single events.
+    Postgres(PostgresEventRepository, GroupCommit),
     /// sqlite-es on a SQLite pool.
     Sqlite(SqliteEventRepository),
 }
@@ -30,9 +30,10 @@ impl EventRepository {
     /// The repository for `db`, on the `events` and `snapshots` tables.
     pub fn new(db: &Database) -> Self {
         match db {
-            Database::Postgres(pool) => {
-                Self::Postgres(PostgresEventRepository::new(pool.clone()), pool.clone())
-            }
+            Database::Postgres(pool) => Self::Postgres(
+                PostgresEventRepository::new(pool.clone()),
+                GroupCommit::new(pool.clone()),
+            ),
             Database::Sqlite(pool) => Self::Sqlite(SqliteEventRepository::new(pool.clone())),
         }
     }
@@ -85,8 +86,8 @@ impl PersistedEventRepository for EventRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         match self {
-            Self::Postgres(_, pool) if snapshot_update.is_none() && events.len() == 1 => {
-                append_one::<A>(pool, &events[0]).await?;
+            Self::Postgres(_, group) if snapshot_update.is_none() && events.len() == 1 => {
+                group.append(A::TYPE, &events[0]).await?;
             }
             Self::Postgres(repo, _) => repo.persist::<A>(events, snapshot_update).await?,
             Self::Sqlite(repo) => repo.persist::<A>(events, snapshot_update).await?,
@@ -110,38 +111,4 @@ impl PersistedEventRepository for EventRepository {
             Self::Sqlite(repo) => repo.stream_all_events::<A>().await,
         }
     }
-}
-
-/// Appends one event in one autocommit statement (the same `INSERT` postgres-es runs inside its
-/// transaction). A taken sequence is a lost race: `OptimisticLockError`.
-async fn append_one<A: Aggregate>(
-    pool: &PgPool,
-    event: &SerializedEvent,
-) -> Result<(), PersistenceError> {
-    let sequence =
-        i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-    sqlx::query(
-        "INSERT INTO events \
-         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(A::TYPE)
-    .bind(&event.aggregate_id)
-    .bind(sequence)
-    .bind(&event.event_type)
-    .bind(&event.event_version)
-    .bind(&event.payload)
-    .bind(&event.metadata)
-    .execute(pool)
-    .await
-    .map(drop)
-    .map_err(|error| match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            PersistenceError::OptimisticLockError
-        }
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
-            PersistenceError::ConnectionError(Box::new(error))
-        }
-        _ => PersistenceError::UnknownError(Box::new(error)),
-    })
 }

@@ -4,6 +4,7 @@
 //! - [`db`]: connecting, migrating and probing a [`Database`], and backend-neutral transactions.
 //! - [`event_repository`]: the cqrs-es repository over either backend, and how a caller learns
 //!   what a command committed.
+//! - [`group_commit`]: single-event appends of concurrent commands in one statement (Postgres).
 //! - [`event_store`](mod@event_store): the cqrs-es event store (events, optionally snapshots) and `Cqrs<A>`.
 //! - [`metadata`]: the metadata stored on every event (actor, request and correlation ids, …).
 //! - [`metrics`]: what the command bus did (commands by outcome, events by type).
@@ -25,6 +26,7 @@ pub mod db;
 pub mod error;
 pub mod event_repository;
 pub mod event_store;
+pub mod group_commit;
 pub mod log;
 pub mod metadata;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, SemanticVersionEventUpcaster, SerializedEvent,
 };
-use cqrs_es::{AggregateError, CqrsFramework};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use sparc_store::checkpoint::{self, Checkpoint};
 use sparc_store::testing::{self, SqliteTestFile};
 use sparc_store::{Backend, Database, EventMetadata, EventRepository, LogReader, snapshot_store};
@@ -63,6 +63,65 @@ async fn event_repository_detects_optimistic_conflicts_on_both_backends() {
             "{}: {error:?}",
             db.backend()
         );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_single_event_appends_all_land_and_exactly_one_racer_per_sequence_wins() {
+    for (db, _file) in both_backends().await {
+        let repo = Arc::new(EventRepository::new(&db));
+        let event = |stream: String, sequence: usize, racer: usize| {
+            SerializedEvent::new(
+                stream,
+                sequence,
+                Counter::TYPE.to_string(),
+                "Added".to_string(),
+                "1.0".to_string(),
+                serde_json::json!({ "Added": { "amount": racer } }),
+                serde_json::json!({ "actor": format!("racer-{racer}") }),
+            )
+        };
+        // 40 streams, each appended to by 5 racers at once with the same first sequence, all
+        // 200 appends in flight together (on Postgres they share statements).
+        let appends: Vec<_> = (0..200)
+            .map(|n| {
+                let repo = Arc::clone(&repo);
+                let event = event(format!("race-{}", n % 40), 1, n);
+                tokio::spawn(async move { (n, repo.persist::<Counter>(&[event], None).await) })
+            })
+            .collect();
+        let mut winners = std::collections::HashMap::new();
+        for append in appends {
+            let (racer, result) = append.await.unwrap();
+            match result {
+                Ok(()) => assert!(
+                    winners.insert(racer % 40, racer).is_none(),
+                    "{}: two winners on stream race-{}",
+                    db.backend(),
+                    racer % 40
+                ),
+                Err(PersistenceError::OptimisticLockError) => {}
+                Err(other) => panic!("{}: racer {racer} failed: {other:?}", db.backend()),
+            }
+        }
+        assert_eq!(winners.len(), 40, "{}: one winner per stream", db.backend());
+        for (stream, winner) in winners {
+            let stored = repo
+                .get_events::<Counter>(&format!("race-{stream}"))
+                .await
+                .unwrap();
+            assert_eq!(stored.len(), 1, "{}", db.backend());
+            assert_eq!(
+                stored[0].payload,
+                serde_json::json!({ "Added": { "amount": winner } }),
+                "{}: the stored event is the winner's",
+                db.backend()
+            );
+            assert_eq!(
+                stored[0].metadata,
+                serde_json::json!({ "actor": format!("racer-{winner}") })
+            );
+        }
     }
 }
 

@@ -1,0 +1,239 @@
+//! Group commit of single-event appends on Postgres.
+//!
+//! Most commands append one event. Appended one statement each, concurrent commands pay one
+//! round trip, one commit (a WAL flush) and one pooled-connection check each. Here they queue
+//! instead, and a few workers each take everything queued (up to [`MAX_BATCH`]) and insert it
+//! with one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING` statement: one
+//! transaction, so every event of it commits or none does, and each command is answered only
+//! after that commit. Nothing waits for company: a lone append is inserted as soon as a worker
+//! is free, and appends queue only while every worker is busy.
+//!
+//! Optimistic concurrency is unchanged: a row whose `(aggregate_type, aggregate_id, sequence)`
+//! is taken is skipped by `ON CONFLICT DO NOTHING` and missing from `RETURNING`, and its command
+//! is told it lost the race. Two appends of the same key never share a statement (the second
+//! waits for the worker's next one), so `RETURNING` always says which of them won. Rows go in
+//! key order: statements that insert the same keys wait for each other in one order only.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Workers, each with at most one statement in flight (and one pooled connection during it).
+const WORKERS: usize = 4;
+
+/// Events one statement inserts at most.
+pub const MAX_BATCH: usize = 500;
+
+const INSERT_BATCH: &str = "INSERT INTO events \
+     (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                          $6::text[]::json[], $7::text[]::json[]) \
+     ON CONFLICT DO NOTHING \
+     RETURNING aggregate_type, aggregate_id, sequence";
+
+/// One event's row, its JSON already serialized.
+struct Row {
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: String,
+    metadata: String,
+}
+
+impl Row {
+    fn ordering_key(&self) -> (&str, &str, i64) {
+        (self.aggregate_type, &self.aggregate_id, self.sequence)
+    }
+
+    fn key(&self) -> (String, String, i64) {
+        (
+            self.aggregate_type.to_owned(),
+            self.aggregate_id.clone(),
+            self.sequence,
+        )
+    }
+}
+
+/// Why an append failed, shared by every append of the failed statement.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The row's key was taken: a lost race.
+    Taken,
+    /// The database could not be reached.
+    Connection(String),
+    /// The statement failed otherwise.
+    Statement(String),
+}
+
+/// A failure's message as an error (the repository's errors box one).
+#[derive(Debug, thiserror::Error)]
+#[error("appending events: {0}")]
+struct AppendError(String);
+
+impl From<Failure> for PersistenceError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Taken => PersistenceError::OptimisticLockError,
+            Failure::Connection(message) => {
+                PersistenceError::ConnectionError(Box::new(AppendError(message)))
+            }
+            Failure::Statement(message) => {
+                PersistenceError::UnknownError(Box::new(AppendError(message)))
+            }
+        }
+    }
+}
+
+/// An append waiting for its statement.
+struct Pending {
+    row: Row,
+    outcome: oneshot::Sender<Result<(), Failure>>,
+}
+
+/// The queue of one event repository's single-event appends and the workers that drain it
+/// (started on the first append, inside the caller's runtime; they end when it is dropped).
+pub struct GroupCommit {
+    pool: PgPool,
+    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+impl GroupCommit {
+    /// Group commit over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Appends `event` to the stream of an aggregate of type `aggregate_type` and returns once
+    /// the statement that carried it has committed. A taken sequence is a lost race:
+    /// `OptimisticLockError`.
+    pub async fn append(
+        &self,
+        aggregate_type: &'static str,
+        event: &SerializedEvent,
+    ) -> Result<(), PersistenceError> {
+        let unknown =
+            |e: Box<dyn std::error::Error + Send + Sync>| PersistenceError::UnknownError(e);
+        let row = Row {
+            aggregate_type,
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: i64::try_from(event.sequence).map_err(|e| unknown(Box::new(e)))?,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            payload: event.payload.to_string(),
+            metadata: event.metadata.to_string(),
+        };
+        let (outcome, answer) = oneshot::channel();
+        let stopped = || unknown(Box::new(AppendError("the append workers stopped".into())));
+        self.queue()
+            .send(Pending { row, outcome })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(Into::into)
+    }
+
+    fn queue(&self) -> &mpsc::UnboundedSender<Pending> {
+        self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let receiver = Arc::new(Mutex::new(receiver));
+            for _ in 0..WORKERS {
+                tokio::spawn(work(self.pool.clone(), receiver.clone()));
+            }
+            sender
+        })
+    }
+}
+
+/// One worker: waits for an append, takes whatever else is queued, inserts it all in one
+/// statement and answers each append.
+async fn work(pool: PgPool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+    // Appends whose key was already in the last batch: they go first in the next one.
+    let mut held_over: Vec<Pending> = Vec::new();
+    loop {
+        let mut taken = std::mem::take(&mut held_over);
+        if taken.is_empty() {
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(pending) => taken.push(pending),
+                None => return,
+            }
+            take_queued(&mut queue, &mut taken);
+        } else if let Ok(mut queue) = queue.try_lock() {
+            // Not `lock`: the worker holding the queue may wait there for the next append.
+            take_queued(&mut queue, &mut taken);
+        }
+        let mut batch = Vec::with_capacity(taken.len());
+        let mut keys = HashSet::with_capacity(taken.len());
+        for pending in taken {
+            if keys.insert(pending.row.key()) {
+                batch.push(pending);
+            } else {
+                held_over.push(pending);
+            }
+        }
+        // In key order, so two statements never wait for each other's rows in opposite orders
+        // (a deadlock that would fail both).
+        batch.sort_unstable_by(|a, b| a.row.ordering_key().cmp(&b.row.ordering_key()));
+        let outcomes = insert(&pool, &batch).await;
+        for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            // The command may have been cancelled meanwhile; its event committed all the same.
+            let _ = pending.outcome.send(outcome);
+        }
+    }
+}
+
+/// Moves what is queued into `taken`, up to [`MAX_BATCH`] in all.
+fn take_queued(queue: &mut mpsc::UnboundedReceiver<Pending>, taken: &mut Vec<Pending>) {
+    while taken.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(pending) => taken.push(pending),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Inserts the rows of `batch` (distinct keys) in one statement; the outcome of each, in order.
+async fn insert(pool: &PgPool, batch: &[Pending]) -> Vec<Result<(), Failure>> {
+    let text = |field: fn(&Row) -> &str| batch.iter().map(|p| field(&p.row)).collect::<Vec<_>>();
+    let sequences: Vec<i64> = batch.iter().map(|p| p.row.sequence).collect();
+    let inserted: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(INSERT_BATCH)
+        .bind(text(|r| r.aggregate_type))
+        .bind(text(|r| r.aggregate_id.as_str()))
+        .bind(sequences)
+        .bind(text(|r| r.event_type.as_str()))
+        .bind(text(|r| r.event_version.as_str()))
+        .bind(text(|r| r.payload.as_str()))
+        .bind(text(|r| r.metadata.as_str()))
+        .fetch_all(pool)
+        .await;
+    match inserted {
+        Ok(rows) => {
+            let inserted: HashSet<(String, String, i64)> = rows.into_iter().collect();
+            batch
+                .iter()
+                .map(|p| {
+                    if inserted.contains(&p.row.key()) {
+                        Ok(())
+                    } else {
+                        Err(Failure::Taken)
+                    }
+                })
+                .collect()
+        }
+        Err(error) => {
+            let failure = match &error {
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
+                    Failure::Connection(error.to_string())
+                }
+                _ => Failure::Statement(error.to_string()),
+            };
+            vec![Err(failure); batch.len()]
+        }
+    }
+}
