@@ -478,6 +478,20 @@ pub async fn authenticate(
     token: &str,
 ) -> Result<AuthUser, ApiError> {
     let claims = tokens.decode_access(token)?;
+    authenticate_claims(sessions, claims).await
+}
+
+/// The claims of a request's access token, checked by a layer before the handler (the rate
+/// limiter, which needs the user): [`AuthUser`] takes them instead of checking the token again.
+/// Only server code puts them in a request's extensions.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub Claims);
+
+/// [`authenticate`] after the token's check: the session must be live.
+async fn authenticate_claims(
+    sessions: &dyn SessionDirectory,
+    claims: Claims,
+) -> Result<AuthUser, ApiError> {
     match sessions.is_active(claims.sub, claims.sid).await {
         Ok(true) => Ok(AuthUser {
             user_id: claims.sub,
@@ -505,8 +519,13 @@ impl<S: AuthState> FromRequestParts<S> for AuthUser {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(user.clone());
         }
-        let token = bearer_token(&parts.headers).ok_or(AuthError::Missing)?;
-        let user = authenticate(state.tokens(), state.sessions(), token).await?;
+        let user = match parts.extensions.remove::<VerifiedClaims>() {
+            Some(VerifiedClaims(claims)) => authenticate_claims(state.sessions(), claims).await?,
+            None => {
+                let token = bearer_token(&parts.headers).ok_or(AuthError::Missing)?;
+                authenticate(state.tokens(), state.sessions(), token).await?
+            }
+        };
         parts.extensions.insert(user.clone());
         Ok(user)
     }

@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::client_ip::ClientIp;
-use crate::auth::{TokenService, bearer_token};
+use crate::auth::{TokenService, VerifiedClaims, bearer_token};
 use crate::error::ApiError;
 use crate::settings::ApiSettings;
 
@@ -255,12 +255,17 @@ impl RateLimiter {
         }
     }
 
-    fn subject(&self, class: RouteClass, request: &Request) -> Subject {
+    /// Whom the request counts against: the user of a valid access token (whose claims are
+    /// left in the request for [`crate::auth::AuthUser`], which then need not check the token
+    /// again), else the client's address.
+    fn subject(&self, class: RouteClass, request: &mut Request) -> Subject {
         if class != RouteClass::Auth
             && let Some(claims) =
                 bearer_token(request.headers()).and_then(|t| self.tokens.decode_access(t).ok())
         {
-            return Subject::User(claims.sub);
+            let subject = Subject::User(claims.sub);
+            request.extensions_mut().insert(VerifiedClaims(claims));
+            return subject;
         }
         let ClientIp(ip) = request
             .extensions()
@@ -279,7 +284,7 @@ impl RateLimiter {
 /// inside the [`super::client_ip`] middleware.
 pub async fn rate_limit(
     State(limiter): State<Arc<RateLimiter>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Some(class) = RouteClass::of(request.method(), request.uri().path()) else {
@@ -288,7 +293,7 @@ pub async fn rate_limit(
     let Some(gcra) = limiter.gcra(class) else {
         return next.run(request).await;
     };
-    let decision = gcra.check(limiter.subject(class, &request), limiter.now());
+    let decision = gcra.check(limiter.subject(class, &mut request), limiter.now());
     let mut response = match decision.retry_after_secs {
         Some(retry_after_secs) => ApiError::TooManyRequests { retry_after_secs }.into_response(),
         None => next.run(request).await,
@@ -565,6 +570,56 @@ mod tests {
             StatusCode::OK,
             "an invalid token counts against the IP"
         );
+    }
+
+    #[tokio::test]
+    async fn the_claims_the_limiter_checked_reach_the_handler_and_a_bad_token_leaves_none() {
+        let limiter = Arc::new(RateLimiter::new(
+            &settings(100, 50),
+            Arc::new(token_service()),
+        ));
+        let app = Router::new()
+            .route(
+                "/api/v1/tasks",
+                get(|request: axum::extract::Request| async move {
+                    match request.extensions().get::<VerifiedClaims>() {
+                        Some(VerifiedClaims(claims)) => claims.sub.to_string(),
+                        None => "none".to_owned(),
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(limiter, rate_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                false,
+                super::super::client_ip::client_ip,
+            ));
+        let user = Uuid::new_v4();
+        let token = token_service()
+            .issue_access(user, "u", Role::User, Uuid::new_v4())
+            .expect("signs")
+            .token;
+        let seen = |bearer: Option<String>| {
+            let app = app.clone();
+            async move {
+                let response = call(
+                    &app,
+                    Method::GET,
+                    "/api/v1/tasks",
+                    &Client {
+                        peer: "192.0.2.1:1",
+                        bearer,
+                    },
+                )
+                .await;
+                let body = to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .expect("readable");
+                String::from_utf8(body.to_vec()).expect("text")
+            }
+        };
+        assert_eq!(seen(Some(token)).await, user.to_string());
+        assert_eq!(seen(Some("not.a.token".into())).await, "none");
+        assert_eq!(seen(None).await, "none");
     }
 
     #[tokio::test]
