@@ -1,8 +1,11 @@
 //! Value types that parse their input: once constructed they are valid, so aggregates and
 //! projections never re-check them. Parse errors carry a message safe to show to users.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -94,23 +97,44 @@ impl CronSchedule {
                 "schedule_cron must be a 5-field cron expression (minute hour day-of-month month day-of-week)",
             ));
         }
-        croner::Cron::new(trimmed)
-            .parse()
-            .map_err(|e| invalid(format!("invalid cron expression: {e}")))?;
-        Ok(Self(
-            trimmed.split_whitespace().collect::<Vec<_>>().join(" "),
-        ))
+        let normalized = trimmed.split_whitespace().collect::<Vec<_>>().join(" ");
+        parsed_cron(&normalized).map_err(|e| invalid(format!("invalid cron expression: {e}")))?;
+        Ok(Self(normalized))
     }
 
     /// The first time strictly after `after` at which the schedule fires in `zone`, in UTC.
     /// `None` only for expressions that can never fire (such as 31 February).
     pub fn next_after(&self, after: Timestamp, zone: &TimeZoneName) -> Option<Timestamp> {
-        let cron = croner::Cron::new(&self.0).parse().ok()?;
+        let cron = parsed_cron(&self.0).ok()?;
         let local = after.with_timezone(&zone.tz());
         cron.find_next_occurrence(&local, false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// Distinct cron expressions each thread keeps parsed (all are dropped when it is full).
+const PARSED_CRONS_KEPT: usize = 1024;
+
+/// `expression` parsed, from this thread's cache when it was parsed before: tasks share few
+/// distinct schedules, and parsing one was the costliest step of folding a task's events
+/// (every fold of a stored schedule validates it, and every next run time needs it).
+fn parsed_cron(expression: &str) -> Result<Arc<croner::Cron>, croner::errors::CronError> {
+    thread_local! {
+        static PARSED: RefCell<HashMap<String, Arc<croner::Cron>>> = RefCell::default();
+    }
+    PARSED.with(|parsed| {
+        if let Some(cron) = parsed.borrow().get(expression) {
+            return Ok(Arc::clone(cron));
+        }
+        let cron = Arc::new(croner::Cron::new(expression).parse()?);
+        let mut parsed = parsed.borrow_mut();
+        if parsed.len() >= PARSED_CRONS_KEPT {
+            parsed.clear();
+        }
+        parsed.insert(expression.to_owned(), Arc::clone(&cron));
+        Ok(cron)
+    })
 }
 
 /// An IANA time zone name such as `Europe/Berlin`; `UTC` by default.
