@@ -129,7 +129,14 @@ where
         if mine.is_empty() {
             return Ok(());
         }
-        let mut ids: Vec<&str> = mine.iter().map(|e| e.aggregate_id.as_str()).collect();
+        // Only streams with an event past their first have a row to read: one whose first
+        // event is in this batch has none yet (its row would have committed with a checkpoint
+        // past that event). A batch of creations reads nothing.
+        let mut ids: Vec<&str> = mine
+            .iter()
+            .filter(|e| e.sequence > 1)
+            .map(|e| e.aggregate_id.as_str())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let mut states: HashMap<String, (A, i64, bool)> = HashMap::with_capacity(ids.len());
