@@ -14,7 +14,6 @@
 //! waits for the worker's next one), so `RETURNING` always says which of them won. Rows go in
 //! key order: statements that insert the same keys wait for each other in one order only.
 
-use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
@@ -46,16 +45,9 @@ struct Row {
 }
 
 impl Row {
-    fn ordering_key(&self) -> (&str, &str, i64) {
+    /// The stream position the row takes: `(aggregate_type, aggregate_id, sequence)`.
+    fn key(&self) -> (&str, &str, i64) {
         (self.aggregate_type, &self.aggregate_id, self.sequence)
-    }
-
-    fn key(&self) -> (String, String, i64) {
-        (
-            self.aggregate_type.to_owned(),
-            self.aggregate_id.clone(),
-            self.sequence,
-        )
     }
 }
 
@@ -168,18 +160,21 @@ async fn work(pool: PgPool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>)
             // Not `lock`: the worker holding the queue may wait there for the next append.
             take_queued(&mut queue, &mut taken);
         }
-        let mut batch = Vec::with_capacity(taken.len());
-        let mut keys = HashSet::with_capacity(taken.len());
+        // In key order, so two statements never wait for each other's rows in opposite orders
+        // (a deadlock that would fail both); the sort is stable, so of two appends of one key
+        // the earlier goes now and the later waits for the next statement.
+        taken.sort_by(|a, b| a.row.key().cmp(&b.row.key()));
+        let mut batch: Vec<Pending> = Vec::with_capacity(taken.len());
         for pending in taken {
-            if keys.insert(pending.row.key()) {
-                batch.push(pending);
-            } else {
+            if batch
+                .last()
+                .is_some_and(|last| last.row.key() == pending.row.key())
+            {
                 held_over.push(pending);
+            } else {
+                batch.push(pending);
             }
         }
-        // In key order, so two statements never wait for each other's rows in opposite orders
-        // (a deadlock that would fail both).
-        batch.sort_unstable_by(|a, b| a.row.ordering_key().cmp(&b.row.ordering_key()));
         let outcomes = insert(&pool, &batch).await;
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             // The command may have been cancelled meanwhile; its event committed all the same.
@@ -198,7 +193,8 @@ fn take_queued(queue: &mut mpsc::UnboundedReceiver<Pending>, taken: &mut Vec<Pen
     }
 }
 
-/// Inserts the rows of `batch` (distinct keys) in one statement; the outcome of each, in order.
+/// Inserts the rows of `batch` (distinct keys, in key order) in one statement; the outcome of
+/// each, in order.
 async fn insert(pool: &PgPool, batch: &[Pending]) -> Vec<Result<(), Failure>> {
     let text = |field: fn(&Row) -> &str| batch.iter().map(|p| field(&p.row)).collect::<Vec<_>>();
     let sequences: Vec<i64> = batch.iter().map(|p| p.row.sequence).collect();
@@ -213,12 +209,19 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Vec<Result<(), Failure>> {
         .fetch_all(pool)
         .await;
     match inserted {
-        Ok(rows) => {
-            let inserted: HashSet<(String, String, i64)> = rows.into_iter().collect();
+        Ok(mut inserted) => {
+            inserted.sort_unstable();
+            let was_inserted = |key: (&str, &str, i64)| {
+                inserted
+                    .binary_search_by(|(kind, id, sequence)| {
+                        (kind.as_str(), id.as_str(), *sequence).cmp(&key)
+                    })
+                    .is_ok()
+            };
             batch
                 .iter()
                 .map(|p| {
-                    if inserted.contains(&p.row.key()) {
+                    if was_inserted(p.row.key()) {
                         Ok(())
                     } else {
                         Err(Failure::Taken)
