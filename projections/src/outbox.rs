@@ -5,21 +5,29 @@
 //! When the batch is next in line (every published read model starts it from the same
 //! checkpoint, so no row can later appear before its rows, and no row waits for a number) it
 //! numbers its rows itself, under the numbering lock it took with its checkpoints; otherwise it
-//! leaves them for the relay ([`sparc_store::outbox`]).
+//! leaves them for the relay ([`sparc_store::outbox`]). The rows it numbered go to the relay in
+//! process once the transaction has committed, so they are published without being read back.
 
-use sparc_store::{RecordedEvent, StoreTx};
+use std::collections::HashMap;
+
+use sparc_store::outbox::NumberedChange;
+use sparc_store::{RecordedEvent, StoreTx, on_tx};
 
 use crate::runner::ProjectionError;
-use sparc_store::on_tx;
-
-use crate::sql::{SqlValue, bind_all};
+use crate::sql::format_timestamp;
 
 /// One change for clients.
 #[derive(Debug, Clone)]
 pub struct Change {
     transaction_id: i64,
     position: i64,
-    values: Vec<SqlValue>,
+    kind: String,
+    aggregate_id: String,
+    audience: Option<String>,
+    version: i64,
+    event_type: String,
+    state: String,
+    recorded_at: String,
 }
 
 /// The changes of one batch, in the order the read models produced them.
@@ -39,17 +47,13 @@ impl Outgoing {
         self.0.push(Change {
             transaction_id: event.transaction_id,
             position: event.position,
-            values: vec![
-                SqlValue::Int(Some(event.position)),
-                SqlValue::Int(Some(event.transaction_id)),
-                SqlValue::Text(Some(kind.to_owned())),
-                SqlValue::Text(Some(event.aggregate_id.clone())),
-                SqlValue::Text(audience),
-                SqlValue::Int(Some(event.sequence)),
-                SqlValue::Text(Some(event.event_type.clone())),
-                SqlValue::Text(Some(state)),
-                Some(event.recorded_at).into(),
-            ],
+            kind: kind.to_owned(),
+            aggregate_id: event.aggregate_id.clone(),
+            audience,
+            version: event.sequence,
+            event_type: event.event_type.clone(),
+            state,
+            recorded_at: format_timestamp(event.recorded_at),
         });
     }
 
@@ -59,34 +63,35 @@ impl Outgoing {
     }
 }
 
-/// The columns of a change, in the order of [`Outgoing::push`]'s values.
+/// The columns of a change, in the order [`write`] binds them.
 const COLUMNS: &str = "position, transaction_id, kind, aggregate_id, audience, version, event_type, state, recorded_at";
 
-/// Rows per statement (nine parameters each).
+/// Parameters per row.
+const WIDTH: usize = 9;
+
+/// Rows per statement.
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// Writes `outgoing` in log order inside `tx`, skipping events that already have a row. With
 /// `numbering_start` (the transaction holds the numbering lock, see
-/// [`StoreTx::lock_checkpoints_and_numbering`]) the rows get the event ids after it; otherwise
-/// the relay numbers them.
+/// [`StoreTx::lock_checkpoints_and_numbering`]) the rows get the event ids after it, and the
+/// rows written are returned as numbered (in event order, to hand to the relay once the
+/// transaction commits); otherwise the relay numbers them and nothing is returned.
 pub(crate) async fn write(
     tx: &mut StoreTx,
     mut outgoing: Outgoing,
     numbering_start: Option<i64>,
-) -> Result<(), ProjectionError> {
-    if outgoing.is_empty() {
-        return Ok(());
-    }
+) -> Result<Vec<NumberedChange>, ProjectionError> {
     outgoing
         .0
         .sort_unstable_by_key(|change| (change.transaction_id, change.position));
     let mut last_numbered = numbering_start;
+    let mut event_ids: HashMap<i64, i64> = HashMap::new();
     for chunk in outgoing.0.chunks(ROWS_PER_STATEMENT) {
-        let width = chunk[0].values.len();
         let tuples: Vec<String> = (0..chunk.len())
             .map(|row| {
-                let params: Vec<String> = (0..width)
-                    .map(|column| format!("${}", 2 + row * width + column))
+                let params: Vec<String> = (0..WIDTH)
+                    .map(|column| format!("${}", 2 + row * WIDTH + column))
                     .collect();
                 format!("({})", params.join(", "))
             })
@@ -97,19 +102,49 @@ pub(crate) async fn write(
              INSERT INTO outbox ({COLUMNS}, published_seq) \
              SELECT {COLUMNS}, $1 + row_number() OVER (ORDER BY transaction_id, position) \
              FROM changes \
-             WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.position = changes.position)",
+             WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.position = changes.position) \
+             RETURNING position, published_seq",
             tuples.join(", ")
         );
-        let values = chunk.iter().flat_map(|change| &change.values);
-        let inserted = on_tx!(tx, conn => {
-            bind_all!(sqlx::query(&sql).bind(last_numbered), values)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
+        let written: Vec<(i64, Option<i64>)> = on_tx!(tx, conn => {
+            let mut query = sqlx::query_as(&sql).bind(last_numbered);
+            for change in chunk {
+                query = query
+                    .bind(change.position)
+                    .bind(change.transaction_id)
+                    .bind(&change.kind)
+                    .bind(&change.aggregate_id)
+                    .bind(&change.audience)
+                    .bind(change.version)
+                    .bind(&change.event_type)
+                    .bind(&change.state)
+                    .bind(&change.recorded_at);
+            }
+            query.fetch_all(&mut *conn).await?
         });
         if let Some(last) = &mut last_numbered {
-            *last += inserted as i64;
+            *last += written.len() as i64;
         }
+        event_ids.extend(
+            written
+                .into_iter()
+                .filter_map(|(position, event_id)| Some((position, event_id?))),
+        );
     }
-    Ok(())
+    Ok(outgoing
+        .0
+        .into_iter()
+        .filter_map(|change| {
+            Some(NumberedChange {
+                event_id: *event_ids.get(&change.position)?,
+                kind: change.kind,
+                aggregate_id: change.aggregate_id,
+                audience: change.audience,
+                version: change.version,
+                event_type: change.event_type,
+                state: change.state,
+                recorded_at: change.recorded_at,
+            })
+        })
+        .collect())
 }

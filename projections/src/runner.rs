@@ -13,18 +13,20 @@
 //! interval (other processes may write too). Each projection counts the batches that changed it
 //! ([`ProjectionHandle::applied`]) and remembers the streams it applied lately, so a writer
 //! waiting to read its own write learns it without asking the database. A batch of the read
-//! models also bumps a progress counter (the outbox relay's wake-up), moves their
-//! [`Generations`] and sends a change notice to other instances (caches key on them).
+//! models also goes to the outbox relay once committed ([`ProjectionHandle::committed`]: the
+//! changes it numbered, or just a wake-up), moves their [`Generations`] and sends a change
+//! notice to other instances (caches key on them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use sparc_store::outbox::{CommittedBatch, NumberedChange};
 use sparc_store::{
     Checkpoint, Database, Generations, LogReader, RecordedEvent, StoreError, StoreTx,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::outbox::Outgoing;
@@ -34,7 +36,8 @@ use crate::outbox::Outgoing;
 /// of one each, at the price of this much latency. After a poke, the read models' loop waits
 /// only while it is busy ([`BUSY_FROM`] events in its last batch, less than [`QUIET_AFTER`]
 /// ago): at a trickle of writes waiting would batch nothing and only delay every reader and
-/// the WebSocket. (After a batch it always waits: the writers it answered write again.)
+/// the WebSocket. After a batch of its own it waits if that batch was that big (the writers
+/// it answered write again); policy loops always wait.
 const LINGER: Duration = Duration::from_millis(2);
 
 /// How long without a batch counts as quiet: a write then is not one of a stream.
@@ -169,9 +172,13 @@ impl Announcer {
 #[derive(Clone)]
 pub struct ProjectionHandle {
     wakers: Arc<[Arc<Notify>]>,
-    progress: watch::Sender<u64>,
+    committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
 }
+
+/// Committed batches a slow receiver may fall behind by before it misses some (and reads the
+/// outbox instead).
+const COMMITTED_BACKLOG: usize = 1024;
 
 impl ProjectionHandle {
     /// Wakes every projection loop now instead of at its next poll.
@@ -181,10 +188,10 @@ impl ProjectionHandle {
         }
     }
 
-    /// A receiver that changes whenever the read models commit a batch (what the outbox relay
-    /// waits for).
-    pub fn progress(&self) -> watch::Receiver<u64> {
-        self.progress.subscribe()
+    /// A receiver of every batch of the read models that changed one of them, once committed
+    /// (what the outbox relay waits for and publishes from).
+    pub fn committed(&self) -> broadcast::Receiver<CommittedBatch> {
+        self.committed.subscribe()
     }
 
     /// A receiver of the number of batches that changed the projection `name` in this
@@ -211,7 +218,7 @@ pub struct ProjectionRunner {
     loops: Vec<(Vec<Arc<dyn Projection>>, bool)>,
     wakers: Arc<[Arc<Notify>]>,
     generations: Generations,
-    progress: watch::Sender<u64>,
+    committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
     batch_size: i64,
     poll_interval: Duration,
@@ -242,7 +249,7 @@ impl ProjectionRunner {
             loops,
             wakers,
             generations: Generations::default(),
-            progress: watch::channel(0).0,
+            committed: broadcast::channel(COMMITTED_BACKLOG).0,
             announcers: Arc::new(announcers),
             batch_size: 1000,
             poll_interval: Duration::from_millis(200),
@@ -272,7 +279,7 @@ impl ProjectionRunner {
     pub fn handle(&self) -> ProjectionHandle {
         ProjectionHandle {
             wakers: self.wakers.clone(),
-            progress: self.progress.clone(),
+            committed: self.committed.clone(),
             announcers: self.announcers.clone(),
         }
     }
@@ -293,7 +300,7 @@ impl ProjectionRunner {
                 };
                 let signals = Signals {
                     waker: waker.clone(),
-                    progress: self.progress.clone(),
+                    committed: self.committed.clone(),
                     announcers: self.announcers.clone(),
                 };
                 let poll = self.poll_interval;
@@ -332,7 +339,7 @@ pub async fn catch_up(
 /// How a loop is woken and announces its batches.
 struct Signals {
     waker: Arc<Notify>,
-    progress: watch::Sender<u64>,
+    committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
 }
 
@@ -356,6 +363,8 @@ struct Batch {
     starts: Vec<usize>,
     /// For each member, whether one of the events it applied concerns it.
     changed: Vec<bool>,
+    /// The outbox rows the batch numbered itself.
+    numbered: Vec<NumberedChange>,
 }
 
 impl Batch {
@@ -402,9 +411,13 @@ impl Worker {
                         }
                     }
                     if self.drives_read_models && batch.changed.contains(&true) {
-                        signals.progress.send_modify(|n| *n = n.wrapping_add(1));
+                        // Nobody listening (no relay in this process) is fine.
+                        let _ = signals.committed.send(batch.numbered.into());
                     }
-                    if (batch.events.len() as i64) < self.batch_size {
+                    // The writers just answered may write again at once, and under load their
+                    // writes are worth waiting for; at a trickle that would only delay them.
+                    let busy = !self.drives_read_models || batch.events.len() >= BUSY_FROM;
+                    if busy && (batch.events.len() as i64) < self.batch_size {
                         tokio::time::sleep(LINGER).await;
                     }
                 }
@@ -473,10 +486,11 @@ impl Worker {
                 .zip(&starts)
                 .map(|(member, &start)| events[start..].iter().any(|e| member.concerns(e)))
                 .collect();
-            let batch = Batch {
+            let mut batch = Batch {
                 events,
                 starts,
                 changed,
+                numbered: Vec::new(),
             };
             if cursor.may_pass(&batch) {
                 let passed_since = cursor.passed.take().map_or_else(Instant::now, |(_, at)| at);
@@ -508,7 +522,7 @@ impl Worker {
                     member.apply(&mut tx, events, &mut outgoing).await?;
                 }
             }
-            crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
+            batch.numbered = crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
             let moved: Vec<&str> = names
                 .iter()
                 .zip(&saved)

@@ -5,7 +5,7 @@
 
 use serde_json::value::RawValue;
 use sparc_store::Database;
-use sparc_store::outbox::LAST_NUMBERED;
+use sparc_store::outbox::{LAST_NUMBERED, NumberedChange};
 use uuid::Uuid;
 
 use crate::change::{Change, ChangeKind};
@@ -87,6 +87,20 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Turns a row the read-model loop numbered (and handed over in process) into its change.
+pub(crate) fn from_numbered(row: NumberedChange) -> Result<Change, OutboxError> {
+    to_change((
+        row.event_id,
+        row.kind,
+        row.aggregate_id,
+        row.audience,
+        row.version,
+        row.event_type,
+        row.state,
+        row.recorded_at,
+    ))
+}
 
 /// Turns a numbered row into the change it records.
 pub(crate) fn to_change(row: ChangeRow) -> Result<Change, OutboxError> {

@@ -9,7 +9,10 @@
 //! **Numbering.** The read-model loop numbers its own rows when it is next in line
 //! ([`sparc_store::outbox`]); the relay numbers the rest: one transaction gives the safe rows
 //! `published_seq = max + 1, max + 2, …` in log order. That number is the change's `event_id`:
-//! gap-free, and final once committed.
+//! gap-free, and final once committed. When the read-model loop runs in this process it hands
+//! the relay the rows it numbered as soon as they are committed ([`Relay::with_feed`]); rows
+//! that follow the last one published go out at once, without reading the outbox, and anything
+//! else (a gap, a wake-up without rows) makes the relay read the outbox as usual.
 //!
 //! **At least once.** Numbers are assigned *before* publishing, so a crash can fall between the
 //! numbering commit and the publish. The relay therefore records in `outbox_relay` the last
@@ -33,13 +36,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use sparc_store::outbox::{LAST_NUMBERED, ROW_WAITING};
+use sparc_store::outbox::{CommittedBatch, LAST_NUMBERED, NumberedChange, ROW_WAITING};
 use sparc_store::{Database, StoreError, on_tx};
 use sqlx::{Connection as _, PgConnection};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, on_pool, to_change};
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, from_numbered, on_pool, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
 
 /// Why a relay pass failed; the relay retries with back-off.
@@ -69,7 +72,7 @@ pub struct Relay {
     poll_interval: Duration,
     standby_interval: Duration,
     retention: Duration,
-    wakeup: Option<watch::Receiver<u64>>,
+    feed: Option<broadcast::Receiver<CommittedBatch>>,
 }
 
 impl Relay {
@@ -83,14 +86,16 @@ impl Relay {
             poll_interval: Duration::from_millis(50),
             standby_interval: Duration::from_secs(1),
             retention: Duration::from_secs(24 * 3600),
-            wakeup: None,
+            feed: None,
         }
     }
 
-    /// Also wakes whenever `progress` changes: pass the projections' progress counter when they
+    /// Also wakes whenever the read-model loop of this process commits a batch, and publishes
+    /// the rows that batch numbered straight from `feed` when they follow the last change
+    /// published (else it reads the outbox): pass the projections' committed batches when they
     /// run in this process, so a change is published as soon as it is committed.
-    pub fn with_wakeup(mut self, progress: watch::Receiver<u64>) -> Self {
-        self.wakeup = Some(progress);
+    pub fn with_feed(mut self, feed: broadcast::Receiver<CommittedBatch>) -> Self {
+        self.feed = Some(feed);
         self
     }
 
@@ -141,12 +146,13 @@ impl Relay {
         let mut lock_checked = Instant::now();
         let mut pruned: Option<Instant> = None;
         let mut mark = None;
+        let mut fed = None;
         while !*shutdown.borrow() {
             // On shutdown a pass gets a moment to finish (so a clean handover repeats nothing);
             // one stuck on an unreachable bus is dropped, which loses nothing: the mark moves
             // only after the bus acknowledged.
             let pass = {
-                let pass = self.pass(&mut mark);
+                let pass = self.pass(&mut mark, fed.take());
                 tokio::pin!(pass);
                 tokio::select! {
                     pass = &mut pass => pass,
@@ -160,7 +166,7 @@ impl Relay {
                 Ok(0) => {
                     failures = 0;
                     self.record_or_warn(&mut mark).await;
-                    self.idle(self.poll_interval, shutdown).await;
+                    fed = self.idle(self.poll_interval, shutdown).await;
                 }
                 Ok(done) => {
                     failures = 0;
@@ -175,7 +181,8 @@ impl Relay {
                     // instance's loop applied wake nobody here, hence the short wait; the mark
                     // is recorded when a pass finds nothing).
                     if (done as i64) < self.batch_size {
-                        self.idle(AFTER_PARTIAL_PASS.min(self.poll_interval), shutdown)
+                        fed = self
+                            .idle(AFTER_PARTIAL_PASS.min(self.poll_interval), shutdown)
                             .await;
                     }
                 }
@@ -217,20 +224,29 @@ impl Relay {
         }
     }
 
-    /// Waits for a wake-up, `at_most` or shutdown.
-    async fn idle(&mut self, at_most: Duration, shutdown: &mut watch::Receiver<bool>) {
+    /// Waits for a wake-up, `at_most` or shutdown; returns what the read-model loop handed
+    /// over, if that was the wake-up.
+    async fn idle(
+        &mut self,
+        at_most: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<CommittedBatch> {
         let poll = tokio::time::sleep(at_most);
-        match &mut self.wakeup {
-            Some(wakeup) => {
+        match &mut self.feed {
+            Some(feed) => {
                 tokio::select! {
-                    changed = wakeup.changed() => {
-                        if changed.is_err() {
+                    received = feed.recv() => match received {
+                        Ok(fed) => Some(fed),
+                        // Missed batches: the outbox has them.
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Err(broadcast::error::RecvError::Closed) => {
                             // The projections stopped; keep polling.
-                            self.wakeup = None;
+                            self.feed = None;
+                            None
                         }
-                    }
-                    _ = poll => {}
-                    _ = shutdown.changed() => {}
+                    },
+                    _ = poll => None,
+                    _ = shutdown.changed() => None,
                 }
             }
             None => {
@@ -238,6 +254,7 @@ impl Relay {
                     _ = poll => {}
                     _ = shutdown.changed() => {}
                 }
+                None
             }
         }
     }
@@ -250,7 +267,7 @@ impl Relay {
     /// repeated.
     pub async fn step(&self) -> Result<usize, RelayError> {
         let mut mark = None;
-        let done = self.pass(&mut mark).await?;
+        let done = self.pass(&mut mark, None).await?;
         if let Some(mark) = &mut mark {
             self.record(mark).await?;
         }
@@ -258,8 +275,19 @@ impl Relay {
     }
 
     /// A pass that keeps the acknowledged mark in `mark` (read from the database when `None`)
-    /// without recording it.
-    async fn pass(&self, mark: &mut Option<Mark>) -> Result<usize, RelayError> {
+    /// without recording it. Rows `fed` by the read-model loop that follow the mark are
+    /// published as they are; otherwise the pass reads the outbox.
+    async fn pass(
+        &self,
+        mark: &mut Option<Mark>,
+        fed: Option<CommittedBatch>,
+    ) -> Result<usize, RelayError> {
+        if let (Some(mark), Some(fed)) = (mark.as_mut(), fed)
+            && let Some(first) = fed.first()
+            && first.event_id == mark.acknowledged + 1
+        {
+            return self.publish_fed(mark, &fed).await;
+        }
         let numbered = self.number().await?;
         let acknowledged = match mark {
             Some(mark) => mark.acknowledged,
@@ -370,6 +398,27 @@ impl Relay {
         }
         self.bus.publish(&changes).await?;
         Ok((changes.len(), Some(last)))
+    }
+
+    /// Publishes rows the read-model loop numbered and committed, which follow `mark`, and
+    /// moves the mark past them. Returns how many it published.
+    async fn publish_fed(
+        &self,
+        mark: &mut Mark,
+        fed: &[NumberedChange],
+    ) -> Result<usize, RelayError> {
+        let mut changes = Vec::with_capacity(fed.len());
+        for row in fed {
+            match from_numbered(row.clone()) {
+                Ok(change) => changes.push(Arc::new(change)),
+                Err(error) => tracing::error!(%error, "outbox row skipped"),
+            }
+        }
+        self.bus.publish(&changes).await?;
+        if let Some(last) = fed.last() {
+            mark.acknowledged = last.event_id;
+        }
+        Ok(fed.len())
     }
 
     /// Records `mark`'s acknowledged event id in `outbox_relay` if it moved (never backwards).

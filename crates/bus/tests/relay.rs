@@ -12,8 +12,9 @@ use sparc_bus::{
     BusStatus, Change, ChangeBus, ChangeKind, ChangeStream, InProcessBus, NatsBus, Outbox, Relay,
     Subjects, Visibility,
 };
+use sparc_store::outbox::NumberedChange;
 use sparc_store::{Checkpoint, Database};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 /// Writes an outbox row as a projection would: `(transaction_id, position)` in the log, a task
@@ -237,6 +238,90 @@ async fn replay_reads_what_a_user_may_see_in_event_order(db: Database) {
     );
 }
 
+/// A change of `owner`'s task that the read-model loop numbered `event_id`, as it hands it over.
+fn numbered(event_id: i64, owner: Uuid) -> NumberedChange {
+    NumberedChange {
+        event_id,
+        kind: "tasks".to_owned(),
+        aggregate_id: format!("aggregate-{event_id}"),
+        audience: Some(owner.to_string()),
+        version: 1,
+        event_type: "Happened".to_owned(),
+        state: format!(r#"{{"position":{event_id}}}"#),
+        recorded_at: now(),
+    }
+}
+
+/// Writes an outbox row already numbered `event_id` (at position `event_id`), as the read-model
+/// loop of another instance would.
+async fn numbered_row(db: &Database, event_id: i64, owner: Uuid) {
+    outbox_row(db, 1, event_id, Some(owner)).await;
+    let sql = "UPDATE outbox SET published_seq = $1 WHERE position = $1";
+    match db {
+        Database::Postgres(pool) => sqlx::query(sql)
+            .bind(event_id)
+            .execute(pool)
+            .await
+            .map(drop),
+        Database::Sqlite(pool) => sqlx::query(sql)
+            .bind(event_id)
+            .execute(pool)
+            .await
+            .map(drop),
+    }
+    .expect("the row should be numbered");
+}
+
+async fn a_fed_relay_publishes_what_follows_at_once_and_reads_the_outbox_after_a_gap(db: Database) {
+    let bus = Arc::new(InProcessBus::new());
+    let mut changes = bus.subscribe().await.expect("subscribes");
+    let (feed, fed) = broadcast::channel(16);
+    let (stop, stopped) = watch::channel(false);
+    // It polls once an hour: within this test only what it is fed wakes it.
+    let relay = Relay::new(db.clone(), bus.clone())
+        .with_poll_interval(Duration::from_secs(3600))
+        .with_feed(fed);
+    let running = tokio::spawn(relay.run(stopped));
+    let owner = Uuid::new_v4();
+
+    // Rows that follow the last published change go out as they were handed over: these two
+    // are not even in the outbox, so only the feed can have delivered them.
+    feed.send(vec![numbered(1, owner), numbered(2, owner)].into())
+        .expect("the relay listens");
+    assert_eq!(next(&mut changes).await.event_id, 1);
+    let second = next(&mut changes).await;
+    assert_eq!(
+        (second.event_id, second.aggregate_id.as_str()),
+        (2, "aggregate-2")
+    );
+    assert_eq!(second.audience, Some(owner));
+
+    // Another instance numbered 3 and 4: handed 5, the relay sees the gap and reads the outbox.
+    for event_id in 3..=5 {
+        numbered_row(&db, event_id, owner).await;
+    }
+    feed.send(vec![numbered(5, owner)].into())
+        .expect("the relay listens");
+    for expected in 3..=5 {
+        assert_eq!(next(&mut changes).await.event_id, expected);
+    }
+    nothing_more(&mut changes).await;
+
+    // A batch that left its row unnumbered only wakes the relay, which numbers and publishes it.
+    outbox_row(&db, 1, 6, Some(owner)).await;
+    checkpoints(&db, at(1, 6), None).await;
+    feed.send(Vec::new().into()).expect("the relay listens");
+    let sixth = next(&mut changes).await;
+    assert_eq!(
+        (sixth.event_id, sixth.aggregate_id.as_str()),
+        (6, "aggregate-6")
+    );
+    nothing_more(&mut changes).await;
+
+    stop.send(true).expect("the relay listens");
+    running.await.expect("the relay stops cleanly");
+}
+
 async fn changes_beyond_retention_are_pruned_and_numbering_carries_on(db: Database) {
     let bus = Arc::new(InProcessBus::new());
     let relay = Relay::new(db.clone(), bus).with_retention(Duration::from_secs(3600));
@@ -272,6 +357,13 @@ async fn changes_beyond_retention_are_pruned_and_numbering_carries_on(db: Databa
 
 mod sqlite {
     #[tokio::test]
+    async fn a_fed_relay_publishes_what_follows_at_once_and_reads_the_outbox_after_a_gap() {
+        let (db, _file) = sparc_store::testing::sqlite_database().await;
+        super::a_fed_relay_publishes_what_follows_at_once_and_reads_the_outbox_after_a_gap(db)
+            .await;
+    }
+
+    #[tokio::test]
     async fn relay_publishes_only_rows_every_projection_has_passed_in_log_order() {
         let (db, _file) = sparc_store::testing::sqlite_database().await;
         super::relay_publishes_only_rows_every_projection_has_passed_in_log_order(db).await;
@@ -292,6 +384,14 @@ mod sqlite {
 
 mod postgres {
     use super::*;
+
+    #[tokio::test]
+    async fn a_fed_relay_publishes_what_follows_at_once_and_reads_the_outbox_after_a_gap() {
+        if let Some(db) = sparc_store::testing::postgres_database().await {
+            super::a_fed_relay_publishes_what_follows_at_once_and_reads_the_outbox_after_a_gap(db)
+                .await;
+        }
+    }
 
     #[tokio::test]
     async fn relay_publishes_only_rows_every_projection_has_passed_in_log_order() {

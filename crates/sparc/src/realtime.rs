@@ -18,9 +18,10 @@ use sparc_api::{App, RuntimeProbe, ServiceInfo};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
 use sparc_gateway::{AuthFailure, Authenticator, Gateway, GatewayConfig, GatewayCounters, Viewer};
 use sparc_projections::ProjectionRunner;
+use sparc_store::outbox::CommittedBatch;
 use sparc_store::{CommandBus, Database, Generations};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -40,17 +41,17 @@ pub async fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn ChangeBus>> {
     })
 }
 
-/// Starts the relay (woken by `progress`, the projections' commit counter) and a gateway for
+/// Starts the relay (fed by `committed`, the read models' committed batches) and a gateway for
 /// `app`'s users; returns the gateway's routes and the background tasks.
 pub async fn start(
     db: &Database,
     bus: Arc<dyn ChangeBus>,
     app: Arc<App>,
-    progress: watch::Receiver<u64>,
+    committed: broadcast::Receiver<CommittedBatch>,
     config: GatewayConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
-    let relay = Relay::new(db.clone(), bus.clone()).with_wakeup(progress);
+    let relay = Relay::new(db.clone(), bus.clone()).with_feed(committed);
     let (gateway, mut tasks) = Gateway::start(
         db,
         bus.clone(),

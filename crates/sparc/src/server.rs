@@ -118,7 +118,7 @@ impl Server {
             started_at: chrono::Utc::now(),
         };
         let bus = crate::realtime::bus(&settings).await?;
-        let progress = projection_handle.progress();
+        let committed = projection_handle.committed();
         let app = Arc::new(App::new(
             db.clone(),
             commands,
@@ -133,7 +133,7 @@ impl Server {
             &db,
             bus,
             app.clone(),
-            progress,
+            committed,
             gateway,
             shutdown_rx.clone(),
         )

@@ -13,6 +13,34 @@ use crate::checkpoint::{
 use crate::db::StoreTx;
 use crate::error::StoreError;
 
+/// An outbox row the read-model loop numbered itself, as stored: after its transaction commits
+/// the loop hands these to the relay in process (see `sparc_bus::Relay::with_feed`), which can
+/// then publish them without reading them back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberedChange {
+    /// `published_seq`: the change's event id.
+    pub event_id: i64,
+    /// The read model (`kind`).
+    pub kind: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The one user allowed to see it (besides admins and auditors), or `None` for everyone.
+    pub audience: Option<String>,
+    /// The aggregate's version after the event.
+    pub version: i64,
+    /// The event's type.
+    pub event_type: String,
+    /// The aggregate's state after the event (JSON).
+    pub state: String,
+    /// When the event was stored (RFC 3339, UTC, microseconds).
+    pub recorded_at: String,
+}
+
+/// What a committed batch of the read models hands the outbox relay: the rows it numbered
+/// itself, in event order (empty when it left its rows for the relay to number, or had none:
+/// then it only wakes the relay).
+pub type CommittedBatch = std::sync::Arc<[NumberedChange]>;
+
 /// The last event id ever given (0 before the first): the largest numbered row, or the last
 /// pruned one when pruning emptied the outbox, so numbering never starts over.
 pub const LAST_NUMBERED: &str = "(SELECT coalesce(max(seq), 0) FROM ( \
