@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreTx, checkpoint};
 
 use crate::catalog::ReadModel;
-use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
 use sparc_store::on_tx;
@@ -195,13 +194,18 @@ fn bounded(mut events: Vec<RecordedEvent>, limit: Checkpoint) -> Vec<RecordedEve
     events
 }
 
-/// (Re)creates `shadow` as an empty copy of `live`'s columns with a unique id.
+/// (Re)creates `shadow` as an empty copy of `live`'s columns with a unique id, in one
+/// transaction: a SQLite connection that loaded the schema between the table and its index
+/// would keep a table without the index its upserts need (SQLite does not look again at the
+/// schema for that error), so both appear at once.
 async fn create_shadow(db: &Database, live: &str, shadow: &str) -> Result<(), ProjectionError> {
-    on_db!(db, pool => {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(pool).await?;
-        sqlx::query(&format!("CREATE TABLE {shadow} AS SELECT * FROM {live} WHERE 1 = 0")).execute(pool).await?;
-        sqlx::query(&format!("CREATE UNIQUE INDEX {shadow}_id ON {shadow} (id)")).execute(pool).await?;
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1").bind(shadow).execute(pool).await?;
+    let mut tx = db.begin().await?;
+    on_tx!(&mut tx, conn => {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(&mut *conn).await?;
+        sqlx::query(&format!("CREATE TABLE {shadow} AS SELECT * FROM {live} WHERE 1 = 0")).execute(&mut *conn).await?;
+        sqlx::query(&format!("CREATE UNIQUE INDEX {shadow}_id ON {shadow} (id)")).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1").bind(shadow).execute(&mut *conn).await?;
     });
+    tx.commit().await?;
     Ok(())
 }
