@@ -128,6 +128,62 @@ async fn chainer_never_chains_past_an_open_transaction() {
     assert_eq!(order[3..], [a_position, b_position]);
 }
 
+/// The hashes of every event in global order.
+async fn hashes(db: &Database) -> Vec<Option<String>> {
+    LogReader::new(db)
+        .read_after(Checkpoint::ORIGIN, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.hash)
+        .collect()
+}
+
+/// 240 events chained in one pass (several statements of hashes on Postgres); then the pass is
+/// repeated from the start, as after a crash that wrote a batch's hashes but not its
+/// checkpoint: it writes the very same hashes and the chain verifies.
+async fn a_pass_repeated_after_a_crash_writes_the_same_hashes(db: &Database) {
+    for round in 0..30 {
+        for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            append(db, id, round + 1, 1).await;
+        }
+    }
+    wait_until_readable(db, 240).await;
+    let chainer = Chainer::new(db);
+    assert_eq!(chainer.chain_pending(1000).await.unwrap(), 240);
+    let first = hashes(db).await;
+    assert!(
+        first.iter().all(Option::is_some),
+        "{}: all hashed",
+        db.backend()
+    );
+
+    let mut tx = db.begin().await.unwrap();
+    tx.delete_checkpoint(sparc_store::chain::CHAIN_CHECKPOINT)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(chainer.chain_pending(1000).await.unwrap(), 240);
+    assert_eq!(hashes(db).await, first, "{}", db.backend());
+    let report = verify(db).await.unwrap();
+    assert!(report.ok, "{}: {report:?}", db.backend());
+    assert_eq!((report.events_checked, report.unchained), (240, 0));
+}
+
+#[tokio::test]
+async fn a_pass_repeated_after_a_crash_writes_the_same_hashes_on_sqlite() {
+    let (db, _file): (Database, SqliteTestFile) = testing::sqlite_database().await;
+    a_pass_repeated_after_a_crash_writes_the_same_hashes(&db).await;
+}
+
+#[tokio::test]
+async fn a_pass_repeated_after_a_crash_writes_the_same_hashes_on_postgres() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    a_pass_repeated_after_a_crash_writes_the_same_hashes(&db).await;
+}
+
 /// 30 events, chained by two chainers taking small batches at the same moment.
 async fn two_chainers_at_once_chain_every_event_exactly_once(db: &Database) {
     for round in 0..10 {
