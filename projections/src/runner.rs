@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sparc_store::outbox::{CommittedBatch, NumberedChange};
+use sparc_store::outbox::{Advance, CommittedBatch, NumberedChange};
 use sparc_store::{
     Checkpoint, Database, Generations, LogReader, RecordedEvent, StoreError, StoreTx,
 };
@@ -504,9 +504,31 @@ impl Worker {
                     member.react(events).await?;
                 }
             }
+            let moved: Vec<&str> = names
+                .iter()
+                .zip(&saved)
+                .filter_map(|(name, at)| (*at < last).then_some(*name))
+                .collect();
+            let changed: Vec<&str> = names
+                .iter()
+                .zip(&batch.changed)
+                .filter_map(|(name, changed)| changed.then_some(*name))
+                .collect();
+            let advance = Advance {
+                names: &moved,
+                to: last,
+                read_models: if self.drives_read_models {
+                    &changed
+                } else {
+                    &[]
+                },
+            };
             let mut tx = self.db.begin().await?;
-            let (locked, numbering_start) = if publishers_level(&names, &after) {
-                tx.lock_checkpoints_and_numbering(&names).await?
+            // The batch that numbers its own rows saves its advance with the locks (one round
+            // trip fewer); a mismatch below rolls it back.
+            let level = publishers_level(&names, &after);
+            let (locked, numbering_start) = if level {
+                tx.lock_checkpoints_and_numbering(&names, &advance).await?
             } else {
                 (tx.lock_checkpoints(&names).await?, None)
             };
@@ -523,23 +545,10 @@ impl Worker {
                 }
             }
             batch.numbered = crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
-            let moved: Vec<&str> = names
-                .iter()
-                .zip(&saved)
-                .filter_map(|(name, at)| (*at < last).then_some(*name))
-                .collect();
-            let changed: Vec<&str> = names
-                .iter()
-                .zip(&batch.changed)
-                .filter_map(|(name, changed)| changed.then_some(*name))
-                .collect();
-            let notified: &[&str] = if self.drives_read_models {
-                &changed
-            } else {
-                &[]
-            };
-            tx.save_checkpoints_and_notify(&moved, last, notified)
-                .await?;
+            if !level {
+                tx.save_checkpoints_and_notify(advance.names, advance.to, advance.read_models)
+                    .await?;
+            }
             tx.commit().await?;
             if self.drives_read_models {
                 for name in &changed {

@@ -6,9 +6,9 @@
 //! relay numbers whatever was written unnumbered (a lagging or rebuilt read model), once every
 //! published read model's checkpoint has passed it.
 
+use crate::changes::CHANNEL;
 use crate::checkpoint::{
-    Checkpoint, PG_CHECKPOINTS_OF_NAMES, checkpoint_lock_keys, checkpoint_of_row,
-    take_advisory_locks,
+    Checkpoint, PG_SAVE_CHECKPOINTS, checkpoint_lock_keys, checkpoint_of_row, take_advisory_locks,
 };
 use crate::db::StoreTx;
 use crate::error::StoreError;
@@ -71,13 +71,17 @@ impl StoreTx {
     }
 
     /// [`lock_checkpoints`](Self::lock_checkpoints) for a batch of the read models that numbers
-    /// its own outbox rows, and then the numbering lock: returns the checkpoints and the last
-    /// event id given, which the batch's first row follows, or `None` if some row still waits
-    /// for a number (the batch's rows must then wait behind it, for the relay). On Postgres two
-    /// statements: the locks, then one read of both.
+    /// its own outbox rows, then the numbering lock, and already the batch's `advance` (see
+    /// [`save_checkpoints_and_notify`](Self::save_checkpoints_and_notify)): returns the
+    /// checkpoints as they were and the last event id given, which the batch's first row
+    /// follows, or `None` if some row still waits for a number (the batch's rows must then wait
+    /// behind it, for the relay). If the checkpoints are not the ones the batch was read from,
+    /// roll back: that undoes the advance too. On Postgres two statements: the locks, then one
+    /// that reads both and saves the advance (its reads see the checkpoints from before it).
     pub async fn lock_checkpoints_and_numbering(
         &mut self,
         names: &[&str],
+        advance: &Advance<'_>,
     ) -> Result<(Vec<Checkpoint>, Option<i64>), StoreError> {
         match self {
             Self::Postgres(tx) if !names.is_empty() => {
@@ -85,10 +89,22 @@ impl StoreTx {
                 // Always last: the relay takes the numbering lock alone.
                 keys.push(NUMBERING_LOCK.to_owned());
                 take_advisory_locks(tx, &keys).await?;
+                // A CTE that is not read is not run unless it writes: the always-true condition
+                // reads the notices' CTE, once, before any row.
                 let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(&format!(
-                    "SELECT {}, {PG_CHECKPOINTS_OF_NAMES}",
+                    "WITH saved AS ({PG_SAVE_CHECKPOINTS}), \
+                     notified AS (SELECT pg_notify($4, name) FROM unnest($5::text[]) AS name) \
+                     SELECT {}, c.transaction_id, c.position \
+                     FROM unnest($6::text[]) WITH ORDINALITY AS n(name, place) \
+                     LEFT JOIN checkpoints c ON c.name = n.name \
+                     WHERE (SELECT count(*) FROM notified) >= 0 ORDER BY n.place",
                     numbering_start()
                 ))
+                .bind(advance.names)
+                .bind(advance.to.transaction_id)
+                .bind(advance.to.position)
+                .bind(CHANNEL)
+                .bind(advance.read_models)
                 .bind(names)
                 .fetch_all(&mut **tx)
                 .await?;
@@ -109,8 +125,22 @@ impl StoreTx {
                         .fetch_one(&mut *conn)
                         .await?
                 });
+                self.save_checkpoints_and_notify(advance.names, advance.to, advance.read_models)
+                    .await?;
                 Ok((checkpoints, start))
             }
         }
     }
+}
+
+/// What a batch moves when it commits: the checkpoints of `names` to `to`, and a change notice
+/// for the `read_models` it changed.
+#[derive(Clone, Copy, Debug)]
+pub struct Advance<'a> {
+    /// The checkpoints that move.
+    pub names: &'a [&'a str],
+    /// Where they move to.
+    pub to: Checkpoint,
+    /// The read models announced as changed.
+    pub read_models: &'a [&'a str],
 }
