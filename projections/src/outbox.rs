@@ -56,11 +56,6 @@ impl Outgoing {
             recorded_at: format_timestamp(event.recorded_at),
         });
     }
-
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// The columns of a change, in the order [`write`] binds them.

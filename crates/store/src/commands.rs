@@ -21,7 +21,9 @@ use sparc_domain::reservation::Reservation;
 use sparc_domain::task::Task;
 use sparc_domain::user::User;
 
-use crate::event_store::{Store, event_store, snapshot_store};
+use crate::event_repository::EventRepository;
+use crate::event_store::Store;
+use crate::group_commit::GroupCommit;
 use crate::metrics::{CommandMetrics, CommandOutcome, command_name};
 use crate::{Database, EventMetadata};
 
@@ -110,14 +112,19 @@ routed!(
 impl CommandBus {
     /// A bus over `db`.
     pub fn new(db: &Database) -> Self {
-        let upcasters = sparc_domain::upcasting::upcasters;
+        // Every aggregate type's single-event appends go through one group commit.
+        let group_commit = GroupCommit::of(db);
+        fn store<A: Aggregate>(db: &Database, group_commit: &Option<GroupCommit>) -> Store<A> {
+            Store::on(EventRepository::sharing(db, group_commit.clone()))
+                .with_upcasters(sparc_domain::upcasting::upcasters())
+        }
         Self {
-            users: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
-            projects: event_store(db).with_upcasters(upcasters()),
-            tasks: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
-            executions: event_store(db).with_upcasters(upcasters()),
-            agents: snapshot_store(db, SNAPSHOT_EVERY).with_upcasters(upcasters()),
-            reservations: event_store(db).with_upcasters(upcasters()),
+            users: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
+            projects: store(db, &group_commit),
+            tasks: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
+            executions: store(db, &group_commit),
+            agents: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
+            reservations: store(db, &group_commit),
             metrics: CommandMetrics::default(),
         }
     }

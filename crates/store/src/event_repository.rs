@@ -27,12 +27,19 @@ pub enum EventRepository {
 }
 
 impl EventRepository {
-    /// The repository for `db`, on the `events` and `snapshots` tables.
+    /// The repository for `db`, on the `events` and `snapshots` tables, with a group commit of
+    /// its own.
     pub fn new(db: &Database) -> Self {
+        Self::sharing(db, GroupCommit::of(db))
+    }
+
+    /// The repository for `db` whose single-event appends go through `group_commit` (a clone
+    /// of another repository's, so that they share it; `None`: one of its own).
+    pub fn sharing(db: &Database, group_commit: Option<GroupCommit>) -> Self {
         match db {
             Database::Postgres(pool) => Self::Postgres(
                 PostgresEventRepository::new(pool.clone()),
-                GroupCommit::new(pool.clone()),
+                group_commit.unwrap_or_else(|| GroupCommit::new(pool.clone())),
             ),
             Database::Sqlite(pool) => Self::Sqlite(SqliteEventRepository::new(pool.clone())),
         }

@@ -58,24 +58,35 @@ impl<A> std::fmt::Debug for Store<A> {
 
 /// A store that rebuilds the aggregate from all its events on every command.
 pub fn event_store<A: Aggregate>(db: &Database) -> Store<A> {
-    Store {
-        repo: EventRepository::new(db),
-        snapshot_every: None,
-        upcasters: Vec::new(),
-        _aggregate: PhantomData,
-    }
+    Store::on(EventRepository::new(db))
 }
 
 /// A store that also saves a snapshot of the aggregate every `every` events (at least 1) and
 /// loads the snapshot plus the events after it (for long-lived aggregates).
 pub fn snapshot_store<A: Aggregate>(db: &Database, every: usize) -> Store<A> {
-    Store {
-        snapshot_every: Some(every.max(1)),
-        ..event_store(db)
-    }
+    event_store(db).with_snapshots_every(every)
 }
 
 impl<A: Aggregate> Store<A> {
+    /// A store over `repo` that rebuilds the aggregate from all its events on every command.
+    pub fn on(repo: EventRepository) -> Self {
+        Self {
+            repo,
+            snapshot_every: None,
+            upcasters: Vec::new(),
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Also saves a snapshot every `every` events (at least 1) and loads the snapshot plus the
+    /// events after it.
+    pub fn with_snapshots_every(self, every: usize) -> Self {
+        Self {
+            snapshot_every: Some(every.max(1)),
+            ..self
+        }
+    }
+
     /// Upcasters applied, in this order, to every stored event before it is deserialized (an
     /// upcaster for version 1.2 goes before one for 1.3).
     pub fn with_upcasters(self, upcasters: Vec<Box<dyn EventUpcaster>>) -> Self {

@@ -20,6 +20,8 @@ use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::db::Database;
+
 /// Workers, each with at most one statement in flight (and one pooled connection during it).
 const WORKERS: usize = 4;
 
@@ -87,11 +89,15 @@ struct Pending {
     outcome: oneshot::Sender<Result<(), Failure>>,
 }
 
-/// The queue of one event repository's single-event appends and the workers that drain it
-/// (started on the first append, inside the caller's runtime; they end when it is dropped).
+/// The queue of single-event appends and the workers that drain it (started on the first
+/// append, inside the caller's runtime; they end when every clone is dropped). Clones share
+/// the queue: the repositories of one command bus, one per aggregate type, append through one
+/// group commit (rows carry their aggregate type), so concurrent commands of every type share
+/// statements and at most [`WORKERS`] pooled connections.
+#[derive(Clone)]
 pub struct GroupCommit {
     pool: PgPool,
-    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+    queue: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
 }
 
 impl GroupCommit {
@@ -99,7 +105,15 @@ impl GroupCommit {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            queue: OnceLock::new(),
+            queue: Arc::default(),
+        }
+    }
+
+    /// Group commit for `db`: `None` on SQLite, whose single writer has nothing to group.
+    pub fn of(db: &Database) -> Option<Self> {
+        match db {
+            Database::Postgres(pool) => Some(Self::new(pool.clone())),
+            Database::Sqlite(_) => None,
         }
     }
 
