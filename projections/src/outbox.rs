@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use sparc_store::outbox::NumberedChange;
-use sparc_store::{RecordedEvent, StoreTx, on_tx};
+use sparc_store::{RecordedEvent, StoreTx};
 
 use crate::runner::ProjectionError;
 use crate::sql::format_timestamp;
@@ -61,10 +61,10 @@ impl Outgoing {
 /// The columns of a change, in the order [`write`] binds them.
 const COLUMNS: &str = "position, transaction_id, kind, aggregate_id, audience, version, event_type, state, recorded_at";
 
-/// Parameters per row.
+/// Parameters per row on SQLite.
 const WIDTH: usize = 9;
 
-/// Rows per statement.
+/// Rows per statement on SQLite (Postgres takes them all in one, as arrays).
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// Writes `outgoing` in log order inside `tx`, skipping events that already have a row. With
@@ -82,41 +82,75 @@ pub(crate) async fn write(
         .sort_unstable_by_key(|change| (change.transaction_id, change.position));
     let mut last_numbered = numbering_start;
     let mut event_ids: HashMap<i64, i64> = HashMap::new();
-    for chunk in outgoing.0.chunks(ROWS_PER_STATEMENT) {
-        let tuples: Vec<String> = (0..chunk.len())
-            .map(|row| {
-                let params: Vec<String> = (0..WIDTH)
-                    .map(|column| format!("${}", 2 + row * WIDTH + column))
-                    .collect();
-                format!("({})", params.join(", "))
-            })
-            .collect();
-        // `$1 + row_number()` is NULL (unnumbered) when `$1` is.
-        let sql = format!(
-            "WITH changes ({COLUMNS}) AS (VALUES {}) \
-             INSERT INTO outbox ({COLUMNS}, published_seq) \
-             SELECT {COLUMNS}, $1 + row_number() OVER (ORDER BY transaction_id, position) \
-             FROM changes \
-             WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.position = changes.position) \
-             RETURNING position, published_seq",
-            tuples.join(", ")
-        );
-        let written: Vec<(i64, Option<i64>)> = on_tx!(tx, conn => {
-            let mut query = sqlx::query_as(&sql).bind(last_numbered);
-            for change in chunk {
-                query = query
-                    .bind(change.position)
-                    .bind(change.transaction_id)
-                    .bind(&change.kind)
-                    .bind(&change.aggregate_id)
-                    .bind(&change.audience)
-                    .bind(change.version)
-                    .bind(&change.event_type)
-                    .bind(&change.state)
-                    .bind(&change.recorded_at);
+    // `$1 + row_number()` is NULL (unnumbered) when `$1` is.
+    let insert = format!(
+        "WITH changes ({COLUMNS}) AS ({{rows}}) \
+         INSERT INTO outbox ({COLUMNS}, published_seq) \
+         SELECT {COLUMNS}, $1 + row_number() OVER (ORDER BY transaction_id, position) \
+         FROM changes \
+         WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.position = changes.position) \
+         RETURNING position, published_seq"
+    );
+    let chunk_size = match tx {
+        // One statement whatever the number of rows.
+        StoreTx::Postgres(_) => outgoing.0.len().max(1),
+        StoreTx::Sqlite(_) => ROWS_PER_STATEMENT,
+    };
+    for chunk in outgoing.0.chunks(chunk_size) {
+        let written: Vec<(i64, Option<i64>)> = match tx {
+            StoreTx::Postgres(tx) => {
+                let sql = insert.replace(
+                    "{rows}",
+                    "SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+                     $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[])",
+                );
+                let column =
+                    |value: fn(&Change) -> &str| -> Vec<&str> { chunk.iter().map(value).collect() };
+                sqlx::query_as(&sql)
+                    .bind(last_numbered)
+                    .bind(chunk.iter().map(|c| c.position).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|c| c.transaction_id).collect::<Vec<_>>())
+                    .bind(column(|c| &c.kind))
+                    .bind(column(|c| &c.aggregate_id))
+                    .bind(
+                        chunk
+                            .iter()
+                            .map(|c| c.audience.as_deref())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(chunk.iter().map(|c| c.version).collect::<Vec<_>>())
+                    .bind(column(|c| &c.event_type))
+                    .bind(column(|c| &c.state))
+                    .bind(column(|c| &c.recorded_at))
+                    .fetch_all(&mut **tx)
+                    .await?
             }
-            query.fetch_all(&mut *conn).await?
-        });
+            StoreTx::Sqlite(tx) => {
+                let tuples: Vec<String> = (0..chunk.len())
+                    .map(|row| {
+                        let params: Vec<String> = (0..WIDTH)
+                            .map(|column| format!("${}", 2 + row * WIDTH + column))
+                            .collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                let sql = insert.replace("{rows}", &format!("VALUES {}", tuples.join(", ")));
+                let mut query = sqlx::query_as(&sql).bind(last_numbered);
+                for change in chunk {
+                    query = query
+                        .bind(change.position)
+                        .bind(change.transaction_id)
+                        .bind(&change.kind)
+                        .bind(&change.aggregate_id)
+                        .bind(&change.audience)
+                        .bind(change.version)
+                        .bind(&change.event_type)
+                        .bind(&change.state)
+                        .bind(&change.recorded_at);
+                }
+                query.fetch_all(&mut **tx).await?
+            }
+        };
         if let Some(last) = &mut last_numbered {
             *last += written.len() as i64;
         }

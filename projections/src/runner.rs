@@ -523,14 +523,15 @@ impl Worker {
                     &[]
                 },
             };
-            let mut tx = self.db.begin().await?;
-            // The batch that numbers its own rows saves its advance with the locks (one round
-            // trip fewer); a mismatch below rolls it back.
+            // The batch that numbers its own rows saves its advance with the read of the
+            // locked checkpoints (one round trip fewer); a mismatch below rolls it back.
             let level = publishers_level(&names, &after);
+            let mut tx = self.db.begin_locking_checkpoints(&names, level).await?;
             let (locked, numbering_start) = if level {
-                tx.lock_checkpoints_and_numbering(&names, &advance).await?
+                tx.read_locked_checkpoints_and_numbering(&names, &advance)
+                    .await?
             } else {
-                (tx.lock_checkpoints(&names).await?, None)
+                (tx.read_locked_checkpoints(&names).await?, None)
             };
             if locked != saved {
                 tx.rollback().await?;

@@ -65,6 +65,56 @@ macro_rules! bind_all {
 }
 pub(crate) use bind_all;
 
+/// One column of many rows, bound as one Postgres array: statements over `unnest` of such
+/// arrays have one text whatever the number of rows (one prepared statement and plan, where a
+/// `VALUES` list of `$n` placeholders is a new statement for every row count).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlColumn {
+    /// Text values (`text[]`).
+    Text(Vec<Option<String>>),
+    /// Integer values (`bigint[]`).
+    Int(Vec<Option<i64>>),
+}
+
+impl SqlColumn {
+    /// The array's Postgres type, for a cast of its placeholder.
+    pub fn pg_array_type(&self) -> &'static str {
+        match self {
+            SqlColumn::Text(_) => "text[]",
+            SqlColumn::Int(_) => "bigint[]",
+        }
+    }
+
+    /// Rows (each the same number of values, a column's values all text or all integers) as
+    /// columns. `None` if a column mixes text and integers.
+    pub fn of_rows(rows: Vec<Vec<SqlValue>>) -> Option<Vec<SqlColumn>> {
+        let width = rows.first().map_or(0, Vec::len);
+        let mut columns: Vec<SqlColumn> = match rows.first() {
+            None => return Some(Vec::new()),
+            Some(first) => first
+                .iter()
+                .map(|value| match value {
+                    SqlValue::Text(_) => SqlColumn::Text(Vec::with_capacity(rows.len())),
+                    SqlValue::Int(_) => SqlColumn::Int(Vec::with_capacity(rows.len())),
+                })
+                .collect(),
+        };
+        for row in rows {
+            if row.len() != width {
+                return None;
+            }
+            for (column, value) in columns.iter_mut().zip(row) {
+                match (column, value) {
+                    (SqlColumn::Text(values), SqlValue::Text(value)) => values.push(value),
+                    (SqlColumn::Int(values), SqlValue::Int(value)) => values.push(value),
+                    _ => return None,
+                }
+            }
+        }
+        Some(columns)
+    }
+}
+
 /// Runs `$body` with `$pool` bound to the pool of a `Database`, for either backend. The body is
 /// compiled once per backend, so one SQL text (with `$n` placeholders) serves both.
 #[macro_export]
@@ -82,6 +132,25 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn rows_become_columns_of_one_type_each() {
+        let rows = vec![
+            vec![SqlValue::Text(Some("a".into())), SqlValue::Int(Some(1))],
+            vec![SqlValue::Text(None), SqlValue::Int(Some(2))],
+        ];
+        assert_eq!(
+            SqlColumn::of_rows(rows),
+            Some(vec![
+                SqlColumn::Text(vec![Some("a".into()), None]),
+                SqlColumn::Int(vec![Some(1), Some(2)]),
+            ])
+        );
+        let mixed = vec![vec![SqlValue::Int(Some(1))], vec![SqlValue::Text(None)]];
+        assert_eq!(SqlColumn::of_rows(mixed), None);
+        let ragged = vec![vec![SqlValue::Int(Some(1))], vec![]];
+        assert_eq!(SqlColumn::of_rows(ragged), None);
+    }
 
     #[test]
     fn timestamps_format_to_fixed_width_text_that_sorts_like_time() {

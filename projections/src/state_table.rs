@@ -16,13 +16,12 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
-use sparc_store::{Database, RecordedEvent, StoreTx, on_tx};
-use sqlx::Row as _;
+use sparc_store::{Database, RecordedEvent, StoreTx};
 
 use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
-use crate::sql::{SqlValue, bind_all};
+use crate::sql::{SqlColumn, SqlValue, bind_all};
 
 /// An aggregate whose states form a read-model table.
 pub trait Indexed: Aggregate + Clone {
@@ -141,26 +140,32 @@ where
         ids.dedup();
         let mut states: HashMap<String, (A, i64, bool)> = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT id, version, body FROM {} WHERE id IN ({})",
-                self.table,
-                placeholders.join(", ")
-            );
-            let rows = on_tx!(tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
+            let rows: Vec<(String, i64, String)> = match tx {
+                StoreTx::Postgres(tx) => {
+                    let sql = format!(
+                        "SELECT id, version, body FROM {} WHERE id = ANY($1::text[])",
+                        self.table
+                    );
+                    sqlx::query_as(&sql)
+                        .bind(chunk)
+                        .fetch_all(&mut **tx)
+                        .await?
                 }
-                let mut found = Vec::new();
-                for row in query.fetch_all(&mut *conn).await? {
-                    let id: String = row.try_get("id")?;
-                    let version: i64 = row.try_get("version")?;
-                    let body: String = row.try_get("body")?;
-                    found.push((id, version, body));
+                StoreTx::Sqlite(tx) => {
+                    let placeholders: Vec<String> =
+                        (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "SELECT id, version, body FROM {} WHERE id IN ({})",
+                        self.table,
+                        placeholders.join(", ")
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.fetch_all(&mut **tx).await?
                 }
-                found
-            });
+            };
             for (id, version, body) in rows {
                 states.insert(id, (parse_body(&body)?, version, false));
             }
@@ -191,23 +196,23 @@ where
 }
 
 impl<A: Indexed> StateTable<A> {
+    /// Inserts or overwrites `rows`: on Postgres one statement over `unnest` of one array per
+    /// column (the same text for any number of rows), on SQLite a `VALUES` list.
     async fn upsert(
         &self,
         tx: &mut StoreTx,
         rows: &[(&String, &(A, i64, bool))],
     ) -> Result<(), ProjectionError> {
-        let width = 3 + A::COLUMNS.len();
-        let mut values: Vec<SqlValue> = Vec::with_capacity(rows.len() * width);
-        let mut tuples = Vec::with_capacity(rows.len());
-        for (i, (id, (state, version, _))) in rows.iter().enumerate() {
+        let mut values: Vec<Vec<SqlValue>> = Vec::with_capacity(rows.len());
+        for (id, (state, version, _)) in rows {
             let body =
                 serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            values.push(SqlValue::Text(Some((*id).clone())));
-            values.push(SqlValue::Int(Some(*version)));
-            values.push(SqlValue::Text(Some(body)));
-            values.extend(state.columns());
-            let params: Vec<String> = (1..=width).map(|c| format!("${}", i * width + c)).collect();
-            tuples.push(format!("({})", params.join(", ")));
+            let mut row = Vec::with_capacity(3 + A::COLUMNS.len());
+            row.push(SqlValue::Text(Some((*id).clone())));
+            row.push(SqlValue::Int(Some(*version)));
+            row.push(SqlValue::Text(Some(body)));
+            row.extend(state.columns());
+            values.push(row);
         }
         let mut columns = vec!["id", "version", "body"];
         columns.extend_from_slice(A::COLUMNS);
@@ -215,16 +220,50 @@ impl<A: Indexed> StateTable<A> {
             .iter()
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES {} ON CONFLICT (id) DO UPDATE SET {}",
+        let upsert = format!(
+            "INSERT INTO {} ({}) {{rows}} ON CONFLICT (id) DO UPDATE SET {}",
             self.table,
             columns.join(", "),
-            tuples.join(", "),
             updates.join(", ")
         );
-        on_tx!(tx, conn => {
-            bind_all!(sqlx::query(&sql), &values).execute(&mut *conn).await?;
-        });
+        match tx {
+            StoreTx::Postgres(tx) => {
+                let arrays = SqlColumn::of_rows(values).ok_or_else(|| {
+                    sqlx::Error::Encode(format!("{}: a column mixes types", self.table).into())
+                })?;
+                let unnest: Vec<String> = arrays
+                    .iter()
+                    .enumerate()
+                    .map(|(i, array)| format!("${}::{}", i + 1, array.pg_array_type()))
+                    .collect();
+                let sql = upsert.replace(
+                    "{rows}",
+                    &format!("SELECT * FROM unnest({})", unnest.join(", ")),
+                );
+                let mut query = sqlx::query(&sql);
+                for array in arrays {
+                    query = match array {
+                        SqlColumn::Text(values) => query.bind(values),
+                        SqlColumn::Int(values) => query.bind(values),
+                    };
+                }
+                query.execute(&mut **tx).await?;
+            }
+            StoreTx::Sqlite(tx) => {
+                let width = columns.len();
+                let tuples: Vec<String> = (0..values.len())
+                    .map(|i| {
+                        let params: Vec<String> =
+                            (1..=width).map(|c| format!("${}", i * width + c)).collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                let sql = upsert.replace("{rows}", &format!("VALUES {}", tuples.join(", ")));
+                bind_all!(sqlx::query(&sql), values.iter().flatten())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
         Ok(())
     }
 }

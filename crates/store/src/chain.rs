@@ -135,9 +135,10 @@ impl Chainer {
     /// The reads take no lock and the write moves the checkpoint only from where they began. On
     /// Postgres a writing transaction holds back every log reader until it ends (see
     /// [`crate::log`]), so the hashes are written first, [`HASHES_PER_STATEMENT`] rows per
-    /// autocommit statement (a few milliseconds each rather than tens for the whole batch, which
-    /// readers, and the writers waiting to read their writes, felt as a stall), and the
-    /// checkpoint last. A crash, or another chainer, in between leaves hashes past the
+    /// transaction (a few milliseconds each rather than tens for the whole batch, which
+    /// readers, and the writers waiting to read their writes, felt as a stall), each declared a
+    /// [bystander](crate::bystanders) so that the readers of this process do not wait for it
+    /// at all, and the checkpoint last. A crash, or another chainer, in between leaves hashes past the
     /// checkpoint: the next pass computes the very same values from the log (the chain is a
     /// function of it) and writes them again.
     pub async fn chain_pending(&self, batch: i64) -> Result<usize, StoreError> {
@@ -166,6 +167,8 @@ impl Chainer {
                     .chunks(HASHES_PER_STATEMENT)
                     .zip(hashes.chunks(HASHES_PER_STATEMENT))
                 {
+                    let mut tx = pool.begin().await?;
+                    let _bystander = crate::bystanders::join(&mut tx).await?;
                     sqlx::query(
                         "UPDATE events AS e SET hash = v.hash \
                          FROM unnest($1::bigint[], $2::text[]) AS v(position, hash) \
@@ -173,8 +176,9 @@ impl Chainer {
                     )
                     .bind(positions)
                     .bind(hashes)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?;
+                    tx.commit().await?;
                 }
                 let moved: Option<i32> = sqlx::query_scalar(&format!(
                     "{PG_SAVE_CHECKPOINTS} {FROM_WHERE_THE_READS_BEGAN} RETURNING 1"

@@ -11,6 +11,7 @@
 //! - [`log`]: reading the whole log in global (commit-safe) order, and per aggregate.
 //! - [`checkpoint`]: how far each consumer of the log has read.
 //! - [`chain`]: the sha256 hash chain over the log and its verification.
+//! - [`bystanders`]: transactions that write no events, which this process's log readers look past.
 //! - [`changes`]: read-model change notices between instances, and the generations caches use.
 //! - [`outbox`]: how published changes get their gap-free `event_id`, in log order.
 //! - `testing` (feature `testing`): fresh test databases.
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod bystanders;
 pub mod chain;
 pub mod changes;
 pub mod checkpoint;

@@ -439,23 +439,39 @@ async fn pg_read_after<'e>(
     limit: i64,
     settled_only: bool,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let settled = if settled_only {
-        "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+    // Settled: older than every running transaction (`pg_snapshot_xmin`), except the ones
+    // this process knows insert no event (see `crate::bystanders`).
+    let bystanders = if settled_only {
+        crate::bystanders::running()
     } else {
-        ""
+        Vec::new()
+    };
+    let settled = match (settled_only, bystanders.is_empty()) {
+        (false, _) => "",
+        (true, true) => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+        (true, false) => {
+            "AND transaction_id < (SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())) \
+             FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+             WHERE x::text::bigint <> ALL($4::bigint[]))"
+        }
     };
     // `events.` in ORDER BY: unqualified, `transaction_id` would name the bigint output column
     // and the sort could not use the (transaction_id, global_position) index.
-    let rows = sqlx::query(&format!(
+    let sql = format!(
         "SELECT {PG_COLUMNS} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) {settled} \
          ORDER BY events.transaction_id, events.global_position LIMIT $3"
-    ))
-    .bind(after.transaction_id)
-    .bind(after.position)
-    .bind(limit)
-    .fetch_all(executor)
-    .await?;
+    );
+    let query = sqlx::query(&sql)
+        .bind(after.transaction_id)
+        .bind(after.position)
+        .bind(limit);
+    let query = if bystanders.is_empty() {
+        query
+    } else {
+        query.bind(bystanders)
+    };
+    let rows = query.fetch_all(executor).await?;
     rows.iter().map(pg_event).collect()
 }
 

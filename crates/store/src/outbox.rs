@@ -56,7 +56,7 @@ fn numbering_start() -> String {
 }
 
 /// The transaction lock numbering takes (Postgres; SQLite's write lock already serializes).
-const NUMBERING_LOCK: &str = "sparc.outbox_relay.numbering";
+pub(crate) const NUMBERING_LOCK: &str = "sparc.outbox_relay.numbering";
 
 impl StoreTx {
     /// Takes the numbering lock until the transaction ends.
@@ -76,19 +76,34 @@ impl StoreTx {
     /// checkpoints as they were and the last event id given, which the batch's first row
     /// follows, or `None` if some row still waits for a number (the batch's rows must then wait
     /// behind it, for the relay). If the checkpoints are not the ones the batch was read from,
-    /// roll back: that undoes the advance too. On Postgres two statements: the locks, then one
-    /// that reads both and saves the advance (its reads see the checkpoints from before it).
+    /// roll back: that undoes the advance too.
     pub async fn lock_checkpoints_and_numbering(
+        &mut self,
+        names: &[&str],
+        advance: &Advance<'_>,
+    ) -> Result<(Vec<Checkpoint>, Option<i64>), StoreError> {
+        if let Self::Postgres(tx) = self {
+            let mut keys = checkpoint_lock_keys(names);
+            // Always last: the relay takes the numbering lock alone.
+            keys.push(NUMBERING_LOCK.to_owned());
+            take_advisory_locks(tx, &keys).await?;
+        }
+        self.read_locked_checkpoints_and_numbering(names, advance)
+            .await
+    }
+
+    /// [`lock_checkpoints_and_numbering`](Self::lock_checkpoints_and_numbering) in a
+    /// transaction that already holds those locks
+    /// ([`Database::begin_locking_checkpoints`](crate::Database::begin_locking_checkpoints)
+    /// with numbering). On Postgres one statement reads the checkpoints and the numbering start
+    /// and saves the advance (its reads see the checkpoints from before it).
+    pub async fn read_locked_checkpoints_and_numbering(
         &mut self,
         names: &[&str],
         advance: &Advance<'_>,
     ) -> Result<(Vec<Checkpoint>, Option<i64>), StoreError> {
         match self {
             Self::Postgres(tx) if !names.is_empty() => {
-                let mut keys = checkpoint_lock_keys(names);
-                // Always last: the relay takes the numbering lock alone.
-                keys.push(NUMBERING_LOCK.to_owned());
-                take_advisory_locks(tx, &keys).await?;
                 // A CTE that is not read is not run unless it writes: the always-true condition
                 // reads the notices' CTE, once, before any row.
                 let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(&format!(
@@ -118,8 +133,7 @@ impl StoreTx {
                 Ok((checkpoints, start))
             }
             _ => {
-                let checkpoints = self.lock_checkpoints(names).await?;
-                self.lock_outbox_numbering().await?;
+                let checkpoints = self.read_locked_checkpoints(names).await?;
                 let start: Option<i64> = crate::on_tx!(self, conn => {
                     sqlx::query_scalar(&format!("SELECT {}", numbering_start()))
                         .fetch_one(&mut *conn)

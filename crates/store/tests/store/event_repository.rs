@@ -350,6 +350,57 @@ async fn a_consumer_waits_while_a_group_holding_its_checkpoint_is_in_a_transacti
     );
 }
 
+/// Whether `lock` is still waiting 300 ms after it started.
+async fn still_waiting<T>(lock: &tokio::task::JoinHandle<T>) -> bool {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    !lock.is_finished()
+}
+
+#[tokio::test]
+async fn a_transaction_begun_locking_checkpoints_holds_their_locks_and_the_numbering_lock() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    // A plain name goes into the `BEGIN` as a literal, one with a quote through a parameter.
+    for name in ["tasks", "it's"] {
+        let mut group = db.begin_locking_checkpoints(&[name], true).await.unwrap();
+        assert_eq!(
+            group.read_locked_checkpoints(&[name]).await.unwrap(),
+            vec![Checkpoint::ORIGIN]
+        );
+        let consumer = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                let at = tx.lock_checkpoint(name).await.unwrap();
+                tx.rollback().await.unwrap();
+                at
+            }
+        });
+        let relay = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                tx.lock_outbox_numbering().await.unwrap();
+                tx.rollback().await.unwrap();
+            }
+        });
+        assert!(
+            still_waiting(&consumer).await,
+            "{name}: its checkpoint is held"
+        );
+        assert!(still_waiting(&relay).await, "{name}: numbering is held");
+        let moved = Checkpoint {
+            transaction_id: 0,
+            position: 7,
+        };
+        group.save_checkpoint(name, moved).await.unwrap();
+        group.commit().await.unwrap();
+        assert_eq!(consumer.await.unwrap(), moved);
+        relay.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn connect_creates_the_sqlite_file_and_reports_pending_migrations_until_migrated() {
     let file = SqliteTestFile::new();

@@ -241,3 +241,79 @@ async fn log_reader_sees_every_committed_event_exactly_once_under_concurrent_wri
         "the naive reader should have skipped the slow event {slow}; it missed {missed:?}"
     );
 }
+
+/// Waits until `reader` returns the event at `position` (other tests' transactions on the same
+/// cluster may hold every reader back for a moment), or gives up after 10 s.
+async fn eventually_read(reader: &LogReader, position: i64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let events = reader.read_after(Checkpoint::ORIGIN, 100).await.unwrap();
+        if events.iter().any(|event| event.position == position) {
+            return true;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn insert_committed(pool: &PgPool, id: &str) -> i64 {
+    sqlx::query_scalar(INSERT)
+        .bind("Bystanders")
+        .bind(id)
+        .bind(1_i64)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A running transaction holds back every log reader, since it might still commit an earlier
+/// event; one declared a bystander (it inserts no events) holds back no reader of this
+/// process while its guard lives, and holds them back again once the guard is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bystander_transaction_holds_back_no_reader_of_its_process_while_declared() {
+    let Some(test_db) = testing::postgres_test_database().await else {
+        return;
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&test_db.url)
+        .await
+        .unwrap();
+    let reader = LogReader::new(&test_db.database);
+
+    let mut bystander = test_db.database.begin().await.unwrap();
+    let guard = bystander.join_bystanders().await.unwrap();
+    let past_the_bystander = insert_committed(&pool, "past-the-bystander").await;
+    assert!(
+        eventually_read(&reader, past_the_bystander).await,
+        "an event committed while a bystander runs is read at once"
+    );
+
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let behind_the_writer = insert_committed(&pool, "behind-the-writer").await;
+    sleep(Duration::from_millis(200)).await;
+    let events = reader.read_after(Checkpoint::ORIGIN, 100).await.unwrap();
+    assert!(
+        events.iter().all(|e| e.position != behind_the_writer),
+        "a running transaction that was not declared holds the reader back"
+    );
+    writer.rollback().await.unwrap();
+    assert!(eventually_read(&reader, behind_the_writer).await);
+
+    drop(guard);
+    let behind_the_former_bystander = insert_committed(&pool, "behind-the-former").await;
+    sleep(Duration::from_millis(200)).await;
+    let events = reader.read_after(Checkpoint::ORIGIN, 100).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e.position != behind_the_former_bystander),
+        "once its guard is dropped, the transaction holds the reader back again"
+    );
+    bystander.commit().await.unwrap();
+    assert!(eventually_read(&reader, behind_the_former_bystander).await);
+}
