@@ -36,47 +36,23 @@ HTTP=${HTTP:-1}
 HTTP_CONNECTIONS=${HTTP_CONNECTIONS:-64}
 HTTP_LISTEN=127.0.0.1:18480
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$BENCH_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BIN=$TARGET_DIR/release/commands
 HTTP_BIN=$TARGET_DIR/release/http
-SPARC_BIN=$TARGET_DIR/release/sparc
-
-case $DATABASE_URL in
-postgres://* | postgresql://*) ;;
-*) echo "DATABASE_URL must be a postgres:// URL" >&2; exit 2 ;;
-esac
-base=${DATABASE_URL%%\?*}
-query=${DATABASE_URL#"$base"}
-DB_NAME=${base##*/}
-ADMIN_URL=${base%/*}/postgres$query
-[[ $DB_NAME =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { echo "unsupported database name: $DB_NAME" >&2; exit 2; }
+bench_database "$DATABASE_URL"
 IFS=', ' read -r -a WRITER_COUNTS <<<"$WRITERS"
 
-for tool in psql pgbench cargo jq; do
-	command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 2; }
-done
+require psql pgbench cargo jq
 
-WORK=$(mktemp -d)
-SERVER_PID=
-cleanup() {
-	if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null; fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 echo "== sparc command benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, ${DURATION}s per step"
 echo "   database ${DB_NAME} (recreated), PostgreSQL $(psql "$ADMIN_URL" -Atc 'SHOW server_version')"
 echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a) (other work on the machine skews every figure)"
 
-echo "== building the release binaries (cargo build --release -p sparc-bench -p sparc)"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p sparc-bench -p sparc
+build_release
 
-echo "== (re)creating database $DB_NAME"
-psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 \
-	-c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" \
-	-c "CREATE DATABASE \"$DB_NAME\""
+recreate_database
 
 # Same columns, types, defaults, primary key, identity, xid8 and indexes as `events` in
 # migrations/postgres/0001_event_log.sql (checked against it after the CQRS run).
@@ -174,22 +150,16 @@ echo "== vacuuming and checkpointing what (a) and (b) wrote, so it stays out of 
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
 
 HTTP_DB=${DB_NAME}_http
-HTTP_DATABASE_URL=${base%/*}/$HTTP_DB$query
+HTTP_DATABASE_URL=$DB_SERVER/$HTTP_DB$DB_QUERY
 echo "== (d) HTTP: sparc serve on database $HTTP_DB (recreated), $HTTP_CONNECTIONS connections, ${WARMUP}s warm-up per phase"
-psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 \
-	-c "DROP DATABASE IF EXISTS \"$HTTP_DB\" WITH (FORCE)" \
-	-c "CREATE DATABASE \"$HTTP_DB\""
+recreate_database "$HTTP_DB"
 # Rate limits out of the way; warnings only (no per-request log lines); the in-process bus.
 env -u NATS_URL DATABASE_URL="$HTTP_DATABASE_URL" SPARC_LISTEN="$HTTP_LISTEN" \
 	SPARC_JWT_SECRET="bench-$(date +%s%N)-not-a-real-secret" RUST_LOG=warn \
 	SPARC_RATE_LIMIT_PER_MINUTE=1000000000 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=1000000000 \
 	"$SPARC_BIN" serve >"$WORK/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-	curl -fsS "http://$HTTP_LISTEN/api/v1/readiness" >/dev/null 2>&1 && break
-	sleep 0.2
-done
-curl -fsS "http://$HTTP_LISTEN/api/v1/readiness" >/dev/null || { cat "$WORK/serve.log" >&2; echo "sparc serve did not become ready" >&2; exit 1; }
+BACKGROUND+=($!)
+wait_ready "http://$HTTP_LISTEN/api/v1/readiness" "$WORK/serve.log"
 "$HTTP_BIN" --api "http://$HTTP_LISTEN" --connections "$HTTP_CONNECTIONS" --seconds "$DURATION" \
 	--warmup "$WARMUP" --json 2>&1 >"$WORK/http.jsonl"
 
