@@ -6,7 +6,8 @@
 # namespace of their own). Then three `websocket` load processes (bench/src/bin/websocket.rs),
 # each PER_PROCESS connections (100 users, 4 source addresses) spread over the three gateways,
 # since one process may hold at most ~19,000 (20,000 open files): the first two hold their
-# connections through a long, quiet phase (5 tasks/s each), while the third, started
+# connections through a long phase without writing (a connection that has received frames
+# keeps its write buffer, so memory is read over idle ones), while the third, started
 # STAGGER seconds later, writes 100 tasks/s for 5 s and then sends 5 agent changes that
 # every connection of all three receives. The third process's report is the measurement:
 # fan-out of one change to all connections (p50/p99/max of the frames its own connections
@@ -53,7 +54,7 @@ GATEWAY_PIDS=()
 for i in "${!GATEWAYS[@]}"; do
 	"$SPARC_BIN" gateway --listen "${GATEWAYS[$i]}" >"$WORK/gateway$i.log" 2>&1 &
 	BACKGROUND+=($!)
-	GATEWAY_BACKGROUND+=($!)
+	GATEWAY_PIDS+=($!)
 	wait_ready "http://${GATEWAYS[$i]}/ws/health" "$WORK/gateway$i.log"
 done
 gateway_urls=$(printf 'ws://%s,' "${GATEWAYS[@]}")
@@ -68,10 +69,10 @@ load() { # NAME RATE SECONDS
 		--source-addresses 4 --rate "$2" --seconds "$3" --admin wsadmin --run "$1-$$" --json \
 		>"$WORK/$1.json" 2>"$WORK/$1.err"
 }
-echo "== two holding processes ($PER_PROCESS connections each, 5 tasks/s), then the measuring one after ${STAGGER}s"
-load hold1 5 $((STAGGER + 45)) &
+echo "== two holding processes ($PER_PROCESS connections each, no writes), then the measuring one after ${STAGGER}s"
+load hold1 0 $((STAGGER + 45)) &
 hold1=$!
-load hold2 5 $((STAGGER + 45)) &
+load hold2 0 $((STAGGER + 45)) &
 hold2=$!
 sleep "$STAGGER"
 load measure 100 5 || { cat "$WORK/measure.err" >&2; exit 1; }

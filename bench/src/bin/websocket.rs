@@ -63,7 +63,8 @@ struct Args {
     /// Connections opened per second.
     #[arg(long, default_value_t = 2000)]
     ramp: u64,
-    /// Tasks created per second in the latency phase.
+    /// Tasks created per second in the latency phase; 0 holds the connections through it
+    /// without writing (so that another process's memory reading sees only idle ones).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
     /// Length of the latency phase, in seconds.
@@ -305,7 +306,10 @@ async fn main() -> anyhow::Result<()> {
     let mut timer = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut n = 0usize;
-    while started.elapsed() < Duration::from_secs(args.seconds) {
+    if args.rate == 0 {
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    }
+    while args.rate > 0 && started.elapsed() < Duration::from_secs(args.seconds) {
         timer.tick().await;
         let permit = in_flight.clone().acquire_owned().await?;
         let (client, api, token, commands) = (

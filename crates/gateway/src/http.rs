@@ -26,7 +26,9 @@ use crate::connection::{self, INTERNAL_ERROR, POLICY};
 const READ_BUFFER: usize = 1024;
 /// Frames sent together (a change's two frames, the changes queued behind it) are buffered up
 /// to this much and written with one system call when the batch is flushed; a batch larger
-/// than this is written out as it fills. An idle connection holds no write buffer.
+/// than this is written out as it fills. A connection holds no write buffer until its first
+/// frame; after that it keeps the capacity its largest batch needed (tungstenite does not shrink
+/// it).
 const WRITE_BUFFER: usize = 16 * 1024;
 /// The most a blocked socket may buffer: above the largest frame (a task with 1 MiB of
 /// params), well below what would let one client hold much memory.
