@@ -477,8 +477,12 @@ mod faults {
         };
         let alice = app.user("alice").await;
         let (mut ws, _) = app.ws(&alice.token, None).await;
+        let (mut other_tab, _) = app.ws(&alice.token, None).await;
         create_task(&app, &alice, "before", None).await;
         let (_, before) = task_change(&mut ws).await;
+        assert_eq!(task_change(&mut other_tab).await.1, before);
+        // The other tab goes away for the outage and reconnects once NATS is back.
+        drop(other_tab);
 
         nats.stop();
         let outage = Instant::now();
@@ -507,11 +511,19 @@ mod faults {
             assert_eq!(&task, expected);
             assert_eq!(event, before + 1 + n as i64, "in order, none lost");
         }
+        let (mut other_tab, ack) = app.ws(&alice.token, Some(&before.to_string())).await;
+        assert_eq!(ack["payload"]["replayed"], written.len(), "{ack}");
+        for (n, expected) in written.iter().enumerate() {
+            assert_eq!(
+                task_change(&mut other_tab).await,
+                (expected.clone(), before + 1 + n as i64),
+                "the reconnecting tab gets every change it missed, in order"
+            );
+        }
         let after = create_task(&app, &alice, "after", None).await;
-        assert_eq!(
-            task_change(&mut ws).await,
-            (after, before + 1 + written.len() as i64)
-        );
+        let live = (after, before + 1 + written.len() as i64);
+        assert_eq!(task_change(&mut ws).await, live);
+        assert_eq!(task_change(&mut other_tab).await, live);
         let service = app
             .call(reqwest::Method::GET, "/api/v1/health", None, None)
             .await;

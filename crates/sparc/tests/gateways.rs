@@ -2,7 +2,8 @@
 //! that share nothing but NATS (127.0.0.1:4222, under a namespace of the test's own) and the
 //! database. Every change reaches exactly the users allowed to see it on whichever gateway they
 //! are connected to, with the same event ids everywhere; a client resumes on another gateway
-//! than the one it left; `/ws/health` counts the connections of all gateways.
+//! than the one it left, and on a gateway restarted after it was killed under it;
+//! `/ws/health` counts the connections of all gateways.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use sparc_store::testing::postgres_test_database;
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{Process, start};
+use support::{Process, start, start_on};
 
 const SECRET: &str = "gateways-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Sc4le0utFine!";
@@ -248,7 +249,8 @@ async fn three_gateways_deliver_each_change_to_its_users_and_resume_across_gatew
     let (mut alice_on_1, ack) = connect(&gateways[1], &alice, Some(last_seen)).await;
     assert_eq!(ack["payload"]["replayed"], 2);
     assert_eq!(task_change(&mut alice_on_1).await.0, a3);
-    assert_eq!(task_change(&mut alice_on_1).await.0, a4);
+    let (seen, a4_event) = task_change(&mut alice_on_1).await;
+    assert_eq!(seen, a4);
 
     // Gateways announce their counts every 5 s; each sees all four connections.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -267,7 +269,39 @@ async fn three_gateways_deliver_each_change_to_its_users_and_resume_across_gatew
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    drop((bob_on_1, auditor_on_2, alice_on_1));
+
+    // Gateway 1 is killed under alice; what is written while it is down she gets from the
+    // gateway restarted in its place, by her last event id, then live changes.
+    let port: u16 = gateways[1]
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a port");
+    gateways[1].child.kill().expect("the gateway can be killed");
+    gateways[1].child.wait().expect("the gateway exits");
+    let a5 = create_task(&serve.base, &alice, "a5").await;
+    let a6 = create_task(&serve.base, &alice, "a6").await;
+    gateways[1] = start_on(port, "gateway", &env, "/ws/health").await;
+    let (mut alice_back, ack) = connect(&gateways[1], &alice, Some(a4_event)).await;
+    assert_eq!(ack["payload"]["replayed"], 2, "{ack}");
+    let missed = [
+        task_change(&mut alice_back).await,
+        task_change(&mut alice_back).await,
+    ];
+    assert_eq!([&missed[0].0, &missed[1].0], [&a5, &a6]);
+    assert!(a4_event < missed[0].1 && missed[0].1 < missed[1].1);
+    let a7 = create_task(&serve.base, &alice, "a7").await;
+    let live = task_change(&mut alice_back).await;
+    assert_eq!(live.0, a7);
+    assert!(live.1 > missed[1].1);
+    let other_tab = [
+        task_change(&mut alice_on_2).await,
+        task_change(&mut alice_on_2).await,
+        task_change(&mut alice_on_2).await,
+    ];
+    assert_eq!(other_tab, [missed[0].clone(), missed[1].clone(), live]);
+    drop((bob_on_1, auditor_on_2, alice_on_1, alice_back));
     let subjects = sparc_bus::Subjects::new(namespace);
     let bus = sparc_bus::NatsBus::connect(NATS_URL, subjects.clone())
         .await

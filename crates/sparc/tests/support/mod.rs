@@ -33,7 +33,16 @@ pub fn free_port() -> u16 {
 /// Starts `sparc <subcommand>` with `env` on a free port and waits until `ready_path` answers
 /// 2xx.
 pub async fn start(subcommand: &str, env: &[(&str, &str)], ready_path: &str) -> Process {
-    let port = free_port();
+    start_on(free_port(), subcommand, env, ready_path).await
+}
+
+/// [`start`] on `port` (to restart a process where its clients knew it).
+pub async fn start_on(
+    port: u16,
+    subcommand: &str,
+    env: &[(&str, &str)],
+    ready_path: &str,
+) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_sparc"))
         .arg(subcommand)
         .envs(env.iter().copied())
