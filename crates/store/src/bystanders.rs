@@ -7,70 +7,108 @@
 //! cannot, so a reader may look past it. The hash chainer's updates are such transactions,
 //! and without this every one of them would hold back the read models, and the writers waiting
 //! to read their own writes, for as long as it runs. Each registers its transaction id here
-//! while it runs ([`StoreTx::join_bystanders`]) and this process's readers leave those ids out
-//! of their horizon. Readers in other processes do not know them and wait as before.
+//! while it runs ([`Database::begin_bystander`]) and this process's readers of the same server
+//! leave those ids out of their horizon. Readers in other processes do not know them and wait
+//! as before.
 //!
 //! Leaving out an id is safe whenever its transaction inserts no event, whether it is still
 //! running, committed or rolled back (transaction ids are 64-bit and never reused), so a guard
-//! may outlive its transaction or end before it.
+//! may outlive its transaction or end before it. Ids are kept with the server they belong to
+//! (its address as the pool knows it): a reader of another server, where the same number may
+//! be another transaction, never sees them. Two pools that name one server differently only
+//! miss each other's bystanders and wait, as without this.
 
 use std::sync::Mutex;
 
-use crate::db::StoreTx;
+use sqlx::PgPool;
+
+use crate::db::{Database, StoreTx};
 use crate::error::StoreError;
 
-/// The ids of the running bystander transactions of this process (a handful at most).
-static RUNNING: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+/// The running bystander transactions of this process: (server, transaction id). A handful
+/// at most.
+static RUNNING: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
 
-/// The ids of this process's bystander transactions, for a log reader to look past.
-pub(crate) fn running() -> Vec<i64> {
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clone()
+/// The server `pool` connects to, as its options name it.
+fn server(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "{}:{}:{:?}",
+        options.get_host(),
+        options.get_port(),
+        options.get_socket()
+    )
+}
+
+/// The ids of this process's bystander transactions on the server of `pool`, for a log
+/// reader of that pool to look past.
+pub(crate) fn running(pool: &PgPool) -> Vec<i64> {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    if running.is_empty() {
+        return Vec::new();
+    }
+    let server = server(pool);
+    running
+        .iter()
+        .filter(|(of, _)| *of == server)
+        .map(|(_, id)| *id)
+        .collect()
 }
 
 /// Keeps its transaction among the bystanders until dropped.
 #[derive(Debug)]
 #[must_use = "the transaction is a bystander only while the guard lives"]
 pub struct Bystander {
-    transaction_id: Option<i64>,
+    registered: Option<(String, i64)>,
 }
 
 impl Drop for Bystander {
     fn drop(&mut self) {
-        if let Some(id) = self.transaction_id {
+        if let Some(registered) = self.registered.take() {
             let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(at) = running.iter().position(|&running| running == id) {
+            if let Some(at) = running.iter().position(|entry| *entry == registered) {
                 running.swap_remove(at);
             }
         }
     }
 }
 
-/// Declares the Postgres transaction `tx` a bystander (see [`StoreTx::join_bystanders`]).
-pub(crate) async fn join(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-) -> Result<Bystander, StoreError> {
+/// Begins a Postgres transaction on `pool` as a bystander (see [`Database::begin_bystander`]).
+pub(crate) async fn begin(
+    pool: &PgPool,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Bystander), StoreError> {
+    let mut tx = pool.begin().await?;
     let id: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await?;
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-    Ok(Bystander {
-        transaction_id: Some(id),
-    })
+    let registered = (server(pool), id);
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(registered.clone());
+    Ok((
+        tx,
+        Bystander {
+            registered: Some(registered),
+        },
+    ))
 }
 
-impl StoreTx {
-    /// Declares that this transaction will insert no event, so that this process's log
-    /// readers do not wait for it while the returned guard lives. Gives the transaction its id
-    /// (one round trip on Postgres; nothing on SQLite, whose readers never wait for writers).
+impl Database {
+    /// Begins a transaction that will insert no event, so that this process's log readers do
+    /// not wait for it while the returned guard lives. Gives the transaction its id at once
+    /// (one round trip on Postgres; nothing more on SQLite, whose readers never wait for
+    /// writers).
     ///
     /// Only for transactions that never insert into `events`: a reader that looked past one
     /// that did could skip its events for good.
-    pub async fn join_bystanders(&mut self) -> Result<Bystander, StoreError> {
+    pub async fn begin_bystander(&self) -> Result<(StoreTx, Bystander), StoreError> {
         match self {
-            Self::Postgres(tx) => join(tx).await,
-            Self::Sqlite(_) => Ok(Bystander {
-                transaction_id: None,
-            }),
+            Self::Postgres(pool) => {
+                let (tx, bystander) = begin(pool).await?;
+                Ok((StoreTx::Postgres(tx), bystander))
+            }
+            Self::Sqlite(_) => Ok((self.begin().await?, Bystander { registered: None })),
         }
     }
 }

@@ -167,8 +167,7 @@ impl Chainer {
                     .chunks(HASHES_PER_STATEMENT)
                     .zip(hashes.chunks(HASHES_PER_STATEMENT))
                 {
-                    let mut tx = pool.begin().await?;
-                    let _bystander = crate::bystanders::join(&mut tx).await?;
+                    let (mut tx, _bystander) = crate::bystanders::begin(pool).await?;
                     sqlx::query(
                         "UPDATE events AS e SET hash = v.hash \
                          FROM unnest($1::bigint[], $2::text[]) AS v(position, hash) \

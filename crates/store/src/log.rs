@@ -101,7 +101,10 @@ impl LogReader {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match &self.db {
-            Database::Postgres(pool) => pg_read_after(pool, after, limit, true).await,
+            Database::Postgres(pool) => {
+                let bystanders = crate::bystanders::running(pool);
+                pg_read_after(pool, after, limit, Some(&bystanders)).await
+            }
             Database::Sqlite(pool) => sqlite_read_after(pool, after, limit).await,
         }
     }
@@ -413,7 +416,8 @@ impl StoreTx {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
-            Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, true).await,
+            // A transaction does not know its pool's server: it looks past no bystander.
+            Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, Some(&[])).await,
             Self::Sqlite(tx) => sqlite_read_after(&mut **tx, after, limit).await,
         }
     }
@@ -427,29 +431,26 @@ impl StoreTx {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
-            Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, false).await,
+            Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, None).await,
             Self::Sqlite(tx) => sqlite_read_after(&mut **tx, after, limit).await,
         }
     }
 }
 
+/// Reads events after `after` in global order. With `settled` only those no running
+/// transaction can still precede: older than every running transaction (`pg_snapshot_xmin`),
+/// except the given ones, which insert no event (see `crate::bystanders`); with `None` every
+/// visible event (walking the whole log, as verification does).
 async fn pg_read_after<'e>(
     executor: impl PgExecutor<'e>,
     after: Checkpoint,
     limit: i64,
-    settled_only: bool,
+    settled: Option<&[i64]>,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    // Settled: older than every running transaction (`pg_snapshot_xmin`), except the ones
-    // this process knows insert no event (see `crate::bystanders`).
-    let bystanders = if settled_only {
-        crate::bystanders::running()
-    } else {
-        Vec::new()
-    };
-    let settled = match (settled_only, bystanders.is_empty()) {
-        (false, _) => "",
-        (true, true) => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
-        (true, false) => {
+    let horizon = match settled {
+        None => "",
+        Some([]) => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+        Some(_) => {
             "AND transaction_id < (SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())) \
              FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
              WHERE x::text::bigint <> ALL($4::bigint[]))"
@@ -459,17 +460,16 @@ async fn pg_read_after<'e>(
     // and the sort could not use the (transaction_id, global_position) index.
     let sql = format!(
         "SELECT {PG_COLUMNS} FROM events \
-         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) {settled} \
+         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) {horizon} \
          ORDER BY events.transaction_id, events.global_position LIMIT $3"
     );
     let query = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.position)
         .bind(limit);
-    let query = if bystanders.is_empty() {
-        query
-    } else {
-        query.bind(bystanders)
+    let query = match settled {
+        Some(bystanders) if !bystanders.is_empty() => query.bind(bystanders),
+        _ => query,
     };
     let rows = query.fetch_all(executor).await?;
     rows.iter().map(pg_event).collect()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sparc_store::testing;
-use sparc_store::{Checkpoint, LogReader};
+use sparc_store::{Checkpoint, Database, LogReader};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Mutex, Notify, oneshot};
@@ -268,7 +268,8 @@ async fn insert_committed(pool: &PgPool, id: &str) -> i64 {
 
 /// A running transaction holds back every log reader, since it might still commit an earlier
 /// event; one declared a bystander (it inserts no events) holds back no reader of this
-/// process while its guard lives, and holds them back again once the guard is gone.
+/// process on its server while its guard lives, and holds them back again once the guard is
+/// gone. A reader whose pool names the server otherwise does not know it and waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bystander_transaction_holds_back_no_reader_of_its_process_while_declared() {
     let Some(test_db) = testing::postgres_test_database().await else {
@@ -281,12 +282,31 @@ async fn a_bystander_transaction_holds_back_no_reader_of_its_process_while_decla
         .unwrap();
     let reader = LogReader::new(&test_db.database);
 
-    let mut bystander = test_db.database.begin().await.unwrap();
-    let guard = bystander.join_bystanders().await.unwrap();
+    let (bystander, guard) = test_db.database.begin_bystander().await.unwrap();
     let past_the_bystander = insert_committed(&pool, "past-the-bystander").await;
     assert!(
         eventually_read(&reader, past_the_bystander).await,
         "an event committed while a bystander runs is read at once"
+    );
+    let other_name = if test_db.url.contains("127.0.0.1") {
+        test_db.url.replacen("127.0.0.1", "localhost", 1)
+    } else {
+        test_db.url.replacen("localhost", "127.0.0.1", 1)
+    };
+    let other_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&other_name)
+        .await
+        .unwrap();
+    let other_reader = LogReader::new(&Database::Postgres(other_pool));
+    sleep(Duration::from_millis(200)).await;
+    let events = other_reader
+        .read_after(Checkpoint::ORIGIN, 100)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().all(|e| e.position != past_the_bystander),
+        "a reader of a pool that names the server otherwise waits for the bystander"
     );
 
     let mut writer = pool.begin().await.unwrap();
