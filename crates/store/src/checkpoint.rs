@@ -107,7 +107,7 @@ fn to_checkpoint(row: Option<(i64, i64)>) -> Checkpoint {
 }
 
 /// The advisory lock keys of the checkpoints `names`, in the order every caller takes them.
-pub(crate) fn checkpoint_lock_keys(names: &[&str]) -> Vec<String> {
+fn checkpoint_lock_keys(names: &[&str]) -> Vec<String> {
     let mut keys: Vec<String> = names
         .iter()
         .map(|name| format!("sparc.checkpoint.{name}"))
@@ -118,7 +118,7 @@ pub(crate) fn checkpoint_lock_keys(names: &[&str]) -> Vec<String> {
 
 /// Takes the transaction-scoped advisory locks `keys` in the order given (`unnest` yields in
 /// array order).
-pub(crate) async fn take_advisory_locks(
+async fn take_advisory_locks(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     keys: &[String],
 ) -> Result<(), StoreError> {

@@ -7,9 +7,7 @@
 //! published read model's checkpoint has passed it.
 
 use crate::changes::CHANNEL;
-use crate::checkpoint::{
-    Checkpoint, PG_SAVE_CHECKPOINTS, checkpoint_lock_keys, checkpoint_of_row, take_advisory_locks,
-};
+use crate::checkpoint::{Checkpoint, PG_SAVE_CHECKPOINTS, checkpoint_of_row};
 use crate::db::StoreTx;
 use crate::error::StoreError;
 
@@ -70,33 +68,16 @@ impl StoreTx {
         Ok(())
     }
 
-    /// [`lock_checkpoints`](Self::lock_checkpoints) for a batch of the read models that numbers
-    /// its own outbox rows, then the numbering lock, and already the batch's `advance` (see
-    /// [`save_checkpoints_and_notify`](Self::save_checkpoints_and_notify)): returns the
+    /// For a batch of the read models that numbers its own outbox rows, in a transaction that
+    /// already holds the checkpoint locks of `names` and the numbering lock
+    /// ([`Database::begin_locking_checkpoints`](crate::Database::begin_locking_checkpoints)
+    /// with numbering): reads the checkpoints and saves the batch's `advance` at once (see
+    /// [`save_checkpoints_and_notify`](Self::save_checkpoints_and_notify)). Returns the
     /// checkpoints as they were and the last event id given, which the batch's first row
     /// follows, or `None` if some row still waits for a number (the batch's rows must then wait
     /// behind it, for the relay). If the checkpoints are not the ones the batch was read from,
-    /// roll back: that undoes the advance too.
-    pub async fn lock_checkpoints_and_numbering(
-        &mut self,
-        names: &[&str],
-        advance: &Advance<'_>,
-    ) -> Result<(Vec<Checkpoint>, Option<i64>), StoreError> {
-        if let Self::Postgres(tx) = self {
-            let mut keys = checkpoint_lock_keys(names);
-            // Always last: the relay takes the numbering lock alone.
-            keys.push(NUMBERING_LOCK.to_owned());
-            take_advisory_locks(tx, &keys).await?;
-        }
-        self.read_locked_checkpoints_and_numbering(names, advance)
-            .await
-    }
-
-    /// [`lock_checkpoints_and_numbering`](Self::lock_checkpoints_and_numbering) in a
-    /// transaction that already holds those locks
-    /// ([`Database::begin_locking_checkpoints`](crate::Database::begin_locking_checkpoints)
-    /// with numbering). On Postgres one statement reads the checkpoints and the numbering start
-    /// and saves the advance (its reads see the checkpoints from before it).
+    /// roll back: that undoes the advance too. On Postgres one statement (its reads see the
+    /// checkpoints from before its save).
     pub async fn read_locked_checkpoints_and_numbering(
         &mut self,
         names: &[&str],
