@@ -69,7 +69,7 @@ pub(crate) use bind_all;
 /// arrays have one text whatever the number of rows (one prepared statement and plan, where a
 /// `VALUES` list of `$n` placeholders is a new statement for every row count).
 #[derive(Debug, Clone, PartialEq)]
-pub enum SqlColumn {
+pub(crate) enum SqlColumn {
     /// Text values (`text[]`).
     Text(Vec<Option<String>>),
     /// Integer values (`bigint[]`).
@@ -78,7 +78,7 @@ pub enum SqlColumn {
 
 impl SqlColumn {
     /// The array's Postgres type, for a cast of its placeholder.
-    pub fn pg_array_type(&self) -> &'static str {
+    pub(crate) fn pg_array_type(&self) -> &'static str {
         match self {
             SqlColumn::Text(_) => "text[]",
             SqlColumn::Int(_) => "bigint[]",
@@ -87,7 +87,7 @@ impl SqlColumn {
 
     /// Rows (each the same number of values, a column's values all text or all integers) as
     /// columns. `None` if a column mixes text and integers.
-    pub fn of_rows(rows: Vec<Vec<SqlValue>>) -> Option<Vec<SqlColumn>> {
+    pub(crate) fn of_rows(rows: Vec<Vec<SqlValue>>) -> Option<Vec<SqlColumn>> {
         let width = rows.first().map_or(0, Vec::len);
         let mut columns: Vec<SqlColumn> = match rows.first() {
             None => return Some(Vec::new()),
