@@ -224,3 +224,82 @@ both_backends!(
         assert!(problems.is_empty(), "not served:\n{}", problems.join("\n"));
     }
 );
+
+/// The error bodies the document declares, by schema name.
+const ERROR_SCHEMAS: [&str; 3] = [
+    "#/components/schemas/ErrorDetail",
+    "#/components/schemas/ValidationError",
+    "#/components/schemas/InternalError",
+];
+
+/// Error statuses whose body is an operation's own (readiness answers 503 with its reason).
+fn operation_specific(status: &str) -> bool {
+    status == "503"
+}
+
+both_backends!(
+    every_error_answer_is_documented_with_its_body,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let user = app.user("documented").await;
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut problems = Vec::new();
+        for (path, operations) in paths {
+            let concrete = path.replace("{id}", &Uuid::now_v7().to_string());
+            let concrete = concrete.replace("{name}", "tasks");
+            for (method, operation) in operations.as_object().expect("operations") {
+                let Ok(verb) = Method::from_bytes(method.to_uppercase().as_bytes()) else {
+                    continue;
+                };
+                let responses = operation["responses"].as_object().expect("responses");
+                for (status, response) in responses {
+                    let error = status.parse::<u16>().is_ok_and(|s| s >= 400);
+                    let schema = &resolve(&doc, response)["content"]["application/json"]["schema"];
+                    let common = schema["$ref"]
+                        .as_str()
+                        .is_some_and(|s| ERROR_SCHEMAS.contains(&s));
+                    let own = schema["$ref"].is_string() && operation_specific(status);
+                    if error && !common && !own {
+                        problems.push(format!("{method} {path}: {status} has no error body"));
+                    }
+                }
+                if !responses.contains_key("500") {
+                    problems.push(format!("{method} {path}: 500 not documented"));
+                }
+                let mut answers = Vec::new();
+                let authenticated = operation["security"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty());
+                if authenticated {
+                    let anonymous = app.request(verb.clone(), &concrete, None).send().await;
+                    answers.push(("without a token", anonymous));
+                }
+                if operation.get("requestBody").is_some() {
+                    let malformed = app
+                        .request(verb.clone(), &concrete, Some(&user.token))
+                        .header("content-type", "application/json")
+                        .body("{\"unfinished\": ")
+                        .send()
+                        .await;
+                    answers.push(("with malformed JSON", malformed));
+                    let text = app
+                        .request(verb.clone(), &concrete, Some(&user.token))
+                        .header("content-type", "text/plain")
+                        .body("{}")
+                        .send()
+                        .await;
+                    answers.push(("with a text body", text));
+                }
+                for (what, answer) in answers {
+                    let status = answer.expect("the service answers").status();
+                    if status.is_client_error() && !responses.contains_key(status.as_str()) {
+                        problems.push(format!(
+                            "{method} {path} {what}: {status} is not documented"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+);

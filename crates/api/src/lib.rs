@@ -14,6 +14,7 @@
 //! - [`settings`]: [`settings::ApiSettings`], the tunables of the HTTP layer.
 //! - [`state`]: [`state::App`], what every handler reaches: database, command bus, projections.
 //! - [`routes`]: one module per resource and [`routes::router`], which assembles the service.
+//! - [`openapi`]: the error answers every operation of the OpenAPI document gains.
 //! - [`resources`]: the contract's resources as they appear on the wire (from `sparc-contract`,
 //!   shared with the WebSocket gateway).
 //! - [`accounts`]: account creation, shared by registration and `sparc user create`.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;
+pub mod openapi;
 pub mod pages;
 pub mod password;
 pub use sparc_contract::resources;

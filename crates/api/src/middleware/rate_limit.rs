@@ -90,6 +90,12 @@ impl RouteClass {
     }
 }
 
+/// Whether requests of `method` to `path` count against a limit (the exempt routes never
+/// answer 429).
+pub(crate) fn is_limited(method: &Method, path: &str) -> bool {
+    RouteClass::of(method, path).is_some()
+}
+
 /// Whose bucket a request draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Subject {

@@ -71,7 +71,8 @@ pub fn api() -> OpenApiRouter<AppState> {
 /// The complete application: every route, the OpenAPI document and the middleware stack.
 pub fn router(app: std::sync::Arc<crate::state::App>) -> Router {
     let app = AppState(app);
-    let (routes, openapi) = api().split_for_parts();
+    let (routes, mut openapi) = api().split_for_parts();
+    crate::openapi::document_errors(&mut openapi);
     let routes = routes
         .layer(Extension(Arc::new(openapi)))
         .with_state(app.clone());
