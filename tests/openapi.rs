@@ -1,10 +1,13 @@
 //! The OpenAPI document (`GET /api/openapi.json`): it is OpenAPI 3.1, it documents every
 //! endpoint of the contract's Health, Auth and sessions, Scheduled tasks, Projects and Agents
 //! sections with a response schema wherever the contract defines a body, and every documented
-//! operation is actually served.
+//! operation is actually served; every error the service answers to a request without a token,
+//! with malformed JSON or with a text body is documented with its body; the values it lists for
+//! a field are the ones the service accepts.
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
+use sparc_domain::user::Role;
 use sparc_tests::{TestApp, both_backends};
 use uuid::Uuid;
 
@@ -301,5 +304,68 @@ both_backends!(
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+);
+
+/// The values the document lists for a field of a request body.
+fn listed_values(doc: &Value, schema: &str, field: &str) -> Vec<String> {
+    let schema = &doc["components"]["schemas"][schema]["properties"][field];
+    schema["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{field} of {schema} lists its values"))
+        .iter()
+        .map(|value| value.as_str().expect("a text value").to_owned())
+        .collect()
+}
+
+both_backends!(
+    the_values_the_document_lists_are_the_ones_the_service_accepts,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let admin = app.user_with_role("lister", Role::Admin).await;
+        let types = listed_values(&doc, "RegisterAgent", "type");
+        let statuses = listed_values(&doc, "RegisterAgent", "status");
+        assert!(types.len() > 1 && statuses.len() > 1);
+        for (n, agent_type) in types.iter().enumerate() {
+            let status = &statuses[n % statuses.len()];
+            let body = json!({"name": format!("listed-{n}"), "type": agent_type, "status": status});
+            let created = app.post("/api/v1/agents", &admin.token, body).await;
+            assert_eq!(
+                created.status,
+                StatusCode::CREATED,
+                "type {agent_type}: {}",
+                created.body
+            );
+        }
+        let unlisted = json!({"name": "unlisted", "type": "not-a-listed-type"});
+        let refused = app.post("/api/v1/agents", &admin.token, unlisted).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let task_statuses = listed_values(&doc, "CreateTask", "status");
+        for status in &task_statuses {
+            let body =
+                json!({"skill_name": "listed", "schedule_cron": "0 9 * * 1", "status": status});
+            let created = app.post("/api/v1/tasks", &admin.token, body).await;
+            assert_eq!(
+                created.status,
+                StatusCode::CREATED,
+                "status {status}: {}",
+                created.body
+            );
+        }
+        for status in ["running", "deleted"] {
+            assert!(
+                !task_statuses.iter().any(|s| s == status),
+                "{status} is the service's to set"
+            );
+            let body =
+                json!({"skill_name": "listed", "schedule_cron": "0 9 * * 1", "status": status});
+            let refused = app.post("/api/v1/tasks", &admin.token, body).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "status {status}"
+            );
+        }
     }
 );

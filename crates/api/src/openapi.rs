@@ -1,5 +1,6 @@
-//! The error answers of the OpenAPI document, added once to the document the handler
-//! annotations generate: the contract's three error bodies as schemas, and on every operation
+//! What the handler annotations cannot say in the OpenAPI document: the values a text field
+//! of the domain accepts (as string enums, from the domain's own lists), and the error answers,
+//! added once to the generated document: the contract's three error bodies as schemas, and on every operation
 //! the error statuses that operations of its kind can answer (what the middleware, the
 //! extractors and the ownership checks produce, which no handler annotation lists), each with
 //! its body. A client generated from the document then knows every status it may get and what
@@ -10,10 +11,57 @@ use std::collections::BTreeMap;
 
 use axum::http::Method;
 use serde_json::{Value, json};
+use sparc_domain::agent::{AgentStatus, AgentType};
+use sparc_domain::execution::ExecutionStatus;
+use sparc_domain::project::ProjectStatus;
+use sparc_domain::task::TaskStatus;
 use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{OpenApi, RefOr, Response, Schema};
 
 use crate::middleware::rate_limit;
+
+/// A string schema that accepts exactly `values`.
+fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.into_iter().map(str::to_owned)))
+}
+
+/// An agent's `type`.
+pub(crate) fn agent_type() -> ObjectBuilder {
+    one_of(AgentType::ALL.iter().map(AgentType::as_str))
+}
+
+/// An agent's `status`.
+pub(crate) fn agent_status() -> ObjectBuilder {
+    one_of(AgentStatus::ALL.iter().map(AgentStatus::as_str))
+}
+
+/// A status an agent reports for a run.
+pub(crate) fn execution_status() -> ObjectBuilder {
+    one_of(ExecutionStatus::ALL.iter().map(ExecutionStatus::as_str))
+}
+
+/// A task status a client may set (not `running` nor `deleted`, which only the service sets).
+pub(crate) fn settable_task_status() -> ObjectBuilder {
+    one_of(
+        TaskStatus::ALL
+            .iter()
+            .filter(|status| status.is_settable())
+            .map(TaskStatus::as_str),
+    )
+}
+
+/// A project status a client may set.
+pub(crate) fn settable_project_status() -> ObjectBuilder {
+    one_of(
+        ProjectStatus::ALL
+            .iter()
+            .filter(|status| **status != ProjectStatus::Deleted)
+            .map(ProjectStatus::as_str),
+    )
+}
 
 /// `{detail: string}`: every 4xx but 422, and 503.
 const ERROR_DETAIL: &str = "ErrorDetail";

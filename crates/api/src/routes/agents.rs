@@ -194,12 +194,15 @@ async fn list_agents(
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
     /// Unique, 1..255 characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// One of the agent types.
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::agent_type)]
     pub agent_type: String,
     pub capabilities: Option<Vec<String>>,
     /// Default `idle`.
+    #[schema(schema_with = crate::openapi::agent_status)]
     pub status: Option<String>,
 }
 
@@ -371,10 +374,13 @@ async fn get_agent(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::agent_type)]
     pub agent_type: Option<String>,
     pub capabilities: Option<Vec<String>>,
+    #[schema(schema_with = crate::openapi::agent_status)]
     pub status: Option<String>,
 }
 
@@ -503,10 +509,12 @@ pub struct ActivityReport {
     /// a final status finishes the task's running one.
     pub execution_id: Option<Uuid>,
     /// `running`, `success`, `failed`, `timeout` or `cancelled`.
+    #[schema(schema_with = crate::openapi::execution_status)]
     pub status: String,
     pub output: Option<String>,
     pub error: Option<String>,
     /// At least 0.
+    #[schema(minimum = 0)]
     pub duration_ms: Option<i64>,
 }
 

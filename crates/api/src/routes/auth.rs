@@ -44,10 +44,14 @@ const BAD_REFRESH: &str = "Invalid refresh token";
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3..50 of letters, digits, `_` and `-`.
+    #[schema(min_length = 3, max_length = 50, pattern = "^[A-Za-z0-9_-]+$")]
     pub username: String,
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// 8..128 characters with an upper-case letter, a lower-case letter and a digit.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    #[schema(max_length = 100)]
     pub full_name: Option<String>,
 }
 

@@ -89,8 +89,10 @@ fn check_description(description: &Option<String>, errors: &mut Vec<FieldError>)
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// 1..255 characters, trimmed, not blank.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// At most 2000 characters.
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
 
@@ -266,9 +268,12 @@ async fn get_project(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// `active` or `archived`.
+    #[schema(schema_with = crate::openapi::settable_project_status)]
     pub status: Option<String>,
 }
 

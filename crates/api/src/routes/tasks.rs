@@ -88,6 +88,7 @@ fn value_error(field: &str, msg: impl Into<String>) -> FieldError {
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
     /// 1..255 of letters, digits, `_` and `-`.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$")]
     pub skill_name: String,
     /// A 5-field cron expression.
     pub schedule_cron: String,
@@ -97,6 +98,7 @@ pub struct CreateTask {
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
     /// `pending` (default), `disabled`, `completed` or `failed`.
+    #[schema(schema_with = crate::openapi::settable_task_status)]
     pub status: Option<String>,
     /// One of the caller's projects.
     pub project_id: Option<Uuid>,
@@ -321,6 +323,7 @@ pub struct UpdateTask {
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
     /// `pending`, `completed`, `failed` or `disabled`.
+    #[schema(schema_with = crate::openapi::settable_task_status)]
     pub status: Option<String>,
     /// A project of the owner's, or `null` to detach.
     #[serde(default, deserialize_with = "double_option")]
