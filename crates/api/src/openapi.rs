@@ -1,11 +1,15 @@
-//! What the handler annotations cannot say in the OpenAPI document: the values a text field
-//! of the domain accepts (as string enums, from the domain's own lists), and the error answers,
-//! added once to the generated document: the contract's three error bodies as schemas, and on every operation
-//! the error statuses that operations of its kind can answer (what the middleware, the
-//! extractors and the ownership checks produce, which no handler annotation lists), each with
-//! its body. A client generated from the document then knows every status it may get and what
-//! comes with it. Responses a handler documents keep their description; they only gain a body
-//! schema if they had none.
+//! What the handler annotations cannot say in the OpenAPI document.
+//!
+//! - The values a text field of the domain accepts, as string enums built from the domain's
+//!   own lists (request bodies name these with `#[schema(schema_with = …)]`).
+//! - The error answers, added once to the generated document ([`document_errors`]): the
+//!   contract's three error bodies as schemas, and on every operation the error statuses that
+//!   operations of its kind can answer (what the middleware, the extractors and the ownership
+//!   checks produce, which no handler annotation lists), each with its body. Responses a
+//!   handler documents keep their description and only gain a body schema if they had none.
+//!
+//! A client generated from the document then knows every status it may get, what comes with
+//! it, and which values a field takes.
 
 use std::collections::BTreeMap;
 
