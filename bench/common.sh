@@ -9,6 +9,10 @@
 #   build_release          cargo build --release -p sparc-bench -p sparc (no-op when fresh)
 #   recreate_database [NAME]  drops NAME (default DB_NAME) if it exists and creates it empty
 #   wait_ready URL LOG     waits up to 20 s for URL to answer 2xx, else prints LOG and exits 1
+#   prepare_sparc PREFIX   for the WebSocket benchmarks: migrates DATABASE_URL, exports what the
+#                          sparc processes need (NATS_URL, a fresh signing key, a NATS
+#                          namespace PREFIX_<time> of their own, warnings only, rate limits
+#                          off) and creates the admin `wsadmin` with password ADMIN_PASSWORD
 #   wait_login API USER PASSWORD
 #                          waits up to 20 s until USER can log in at API (an account made by
 #                          `sparc user create` reaches the users read model moments later)
@@ -59,6 +63,19 @@ wait_ready() {
 	cat "$2" >&2
 	echo "not ready: $1" >&2
 	exit 1
+}
+
+prepare_sparc() {
+	ADMIN_PASSWORD="bench-$(date +%s%N)-Aa1!"
+	export DATABASE_URL NATS_URL
+	export SPARC_JWT_SECRET="bench-$(date +%s%N)-not-a-real-secret-at-all"
+	export SPARC_NATS_NAMESPACE="$1_$(date +%s)"
+	export RUST_LOG=warn
+	export SPARC_RATE_LIMIT_PER_MINUTE=0 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=0
+	export SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE=0 SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE=0
+	"$SPARC_BIN" migrate >/dev/null
+	SPARC_PASSWORD=$ADMIN_PASSWORD "$SPARC_BIN" user create --username wsadmin \
+		--email wsadmin@example.com --role admin >/dev/null
 }
 
 wait_login() {

@@ -31,21 +31,11 @@ LOAD_BIN=$TARGET_DIR/release/websocket
 bench_database "$DATABASE_URL"
 require psql cargo curl jq
 
-
 echo "== sparc WebSocket scale-out benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, 3 x $PER_PROCESS connections"
 echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 build_release
 recreate_database
-ADMIN_PASSWORD="bench-$(date +%s%N)-Aa1!"
-export DATABASE_URL NATS_URL
-export SPARC_JWT_SECRET="bench-$(date +%s%N)-not-a-real-secret-at-all"
-export SPARC_NATS_NAMESPACE="bench_scale_$(date +%s)"
-export RUST_LOG=warn
-export SPARC_RATE_LIMIT_PER_MINUTE=0 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=0
-export SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE=0 SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE=0
-"$SPARC_BIN" migrate >/dev/null
-SPARC_PASSWORD=$ADMIN_PASSWORD "$SPARC_BIN" user create --username wsadmin \
-	--email wsadmin@example.com --role admin >/dev/null
+prepare_sparc bench_scale
 "$SPARC_BIN" serve --listen "$API" >"$WORK/serve.log" 2>&1 &
 BACKGROUND+=($!)
 wait_ready "http://$API/api/v1/readiness" "$WORK/serve.log"

@@ -32,16 +32,8 @@ echo "== sparc WebSocket benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cor
 echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every figure)"
 build_release
 recreate_database
-ADMIN_PASSWORD="bench-$(date +%s%N)-Aa1!"
-export DATABASE_URL NATS_URL
-export SPARC_JWT_SECRET="bench-$(date +%s%N)-not-a-real-secret-at-all"
-export SPARC_NATS_NAMESPACE="bench_ws_$(date +%s)"
-export SPARC_LISTEN=$LISTEN RUST_LOG=warn
-export SPARC_RATE_LIMIT_PER_MINUTE=0 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=0
-export SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE=0 SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE=0
-"$SPARC_BIN" migrate >/dev/null
-SPARC_PASSWORD=$ADMIN_PASSWORD "$SPARC_BIN" user create --username wsadmin \
-	--email wsadmin@example.com --role admin >/dev/null
+prepare_sparc bench_ws
+export SPARC_LISTEN=$LISTEN
 "$SPARC_BIN" serve >"$WORK/serve.log" 2>&1 &
 BACKGROUND+=($!)
 SERVER_PID=$!

@@ -278,20 +278,23 @@ both_backends!(
                     answers.push(("without a token", anonymous));
                 }
                 if operation.get("requestBody").is_some() {
-                    let malformed = app
-                        .request(verb.clone(), &concrete, Some(&user.token))
-                        .header("content-type", "application/json")
-                        .body("{\"unfinished\": ")
-                        .send()
-                        .await;
-                    answers.push(("with malformed JSON", malformed));
-                    let text = app
-                        .request(verb.clone(), &concrete, Some(&user.token))
-                        .header("content-type", "text/plain")
-                        .body("{}")
-                        .send()
-                        .await;
-                    answers.push(("with a text body", text));
+                    let bad_bodies = [
+                        (
+                            "with malformed JSON",
+                            "application/json",
+                            "{\"unfinished\": ",
+                        ),
+                        ("with a text body", "text/plain", "{}"),
+                    ];
+                    for (what, content_type, body) in bad_bodies {
+                        let answer = app
+                            .request(verb.clone(), &concrete, Some(&user.token))
+                            .header("content-type", content_type)
+                            .body(body)
+                            .send()
+                            .await;
+                        answers.push((what, answer));
+                    }
                 }
                 for (what, answer) in answers {
                     let status = answer.expect("the service answers").status();
