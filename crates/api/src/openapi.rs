@@ -62,7 +62,7 @@ pub(crate) fn settable_project_status() -> ObjectBuilder {
     one_of(
         ProjectStatus::ALL
             .iter()
-            .filter(|status| **status != ProjectStatus::Deleted)
+            .filter(|status| status.is_settable())
             .map(ProjectStatus::as_str),
     )
 }
@@ -139,11 +139,10 @@ fn common_errors(method: &Method, path: &str, operation: &Operation) -> Vec<(u16
             (400, "Malformed JSON"),
             (413, "Body over 1 MiB"),
             (415, "Body not sent as application/json"),
-            (422, "Invalid fields"),
         ]);
     }
-    if !parameters.is_empty() {
-        errors.push((422, "Invalid parameters"));
+    if operation.request_body.is_some() || !parameters.is_empty() {
+        errors.push((422, "Invalid fields or parameters"));
     }
     if authenticated {
         errors.push((

@@ -28,6 +28,14 @@ text_enum!(ProjectStatus {
     Deleted => "deleted",
 });
 
+impl ProjectStatus {
+    /// Whether an owner may set (or filter by) this status directly (deleted is reached only
+    /// through deletion).
+    pub fn is_settable(self) -> bool {
+        self != ProjectStatus::Deleted
+    }
+}
+
 /// The fields a `PUT /projects/{id}` may change.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ProjectChanges {

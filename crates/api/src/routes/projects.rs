@@ -175,11 +175,7 @@ async fn list_projects(
     AppQuery(query): AppQuery<ListProjects>,
 ) -> Result<Json<ProjectList>, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
-    let status = parse_query_value("status", query.status.as_deref(), |raw| match raw {
-        "active" => Ok(ProjectStatus::Active),
-        "archived" => Ok(ProjectStatus::Archived),
-        _ => Err("status must be one of: active, archived"),
-    })?;
+    let status = parse_query_value("status", query.status.as_deref(), settable_status)?;
     let (sort, descending) = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| {
         let (descending, field) = raw.strip_prefix('-').map_or((false, raw), |f| (true, f));
         let sort = match field {
@@ -264,6 +260,21 @@ async fn get_project(
     Ok(with_etag(version, resource))
 }
 
+/// A status an owner may set or filter by ([`ProjectStatus::is_settable`]).
+fn settable_status(raw: &str) -> Result<ProjectStatus, String> {
+    ProjectStatus::parse(raw)
+        .ok()
+        .filter(|status| status.is_settable())
+        .ok_or_else(|| {
+            let settable: Vec<&str> = ProjectStatus::ALL
+                .iter()
+                .filter(|status| status.is_settable())
+                .map(ProjectStatus::as_str)
+                .collect();
+            format!("status must be one of: {}", settable.join(", "))
+        })
+}
+
 /// Fields to change.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -299,18 +310,16 @@ async fn update_project(
         .as_deref()
         .and_then(|raw| check_name(raw, &mut errors));
     check_description(&body.description, &mut errors);
-    let status = body.status.as_deref().and_then(|raw| match raw {
-        "active" => Some(ProjectStatus::Active),
-        "archived" => Some(ProjectStatus::Archived),
-        _ => {
-            errors.push(FieldError::body(
-                "status",
-                "status must be one of: active, archived",
-                "enum",
-            ));
-            None
-        }
-    });
+    let status = body
+        .status
+        .as_deref()
+        .and_then(|raw| match settable_status(raw) {
+            Ok(status) => Some(status),
+            Err(message) => {
+                errors.push(FieldError::body("status", message, "enum"));
+                None
+            }
+        });
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
