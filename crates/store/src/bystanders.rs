@@ -18,7 +18,7 @@
 //! be another transaction, never sees them. Two pools that name one server differently only
 //! miss each other's bystanders and wait, as without this.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
@@ -27,10 +27,10 @@ use crate::error::StoreError;
 
 /// The running bystander transactions of this process: (server, transaction id). A handful
 /// at most.
-static RUNNING: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
+static RUNNING: Mutex<Vec<(Arc<str>, i64)>> = Mutex::new(Vec::new());
 
-/// The server `pool` connects to, as its options name it.
-fn server(pool: &PgPool) -> String {
+/// The server `pool` connects to, as its options name it (a log reader works it out once).
+pub(crate) fn server_of(pool: &PgPool) -> Arc<str> {
     let options = pool.connect_options();
     format!(
         "{}:{}:{:?}",
@@ -38,19 +38,17 @@ fn server(pool: &PgPool) -> String {
         options.get_port(),
         options.get_socket()
     )
+    .into()
 }
 
-/// The ids of this process's bystander transactions on the server of `pool`, for a log
-/// reader of that pool to look past.
-pub(crate) fn running(pool: &PgPool) -> Vec<i64> {
-    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    if running.is_empty() {
-        return Vec::new();
-    }
-    let server = server(pool);
-    running
+/// The ids of this process's bystander transactions on `server`, for a log reader of that
+/// server to look past.
+pub(crate) fn running(server: &str) -> Vec<i64> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .filter(|(of, _)| *of == server)
+        .filter(|(of, _)| **of == *server)
         .map(|(_, id)| *id)
         .collect()
 }
@@ -59,7 +57,7 @@ pub(crate) fn running(pool: &PgPool) -> Vec<i64> {
 #[derive(Debug)]
 #[must_use = "the transaction is a bystander only while the guard lives"]
 pub struct Bystander {
-    registered: Option<(String, i64)>,
+    registered: Option<(Arc<str>, i64)>,
 }
 
 impl Drop for Bystander {
@@ -81,7 +79,7 @@ pub(crate) async fn begin(
     let id: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
         .fetch_one(&mut *tx)
         .await?;
-    let registered = (server(pool), id);
+    let registered = (server_of(pool), id);
     RUNNING
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -9,6 +9,8 @@
 //! transaction id than everything already read, so nothing is ever skipped. On SQLite there is
 //! one writer and `global_position` is assigned in commit order, so it is read by position alone.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, DurationRound, SecondsFormat, TimeDelta, Utc};
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
@@ -84,12 +86,21 @@ const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
 #[derive(Clone, Debug)]
 pub struct LogReader {
     db: Database,
+    /// On Postgres, the server its pool names, whose bystanders it looks past.
+    server: Option<Arc<str>>,
 }
 
 impl LogReader {
     /// A reader over `db` (shares its pool).
     pub fn new(db: &Database) -> Self {
-        Self { db: db.clone() }
+        let server = match db {
+            Database::Postgres(pool) => Some(crate::bystanders::server_of(pool)),
+            Database::Sqlite(_) => None,
+        };
+        Self {
+            db: db.clone(),
+            server,
+        }
     }
 
     /// Up to `limit` events after `after`, in global order, never including an event whose
@@ -102,7 +113,11 @@ impl LogReader {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match &self.db {
             Database::Postgres(pool) => {
-                let bystanders = crate::bystanders::running(pool);
+                let bystanders = self
+                    .server
+                    .as_deref()
+                    .map(crate::bystanders::running)
+                    .unwrap_or_default();
                 pg_read_after(pool, after, limit, Some(&bystanders)).await
             }
             Database::Sqlite(pool) => sqlite_read_after(pool, after, limit).await,
