@@ -192,8 +192,21 @@ mod tests {
         }
     }
 
+    /// A callsite's interest is cached for the whole process: one first hit by a test without
+    /// a subscriber, on another thread, while this test runs would be cached as "never", and
+    /// this test's scoped subscriber would miss its event. A global subscriber that takes
+    /// everything keeps every callsite open, so each event reaches the subscriber in scope on
+    /// its own thread.
+    fn keep_callsites_open() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+        });
+    }
+
     #[tokio::test]
     async fn the_cause_of_a_500_is_logged_with_the_request_id() {
+        keep_callsites_open();
         let logs = Captured::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
