@@ -69,7 +69,6 @@ CREATE TABLE pgbench_events
     global_position bigint GENERATED ALWAYS AS IDENTITY,
     transaction_id  xid8                         NOT NULL DEFAULT pg_current_xact_id(),
     recorded_at     timestamptz                  NOT NULL DEFAULT now(),
-    hash            text,
     PRIMARY KEY (aggregate_type, aggregate_id, sequence)
 );
 CREATE UNIQUE INDEX pgbench_events_global_position ON pgbench_events (global_position);

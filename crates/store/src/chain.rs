@@ -1,5 +1,6 @@
-//! The hash chain over the log: each event row carries
-//! `hash = hex(sha256(previous hash ‖ canonical bytes of the event))` in global order (the
+//! The hash chain over the log: each event has a link in `event_hashes` (beside the log, so
+//! event rows are never updated),
+//! `hash = hex(sha256(previous hash ‖ canonical bytes of the event))`, in global order (the
 //! first event's previous hash is [`GENESIS_HASH`]), so editing, deleting or reordering a stored
 //! event is detectable by [`verify`].
 //!
@@ -30,6 +31,11 @@ pub const CHAIN_CHECKPOINT: &str = "chain";
 /// where the chainer's reads began.
 const FROM_WHERE_THE_READS_BEGAN: &str =
     "WHERE checkpoints.transaction_id = $4 AND checkpoints.position = $5";
+
+/// The chain link of the event at `$1`: no row if there is no such event, NULL if it is
+/// unhashed (a link whose event was deleted does not count).
+const HASH_OF_EVENT: &str = "SELECT (SELECT h.hash FROM event_hashes h \
+     WHERE h.global_position = e.global_position) FROM events e WHERE e.global_position = $1";
 
 /// Hashes written per statement on Postgres (see [`Chainer::chain_pending`]).
 const HASHES_PER_STATEMENT: usize = 100;
@@ -169,9 +175,9 @@ impl Chainer {
                 {
                     let (mut tx, _bystander) = crate::bystanders::begin(pool).await?;
                     sqlx::query(
-                        "UPDATE events AS e SET hash = v.hash \
-                         FROM unnest($1::bigint[], $2::text[]) AS v(position, hash) \
-                         WHERE e.global_position = v.position",
+                        "INSERT INTO event_hashes (global_position, hash) \
+                         SELECT * FROM unnest($1::bigint[], $2::text[]) \
+                         ON CONFLICT DO NOTHING",
                     )
                     .bind(positions)
                     .bind(hashes)
@@ -205,11 +211,14 @@ impl Chainer {
                 .await?;
                 if moved.is_some() {
                     for (position, hash) in positions.iter().zip(&hashes) {
-                        sqlx::query("UPDATE events SET hash = ? WHERE global_position = ?")
-                            .bind(hash)
-                            .bind(position)
-                            .execute(&mut *tx)
-                            .await?;
+                        sqlx::query(
+                            "INSERT INTO event_hashes (global_position, hash) VALUES (?, ?) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(position)
+                        .bind(hash)
+                        .execute(&mut *tx)
+                        .await?;
                     }
                     tx.commit().await?;
                 }
@@ -224,13 +233,13 @@ impl Chainer {
     async fn hash_at(&self, position: i64) -> Result<Option<String>, StoreError> {
         let hash: Option<Option<String>> = match &self.db {
             Database::Postgres(pool) => {
-                sqlx::query_scalar("SELECT hash FROM events WHERE global_position = $1")
+                sqlx::query_scalar(HASH_OF_EVENT)
                     .bind(position)
                     .fetch_optional(pool)
                     .await?
             }
             Database::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT hash FROM events WHERE global_position = ?")
+                sqlx::query_scalar(HASH_OF_EVENT)
                     .bind(position)
                     .fetch_optional(pool)
                     .await?

@@ -50,7 +50,8 @@ pub struct RecordedEvent {
     pub metadata: serde_json::Value,
     /// When the event was stored.
     pub recorded_at: DateTime<Utc>,
-    /// The hash chain link, `None` until the chainer has reached this event.
+    /// The hash chain link, `None` until the chainer has reached this event. The consumers'
+    /// reads ([`LogReader::read_after`], [`StoreTx::read_after`]) leave it out (`None`).
     pub hash: Option<String>,
 }
 
@@ -75,12 +76,24 @@ pub struct LogStats {
     pub last_recorded_at: Option<DateTime<Utc>>,
 }
 
+/// An event row's columns with its chain link (`event_hashes`, NULL until chained): for the
+/// reads that show or check it (history, audit, verification).
 const PG_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
     aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-    recorded_at, hash";
+    recorded_at, (SELECT h.hash FROM event_hashes h \
+                  WHERE h.global_position = events.global_position) AS hash";
 const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
     aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-    recorded_at, hash";
+    recorded_at, (SELECT h.hash FROM event_hashes h \
+                  WHERE h.global_position = events.global_position) AS hash";
+/// The same without the chain link (always NULL): for the consumers' reads, which have no
+/// use for it.
+const PG_CONSUMER_COLUMNS: &str = "global_position, \
+    transaction_id::text::bigint AS transaction_id, aggregate_type, aggregate_id, sequence, \
+    event_type, event_version, payload, metadata, recorded_at, NULL::text AS hash";
+const SQLITE_CONSUMER_COLUMNS: &str = "global_position, 0 AS transaction_id, \
+    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+    recorded_at, NULL AS hash";
 
 /// Reads the log of a [`Database`].
 #[derive(Clone, Debug)]
@@ -120,7 +133,9 @@ impl LogReader {
                     .unwrap_or_default();
                 pg_read_after(pool, after, limit, Some(&bystanders)).await
             }
-            Database::Sqlite(pool) => sqlite_read_after(pool, after, limit).await,
+            Database::Sqlite(pool) => {
+                sqlite_read_after(pool, SQLITE_CONSUMER_COLUMNS, after, limit).await
+            }
         }
     }
 
@@ -433,7 +448,9 @@ impl StoreTx {
         match self {
             // A transaction does not know its pool's server: it looks past no bystander.
             Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, Some(&[])).await,
-            Self::Sqlite(tx) => sqlite_read_after(&mut **tx, after, limit).await,
+            Self::Sqlite(tx) => {
+                sqlite_read_after(&mut **tx, SQLITE_CONSUMER_COLUMNS, after, limit).await
+            }
         }
     }
 
@@ -447,7 +464,7 @@ impl StoreTx {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
             Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, None).await,
-            Self::Sqlite(tx) => sqlite_read_after(&mut **tx, after, limit).await,
+            Self::Sqlite(tx) => sqlite_read_after(&mut **tx, SQLITE_COLUMNS, after, limit).await,
         }
     }
 }
@@ -473,8 +490,13 @@ async fn pg_read_after<'e>(
     };
     // `events.` in ORDER BY: unqualified, `transaction_id` would name the bigint output column
     // and the sort could not use the (transaction_id, global_position) index.
+    // Consumers (settled reads) do not need the chain link; verification does.
+    let columns = match settled {
+        None => PG_COLUMNS,
+        Some(_) => PG_CONSUMER_COLUMNS,
+    };
     let sql = format!(
-        "SELECT {PG_COLUMNS} FROM events \
+        "SELECT {columns} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) {horizon} \
          ORDER BY events.transaction_id, events.global_position LIMIT $3"
     );
@@ -490,13 +512,16 @@ async fn pg_read_after<'e>(
     rows.iter().map(pg_event).collect()
 }
 
+/// Reads events after `after` by position, selecting `columns` (with or without the chain
+/// link).
 async fn sqlite_read_after<'e>(
     executor: impl SqliteExecutor<'e>,
+    columns: &str,
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > ? \
+        "SELECT {columns} FROM events WHERE global_position > ? \
          ORDER BY global_position LIMIT ?"
     ))
     .bind(after.position)

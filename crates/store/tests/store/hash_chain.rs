@@ -1,7 +1,7 @@
 //! The hash chain: chaining in global order, and verification finding tampered events.
 
 use sparc_store::testing::{self, SqliteTestFile};
-use sparc_store::{Chainer, Checkpoint, Database, LogReader, verify};
+use sparc_store::{AuditFilter, Chainer, Checkpoint, Database, LogReader, verify};
 
 use crate::support::{append, chain, execute, wait_until_readable};
 
@@ -72,6 +72,81 @@ async fn verify_finds_an_edited_payload_and_a_deleted_event_on_postgres() {
     verify_finds_an_edited_payload_and_a_deleted_event(&db).await;
 }
 
+/// 6 events chained; then one stored link overwritten: verification names that event (its
+/// link no longer follows from its content) and the next (its link no longer follows from
+/// the stored one before it).
+async fn verify_finds_an_overwritten_link(db: &Database) {
+    for round in 0..3 {
+        for id in ["a", "b"] {
+            append(db, id, round + 1, 1).await;
+        }
+    }
+    wait_until_readable(db, 6).await;
+    chain(db, 6, 100).await;
+    let positions: Vec<i64> = LogReader::new(db)
+        .read_after(Checkpoint::ORIGIN, 6)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    let changed = execute(
+        db,
+        &format!(
+            "UPDATE event_hashes SET hash = '{}' WHERE global_position = {}",
+            "f".repeat(64),
+            positions[2]
+        ),
+    )
+    .await;
+    assert_eq!(changed, 1);
+    let report = verify(db).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(
+        report.bad_positions,
+        vec![positions[2], positions[3]],
+        "{}: {report:?}",
+        db.backend()
+    );
+}
+
+#[tokio::test]
+async fn verify_finds_an_overwritten_link_on_sqlite() {
+    let (db, _file): (Database, SqliteTestFile) = testing::sqlite_database().await;
+    verify_finds_an_overwritten_link(&db).await;
+}
+
+#[tokio::test]
+async fn verify_finds_an_overwritten_link_on_postgres() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    verify_finds_an_overwritten_link(&db).await;
+}
+
+/// Chaining writes beside the log: every event row keeps the version its insert wrote (an
+/// updated row would have a new `xmin`), so the log stays append-only.
+#[tokio::test]
+async fn chaining_leaves_every_event_row_as_it_was_inserted() {
+    let Some(db) = testing::postgres_database().await else {
+        return;
+    };
+    let Database::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    for id in ["a", "b", "c"] {
+        append(&db, id, 1, 2).await;
+    }
+    wait_until_readable(&db, 6).await;
+    let versions = "SELECT global_position, xmin::text FROM events ORDER BY global_position";
+    let before: Vec<(i64, String)> = sqlx::query_as(versions).fetch_all(pool).await.unwrap();
+    chain(&db, 6, 100).await;
+    let after: Vec<(i64, String)> = sqlx::query_as(versions).fetch_all(pool).await.unwrap();
+    assert_eq!(before.len(), 6);
+    assert_eq!(after, before);
+    assert!(hashes(&db).await.iter().all(Option::is_some), "all chained");
+}
+
 #[tokio::test]
 async fn chainer_never_chains_past_an_open_transaction() {
     let Some(db) = testing::postgres_database().await else {
@@ -128,10 +203,14 @@ async fn chainer_never_chains_past_an_open_transaction() {
     assert_eq!(order[3..], [a_position, b_position]);
 }
 
-/// The hashes of every event in global order.
+/// The hashes of every event in global order (as the audit reads them).
 async fn hashes(db: &Database) -> Vec<Option<String>> {
+    let filter = AuditFilter {
+        limit: 1000,
+        ..AuditFilter::default()
+    };
     LogReader::new(db)
-        .read_after(Checkpoint::ORIGIN, 1000)
+        .audit_events(&filter)
         .await
         .unwrap()
         .into_iter()
