@@ -49,6 +49,16 @@ const TEST_POOL_SIZE: u32 = 8;
 
 /// Like [`postgres_database`], with the database's URL and name.
 pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
+    let test = unmigrated_postgres_test_database().await?;
+    test.database
+        .migrate()
+        .await
+        .expect("migrate the test database");
+    Some(test)
+}
+
+/// Like [`postgres_test_database`], with no migration applied (for tests of migrating).
+pub async fn unmigrated_postgres_test_database() -> Option<PostgresTestDatabase> {
     let admin_url = std::env::var("SPARC_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_string());
     let connect = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url));
@@ -77,10 +87,8 @@ pub async fn postgres_test_database() -> Option<PostgresTestDatabase> {
         .connect(&url)
         .await
         .expect("connect to the test database");
-    let database = Database::Postgres(pool);
-    database.migrate().await.expect("migrate the test database");
     Some(PostgresTestDatabase {
-        database,
+        database: Database::Postgres(pool),
         url,
         name,
     })

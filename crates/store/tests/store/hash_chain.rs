@@ -1,7 +1,9 @@
 //! The hash chain: chaining in global order, and verification finding tampered events.
 
+use sparc_store::chain::{CHAIN_CHECKPOINT, GENESIS_HASH, chain_hash};
 use sparc_store::testing::{self, SqliteTestFile};
 use sparc_store::{AuditFilter, Chainer, Checkpoint, Database, LogReader, verify};
+use sqlx::migrate::Migrator;
 
 use crate::support::{append, chain, execute, wait_until_readable};
 
@@ -304,4 +306,88 @@ async fn two_chainers_at_once_chain_every_event_exactly_once_on_postgres() {
         return;
     };
     two_chainers_at_once_chain_every_event_exactly_once(&db).await;
+}
+
+/// Applies this backend's migrations before the chain moved beside the log (0001–0007), from a
+/// directory holding copies of just those files.
+async fn migrate_to_before_event_hashes(db: &Database) {
+    let backend = db.backend().to_string();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../migrations")
+        .join(&backend);
+    let earlier = std::env::temp_dir().join(format!("sparc-migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&earlier).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0008" {
+            std::fs::copy(&path, earlier.join(name)).unwrap();
+        }
+    }
+    let migrator = Migrator::new(earlier.as_path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 7, "{backend}");
+    match db {
+        Database::Postgres(pool) => migrator.run(pool).await.unwrap(),
+        Database::Sqlite(pool) => migrator.run(pool).await.unwrap(),
+    }
+    std::fs::remove_dir_all(&earlier).unwrap();
+}
+
+/// A log chained the old way (links in `events.hash`), then upgraded: the links move to
+/// `event_hashes`, the chain verifies, and the chainer goes on from where it was.
+async fn links_written_before_the_upgrade_move_beside_the_log(db: &Database) {
+    migrate_to_before_event_hashes(db).await;
+    for round in 0..3 {
+        for id in ["a", "b"] {
+            append(db, id, round + 1, 1).await;
+        }
+    }
+    wait_until_readable(db, 6).await;
+    let events = LogReader::new(db)
+        .read_after(Checkpoint::ORIGIN, 100)
+        .await
+        .unwrap();
+    let mut prev = GENESIS_HASH.to_owned();
+    for event in &events {
+        prev = chain_hash(&prev, event);
+        let sql = format!(
+            "UPDATE events SET hash = '{prev}' WHERE global_position = {}",
+            event.position
+        );
+        assert_eq!(execute(db, &sql).await, 1);
+    }
+    let mut tx = db.begin().await.unwrap();
+    tx.save_checkpoints(&[CHAIN_CHECKPOINT], events[5].checkpoint())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    db.migrate().await.unwrap();
+    assert!(!db.pending_migrations().await.unwrap());
+    let report = verify(db).await.unwrap();
+    assert!(report.ok, "{}: {report:?}", db.backend());
+    assert_eq!((report.events_checked, report.unchained), (6, 0));
+    assert_eq!(hashes(db).await.last(), Some(&Some(prev)));
+
+    append(db, "c", 1, 1).await;
+    wait_until_readable(db, 7).await;
+    chain(db, 1, 100).await;
+    let report = verify(db).await.unwrap();
+    assert!(report.ok, "{}: {report:?}", db.backend());
+    assert_eq!((report.events_checked, report.unchained), (7, 0));
+}
+
+#[tokio::test]
+async fn links_written_before_the_upgrade_move_beside_the_log_on_sqlite() {
+    let file = SqliteTestFile::new();
+    let db = Database::connect(&file.url()).await.unwrap();
+    links_written_before_the_upgrade_move_beside_the_log(&db).await;
+}
+
+#[tokio::test]
+async fn links_written_before_the_upgrade_move_beside_the_log_on_postgres() {
+    let Some(test) = testing::unmigrated_postgres_test_database().await else {
+        return;
+    };
+    links_written_before_the_upgrade_move_beside_the_log(&test.database).await;
 }
