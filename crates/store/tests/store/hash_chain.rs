@@ -5,7 +5,9 @@ use sparc_store::testing::{self, SqliteTestFile};
 use sparc_store::{AuditFilter, Chainer, Checkpoint, Database, LogReader, verify};
 use sqlx::migrate::Migrator;
 
-use crate::support::{append, chain, execute, wait_until_readable};
+use crate::support::{
+    append, both_backends, chain, execute, postgres_with_pool, wait_until_readable,
+};
 
 /// 20 events over 4 counters (interleaved), chained; 2 more left unchained; then one payload
 /// edited and one event deleted behind the chain's back.
@@ -77,7 +79,14 @@ async fn verify_finds_an_edited_payload_and_a_deleted_event_on_postgres() {
 /// 6 events chained; then one stored link overwritten: verification names that event (its
 /// link no longer follows from its content) and the next (its link no longer follows from
 /// the stored one before it).
-async fn verify_finds_an_overwritten_link(db: &Database) {
+#[tokio::test]
+async fn verify_finds_an_overwritten_link() {
+    for (db, _file) in both_backends().await {
+        verify_finds_an_overwritten_link_in(&db).await;
+    }
+}
+
+async fn verify_finds_an_overwritten_link_in(db: &Database) {
     for round in 0..3 {
         for id in ["a", "b"] {
             append(db, id, round + 1, 1).await;
@@ -85,13 +94,7 @@ async fn verify_finds_an_overwritten_link(db: &Database) {
     }
     wait_until_readable(db, 6).await;
     chain(db, 6, 100).await;
-    let positions: Vec<i64> = LogReader::new(db)
-        .read_after(Checkpoint::ORIGIN, 6)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.position)
-        .collect();
+    let positions = positions(db, 6).await;
     let changed = execute(
         db,
         &format!(
@@ -112,38 +115,21 @@ async fn verify_finds_an_overwritten_link(db: &Database) {
     );
 }
 
-#[tokio::test]
-async fn verify_finds_an_overwritten_link_on_sqlite() {
-    let (db, _file): (Database, SqliteTestFile) = testing::sqlite_database().await;
-    verify_finds_an_overwritten_link(&db).await;
-}
-
-#[tokio::test]
-async fn verify_finds_an_overwritten_link_on_postgres() {
-    let Some(db) = testing::postgres_database().await else {
-        return;
-    };
-    verify_finds_an_overwritten_link(&db).await;
-}
-
 /// Chaining writes beside the log: every event row keeps the version its insert wrote (an
 /// updated row would have a new `xmin`), so the log stays append-only.
 #[tokio::test]
 async fn chaining_leaves_every_event_row_as_it_was_inserted() {
-    let Some(db) = testing::postgres_database().await else {
+    let Some((db, pool)) = postgres_with_pool().await else {
         return;
-    };
-    let Database::Postgres(pool) = &db else {
-        unreachable!()
     };
     for id in ["a", "b", "c"] {
         append(&db, id, 1, 2).await;
     }
     wait_until_readable(&db, 6).await;
     let versions = "SELECT global_position, xmin::text FROM events ORDER BY global_position";
-    let before: Vec<(i64, String)> = sqlx::query_as(versions).fetch_all(pool).await.unwrap();
+    let before: Vec<(i64, String)> = sqlx::query_as(versions).fetch_all(&pool).await.unwrap();
     chain(&db, 6, 100).await;
-    let after: Vec<(i64, String)> = sqlx::query_as(versions).fetch_all(pool).await.unwrap();
+    let after: Vec<(i64, String)> = sqlx::query_as(versions).fetch_all(&pool).await.unwrap();
     assert_eq!(before.len(), 6);
     assert_eq!(after, before);
     assert!(hashes(&db).await.iter().all(Option::is_some), "all chained");
@@ -151,11 +137,8 @@ async fn chaining_leaves_every_event_row_as_it_was_inserted() {
 
 #[tokio::test]
 async fn chainer_never_chains_past_an_open_transaction() {
-    let Some(db) = testing::postgres_database().await else {
+    let Some((db, pool)) = postgres_with_pool().await else {
         return;
-    };
-    let Database::Postgres(pool) = &db else {
-        unreachable!()
     };
     append(&db, "a", 1, 3).await;
     wait_until_readable(&db, 3).await;
@@ -172,7 +155,7 @@ async fn chainer_never_chains_past_an_open_transaction() {
         .unwrap();
     let b_position: i64 = sqlx::query_scalar(insert)
         .bind("fast")
-        .fetch_one(pool)
+        .fetch_one(&pool)
         .await
         .unwrap();
     assert!(a_position < b_position);
@@ -195,14 +178,19 @@ async fn chainer_never_chains_past_an_open_transaction() {
     assert_eq!((report.events_checked, report.unchained), (5, 0));
 
     // The chain follows commit order: A (older transaction) before B.
-    let order: Vec<i64> = LogReader::new(&db)
-        .read_after(Checkpoint::ORIGIN, 10)
+    let order = positions(&db, 10).await;
+    assert_eq!(order[3..], [a_position, b_position]);
+}
+
+/// The positions of the first `limit` events in global order.
+async fn positions(db: &Database, limit: i64) -> Vec<i64> {
+    LogReader::new(db)
+        .read_after(Checkpoint::ORIGIN, limit)
         .await
         .unwrap()
         .iter()
         .map(|e| e.position)
-        .collect();
-    assert_eq!(order[3..], [a_position, b_position]);
+        .collect()
 }
 
 /// The hashes of every event in global order (as the audit reads them).

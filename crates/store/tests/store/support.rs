@@ -90,6 +90,16 @@ pub async fn both_backends() -> Vec<(Database, Option<SqliteTestFile>)> {
     databases
 }
 
+/// A migrated Postgres database and its pool, or `None` when PostgreSQL is not running.
+pub async fn postgres_with_pool() -> Option<(Database, sqlx::PgPool)> {
+    let db = testing::postgres_database().await?;
+    let Database::Postgres(pool) = &db else {
+        unreachable!("postgres_database opens Postgres")
+    };
+    let pool = pool.clone();
+    Some((db, pool))
+}
+
 /// Appends events `first..first + count` of counter `id` straight through the repository.
 pub async fn append(db: &Database, id: &str, first: usize, count: usize) {
     let events: Vec<SerializedEvent> = (first..first + count)
