@@ -76,24 +76,35 @@ pub struct LogStats {
     pub last_recorded_at: Option<DateTime<Utc>>,
 }
 
-/// An event row's columns with its chain link (`event_hashes`, NULL until chained): for the
-/// reads that show or check it (history, audit, verification).
-const PG_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
-    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-    recorded_at, (SELECT h.hash FROM event_hashes h \
-                  WHERE h.global_position = events.global_position) AS hash";
-const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
-    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-    recorded_at, (SELECT h.hash FROM event_hashes h \
-                  WHERE h.global_position = events.global_position) AS hash";
-/// The same without the chain link (always NULL): for the consumers' reads, which have no
-/// use for it.
-const PG_CONSUMER_COLUMNS: &str = "global_position, \
-    transaction_id::text::bigint AS transaction_id, aggregate_type, aggregate_id, sequence, \
-    event_type, event_version, payload, metadata, recorded_at, NULL::text AS hash";
-const SQLITE_CONSUMER_COLUMNS: &str = "global_position, 0 AS transaction_id, \
-    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-    recorded_at, NULL AS hash";
+/// An event row's columns: the backend's expression for its transaction id, and that of its
+/// chain link.
+macro_rules! event_columns {
+    ($transaction_id:literal, $hash:expr) => {
+        concat!(
+            "global_position, ",
+            $transaction_id,
+            " AS transaction_id, aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata, recorded_at, ",
+            $hash,
+            " AS hash"
+        )
+    };
+}
+
+/// The chain link of the row's event (`event_hashes`, NULL until chained): one index probe per
+/// row returned.
+macro_rules! chain_link {
+    () => {
+        "(SELECT h.hash FROM event_hashes h WHERE h.global_position = events.global_position)"
+    };
+}
+
+/// With the chain link: for the reads that show or check it (history, audit, verification).
+const PG_COLUMNS: &str = event_columns!("transaction_id::text::bigint", chain_link!());
+const SQLITE_COLUMNS: &str = event_columns!("0", chain_link!());
+/// Without it (always NULL): for the consumers' reads, which have no use for it.
+const PG_CONSUMER_COLUMNS: &str = event_columns!("transaction_id::text::bigint", "NULL::text");
+const SQLITE_CONSUMER_COLUMNS: &str = event_columns!("0", "NULL");
 
 /// Reads the log of a [`Database`].
 #[derive(Clone, Debug)]
@@ -131,7 +142,7 @@ impl LogReader {
                     .as_deref()
                     .map(crate::bystanders::running)
                     .unwrap_or_default();
-                pg_read_after(pool, after, limit, Some(&bystanders)).await
+                pg_read_after(pool, PG_CONSUMER_COLUMNS, after, limit, Some(&bystanders)).await
             }
             Database::Sqlite(pool) => {
                 sqlite_read_after(pool, SQLITE_CONSUMER_COLUMNS, after, limit).await
@@ -447,7 +458,9 @@ impl StoreTx {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
             // A transaction does not know its pool's server: it looks past no bystander.
-            Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, Some(&[])).await,
+            Self::Postgres(tx) => {
+                pg_read_after(&mut **tx, PG_CONSUMER_COLUMNS, after, limit, Some(&[])).await
+            }
             Self::Sqlite(tx) => {
                 sqlite_read_after(&mut **tx, SQLITE_CONSUMER_COLUMNS, after, limit).await
             }
@@ -463,18 +476,20 @@ impl StoreTx {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
-            Self::Postgres(tx) => pg_read_after(&mut **tx, after, limit, None).await,
+            Self::Postgres(tx) => pg_read_after(&mut **tx, PG_COLUMNS, after, limit, None).await,
             Self::Sqlite(tx) => sqlite_read_after(&mut **tx, SQLITE_COLUMNS, after, limit).await,
         }
     }
 }
 
-/// Reads events after `after` in global order. With `settled` only those no running
-/// transaction can still precede: older than every running transaction (`pg_snapshot_xmin`),
-/// except the given ones, which insert no event (see `crate::bystanders`); with `None` every
-/// visible event (walking the whole log, as verification does).
+/// Reads events after `after` in global order, selecting `columns` (with or without the chain
+/// link). With `settled` only those no running transaction can still precede: older than every
+/// running transaction (`pg_snapshot_xmin`), except the given ones, which insert no event (see
+/// `crate::bystanders`); with `None` every visible event (walking the whole log, as
+/// verification does).
 async fn pg_read_after<'e>(
     executor: impl PgExecutor<'e>,
+    columns: &str,
     after: Checkpoint,
     limit: i64,
     settled: Option<&[i64]>,
@@ -490,11 +505,6 @@ async fn pg_read_after<'e>(
     };
     // `events.` in ORDER BY: unqualified, `transaction_id` would name the bigint output column
     // and the sort could not use the (transaction_id, global_position) index.
-    // Consumers (settled reads) do not need the chain link; verification does.
-    let columns = match settled {
-        None => PG_COLUMNS,
-        Some(_) => PG_CONSUMER_COLUMNS,
-    };
     let sql = format!(
         "SELECT {columns} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) {horizon} \
