@@ -49,22 +49,12 @@ pub(crate) fn execution_status() -> ObjectBuilder {
 
 /// A task status a client may set (not `running` nor `deleted`, which only the service sets).
 pub(crate) fn settable_task_status() -> ObjectBuilder {
-    one_of(
-        TaskStatus::ALL
-            .iter()
-            .filter(|status| status.is_settable())
-            .map(TaskStatus::as_str),
-    )
+    one_of(TaskStatus::settable().map(|status| status.as_str()))
 }
 
 /// A project status a client may set.
 pub(crate) fn settable_project_status() -> ObjectBuilder {
-    one_of(
-        ProjectStatus::ALL
-            .iter()
-            .filter(|status| status.is_settable())
-            .map(ProjectStatus::as_str),
-    )
+    one_of(ProjectStatus::settable().map(|status| status.as_str()))
 }
 
 /// `{detail: string}`: every 4xx but 422, and 503.

@@ -34,6 +34,14 @@ impl ProjectStatus {
     pub fn is_settable(self) -> bool {
         self != ProjectStatus::Deleted
     }
+
+    /// The statuses an owner may set, in declaration order.
+    pub fn settable() -> impl Iterator<Item = ProjectStatus> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|status| status.is_settable())
+    }
 }
 
 /// The fields a `PUT /projects/{id}` may change.

@@ -48,6 +48,14 @@ impl TaskStatus {
     pub fn is_settable(self) -> bool {
         !matches!(self, TaskStatus::Running | TaskStatus::Deleted)
     }
+
+    /// The statuses an owner may set, in declaration order.
+    pub fn settable() -> impl Iterator<Item = TaskStatus> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|status| status.is_settable())
+    }
 }
 
 /// The fields a `PUT /tasks/{id}` may change; `None` leaves a field as it is.

@@ -266,10 +266,8 @@ fn settable_status(raw: &str) -> Result<ProjectStatus, String> {
         .ok()
         .filter(|status| status.is_settable())
         .ok_or_else(|| {
-            let settable: Vec<&str> = ProjectStatus::ALL
-                .iter()
-                .filter(|status| status.is_settable())
-                .map(ProjectStatus::as_str)
+            let settable: Vec<&str> = ProjectStatus::settable()
+                .map(|status| status.as_str())
                 .collect();
             format!("status must be one of: {}", settable.join(", "))
         })
