@@ -5,13 +5,19 @@
 //! cargo run --release -p sparc-bench --bin http -- --api http://127.0.0.1:8080 --connections 64
 //! ```
 //!
-//! 1. **create**: `--connections` clients, each on its own connection, loop on
-//!    `POST /api/v1/tasks` (a fresh user; a weekday cron in Europe/Paris, a params object):
-//!    requests/s, p50/p99 of the 201s.
-//! 2. **seed**: a second user gets `--tasks` tasks through the same endpoint.
-//! 3. **list at a fixed rate**: `GET /api/v1/tasks?limit=20` as that user at `--rate` requests/s,
-//!    open loop (latency from each request's scheduled start).
-//! 4. **list at saturation**: the same request, `--connections` clients back to back.
+//! 1. **create at a fixed rate** (with `--create-rate`): `POST /api/v1/tasks` (a fresh user; a
+//!    weekday cron in Europe/Paris, a params object) at that many requests/s over at most
+//!    `--connections` connections, open loop (latency from each request's scheduled start):
+//!    p50/p99 of the 201s at a load the service is asked to carry.
+//! 2. **create at saturation**: `--connections` clients, each on its own connection, loop on
+//!    the same request: the most requests/s, and p50/p99 of the 201s. With every client always
+//!    waiting, the mean latency is `connections / (requests/s)` (Little's law): at 64
+//!    connections it is above 20 ms for any rate below 3,200/s, so this phase shows throughput
+//!    and the fixed-rate one latency.
+//! 3. **seed**: a second user gets `--tasks` tasks through the same endpoint.
+//! 4. **list at a fixed rate**: `GET /api/v1/tasks?limit=20` as that user at `--rate` requests/s,
+//!    open loop.
+//! 5. **list at saturation**: the same request, `--connections` clients back to back.
 //!
 //! The service must allow the load: start it with high rate limits
 //! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`), as `bench/commands.sh`
@@ -42,6 +48,9 @@ struct Args {
     /// Tasks the list user owns.
     #[arg(long, default_value_t = 10_000)]
     tasks: u64,
+    /// Requests per second of a fixed-rate create phase before the saturation one (none if 0).
+    #[arg(long, default_value_t = 0)]
+    create_rate: u32,
     /// Requests per second of the fixed-rate list phase.
     #[arg(long, default_value_t = 1_000)]
     rate: u32,
@@ -138,15 +147,33 @@ async fn main() -> anyhow::Result<()> {
     let run = chrono::Utc::now().format("%H%M%S%3f");
     let connections = u32::try_from(args.connections).context("too many connections")?;
 
-    // 1. create
     let creator = Arc::new(Target {
         token: register_and_login(&http, &args.api, &format!("http-create-{run}")).await?,
         client: http.clone(),
         api: args.api.clone(),
     });
+
+    // 1. create at a fixed rate
+    if args.create_rate > 0 {
+        let target = creator.clone();
+        let report = run_at_rate(
+            &format!("http create-task rate={}", args.create_rate),
+            args.create_rate,
+            args.connections,
+            window,
+            move |n| {
+                let target = target.clone();
+                async move { target.create_task(n).await }
+            },
+        )
+        .await?;
+        print(&report, args.json)?;
+    }
+
+    // 2. create at saturation
     let target = creator.clone();
     let report = run_writers(
-        "http create-task",
+        "http create-task saturation",
         args.connections,
         connections,
         window,
@@ -158,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     print(&report, args.json)?;
 
-    // 2. seed
+    // 3. seed
     let lister = Arc::new(Target {
         token: register_and_login(&http, &args.api, &format!("http-list-{run}")).await?,
         client: http.clone(),
@@ -201,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    // 3. list at a fixed rate
+    // 4. list at a fixed rate
     let target = lister.clone();
     let report = run_at_rate(
         &format!("http list-tasks rate={}", args.rate),
@@ -216,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     print(&report, args.json)?;
 
-    // 4. list at saturation
+    // 5. list at saturation
     let target = lister.clone();
     let report = run_writers(
         "http list-tasks saturation",
