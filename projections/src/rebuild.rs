@@ -79,7 +79,8 @@ pub async fn rebuild_all(
         elapsed: Duration::ZERO,
     };
     let mut at = Checkpoint::ORIGIN;
-    let reader = LogReader::new(db);
+    // Shadows are read models, folded from payloads alone.
+    let reader = LogReader::new(db).without_metadata();
     loop {
         // Never past the slowest live projection, so no shadow gets ahead of its live table.
         let mut live_at = None;

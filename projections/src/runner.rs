@@ -31,21 +31,13 @@ use tokio::task::JoinHandle;
 
 use crate::outbox::Outgoing;
 
-/// How long a loop waits after a poke, or after a batch that did not fill up, before reading
-/// the log: under load the writes of that moment share one transaction per projection instead
-/// of one each, at the price of this much latency. After a poke, the read models' loop waits
-/// only while it is busy ([`BUSY_FROM`] events in its last batch, less than [`QUIET_AFTER`]
-/// ago): at a trickle of writes waiting would batch nothing and only delay every reader and
-/// the WebSocket. After a batch of its own it waits if that batch was that big (the writers
-/// it answered write again); policy loops always wait.
-const LINGER: Duration = Duration::from_millis(2);
-
-/// How long without a batch counts as quiet: a write then is not one of a stream.
-const QUIET_AFTER: Duration = Duration::from_millis(10);
-
-/// A batch of the read models with at least this many events means writes arrive faster than
-/// a batch is applied, so waiting for the next ones pays.
-const BUSY_FROM: usize = 8;
+/// How long a policy loop waits after a poke, or after a batch that did not fill up, before
+/// reading the log: under load it reads the writes of that moment in one go instead of a few
+/// at a time (each read is a round trip and a pooled connection's test), and no writer waits
+/// for a policy. The read models' loop never waits: writers wait for it to read their writes,
+/// and under load its batches grow by themselves (the writes committed while one batch is
+/// applied make the next), so waiting would only lengthen every cycle (see `bench/README.md`).
+const LINGER: Duration = Duration::from_millis(20);
 
 /// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
 /// looks again.
@@ -101,6 +93,12 @@ pub trait Projection: Send + Sync {
     /// Whether `event` concerns this projection: a batch counts as a change of the projection
     /// (announced, marked in its generation, notified) only if one of its events does.
     fn concerns(&self, _event: &RecordedEvent) -> bool {
+        true
+    }
+
+    /// Whether it uses the events' metadata: a loop none of whose members does reads the log
+    /// without it (see [`LogReader::without_metadata`]) and hands them JSON null instead.
+    fn reads_metadata(&self) -> bool {
         true
     }
 
@@ -292,7 +290,7 @@ impl ProjectionRunner {
             .map(|((members, read_models), waker)| {
                 let worker = Worker {
                     db: self.db.clone(),
-                    reader: LogReader::new(&self.db),
+                    reader: reader_for(&self.db, members),
                     members: members.clone(),
                     batch_size: self.batch_size,
                     drives_read_models: *read_models,
@@ -320,7 +318,7 @@ pub async fn catch_up(
 ) -> Result<u64, ProjectionError> {
     let worker = Worker {
         db: db.clone(),
-        reader: LogReader::new(db),
+        reader: reader_for(db, std::slice::from_ref(&projection)),
         members: vec![projection],
         batch_size,
         drives_read_models: false,
@@ -333,6 +331,16 @@ pub async fn catch_up(
             None => return Ok(total),
             Some(batch) => total += batch.events.len() as u64,
         }
+    }
+}
+
+/// The log reader of a loop of `members`: without the metadata if none of them reads it.
+fn reader_for(db: &Database, members: &[Arc<dyn Projection>]) -> LogReader {
+    let reader = LogReader::new(db);
+    if members.iter().any(|member| member.reads_metadata()) {
+        reader
+    } else {
+        reader.without_metadata()
     }
 }
 
@@ -382,8 +390,7 @@ impl Worker {
             ..Cursor::default()
         };
         let mut failures = 0u32;
-        // Until when a poke counts as one of a stream of writes (see `LINGER`).
-        let mut busy_until: Option<Instant> = None;
+        let lingers = !self.drives_read_models;
         while !*shutdown.borrow() {
             match self.step(&mut cursor).await {
                 Ok(None) => {
@@ -393,15 +400,12 @@ impl Worker {
                         _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.changed() => {}
                     }
-                    let busy = busy_until.is_some_and(|until| Instant::now() < until);
-                    if !self.drives_read_models || busy {
+                    if lingers {
                         tokio::time::sleep(LINGER).await;
                     }
                 }
                 Ok(Some(batch)) => {
                     failures = 0;
-                    busy_until =
-                        (batch.events.len() >= BUSY_FROM).then(|| Instant::now() + QUIET_AFTER);
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
                     for (index, member) in self.members.iter().enumerate() {
                         if batch.changed[index] {
@@ -414,10 +418,7 @@ impl Worker {
                         // Nobody listening (no relay in this process) is fine.
                         let _ = signals.committed.send(batch.numbered.into());
                     }
-                    // The writers just answered may write again at once, and under load their
-                    // writes are worth waiting for; at a trickle that would only delay them.
-                    let busy = !self.drives_read_models || batch.events.len() >= BUSY_FROM;
-                    if busy && (batch.events.len() as i64) < self.batch_size {
+                    if lingers && (batch.events.len() as i64) < self.batch_size {
                         tokio::time::sleep(LINGER).await;
                     }
                 }

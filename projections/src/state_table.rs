@@ -89,12 +89,12 @@ impl<A: Indexed> Default for StateTable<A> {
 const ROWS_PER_STATEMENT: usize = 200;
 
 fn decode<T: DeserializeOwned>(event: &RecordedEvent) -> Result<T, ProjectionError> {
-    let payload = sparc_domain::upcasting::upcast(
+    let payload = sparc_domain::upcasting::upcast_ref(
         &event.event_type,
         &event.event_version,
-        event.payload.clone(),
+        &event.payload,
     );
-    T::deserialize(&payload).map_err(|source| ProjectionError::Payload {
+    T::deserialize(payload.as_ref()).map_err(|source| ProjectionError::Payload {
         position: event.position,
         event_type: event.event_type.clone(),
         source,
@@ -116,6 +116,11 @@ where
 
     fn concerns(&self, event: &RecordedEvent) -> bool {
         event.aggregate_type == A::TYPE
+    }
+
+    /// A state is folded from payloads alone.
+    fn reads_metadata(&self) -> bool {
+        false
     }
 
     async fn apply(

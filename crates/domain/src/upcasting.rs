@@ -6,6 +6,9 @@
 //! |---|---|---|---|
 //! | `TaskScheduled` | 1.0 | 1.1 | field `cron_expression` renamed to `schedule_cron` |
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster, SerializedEvent};
 use serde_json::Value;
 
@@ -36,6 +39,21 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             "schedule_cron",
         )),
     ))]
+}
+
+/// `payload` in its current shape without copying it when no upcaster applies (every event
+/// written by this version): for readers that only deserialize it.
+pub fn upcast_ref<'a>(event_type: &str, event_version: &str, payload: &'a Value) -> Cow<'a, Value> {
+    static UPCASTERS: OnceLock<Vec<Box<dyn EventUpcaster>>> = OnceLock::new();
+    let applies = UPCASTERS
+        .get_or_init(upcasters)
+        .iter()
+        .any(|upcaster| upcaster.can_upcast(event_type, event_version));
+    if applies {
+        Cow::Owned(upcast(event_type, event_version, payload.clone()))
+    } else {
+        Cow::Borrowed(payload)
+    }
 }
 
 /// Brings one stored payload to its current shape.
@@ -93,5 +111,19 @@ mod tests {
             upcast("TaskDeleted", "1.0", json!({"TaskDeleted": {}})),
             json!({"TaskDeleted": {}})
         );
+    }
+
+    #[test]
+    fn a_current_payload_is_borrowed_and_an_old_one_upcast_from_a_copy() {
+        let current = json!({"TaskScheduled": {"schedule_cron": "* * * * *"}});
+        assert!(matches!(
+            upcast_ref("TaskScheduled", "1.1", &current),
+            Cow::Borrowed(payload) if std::ptr::eq(payload, &current)
+        ));
+        let old = json!({"TaskScheduled": {"cron_expression": "* * * * *"}});
+        let upcast = upcast_ref("TaskScheduled", "1.0", &old);
+        assert!(matches!(upcast, Cow::Owned(_)));
+        assert_eq!(upcast.as_ref(), &current);
+        assert_eq!(old["TaskScheduled"]["cron_expression"], "* * * * *");
     }
 }

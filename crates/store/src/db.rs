@@ -28,7 +28,7 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection that sat idle in the pool longer than this is pinged before it is handed out.
-const POSTGRES_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const POSTGRES_PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The options of every sparc Postgres pool, with `size` connections.
 ///

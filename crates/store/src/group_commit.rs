@@ -8,6 +8,11 @@
 //! after that commit. Nothing waits for company: a lone append is inserted as soon as a worker
 //! is free, and appends queue only while every worker is busy.
 //!
+//! Each worker keeps a connection of its own rather than taking one from the pool per
+//! statement: sqlx tests every connection given back to a pool with a round trip, one more per
+//! statement for the database and the service. A connection idle for a while is tested before
+//! use (as the pool does), and one that failed is replaced.
+//!
 //! Optimistic concurrency is unchanged: a row whose `(aggregate_type, aggregate_id, sequence)`
 //! is taken is skipped by `ON CONFLICT DO NOTHING` and missing from `RETURNING`, and its command
 //! is told it lost the race. Two appends of the same key never share a statement (the second
@@ -15,14 +20,16 @@
 //! key order: statements that insert the same keys wait for each other in one order only.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::db::Database;
+use crate::db::{Database, POSTGRES_PING_IDLE_AFTER};
 
-/// Workers, each with at most one statement in flight (and one pooled connection during it).
+/// Workers, each with at most one statement in flight on a connection of its own.
 const WORKERS: usize = 4;
 
 /// Events one statement inserts at most.
@@ -93,7 +100,7 @@ struct Pending {
 /// append, inside the caller's runtime; they end when every clone is dropped). Clones share
 /// the queue: the repositories of one command bus, one per aggregate type, append through one
 /// group commit (rows carry their aggregate type), so concurrent commands of every type share
-/// statements and at most [`WORKERS`] pooled connections.
+/// statements and [`WORKERS`] connections (opened with the pool's options).
 #[derive(Clone)]
 pub struct GroupCommit {
     pool: PgPool,
@@ -148,8 +155,9 @@ impl GroupCommit {
         self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             let receiver = Arc::new(Mutex::new(receiver));
+            let options = self.pool.connect_options();
             for _ in 0..WORKERS {
-                tokio::spawn(work(self.pool.clone(), receiver.clone()));
+                tokio::spawn(work(options.clone(), receiver.clone()));
             }
             sender
         })
@@ -158,9 +166,13 @@ impl GroupCommit {
 
 /// One worker: waits for an append, takes whatever else is queued, inserts it all in one
 /// statement and answers each append.
-async fn work(pool: PgPool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+async fn work(options: Arc<PgConnectOptions>, queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
     // Appends whose key was already in the last batch: they go first in the next one.
     let mut held_over: Vec<Pending> = Vec::new();
+    let mut connection = WorkerConnection {
+        options,
+        open: None,
+    };
     loop {
         let mut taken = std::mem::take(&mut held_over);
         if taken.is_empty() {
@@ -189,11 +201,53 @@ async fn work(pool: PgPool, queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>)
                 batch.push(pending);
             }
         }
-        let outcomes = insert(&pool, &batch).await;
+        let outcomes = match connection.ready().await {
+            Ok(ready) => {
+                let outcomes = insert(ready, &batch).await;
+                // A failed statement may have left its connection unusable: open another.
+                if matches!(
+                    outcomes.first(),
+                    Some(Err(Failure::Connection(_) | Failure::Statement(_)))
+                ) {
+                    connection.open = None;
+                }
+                outcomes
+            }
+            Err(error) => vec![Err(Failure::Connection(error.to_string())); batch.len()],
+        };
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             // The command may have been cancelled meanwhile; its event committed all the same.
             let _ = pending.outcome.send(outcome);
         }
+    }
+}
+
+/// A worker's connection, opened on first use and after a failure, with when it was last used.
+struct WorkerConnection {
+    options: Arc<PgConnectOptions>,
+    open: Option<(PgConnection, Instant)>,
+}
+
+impl WorkerConnection {
+    /// The connection, tested first if it sat idle (one that broke meanwhile, say across a
+    /// database restart, is replaced before a statement fails on it), or newly opened.
+    async fn ready(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        if let Some((connection, last_used)) = &mut self.open
+            && last_used.elapsed() > POSTGRES_PING_IDLE_AFTER
+            && connection.ping().await.is_err()
+        {
+            self.open = None;
+        }
+        let (connection, last_used) = match self.open.take() {
+            Some(open) => open,
+            None => (
+                PgConnection::connect_with(&self.options).await?,
+                Instant::now(),
+            ),
+        };
+        let (connection, last_used) = self.open.insert((connection, last_used));
+        *last_used = Instant::now();
+        Ok(connection)
     }
 }
 
@@ -209,7 +263,7 @@ fn take_queued(queue: &mut mpsc::UnboundedReceiver<Pending>, taken: &mut Vec<Pen
 
 /// Inserts the rows of `batch` (distinct keys, in key order) in one statement; the outcome of
 /// each, in order.
-async fn insert(pool: &PgPool, batch: &[Pending]) -> Vec<Result<(), Failure>> {
+async fn insert(connection: &mut PgConnection, batch: &[Pending]) -> Vec<Result<(), Failure>> {
     let text = |field: fn(&Row) -> &str| batch.iter().map(|p| field(&p.row)).collect::<Vec<_>>();
     let sequences: Vec<i64> = batch.iter().map(|p| p.row.sequence).collect();
     let inserted: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(INSERT_BATCH)
@@ -220,7 +274,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Vec<Result<(), Failure>> {
         .bind(text(|r| r.event_version.as_str()))
         .bind(text(|r| r.payload.as_str()))
         .bind(text(|r| r.metadata.as_str()))
-        .fetch_all(pool)
+        .fetch_all(connection)
         .await;
     match inserted {
         Ok(mut inserted) => {
@@ -245,9 +299,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Vec<Result<(), Failure>> {
         }
         Err(error) => {
             let failure = match &error {
-                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
-                    Failure::Connection(error.to_string())
-                }
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Failure::Connection(error.to_string()),
                 _ => Failure::Statement(error.to_string()),
             };
             vec![Err(failure); batch.len()]

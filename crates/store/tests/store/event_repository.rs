@@ -13,7 +13,8 @@ use sparc_store::{Backend, Database, EventMetadata, EventRepository, LogReader, 
 use tokio::sync::Barrier;
 
 use crate::support::{
-    Counter, CounterCommand, Lockstep, append, both_backends, execute, wait_until_readable,
+    Counter, CounterCommand, Lockstep, append, both_backends, execute, postgres_with_pool,
+    wait_until_readable,
 };
 
 #[tokio::test]
@@ -122,6 +123,52 @@ async fn concurrent_single_event_appends_all_land_and_exactly_one_racer_per_sequ
                 serde_json::json!({ "actor": format!("racer-{winner}") })
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn single_event_appends_go_on_after_the_database_dropped_every_connection() {
+    let Some((db, pool)) = postgres_with_pool().await else {
+        return;
+    };
+    let repo = EventRepository::new(&db);
+    let event = |stream: &str| {
+        SerializedEvent::new(
+            stream.to_string(),
+            1,
+            Counter::TYPE.to_string(),
+            "Added".to_string(),
+            "1.0".to_string(),
+            serde_json::json!({ "Added": { "amount": 1 } }),
+            serde_json::json!({ "actor": "test" }),
+        )
+    };
+    // One after the other, so that each worker (they take turns) opens its connection.
+    for n in 0..8 {
+        repo.persist::<Counter>(&[event(&format!("before-{n}"))], None)
+            .await
+            .expect("an append before");
+    }
+
+    // As a database restart or an administrator would: every other session of this database
+    // ends, the group commit's own connections among them.
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty(), "the group commit holds connections");
+    // Idle for longer than a connection is trusted without a test.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    for n in 0..8 {
+        let stream = format!("after-{n}");
+        repo.persist::<Counter>(&[event(&stream)], None)
+            .await
+            .expect("an append after the connections were dropped");
+        assert_eq!(repo.get_events::<Counter>(&stream).await.unwrap().len(), 1);
     }
 }
 

@@ -7,4 +7,5 @@ mod command_bus;
 mod event_repository;
 mod hash_chain;
 mod log_order;
+mod log_reader;
 mod support;
