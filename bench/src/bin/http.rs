@@ -139,13 +139,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
-    let window = Window {
-        warmup: Duration::from_secs(args.warmup),
-        measured: Duration::from_secs(args.seconds),
-    };
     let http = client(args.connections)?;
     let run = chrono::Utc::now().format("%H%M%S%3f");
-    let connections = u32::try_from(args.connections).context("too many connections")?;
 
     let creator = Arc::new(Target {
         token: register_and_login(&http, &args.api, &format!("http-create-{run}")).await?,
@@ -155,35 +150,14 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. create at a fixed rate
     if args.create_rate > 0 {
-        let target = creator.clone();
-        let report = run_at_rate(
-            &format!("http create-task rate={}", args.create_rate),
-            args.create_rate,
-            args.connections,
-            window,
-            move |n| {
-                let target = target.clone();
-                async move { target.create_task(n).await }
-            },
-        )
-        .await?;
-        print(&report, args.json)?;
+        let name = format!("http create-task rate={}", args.create_rate);
+        let create = |target: Arc<Target>, n| async move { target.create_task(n).await };
+        phase(&name, &args, Some(args.create_rate), &creator, create).await?;
     }
 
     // 2. create at saturation
-    let target = creator.clone();
-    let report = run_writers(
-        "http create-task saturation",
-        args.connections,
-        connections,
-        window,
-        move |_, n| {
-            let target = target.clone();
-            async move { target.create_task(n).await }
-        },
-    )
-    .await?;
-    print(&report, args.json)?;
+    let create = |target: Arc<Target>, n| async move { target.create_task(n).await };
+    phase("http create-task saturation", &args, None, &creator, create).await?;
 
     // 3. seed
     let lister = Arc::new(Target {
@@ -229,32 +203,43 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 4. list at a fixed rate
-    let target = lister.clone();
-    let report = run_at_rate(
-        &format!("http list-tasks rate={}", args.rate),
-        args.rate,
-        args.connections,
-        window,
-        move |_| {
-            let target = target.clone();
-            async move { target.list_tasks().await }
-        },
-    )
-    .await?;
-    print(&report, args.json)?;
+    let name = format!("http list-tasks rate={}", args.rate);
+    let list = |target: Arc<Target>, _| async move { target.list_tasks().await };
+    phase(&name, &args, Some(args.rate), &lister, list).await?;
 
     // 5. list at saturation
-    let target = lister.clone();
-    let report = run_writers(
-        "http list-tasks saturation",
-        args.connections,
-        connections,
-        window,
-        move |_, _| {
-            let target = target.clone();
-            async move { target.list_tasks().await }
-        },
-    )
-    .await?;
+    phase("http list-tasks saturation", &args, None, &lister, list).await
+}
+
+/// Runs one phase and prints its report: `call` on `target` at `rate` requests/s (open loop,
+/// at most `--connections` in flight) or, without a rate, by `--connections` clients back to
+/// back.
+async fn phase<F, Fut>(
+    name: &str,
+    args: &Args,
+    rate: Option<u32>,
+    target: &Arc<Target>,
+    call: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Target>, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let window = Window {
+        warmup: Duration::from_secs(args.warmup),
+        measured: Duration::from_secs(args.seconds),
+    };
+    let target = target.clone();
+    let report = match rate {
+        Some(rate) => {
+            let op = move |n| call(target.clone(), n);
+            run_at_rate(name, rate, args.connections, window, op).await?
+        }
+        None => {
+            let clients = u32::try_from(args.connections).context("too many connections")?;
+            let op = move |_, n| call(target.clone(), n);
+            run_writers(name, args.connections, clients, window, op).await?
+        }
+    };
     print(&report, args.json)
 }
