@@ -15,6 +15,7 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sparc_store::{Database, RecordedEvent, StoreTx};
 
@@ -101,6 +102,33 @@ fn decode<T: DeserializeOwned>(event: &RecordedEvent) -> Result<T, ProjectionErr
     })
 }
 
+/// A stream's state as a batch leaves it.
+struct Folded<A> {
+    state: A,
+    /// The version of the last event folded in.
+    version: i64,
+    /// The version the row had when read (0: no row yet); the row is written if it moved.
+    read_at: i64,
+    /// The state's JSON, when it was serialized for a change after the last event folded in:
+    /// the row's body, not serialized a second time.
+    body: Option<String>,
+}
+
+impl<A> Folded<A> {
+    fn new(state: A, version: i64) -> Self {
+        Self {
+            state,
+            version,
+            read_at: version,
+            body: None,
+        }
+    }
+}
+
+fn serialize<A: Serialize>(state: &A) -> Result<String, sqlx::Error> {
+    serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
 fn parse_body<A: DeserializeOwned>(body: &str) -> Result<A, sqlx::Error> {
     serde_json::from_str(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
@@ -143,7 +171,7 @@ where
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut states: HashMap<String, (A, i64, bool)> = HashMap::with_capacity(ids.len());
+        let mut states: HashMap<String, Folded<A>> = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let rows: Vec<(String, i64, String)> = match tx {
                 StoreTx::Postgres(tx) => {
@@ -172,27 +200,31 @@ where
                 }
             };
             for (id, version, body) in rows {
-                states.insert(id, (parse_body(&body)?, version, false));
+                let state = parse_body(&body)?;
+                states.insert(id, Folded::new(state, version));
             }
         }
         for event in mine {
             let entry = states
                 .entry(event.aggregate_id.clone())
-                .or_insert_with(|| (A::default(), 0, false));
-            if event.sequence <= entry.1 {
+                .or_insert_with(|| Folded::new(A::default(), 0));
+            if event.sequence <= entry.version {
                 continue;
             }
-            entry.0.apply(decode::<A::Event>(event)?);
-            entry.1 = event.sequence;
-            entry.2 = true;
+            entry.state.apply(decode::<A::Event>(event)?);
+            entry.version = event.sequence;
+            entry.body = None;
             if self.publish {
-                let state = serde_json::to_string(&entry.0)
-                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                let audience = entry.0.audience().map(|user| user.to_string());
-                outgoing.push(A::TABLE, event, audience, state);
+                let body = serialize(&entry.state)?;
+                let audience = entry.state.audience().map(|user| user.to_string());
+                outgoing.push(A::TABLE, event, audience, body.clone());
+                entry.body = Some(body);
             }
         }
-        let changed: Vec<(&String, &(A, i64, bool))> = states.iter().filter(|(_, s)| s.2).collect();
+        let changed: Vec<(&String, &Folded<A>)> = states
+            .iter()
+            .filter(|(_, s)| s.version > s.read_at)
+            .collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
             self.upsert(tx, chunk).await?;
         }
@@ -206,17 +238,19 @@ impl<A: Indexed> StateTable<A> {
     async fn upsert(
         &self,
         tx: &mut StoreTx,
-        rows: &[(&String, &(A, i64, bool))],
+        rows: &[(&String, &Folded<A>)],
     ) -> Result<(), ProjectionError> {
         let mut values: Vec<Vec<SqlValue>> = Vec::with_capacity(rows.len());
-        for (id, (state, version, _)) in rows {
-            let body =
-                serde_json::to_string(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        for (id, folded) in rows {
+            let body = match &folded.body {
+                Some(body) => body.clone(),
+                None => serialize(&folded.state)?,
+            };
             let mut row = Vec::with_capacity(3 + A::COLUMNS.len());
             row.push(SqlValue::Text(Some((*id).clone())));
-            row.push(SqlValue::Int(Some(*version)));
+            row.push(SqlValue::Int(Some(folded.version)));
             row.push(SqlValue::Text(Some(body)));
-            row.extend(state.columns());
+            row.extend(folded.state.columns());
             values.push(row);
         }
         let mut columns = vec!["id", "version", "body"];
