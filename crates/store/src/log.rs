@@ -46,7 +46,8 @@ pub struct RecordedEvent {
     pub event_version: String,
     /// The serialized event as stored (not upcast).
     pub payload: serde_json::Value,
-    /// The event's metadata (a string-to-string object, see [`crate::EventMetadata`]).
+    /// The event's metadata (a string-to-string object, see [`crate::EventMetadata`]); JSON
+    /// null from a reader that leaves it out ([`LogReader::without_metadata`]).
     pub metadata: serde_json::Value,
     /// When the event was stored.
     pub recorded_at: DateTime<Utc>,
