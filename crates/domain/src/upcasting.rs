@@ -41,12 +41,16 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     ))]
 }
 
+/// [`upcasters`], built once for the readers here.
+fn registered() -> &'static [Box<dyn EventUpcaster>] {
+    static UPCASTERS: OnceLock<Vec<Box<dyn EventUpcaster>>> = OnceLock::new();
+    UPCASTERS.get_or_init(upcasters)
+}
+
 /// `payload` in its current shape without copying it when no upcaster applies (every event
 /// written by this version): for readers that only deserialize it.
 pub fn upcast_ref<'a>(event_type: &str, event_version: &str, payload: &'a Value) -> Cow<'a, Value> {
-    static UPCASTERS: OnceLock<Vec<Box<dyn EventUpcaster>>> = OnceLock::new();
-    let applies = UPCASTERS
-        .get_or_init(upcasters)
+    let applies = registered()
         .iter()
         .any(|upcaster| upcaster.can_upcast(event_type, event_version));
     if applies {
@@ -67,7 +71,7 @@ pub fn upcast(event_type: &str, event_version: &str, payload: Value) -> Value {
         payload,
         metadata: Value::Null,
     };
-    for upcaster in upcasters() {
+    for upcaster in registered() {
         if upcaster.can_upcast(&event.event_type, &event.event_version) {
             event = upcaster.upcast(event);
         }

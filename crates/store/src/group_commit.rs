@@ -176,6 +176,7 @@ async fn work(options: Arc<PgConnectOptions>, queue: Arc<Mutex<mpsc::UnboundedRe
     let mut connection = WorkerConnection {
         options,
         open: None,
+        last_used: Instant::now(),
     };
     loop {
         let mut taken = std::mem::take(&mut held_over);
@@ -226,32 +227,30 @@ async fn work(options: Arc<PgConnectOptions>, queue: Arc<Mutex<mpsc::UnboundedRe
     }
 }
 
-/// A worker's connection, opened on first use and after a failure, with when it was last used.
+/// A worker's connection, opened on first use and after a failure, and when it was last used.
 struct WorkerConnection {
     options: Arc<PgConnectOptions>,
-    open: Option<(PgConnection, Instant)>,
+    open: Option<PgConnection>,
+    last_used: Instant,
 }
 
 impl WorkerConnection {
     /// The connection, tested first if it sat idle (one that broke meanwhile, say across a
     /// database restart, is replaced before a statement fails on it), or newly opened.
     async fn ready(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        if let Some((connection, last_used)) = &mut self.open
-            && last_used.elapsed() > POSTGRES_PING_IDLE_AFTER
+        let mut open = self.open.take();
+        if let Some(connection) = &mut open
+            && self.last_used.elapsed() > POSTGRES_PING_IDLE_AFTER
             && connection.ping().await.is_err()
         {
-            self.open = None;
+            open = None;
         }
-        let (connection, last_used) = match self.open.take() {
-            Some(open) => open,
-            None => (
-                PgConnection::connect_with(&self.options).await?,
-                Instant::now(),
-            ),
+        let connection = match open {
+            Some(connection) => connection,
+            None => PgConnection::connect_with(&self.options).await?,
         };
-        let (connection, last_used) = self.open.insert((connection, last_used));
-        *last_used = Instant::now();
-        Ok(connection)
+        self.last_used = Instant::now();
+        Ok(self.open.insert(connection))
     }
 }
 

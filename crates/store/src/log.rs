@@ -105,14 +105,40 @@ macro_rules! chain_link {
 /// With the chain link: for the reads that show or check it (history, audit, verification).
 const PG_COLUMNS: &str = event_columns!("transaction_id::text::bigint", "metadata", chain_link!());
 const SQLITE_COLUMNS: &str = event_columns!("0", "metadata", chain_link!());
-/// Without it (always NULL): for the consumers' reads, which have no use for it.
-const PG_CONSUMER_COLUMNS: &str =
-    event_columns!("transaction_id::text::bigint", "metadata", "NULL::text");
-const SQLITE_CONSUMER_COLUMNS: &str = event_columns!("0", "metadata", "NULL");
-/// Neither the link nor the metadata (JSON null): for consumers of payloads only.
-const PG_PAYLOAD_COLUMNS: &str =
-    event_columns!("transaction_id::text::bigint", "'null'::json", "NULL::text");
-const SQLITE_PAYLOAD_COLUMNS: &str = event_columns!("0", "'null'", "NULL");
+
+/// Which of an event row's columns a read selects; the others come back NULL (JSON null for
+/// the metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Columns {
+    /// Everything, the chain link too: for the reads that show or check it.
+    Chained,
+    /// Everything but the chain link: for consumers, which have no use for it.
+    Consumed,
+    /// Neither the link nor the metadata: for consumers of payloads only.
+    Payloads,
+}
+
+impl Columns {
+    fn postgres(self) -> &'static str {
+        match self {
+            Self::Chained => PG_COLUMNS,
+            Self::Consumed => {
+                event_columns!("transaction_id::text::bigint", "metadata", "NULL::text")
+            }
+            Self::Payloads => {
+                event_columns!("transaction_id::text::bigint", "'null'::json", "NULL::text")
+            }
+        }
+    }
+
+    fn sqlite(self) -> &'static str {
+        match self {
+            Self::Chained => SQLITE_COLUMNS,
+            Self::Consumed => event_columns!("0", "metadata", "NULL"),
+            Self::Payloads => event_columns!("0", "'null'", "NULL"),
+        }
+    }
+}
 
 /// Reads the log of a [`Database`].
 #[derive(Clone, Debug)]
@@ -120,8 +146,8 @@ pub struct LogReader {
     db: Database,
     /// On Postgres, the server its pool names, whose bystanders it looks past.
     server: Option<Arc<str>>,
-    /// Whether [`read_after`](Self::read_after) reads the events' metadata.
-    metadata: bool,
+    /// What [`read_after`](Self::read_after) selects.
+    columns: Columns,
 }
 
 impl LogReader {
@@ -134,7 +160,7 @@ impl LogReader {
         Self {
             db: db.clone(),
             server,
-            metadata: true,
+            columns: Columns::Consumed,
         }
     }
 
@@ -143,7 +169,7 @@ impl LogReader {
     /// metadata is over a third of the work of reading an event.
     pub fn without_metadata(self) -> Self {
         Self {
-            metadata: false,
+            columns: Columns::Payloads,
             ..self
         }
     }
@@ -163,21 +189,9 @@ impl LogReader {
                     .as_deref()
                     .map(crate::bystanders::running)
                     .unwrap_or_default();
-                let columns = if self.metadata {
-                    PG_CONSUMER_COLUMNS
-                } else {
-                    PG_PAYLOAD_COLUMNS
-                };
-                pg_read_after(pool, columns, after, limit, Some(&bystanders)).await
+                pg_read_after(pool, self.columns, after, limit, Some(&bystanders)).await
             }
-            Database::Sqlite(pool) => {
-                let columns = if self.metadata {
-                    SQLITE_CONSUMER_COLUMNS
-                } else {
-                    SQLITE_PAYLOAD_COLUMNS
-                };
-                sqlite_read_after(pool, columns, after, limit).await
-            }
+            Database::Sqlite(pool) => sqlite_read_after(pool, self.columns, after, limit).await,
         }
     }
 
@@ -490,11 +504,9 @@ impl StoreTx {
         match self {
             // A transaction does not know its pool's server: it looks past no bystander.
             Self::Postgres(tx) => {
-                pg_read_after(&mut **tx, PG_CONSUMER_COLUMNS, after, limit, Some(&[])).await
+                pg_read_after(&mut **tx, Columns::Consumed, after, limit, Some(&[])).await
             }
-            Self::Sqlite(tx) => {
-                sqlite_read_after(&mut **tx, SQLITE_CONSUMER_COLUMNS, after, limit).await
-            }
+            Self::Sqlite(tx) => sqlite_read_after(&mut **tx, Columns::Consumed, after, limit).await,
         }
     }
 
@@ -507,20 +519,21 @@ impl StoreTx {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
-            Self::Postgres(tx) => pg_read_after(&mut **tx, PG_COLUMNS, after, limit, None).await,
-            Self::Sqlite(tx) => sqlite_read_after(&mut **tx, SQLITE_COLUMNS, after, limit).await,
+            Self::Postgres(tx) => {
+                pg_read_after(&mut **tx, Columns::Chained, after, limit, None).await
+            }
+            Self::Sqlite(tx) => sqlite_read_after(&mut **tx, Columns::Chained, after, limit).await,
         }
     }
 }
 
-/// Reads events after `after` in global order, selecting `columns` (with or without the chain
-/// link). With `settled` only those no running transaction can still precede: older than every
+/// Reads events after `after` in global order, selecting `columns`. With `settled` only those no running transaction can still precede: older than every
 /// running transaction (`pg_snapshot_xmin`), except the given ones, which insert no event (see
 /// `crate::bystanders`); with `None` every visible event (walking the whole log, as
 /// verification does).
 async fn pg_read_after<'e>(
     executor: impl PgExecutor<'e>,
-    columns: &str,
+    columns: Columns,
     after: Checkpoint,
     limit: i64,
     settled: Option<&[i64]>,
@@ -537,9 +550,10 @@ async fn pg_read_after<'e>(
     // `events.` in ORDER BY: unqualified, `transaction_id` would name the bigint output column
     // and the sort could not use the (transaction_id, global_position) index.
     let sql = format!(
-        "SELECT {columns} FROM events \
+        "SELECT {} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) {horizon} \
-         ORDER BY events.transaction_id, events.global_position LIMIT $3"
+         ORDER BY events.transaction_id, events.global_position LIMIT $3",
+        columns.postgres()
     );
     let query = sqlx::query(&sql)
         .bind(after.transaction_id)
@@ -553,17 +567,17 @@ async fn pg_read_after<'e>(
     rows.iter().map(pg_event).collect()
 }
 
-/// Reads events after `after` by position, selecting `columns` (with or without the chain
-/// link).
+/// Reads events after `after` by position, selecting `columns`.
 async fn sqlite_read_after<'e>(
     executor: impl SqliteExecutor<'e>,
-    columns: &str,
+    columns: Columns,
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {columns} FROM events WHERE global_position > ? \
-         ORDER BY global_position LIMIT ?"
+        "SELECT {} FROM events WHERE global_position > ? \
+         ORDER BY global_position LIMIT ?",
+        columns.sqlite()
     ))
     .bind(after.position)
     .bind(limit)

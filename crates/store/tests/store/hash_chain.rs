@@ -2,7 +2,7 @@
 
 use sparc_store::chain::{CHAIN_CHECKPOINT, GENESIS_HASH, chain_hash};
 use sparc_store::testing::{self, SqliteTestFile};
-use sparc_store::{AuditFilter, Chainer, Checkpoint, Database, LogReader, verify};
+use sparc_store::{AuditFilter, Chainer, Checkpoint, Database, LogReader, VerifyReport, verify};
 use sqlx::migrate::Migrator;
 
 use crate::support::{
@@ -50,14 +50,7 @@ async fn verify_finds_an_edited_payload_and_a_deleted_event(db: &Database) {
     .await;
     assert_eq!(changed, 1);
 
-    let report = verify(db).await.unwrap();
-    assert!(!report.ok);
-    assert_eq!(
-        report.bad_positions,
-        vec![edited, after_deleted],
-        "{}: {report:?}",
-        db.backend()
-    );
+    let report = verify_flags(db, vec![edited, after_deleted]).await;
     assert_eq!(report.first_bad_position, Some(edited));
     assert_eq!((report.events_checked, report.unchained), (21, 2));
 }
@@ -105,14 +98,7 @@ async fn verify_finds_an_overwritten_link_in(db: &Database) {
     )
     .await;
     assert_eq!(changed, 1);
-    let report = verify(db).await.unwrap();
-    assert!(!report.ok);
-    assert_eq!(
-        report.bad_positions,
-        vec![positions[2], positions[3]],
-        "{}: {report:?}",
-        db.backend()
-    );
+    verify_flags(db, vec![positions[2], positions[3]]).await;
 }
 
 /// Chaining writes beside the log: every event row keeps the version its insert wrote (an
@@ -180,6 +166,15 @@ async fn chainer_never_chains_past_an_open_transaction() {
     // The chain follows commit order: A (older transaction) before B.
     let order = positions(&db, 10).await;
     assert_eq!(order[3..], [a_position, b_position]);
+}
+
+/// Verifies the chain of `db`, asserts that it fails at exactly the positions `bad`, and
+/// returns the report.
+async fn verify_flags(db: &Database, bad: Vec<i64>) -> VerifyReport {
+    let report = verify(db).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.bad_positions, bad, "{}: {report:?}", db.backend());
+    report
 }
 
 /// The positions of the first `limit` events in global order.
