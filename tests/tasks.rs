@@ -214,6 +214,56 @@ both_backends!(
 );
 
 both_backends!(
+    a_burst_of_creates_is_in_full_in_the_very_next_reads_of_its_author_and_of_an_auditor,
+    |app: TestApp| async move {
+        // Creates answer once committed; the next reads wait for the read models.
+        let alice = app.user("alice").await;
+        let auditor = app.user_with_role("audrey", Role::Auditor).await;
+        let project = app
+            .post("/api/v1/projects", &alice.token, json!({"name": "burst"}))
+            .await;
+        assert_eq!(project.status, StatusCode::CREATED, "{}", project.body);
+        let project_id = id_of(&project.body);
+        let in_project = create_task(
+            &app,
+            &alice,
+            json!({"skill_name": "in-project", "schedule_cron": "0 9 * * *",
+                   "project_id": project_id}),
+        )
+        .await;
+        let skills: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+        let burst =
+            futures::future::join_all(skills.iter().map(|skill| simple_task(&app, &alice, skill)))
+                .await;
+
+        let listed = app.get("/api/v1/tasks?limit=100", &alice.token).await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        assert_eq!(listed.body["total"], 21, "{}", listed.body);
+        let mut expected: Vec<String> = burst.iter().map(id_of).collect();
+        expected.push(id_of(&in_project));
+        assert_eq!(sorted(ids(&listed.body, "tasks")), sorted(expected));
+        let detail = app
+            .get(&format!("/api/v1/projects/{project_id}"), &alice.token)
+            .await;
+        assert_eq!(detail.status, StatusCode::OK, "{}", detail.body);
+        assert_eq!(ids(&detail.body, "tasks"), vec![id_of(&in_project)]);
+        let last = burst.last().expect("twenty tasks");
+        let read = app
+            .get(&format!("/api/v1/tasks/{}", id_of(last)), &alice.token)
+            .await;
+        assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+        assert_eq!(read.body["skill_name"], "burst-19");
+
+        let late = simple_task(&app, &alice, "late").await;
+        let audited = app
+            .get(&format!("/api/v1/tasks/{}", id_of(&late)), &auditor.token)
+            .await;
+        assert_eq!(audited.status, StatusCode::OK, "{}", audited.body);
+        assert_eq!(audited.body["skill_name"], "late");
+    }
+);
+
+both_backends!(
     the_contract_s_invalid_cron_expressions_are_422_at_schedule_cron,
     |app: TestApp| async move {
         let alice = app.user("alice").await;

@@ -321,6 +321,13 @@ pub async fn get<A: Indexed>(db: &Database, id: &str) -> Result<Option<Row<A>>, 
     .transpose()
 }
 
+/// The version of row `id` of the read model `table` (a read model's own table name, never
+/// user text), if the row exists.
+pub async fn version_of(db: &Database, table: &str, id: &str) -> Result<Option<i64>, sqlx::Error> {
+    let sql = format!("SELECT version FROM {table} WHERE id = $1");
+    Ok(on_db!(db, pool => sqlx::query_scalar(&sql).bind(id).fetch_optional(pool).await?))
+}
+
 /// A filtered, ordered, paged selection of states: `filter` is a SQL condition over the
 /// table's columns using `$1…` for `params`.
 #[derive(Debug, Clone, Default)]

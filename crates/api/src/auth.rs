@@ -1,5 +1,5 @@
-//! Who is calling: JWT issuing and checking ([`TokenService`]), the [`AuthUser`] and
-//! [`MaybeAuthUser`] extractors, roles, and the [`SessionDirectory`] port through which the
+//! Who is calling: JWT issuing and checking ([`TokenService`]), the [`AuthUser`], [`Author`]
+//! and [`MaybeAuthUser`] extractors, roles, and the [`SessionDirectory`] port through which the
 //! extractor asks whether a session is still live.
 //!
 //! Tokens are HS256 JWTs with the claims `sub` (user id), `username`, `role`, `type`
@@ -400,6 +400,12 @@ pub trait AuthState: Send + Sync {
     fn tokens(&self) -> &TokenService;
     /// The directory that says whether a session is live.
     fn sessions(&self) -> &dyn SessionDirectory;
+    /// Waits until the creates this instance has answered are visible to reads (see
+    /// [`crate::answered_creates`]); a state that answers no create early has nothing to wait
+    /// for.
+    fn answered_creates_visible(&self) -> impl Future<Output = Result<(), ApiError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The authenticated caller, extracted from `Authorization: Bearer <access token>`.
@@ -512,12 +518,37 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Marks a request that has waited for the creates answered before it.
+#[derive(Clone, Copy)]
+struct AnsweredCreatesVisible;
+
 impl<S: AuthState> FromRequestParts<S> for AuthUser {
+    type Rejection = ApiError;
+
+    /// Authenticates like [`Author`], then waits until the creates this instance answered
+    /// before are in the read models (once per request), so that what the handler reads shows
+    /// them.
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Author(user) = Author::from_request_parts(parts, state).await?;
+        if parts.extensions.insert(AnsweredCreatesVisible).is_none() {
+            state.answered_creates_visible().await?;
+        }
+        Ok(user)
+    }
+}
+
+/// The authenticated caller of a request that creates a resource and reads no read model before
+/// it writes: unlike [`AuthUser`] it does not wait for earlier creates to reach the read models
+/// (the create's answer is built from the command's outcome). Same rejections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author(pub AuthUser);
+
+impl<S: AuthState> FromRequestParts<S> for Author {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         if let Some(user) = parts.extensions.get::<AuthUser>() {
-            return Ok(user.clone());
+            return Ok(Self(user.clone()));
         }
         let user = match parts.extensions.remove::<VerifiedClaims>() {
             Some(VerifiedClaims(claims)) => authenticate_claims(state.sessions(), claims).await?,
@@ -527,7 +558,7 @@ impl<S: AuthState> FromRequestParts<S> for AuthUser {
             }
         };
         parts.extensions.insert(user.clone());
-        Ok(user)
+        Ok(Self(user))
     }
 }
 

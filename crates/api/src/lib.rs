@@ -7,7 +7,8 @@
 //! - [`extract`]: [`extract::AppJson`], [`extract::AppQuery`], [`extract::AppPath`], whose
 //!   failures are `ApiError`s, and [`extract::Validator`] for collecting field errors.
 //! - [`auth`]: JWTs ([`auth::TokenService`]), roles, the [`auth::AuthUser`] /
-//!   [`auth::MaybeAuthUser`] extractors and the [`auth::SessionDirectory`] port they consult.
+//!   [`auth::Author`] / [`auth::MaybeAuthUser`] extractors and the [`auth::SessionDirectory`]
+//!   port they consult.
 //! - [`password`]: argon2id hashing off the async runtime, and the password policy.
 //! - [`middleware`]: request id, security headers, client IP, rate limits, body limit, gzip,
 //!   error shaping and the 404/405 fallbacks; [`middleware::apply`] stacks them.
@@ -20,8 +21,11 @@
 //! - [`accounts`]: account creation, shared by registration and `sparc user create`.
 //! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
 //! - [`pages`]: list answers kept in memory while their read model stands still.
+//! - [`answered_creates`]: creates answered before the read models have them, which the next
+//!   reads through this instance wait for.
 
 pub mod accounts;
+pub mod answered_creates;
 pub mod auth;
 pub mod error;
 pub mod extract;

@@ -1,6 +1,7 @@
 //! The application state shared by every handler, and the two things handlers do with it:
-//! run a command with the request's metadata (mapping refusals to HTTP errors), and wait until
-//! a read model shows a write, so a client that got 2xx reads its own write.
+//! run a command with the request's metadata (mapping refusals to HTTP errors), and make sure a
+//! client that got 2xx reads its own write: a change waits until the read model shows it; a
+//! create answers at once and the next reads wait ([`App::answered_creates_visible`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,6 +18,7 @@ use sparc_store::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::answered_creates::{AnsweredCreates, Written};
 use crate::auth::{AuthState, Secret, SessionDirectory, TokenConfigError, TokenService};
 use crate::error::ApiError;
 use crate::error::BoxError;
@@ -72,6 +74,8 @@ pub struct App {
     pub pages: PageCache,
     /// The bus and gateway, once started (unset: the configured bus, no connections).
     pub runtime: OnceLock<Arc<dyn RuntimeProbe>>,
+    /// Creates answered before the read models had them, which the next reads wait for.
+    pub answered_creates: AnsweredCreates,
 }
 
 /// The state of the router: a cheap handle on the one [`App`].
@@ -93,6 +97,10 @@ impl AuthState for AppState {
 
     fn sessions(&self) -> &dyn SessionDirectory {
         self.sessions.as_ref()
+    }
+
+    fn answered_creates_visible(&self) -> impl Future<Output = Result<(), ApiError>> + Send {
+        self.0.answered_creates_visible()
     }
 }
 
@@ -124,6 +132,7 @@ impl App {
             pages: PageCache::new(generations),
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
+            answered_creates: AnsweredCreates::default(),
             db,
             commands,
             projections,
@@ -180,22 +189,59 @@ impl App {
     /// learnt without asking the database; the row is read only every `SETTLE_RECHECK`, in
     /// case another instance applied the write.
     pub async fn settle<A: Indexed>(&self, id: Uuid, version: usize) -> Result<(), ApiError> {
+        self.settle_written(Written {
+            table: A::TABLE,
+            id,
+            version,
+        })
+        .await
+    }
+
+    /// Notes that `id` of `A` was created at `version` and pokes the projections, instead of
+    /// waiting like [`App::settle`]: every later request through this instance that reads a
+    /// read model waits for it ([`App::answered_creates_visible`]), so a create answers as soon
+    /// as its event is committed.
+    pub fn created<A: Indexed>(&self, id: Uuid, version: usize) {
+        let written = Written {
+            table: A::TABLE,
+            id,
+            version,
+        };
+        self.answered_creates
+            .note(written, |w| self.applied_here(w));
+        self.projections.poke();
+    }
+
+    /// Waits until the read models show the creates this instance has answered
+    /// ([`App::created`]) and not yet seen applied; usually there is nothing to wait for.
+    pub async fn answered_creates_visible(&self) -> Result<(), ApiError> {
+        let snapshot = self.answered_creates.pending();
+        for written in &snapshot.writes {
+            self.settle_written(*written).await?;
+        }
+        self.answered_creates.done(&snapshot);
+        Ok(())
+    }
+
+    /// Whether this process's projections have applied `written`.
+    fn applied_here(&self, written: &Written) -> bool {
+        self.projections
+            .applied_version(written.table, &written.id.to_string())
+            .is_some_and(|version| version >= written.version as i64)
+    }
+
+    /// [`App::settle`] by table name.
+    async fn settle_written(&self, written: Written) -> Result<(), ApiError> {
+        let Written { table, id, version } = written;
         if version == 0 {
             return Ok(());
         }
-        let key = id.to_string();
-        let reached = |row_version: i64| row_version >= version as i64;
-        let applied_here = || {
-            self.projections
-                .applied_version(A::TABLE, &key)
-                .is_some_and(reached)
-        };
-        let mut applied = self.projections.applied(A::TABLE);
+        let mut applied = self.projections.applied(table);
         if let Some(rx) = applied.as_mut() {
             // Everything announced up to this value is already among the recent streams.
             rx.borrow_and_update();
         }
-        if applied_here() {
+        if self.applied_here(&written) {
             return Ok(());
         }
         self.projections.poke();
@@ -221,24 +267,24 @@ impl App {
                     } else if let Some(rx) = applied.as_mut() {
                         rx.borrow_and_update();
                     }
-                    if applied_here() {
+                    if self.applied_here(&written) {
                         return Ok(());
                     }
                 }
                 _ = recheck.tick() => {
-                    let current = sparc_projections::state_table::get::<A>(&self.db, &key)
+                    let current = sparc_projections::state_table::version_of(&self.db, table, &id.to_string())
                         .await
                         .map_err(ApiError::internal)?;
-                    if current.is_some_and(|row| reached(row.version)) {
+                    if current.is_some_and(|row_version| row_version >= version as i64) {
                         // Perhaps applied by another instance whose change notice has not
                         // arrived yet: what this instance keeps of the read model may be stale.
-                        self.pages.generations().bump(A::TABLE);
+                        self.pages.generations().bump(table);
                         return Ok(());
                     }
                     self.projections.poke();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(table = A::TABLE, %id, version, "read model did not catch up in time");
+                    tracing::warn!(table, %id, version, "read model did not catch up in time");
                     return Ok(());
                 }
             }

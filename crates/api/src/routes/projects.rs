@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Author};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::idempotency::idempotency_key;
@@ -101,7 +101,7 @@ pub struct CreateProject {
     responses((status = 201, body = ProjectResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn create_project(
     State(app): State<AppState>,
-    user: AuthUser,
+    Author(user): Author,
     ctx: RequestContext,
     headers: HeaderMap,
     AppJson(body): AppJson<CreateProject>,
@@ -133,7 +133,7 @@ async fn create_project(
                         &ctx.metadata(user.user_id.to_string()),
                     )
                     .await?;
-                app.settle::<Project>(project_id, outcome.version).await?;
+                app.created::<Project>(project_id, outcome.version);
                 let resource = ProjectResource::new(&outcome.state, outcome.version as i64, 0);
                 Ok((
                     StatusCode::CREATED,

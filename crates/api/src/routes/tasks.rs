@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Author};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::idempotency::idempotency_key;
@@ -109,7 +109,7 @@ pub struct CreateTask {
     responses((status = 201, body = TaskResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn create_task(
     State(app): State<AppState>,
-    user: AuthUser,
+    Author(user): Author,
     ctx: RequestContext,
     headers: HeaderMap,
     AppJson(body): AppJson<CreateTask>,
@@ -150,6 +150,8 @@ async fn create_task(
         return Err(ApiError::Validation(errors));
     };
     if let Some(project_id) = body.project_id {
+        // The project may have just been created.
+        app.answered_creates_visible().await?;
         ensure_project(&app, &user, user.user_id, project_id).await?;
     }
     let key = idempotency_key(&headers);
@@ -177,7 +179,7 @@ async fn create_task(
                         &ctx.metadata(user.user_id.to_string()),
                     )
                     .await?;
-                app.settle::<Task>(task_id, outcome.version).await?;
+                app.created::<Task>(task_id, outcome.version);
                 let resource = TaskResource::new(&outcome.state, outcome.version as i64);
                 Ok((
                     StatusCode::CREATED,
