@@ -99,7 +99,7 @@ impl Server {
         .with_generations(generations.clone());
         let projection_handle = runner.handle();
         tasks.extend(runner.spawn(shutdown_rx.clone()));
-        tasks.push(tokio::spawn(run_chainer(db.clone(), shutdown_rx.clone())));
+        tasks.push(spawn_chainer(&db, shutdown_rx.clone()));
         tasks.push(tokio::spawn(crate::scheduler::run(
             db.clone(),
             commands.clone(),
@@ -174,9 +174,38 @@ impl Server {
 /// Events the chainer hashes per transaction at most.
 const CHAIN_BATCH: i64 = 1000;
 
-/// Hashes newly committed events into the chain, in global order, until shutdown. Short of a
-/// backlog it pauses between passes, so that under load a pass hashes the events of a tenth of a
-/// second in one transaction instead of a handful each.
+/// Starts the chainer. On PostgreSQL it runs on a thread of its own, with a runtime and a
+/// connection of its own: a pass decodes and hashes the events of a tenth of a second at once,
+/// which on a worker of the request runtime would hold back the requests queued there. On
+/// SQLite (embedded, one writer) it shares the runtime and the pool.
+fn spawn_chainer(db: &Database, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let Database::Postgres(pool) = db else {
+        return tokio::spawn(run_chainer(db.clone(), shutdown));
+    };
+    let options = pool.connect_options().as_ref().clone();
+    tokio::task::spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "hash chain: could not start its runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            // Made inside the runtime, so that the pool's own tasks run there too.
+            let pool = sparc_store::postgres_pool_options(1).connect_lazy_with(options);
+            run_chainer(Database::Postgres(pool), shutdown).await;
+        });
+    })
+}
+
+/// Hashes newly committed events into the chain, in global order, until shutdown (or until
+/// the server that would signal it is gone). Short of a backlog it pauses between passes, so
+/// that under load a pass hashes the events of a tenth of a second in one transaction instead
+/// of a handful each.
 async fn run_chainer(db: Database, mut shutdown: watch::Receiver<bool>) {
     let chainer = Chainer::new(&db);
     while !*shutdown.borrow() {
@@ -191,7 +220,11 @@ async fn run_chainer(db: Database, mut shutdown: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => {}
+            signalled = shutdown.changed() => {
+                if signalled.is_err() {
+                    break;
+                }
+            }
         }
     }
 }
