@@ -207,8 +207,9 @@ impl App {
             id,
             version,
         };
-        self.answered_creates
-            .note(written, |w| self.applied_here(w));
+        self.answered_creates.note(written, |w| {
+            self.applied_here(w.table, &w.id.to_string(), w.version)
+        });
         self.projections.poke();
     }
 
@@ -223,11 +224,11 @@ impl App {
         Ok(())
     }
 
-    /// Whether this process's projections have applied `written`.
-    fn applied_here(&self, written: &Written) -> bool {
+    /// Whether this process's projections have applied row `key` of `table` at `version`.
+    fn applied_here(&self, table: &str, key: &str, version: usize) -> bool {
         self.projections
-            .applied_version(written.table, &written.id.to_string())
-            .is_some_and(|version| version >= written.version as i64)
+            .applied_version(table, key)
+            .is_some_and(|applied| applied >= version as i64)
     }
 
     /// [`App::settle`] by table name.
@@ -236,12 +237,13 @@ impl App {
         if version == 0 {
             return Ok(());
         }
+        let key = id.to_string();
         let mut applied = self.projections.applied(table);
         if let Some(rx) = applied.as_mut() {
             // Everything announced up to this value is already among the recent streams.
             rx.borrow_and_update();
         }
-        if self.applied_here(&written) {
+        if self.applied_here(table, &key, version) {
             return Ok(());
         }
         self.projections.poke();
@@ -267,12 +269,12 @@ impl App {
                     } else if let Some(rx) = applied.as_mut() {
                         rx.borrow_and_update();
                     }
-                    if self.applied_here(&written) {
+                    if self.applied_here(table, &key, version) {
                         return Ok(());
                     }
                 }
                 _ = recheck.tick() => {
-                    let current = sparc_projections::state_table::version_of(&self.db, table, &id.to_string())
+                    let current = sparc_projections::state_table::version_of(&self.db, table, &key)
                         .await
                         .map_err(ApiError::internal)?;
                     if current.is_some_and(|row_version| row_version >= version as i64) {
