@@ -22,9 +22,10 @@ async fn outbox_rows(app: &TestApp) -> i64 {
 async fn wait_until_caught_up(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let statuses = sparc_projections::status::statuses(&app.db)
-            .await
-            .expect("statuses");
+        let statuses =
+            sparc_projections::status::statuses(&app.db, sparc_projections::status::STALLED_AFTER)
+                .await
+                .expect("statuses");
         if statuses
             .iter()
             .filter(|s| s.name != "chain")

@@ -20,16 +20,23 @@
 //!
 //! [`outbox`] carries the changes of the published read models to the `outbox` table.
 //!
+//! [`fault`] tells a failure that is an event's fault from one of the moment's; [`isolation`]
+//! finds the event a consumer cannot apply, which is then parked for it alone
+//! (`sparc_store::parked`), and [`retry`] applies parked events again after a fix.
+//!
 //! [`policies`] holds the cross-aggregate reactions (deleting a project deletes its tasks),
 //! which run on the same runner but issue commands instead of writing tables.
 
 pub mod agents;
 pub mod catalog;
 pub mod executions;
+pub mod fault;
+pub mod isolation;
 pub mod outbox;
 pub mod policies;
 pub mod projects;
 pub mod rebuild;
+pub mod retry;
 pub mod runner;
 mod sql;
 pub mod state_table;

@@ -35,6 +35,11 @@ pub struct Change {
 pub struct Outgoing(Vec<Change>);
 
 impl Outgoing {
+    /// Adds the changes of `other` after these.
+    pub fn extend(&mut self, other: Outgoing) {
+        self.0.extend(other.0);
+    }
+
     /// Adds the change `event` made: `state` (its JSON) of an aggregate of the read model
     /// `kind`, visible to `audience` (everyone signed in when `None`).
     pub fn push(

@@ -45,6 +45,10 @@ impl Projection for ProjectCascade {
         "policy_project_cascade"
     }
 
+    fn reacts(&self) -> bool {
+        true
+    }
+
     fn concerns(&self, event: &RecordedEvent) -> bool {
         project_deleted(event) || project_joined(event).is_some()
     }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreTx, checkpoint};
 
 use crate::catalog::ReadModel;
-use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
 use sparc_store::on_tx;
 
@@ -98,9 +97,7 @@ pub async fn rebuild_all(
         let mut tx = db.begin().await?;
         for (_, table, shadow) in &shadows {
             // A shadow publishes nothing.
-            shadow
-                .apply(&mut tx, &events, &mut Outgoing::default())
-                .await?;
+            crate::isolation::apply_parking(shadow.as_ref(), &mut tx, &events).await?;
             tx.save_checkpoint(table, last).await?;
         }
         tx.commit().await?;
@@ -131,6 +128,7 @@ pub async fn rebuild_all(
             .await?;
         });
         tx.delete_checkpoint(table).await?;
+        tx.move_parked(table, model.name).await?;
     }
     tx.notify_changed(&names).await?;
     tx.commit().await?;
@@ -163,6 +161,7 @@ pub async fn differences(db: &Database, model: &ReadModel) -> Result<Vec<String>
         ids
     });
     tx.delete_checkpoint(&check_table).await?;
+    tx.forget_parked(&check_table).await?;
     tx.commit().await?;
     Ok(ids)
 }
@@ -181,9 +180,7 @@ async fn finish_in(
         let Some(last) = events.last().map(RecordedEvent::checkpoint) else {
             return Ok(applied);
         };
-        projection
-            .apply(tx, &events, &mut Outgoing::default())
-            .await?;
+        crate::isolation::apply_parking(projection, tx, &events).await?;
         applied += events.len() as u64;
         at = last;
     }

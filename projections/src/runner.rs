@@ -29,6 +29,8 @@ use sparc_store::{
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::fault::Fault;
+use crate::isolation;
 use crate::outbox::Outgoing;
 
 /// How long a policy loop waits after a poke, or after a batch that did not fill up, before
@@ -102,6 +104,11 @@ pub trait Projection: Send + Sync {
         true
     }
 
+    /// Whether it is a policy (reacts to events) rather than a read model (applies them).
+    fn reacts(&self) -> bool {
+        false
+    }
+
     /// Policies: reacts to a batch by issuing commands, before the checkpoint transaction opens
     /// (a command needs the write lock that transaction would hold on SQLite). A crash after
     /// the reaction repeats it, so reactions must be idempotent.
@@ -172,6 +179,7 @@ pub struct ProjectionHandle {
     wakers: Arc<[Arc<Notify>]>,
     committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
+    consumers: Arc<[Arc<dyn Projection>]>,
 }
 
 /// Committed batches a slow receiver may fall behind by before it misses some (and reads the
@@ -196,6 +204,15 @@ impl ProjectionHandle {
     /// process (`None` for a projection this runner does not drive).
     pub fn applied(&self, name: &str) -> Option<watch::Receiver<u64>> {
         self.announcers.get(name).map(|a| a.batches.subscribe())
+    }
+
+    /// The projection or policy called `name` that this runner drives (to retry its parked
+    /// events).
+    pub fn consumer(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.consumers
+            .iter()
+            .find(|consumer| consumer.name() == name)
+            .cloned()
     }
 
     /// The version of `stream` the projection `name` applied lately in this process, if it
@@ -279,6 +296,11 @@ impl ProjectionRunner {
             wakers: self.wakers.clone(),
             committed: self.committed.clone(),
             announcers: self.announcers.clone(),
+            consumers: self
+                .loops
+                .iter()
+                .flat_map(|(members, _)| members.iter().cloned())
+                .collect(),
         }
     }
 
@@ -327,9 +349,17 @@ pub async fn catch_up(
     let mut cursor = Cursor::default();
     let mut total = 0;
     loop {
-        match worker.step(&mut cursor).await? {
-            None => return Ok(total),
-            Some(batch) => total += batch.events.len() as u64,
+        match worker.step(&mut cursor).await {
+            Ok(None) => return Ok(total),
+            Ok(Some(batch)) => {
+                cursor.isolate = false;
+                total += batch.events.len() as u64;
+            }
+            Err(error) if error.fault() == Fault::Deterministic && !cursor.isolate => {
+                cursor.forget();
+                cursor.isolate = true;
+            }
+            Err(error) => return Err(error),
         }
     }
 }
@@ -406,6 +436,7 @@ impl Worker {
                 }
                 Ok(Some(batch)) => {
                     failures = 0;
+                    cursor.isolate = false;
                     tracing::debug!(projections = ?names, applied = batch.events.len(), "batch applied");
                     for (index, member) in self.members.iter().enumerate() {
                         if batch.changed[index] {
@@ -429,6 +460,11 @@ impl Worker {
                     let delay = if matches!(error, ProjectionError::NotReady(_)) {
                         tracing::debug!(projections = ?names, %error, "batch postponed");
                         NOT_READY_RETRY
+                    } else if error.fault() == Fault::Deterministic && !cursor.isolate {
+                        // Apply it again at once, each member alone, to find the event.
+                        tracing::warn!(projections = ?names, %error, "batch failed; isolating the event");
+                        cursor.isolate = true;
+                        continue;
                     } else {
                         failures = failures.saturating_add(1);
                         let delay = Duration::from_millis(50u64 << failures.min(7));
@@ -500,9 +536,23 @@ impl Worker {
                 return Ok(Some(batch));
             }
             let mine = |index: usize| Some(batch.of_member(index)).filter(|e| !e.is_empty());
+            let mut parkings = Vec::new();
             for (index, member) in self.members.iter().enumerate() {
-                if let Some(events) = mine(index) {
-                    member.react(events).await?;
+                let events = if member.reacts() { mine(index) } else { None };
+                if let Some(events) = events {
+                    // Read outside the checkpoint transaction, as the reaction runs outside it:
+                    // a stream parked meanwhile moved the checkpoint, which the check below sees.
+                    let mut read = self.db.begin().await?;
+                    let parked = read.parked_streams(&[member.name().to_owned()]).await?;
+                    read.rollback().await?;
+                    let (free, behind) = isolation::split_parked(events, &parked);
+                    parkings.extend(behind.into_iter().map(|p| (index, p)));
+                    if cursor.isolate {
+                        let parked = isolation::react_isolated(&**member, &free).await?;
+                        parkings.extend(parked.into_iter().map(|p| (index, p)));
+                    } else {
+                        member.react(&free).await?;
+                    }
                 }
             }
             let moved: Vec<&str> = names
@@ -541,10 +591,51 @@ impl Worker {
                 continue;
             }
             let mut outgoing = Outgoing::default();
+            let mut appliers: Vec<String> = Vec::new();
             for (index, member) in self.members.iter().enumerate() {
-                if let Some(events) = mine(index) {
-                    member.apply(&mut tx, events, &mut outgoing).await?;
+                if !member.reacts() && mine(index).is_some() {
+                    appliers.push(member.name().to_owned());
                 }
+            }
+            let parked = if appliers.is_empty() {
+                Vec::new()
+            } else {
+                tx.parked_streams(&appliers).await?
+            };
+            for (index, member) in self.members.iter().enumerate() {
+                let events = if member.reacts() { None } else { mine(index) };
+                let Some(events) = events else {
+                    continue;
+                };
+                let mut mine_parked = Vec::new();
+                for stream in &parked {
+                    if stream.consumer == member.name() {
+                        mine_parked.push(stream.clone());
+                    }
+                }
+                let (free, behind) = isolation::split_parked(events, &mine_parked);
+                parkings.extend(behind.into_iter().map(|p| (index, p)));
+                if cursor.isolate {
+                    let (applied, parked) =
+                        isolation::apply_isolated(&**member, &mut tx, free.into_owned()).await?;
+                    outgoing.extend(applied);
+                    parkings.extend(parked.into_iter().map(|p| (index, p)));
+                } else {
+                    member.apply(&mut tx, &free, &mut outgoing).await?;
+                }
+            }
+            for (index, parking) in &parkings {
+                tracing::error!(
+                    consumer = names[*index],
+                    position = parking.event.position,
+                    aggregate_type = %parking.event.aggregate_type,
+                    aggregate_id = %parking.event.aggregate_id,
+                    event_type = %parking.event.event_type,
+                    error = %parking.error,
+                    "event parked"
+                );
+                tx.park(names[*index], &parking.event, &parking.error)
+                    .await?;
             }
             batch.numbered = crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
             if !level {
@@ -603,6 +694,9 @@ struct Cursor {
     /// Whether batches may be passed over (policy loops; the read models' checkpoints tell the
     /// outbox relay what is safe to number, so they always move).
     passes_unconcerned: bool,
+    /// Whether the next batch is applied member by member, each in a savepoint, finding and
+    /// parking the events that fail (after a deterministic failure of the whole batch).
+    isolate: bool,
 }
 
 /// How long a policy loop passes over batches that do not concern it before it saves how far

@@ -130,7 +130,7 @@ fn serialize<A: Serialize>(state: &A) -> Result<String, sqlx::Error> {
 }
 
 fn parse_body<A: DeserializeOwned>(body: &str) -> Result<A, sqlx::Error> {
-    serde_json::from_str(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    sparc_store::json::parse_as(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 #[async_trait]

@@ -1,15 +1,19 @@
-//! How far each projection has read the log: position, lag in events and seconds, and whether
-//! it is live, rebuilding or stalled. Shown by `sparc projections list`, the admin endpoint and
-//! the detailed health check.
+//! How far each consumer of the log (read models, policies, the hash chainer) has read it:
+//! position, lag in events and seconds, parked events, and whether it is live, degraded (it has
+//! parked events), stalled (an event has waited for it longer than the stall time) or
+//! rebuilding. Shown by `sparc projections list`, the admin endpoint, the health checks and
+//! `/metrics`.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sparc_store::{Checkpoint, Database, LogReader, checkpoint};
+use sparc_store::{Checkpoint, Database, LogReader, checkpoint, parked};
 
 use crate::on_db;
 use crate::runner::ProjectionError;
 
-/// A projection is stalled when its oldest unread event is older than this.
-const STALLED_AFTER_SECONDS: f64 = 30.0;
+/// The default stall time: a consumer is stalled when its oldest unread event is older.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// One projection's progress.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -22,16 +26,30 @@ pub struct ProjectionStatus {
     pub lag_events: i64,
     /// Age of the oldest event it has not applied yet.
     pub lag_seconds: f64,
-    /// `live`, `rebuilding` or `stalled`.
+    /// Events it has parked (see `sparc projections parked`).
+    pub parked: i64,
+    /// `live`, `degraded` (it has parked events), `stalled` (an event has waited for it
+    /// longer than the stall time) or `rebuilding`.
     pub status: &'static str,
     /// When it was last rebuilt.
     pub rebuilt_at: Option<String>,
 }
 
-/// The progress of every projection and policy (not of rebuild shadows, which show as their
-/// read model's `rebuilding` status).
-pub async fn statuses(db: &Database) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+impl ProjectionStatus {
+    /// Whether it needs an operator: stalled or degraded.
+    pub fn unhealthy(&self) -> bool {
+        matches!(self.status, "stalled" | "degraded")
+    }
+}
+
+/// The progress of every consumer of the log (not of rebuild shadows, which show as their
+/// read model's `rebuilding` status); `stalled_after` is the stall time.
+pub async fn statuses(
+    db: &Database,
+    stalled_after: Duration,
+) -> Result<Vec<ProjectionStatus>, ProjectionError> {
     let checkpoints = checkpoint::list(db).await?;
+    let parked = parked::counts(db).await?;
     let rebuilds: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as("SELECT name, rebuilt_at FROM projection_rebuilds").fetch_all(pool).await?);
     let reader = LogReader::new(db);
     let now = Utc::now();
@@ -62,10 +80,13 @@ pub async fn statuses(db: &Database) -> Result<Vec<ProjectionStatus>, Projection
         let rebuilding = checkpoints
             .iter()
             .any(|(n, _)| *n == format!("{name}_rebuild"));
+        let parked = parked.get(&name).copied().unwrap_or(0);
         let status = if rebuilding {
             "rebuilding"
-        } else if lag_seconds > STALLED_AFTER_SECONDS {
+        } else if lag_seconds > stalled_after.as_secs_f64() {
             "stalled"
+        } else if parked > 0 {
+            "degraded"
         } else {
             "live"
         };
@@ -78,6 +99,7 @@ pub async fn statuses(db: &Database) -> Result<Vec<ProjectionStatus>, Projection
             position: at.position,
             lag_events,
             lag_seconds,
+            parked,
             status,
             rebuilt_at,
         });

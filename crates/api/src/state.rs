@@ -35,6 +35,9 @@ pub struct ServiceInfo {
     pub bus: &'static str,
     /// Start time.
     pub started_at: DateTime<Utc>,
+    /// How long an event may wait for a consumer of the log before the consumer is reported
+    /// `stalled` (`SPARC_PROJECTION_STALL_SECONDS`).
+    pub stall_after: std::time::Duration,
 }
 
 /// What the health endpoints ask of the parts that run beside the API (the change bus and the

@@ -126,6 +126,22 @@ enum ProjectionsCommand {
         #[arg(long, conflicts_with = "name")]
         all: bool,
     },
+    /// List the events a consumer could not apply and parked (all consumers, or NAME's), with
+    /// the error, first and last seen, and attempts.
+    Parked {
+        /// The consumer (a read model, or a policy such as policy_project_cascade).
+        name: Option<String>,
+    },
+    /// Apply NAME's parked events again, in log order (after a fix): every parked stream, or
+    /// with --position only the stream of the event parked there. Events that fail again stay
+    /// parked. Works while the server runs.
+    Retry {
+        /// The consumer.
+        name: String,
+        /// The global position of a parked event: retry its stream only.
+        #[arg(long)]
+        position: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,7 +265,15 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
         Command::Projections { command } => {
             let db = settings.connect_database().await?;
             match command {
-                ProjectionsCommand::List => crate::projections::list(&db).await?,
+                ProjectionsCommand::List => {
+                    crate::projections::list(&db, settings.projection_stall_after()).await?
+                }
+                ProjectionsCommand::Parked { name } => {
+                    crate::projections::parked(&db, name.as_deref()).await?
+                }
+                ProjectionsCommand::Retry { name, position } => {
+                    crate::projections::retry(&db, &name, position).await?
+                }
                 ProjectionsCommand::Rebuild { name, all } => {
                     crate::projections::rebuild_named(&db, name.as_deref(), all).await?
                 }

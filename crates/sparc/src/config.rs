@@ -55,6 +55,9 @@ pub struct Settings {
     /// is closed, and on every ping the gateway closes the connections whose login session has
     /// ended (logout, password or role change, deactivation).
     pub websocket_ping_seconds: u64,
+    /// How long an event may wait for a consumer of the log (read model, policy, hash chainer)
+    /// before the consumer is reported `stalled` (`SPARC_PROJECTION_STALL_SECONDS`, default 30).
+    pub projection_stall_seconds: u64,
     /// HTTP settings: rate limits, token lifetimes, HSTS (`SPARC_RATE_LIMIT_PER_MINUTE`, …).
     #[serde(flatten)]
     pub api: ApiSettings,
@@ -73,6 +76,7 @@ impl Default for Settings {
             log_format: LogFormat::default(),
             environment: "development".to_owned(),
             websocket_ping_seconds: 30,
+            projection_stall_seconds: 30,
             api: ApiSettings::default(),
         }
     }
@@ -111,6 +115,11 @@ impl Settings {
             silence_timeout: ping * 2,
             ..sparc_gateway::GatewayConfig::default()
         }
+    }
+
+    /// [`projection_stall_seconds`](Self::projection_stall_seconds) as a duration (at least 1 s).
+    pub fn projection_stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.projection_stall_seconds.max(1))
     }
 
     /// Whether the database is the embedded SQLite file.

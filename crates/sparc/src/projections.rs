@@ -1,34 +1,84 @@
-//! `sparc projections list` and `sparc projections rebuild`: the operator's view of the read
-//! models, and rebuilding them without downtime (the running service keeps serving the live
-//! tables until the swap).
+//! `sparc projections list|parked|retry|rebuild`: the operator's view of the log's consumers,
+//! the events they parked and applying those again after a fix, and rebuilding read models
+//! without downtime (the running service keeps serving the live tables until the swap).
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use sparc_projections::catalog::{READ_MODELS, ReadModel, read_model};
 use sparc_projections::rebuild::{Progress, rebuild_all};
-use sparc_store::Database;
+use sparc_store::{CommandBus, Database};
 
-/// Prints each projection's position, lag and status as a table.
-pub async fn list(db: &Database) -> anyhow::Result<()> {
-    let statuses = sparc_projections::status::statuses(db).await?;
+/// Prints each consumer's position, lag, parked events and status as a table.
+pub async fn list(db: &Database, stalled_after: Duration) -> anyhow::Result<()> {
+    let statuses = sparc_projections::status::statuses(db, stalled_after).await?;
     println!(
-        "{:<24} {:>10} {:>11} {:>12} {:<10} REBUILT",
-        "NAME", "POSITION", "LAG EVENTS", "LAG SECONDS", "STATUS"
+        "{:<24} {:>10} {:>11} {:>12} {:>7} {:<10} REBUILT",
+        "NAME", "POSITION", "LAG EVENTS", "LAG SECONDS", "PARKED", "STATUS"
     );
     for s in statuses {
         println!(
-            "{:<24} {:>10} {:>11} {:>12.1} {:<10} {}",
+            "{:<24} {:>10} {:>11} {:>12.1} {:>7} {:<10} {}",
             s.name,
             s.position,
             s.lag_events,
             s.lag_seconds,
+            s.parked,
             s.status,
             s.rebuilt_at.as_deref().unwrap_or("-")
         );
     }
+    Ok(())
+}
+
+/// Parked events listed at most.
+const PARKED_LISTED: i64 = 1_000;
+
+/// Prints the parked events of `name` (or of every consumer), one block each.
+pub async fn parked(db: &Database, name: Option<&str>) -> anyhow::Result<()> {
+    let events = sparc_store::parked::list(db, name, PARKED_LISTED).await?;
+    if events.is_empty() {
+        println!("no parked events");
+    }
+    for event in events {
+        println!(
+            "{} position {} ({} {} #{}, {})\n  error: {}\n  first seen {}, last seen {}, attempts {}",
+            event.consumer,
+            event.position,
+            event.aggregate_type,
+            event.aggregate_id,
+            event.sequence,
+            event.event_type,
+            event.error,
+            event.first_seen.to_rfc3339(),
+            event.last_seen.to_rfc3339(),
+            event.attempts
+        );
+    }
+    Ok(())
+}
+
+/// Applies the parked events of the consumer `name` again (the stream of `position` only, if
+/// given) and prints what happened.
+pub async fn retry(db: &Database, name: &str, position: Option<i64>) -> anyhow::Result<()> {
+    let commands = Arc::new(CommandBus::new(db));
+    let consumers: Vec<_> = READ_MODELS
+        .iter()
+        .map(ReadModel::live)
+        .chain(crate::server::policies(db, commands))
+        .collect();
+    let Some(consumer) = consumers.iter().find(|c| c.name() == name) else {
+        let known: Vec<&str> = consumers.iter().map(|c| c.name()).collect();
+        bail!("no consumer named '{name}'; known: {}", known.join(", "))
+    };
+    let report = sparc_projections::retry::retry(db, consumer.as_ref(), position).await?;
+    println!(
+        "{name}: {} applied, {} still parked",
+        report.applied, report.still_parked
+    );
     Ok(())
 }
 

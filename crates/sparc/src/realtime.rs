@@ -87,6 +87,7 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         environment: settings.environment.clone(),
         bus: "connected",
         started_at: Utc::now(),
+        stall_after: settings.projection_stall_after(),
     };
     // The gateway checks tokens exactly as the API does, through an `App` that serves no routes.
     let app = App::new(

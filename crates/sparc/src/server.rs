@@ -116,6 +116,7 @@ impl Server {
                 "embedded"
             },
             started_at: chrono::Utc::now(),
+            stall_after: settings.projection_stall_after(),
         };
         let bus = crate::realtime::bus(&settings).await?;
         let committed = projection_handle.committed();

@@ -166,9 +166,10 @@ async fn crash_repeatedly_then_check(db: Database, database_url: String) {
     // The restarted service catches up; then each read model equals a rebuild from the log.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let statuses = sparc_projections::status::statuses(&db)
-            .await
-            .expect("statuses");
+        let statuses =
+            sparc_projections::status::statuses(&db, sparc_projections::status::STALLED_AFTER)
+                .await
+                .expect("statuses");
         if statuses.iter().all(|s| s.lag_events == 0) {
             break;
         }

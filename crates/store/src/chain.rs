@@ -4,10 +4,13 @@
 //! first event's previous hash is [`GENESIS_HASH`]), so editing, deleting or reordering a stored
 //! event is detectable by [`verify`].
 //!
-//! The canonical bytes of an event are the canonical JSON ([`canonical_json`]: object keys
-//! sorted recursively by their UTF-8 bytes, no whitespace) of
+//! The bytes of an event that the chain covers are the JSON array
 //! `[position, aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-//! metadata]`. The [`Chainer`] extends the chain in the same global order consumers read, so it
+//! metadata]` with the payload and metadata exactly as stored ([`stored_bytes`]): the chainer and
+//! verification never decode them, so no stored event, however shaped, can stop them. The
+//! service stores every payload and metadata as canonical JSON ([`canonical_json`]: object keys
+//! sorted by their UTF-8 bytes, no whitespace), so for its events these bytes are also the
+//! [`canonical_bytes`] of the decoded event. The [`Chainer`] extends the chain in the same global order consumers read, so it
 //! never hashes past a transaction that might still commit an earlier event.
 
 use std::io::Write;
@@ -19,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{Checkpoint, PG_SAVE_CHECKPOINTS, SQLITE_SAVE_CHECKPOINT};
 use crate::db::{Database, StoreTx};
 use crate::error::StoreError;
-use crate::log::{LogReader, RecordedEvent};
+use crate::log::{LogReader, RecordedEvent, StoredEvent};
 
 /// The "previous hash" of the first event: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -88,20 +91,37 @@ fn write_json_scalar(value: &Value, out: &mut Vec<u8>) {
     serde_json::to_writer(out, value).expect("writing JSON into a Vec cannot fail");
 }
 
-/// The bytes of `event` that the chain hashes: the canonical JSON of `[position,
+/// Writes `[position,"aggregate_type","aggregate_id",sequence,"event_type","event_version",`.
+fn write_header(
+    out: &mut Vec<u8>,
+    position: i64,
+    aggregate: [&String; 2],
+    sequence: i64,
+    event: [&String; 2],
+) {
+    write!(out, "[{position},").expect("writing into a Vec cannot fail");
+    for text in aggregate {
+        write_json_scalar(&Value::String(text.clone()), out);
+        out.push(b',');
+    }
+    write!(out, "{sequence},").expect("writing into a Vec cannot fail");
+    for text in event {
+        write_json_scalar(&Value::String(text.clone()), out);
+        out.push(b',');
+    }
+}
+
+/// The canonical JSON of a decoded event: `[position,
 /// aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata]`.
 pub fn canonical_bytes(event: &RecordedEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    write!(out, "[{},", event.position).expect("writing into a Vec cannot fail");
-    for text in [&event.aggregate_type, &event.aggregate_id] {
-        write_json_scalar(&Value::String(text.clone()), &mut out);
-        out.push(b',');
-    }
-    write!(out, "{},", event.sequence).expect("writing into a Vec cannot fail");
-    for text in [&event.event_type, &event.event_version] {
-        write_json_scalar(&Value::String(text.clone()), &mut out);
-        out.push(b',');
-    }
+    write_header(
+        &mut out,
+        event.position,
+        [&event.aggregate_type, &event.aggregate_id],
+        event.sequence,
+        [&event.event_type, &event.event_version],
+    );
     write_canonical(&event.payload, &mut out);
     out.push(b',');
     write_canonical(&event.metadata, &mut out);
@@ -109,12 +129,40 @@ pub fn canonical_bytes(event: &RecordedEvent) -> Vec<u8> {
     out
 }
 
+/// The bytes of `event` that the chain hashes: [`canonical_bytes`]' array, with the payload
+/// and metadata as stored.
+pub fn stored_bytes(event: &StoredEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + event.payload.len() + event.metadata.len());
+    write_header(
+        &mut out,
+        event.position,
+        [&event.aggregate_type, &event.aggregate_id],
+        event.sequence,
+        [&event.event_type, &event.event_version],
+    );
+    out.extend_from_slice(event.payload.as_bytes());
+    out.push(b',');
+    out.extend_from_slice(event.metadata.as_bytes());
+    out.push(b']');
+    out
+}
+
 /// The chain link of `event` after an event whose hash is `prev_hash`:
-/// `hex(sha256(prev_hash ‖ canonical_bytes(event)))`.
+/// `hex(sha256(prev_hash ‖ stored_bytes(event)))`.
+pub fn stored_chain_hash(prev_hash: &str, event: &StoredEvent) -> String {
+    link(prev_hash, &stored_bytes(event))
+}
+
+/// The chain link of a decoded `event` (`hex(sha256(prev_hash ‖ canonical_bytes(event)))`):
+/// the same as [`stored_chain_hash`] for every event the service stored.
 pub fn chain_hash(prev_hash: &str, event: &RecordedEvent) -> String {
+    link(prev_hash, &canonical_bytes(event))
+}
+
+fn link(prev_hash: &str, bytes: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
-    hasher.update(canonical_bytes(event));
+    hasher.update(bytes);
     hex::encode(hasher.finalize())
 }
 
@@ -149,8 +197,10 @@ impl Chainer {
     /// function of it) and writes them again.
     pub async fn chain_pending(&self, batch: i64) -> Result<usize, StoreError> {
         let after = crate::checkpoint::load(&self.db, CHAIN_CHECKPOINT).await?;
-        let events = LogReader::new(&self.db).read_after(after, batch).await?;
-        let Some(reached) = events.last().map(RecordedEvent::checkpoint) else {
+        let events = LogReader::new(&self.db)
+            .read_stored_after(after, batch)
+            .await?;
+        let Some(reached) = events.last().map(StoredEvent::checkpoint) else {
             return Ok(0);
         };
         let mut prev = if after == Checkpoint::ORIGIN {
@@ -163,7 +213,7 @@ impl Chainer {
         let mut positions = Vec::with_capacity(events.len());
         let mut hashes = Vec::with_capacity(events.len());
         for event in &events {
-            prev = chain_hash(&prev, event);
+            prev = stored_chain_hash(&prev, event);
             positions.push(event.position);
             hashes.push(prev.clone());
         }
@@ -320,7 +370,7 @@ impl Walk {
         }
     }
 
-    fn visit(&mut self, event: &RecordedEvent) {
+    fn visit(&mut self, event: &StoredEvent) {
         self.report.events_checked += 1;
         let checkpoint = event.checkpoint();
         if checkpoint == self.chained_upto {
@@ -339,7 +389,10 @@ impl Walk {
                 for position in std::mem::take(&mut self.pending_unhashed) {
                     self.bad(position);
                 }
-                let expected = self.prev.as_deref().map(|prev| chain_hash(prev, event));
+                let expected = self
+                    .prev
+                    .as_deref()
+                    .map(|prev| stored_chain_hash(prev, event));
                 if expected.as_deref() != Some(hash.as_str()) {
                     self.bad(event.position);
                 }
@@ -374,7 +427,7 @@ mod tests {
 
     use super::*;
 
-    fn event(position: i64, payload: Value) -> RecordedEvent {
+    fn recorded(position: i64, payload: Value) -> RecordedEvent {
         RecordedEvent {
             position,
             transaction_id: 0,
@@ -390,20 +443,38 @@ mod tests {
         }
     }
 
+    /// The event as the service stores it: payload and metadata as canonical JSON.
+    fn event(position: i64, payload: Value) -> StoredEvent {
+        let e = recorded(position, payload);
+        StoredEvent {
+            position: e.position,
+            transaction_id: e.transaction_id,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload: canonical_json(&e.payload),
+            metadata: canonical_json(&e.metadata),
+            recorded_at: e.recorded_at,
+            hash: None,
+        }
+    }
+
     /// Events 1..=n chained from genesis.
-    fn chained(n: i64) -> Vec<RecordedEvent> {
+    fn chained(n: i64) -> Vec<StoredEvent> {
         let mut prev = GENESIS_HASH.to_string();
         (1..=n)
             .map(|position| {
                 let mut e = event(position, json!({"n": position}));
-                prev = chain_hash(&prev, &e);
+                prev = stored_chain_hash(&prev, &e);
                 e.hash = Some(prev.clone());
                 e
             })
             .collect()
     }
 
-    fn walk(events: &[RecordedEvent], chained_upto: i64) -> VerifyReport {
+    fn walk(events: &[StoredEvent], chained_upto: i64) -> VerifyReport {
         let mut walk = Walk::new(Checkpoint {
             transaction_id: 0,
             position: chained_upto,
@@ -426,11 +497,34 @@ mod tests {
 
     #[test]
     fn canonical_bytes_list_the_event_fields_in_order() {
-        let e = event(7, json!({"k": true}));
+        let e = recorded(7, json!({"k": true}));
         assert_eq!(
             String::from_utf8(canonical_bytes(&e)).unwrap(),
             r#"[7,"Task","t-1",7,"Renamed","1.0",{"k":true},{"a":"1","b":"2"}]"#
         );
+    }
+
+    #[test]
+    fn stored_canonical_text_hashes_as_the_decoded_event() {
+        let payload = json!({"z": [1.5, "é\n", null], "a": {"y": -3, "x": "\u{1}"}});
+        let stored = event(9, payload.clone());
+        assert_eq!(
+            stored_bytes(&stored),
+            canonical_bytes(&recorded(9, payload.clone()))
+        );
+        assert_eq!(
+            stored_chain_hash(GENESIS_HASH, &stored),
+            chain_hash(GENESIS_HASH, &recorded(9, payload))
+        );
+    }
+
+    #[test]
+    fn stored_bytes_are_hashed_as_they_are_without_decoding() {
+        let mut e = event(3, json!({}));
+        e.payload = r#"{"deep": [[[[1e400]]]], "b": 1, "b": 2}"#.to_owned();
+        let hash = stored_chain_hash(GENESIS_HASH, &e);
+        e.payload = r#"{"deep": [[[[1e400]]]], "b": 1, "b": 3}"#.to_owned();
+        assert_ne!(stored_chain_hash(GENESIS_HASH, &e), hash);
     }
 
     #[test]

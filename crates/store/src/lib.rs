@@ -5,6 +5,7 @@
 //! - [`event_repository`]: the cqrs-es repository over either backend, and how a caller learns
 //!   what a command committed.
 //! - [`group_commit`]: single-event appends of concurrent commands in one statement (Postgres).
+//! - [`json`]: reading stored JSON at any depth.
 //! - [`event_store`](mod@event_store): the cqrs-es event store (events, optionally snapshots) and `Cqrs<A>`.
 //! - [`metadata`]: the metadata stored on every event (actor, request and correlation ids, …).
 //! - [`metrics`]: what the command bus did (commands by outcome, events by type).
@@ -14,6 +15,7 @@
 //! - [`bystanders`]: transactions that write no events, which this process's log readers look past.
 //! - [`changes`]: read-model change notices between instances, and the generations caches use.
 //! - [`outbox`]: how published changes get their gap-free `event_id`, in log order.
+//! - [`parked`]: the events a consumer could not apply, parked for it alone.
 //! - `testing` (feature `testing`): fresh test databases.
 
 #![warn(missing_docs)]
@@ -29,10 +31,12 @@ pub mod error;
 pub mod event_repository;
 pub mod event_store;
 pub mod group_commit;
+pub mod json;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub mod outbox;
+pub mod parked;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -45,5 +49,5 @@ pub use db::{Backend, Database, StoreTx, postgres_pool_options};
 pub use error::StoreError;
 pub use event_repository::EventRepository;
 pub use event_store::{Cqrs, Store, event_store, snapshot_store};
-pub use log::{LogReader, LogStats, RecordedEvent};
+pub use log::{LogReader, LogStats, RecordedEvent, StoredEvent};
 pub use metadata::EventMetadata;

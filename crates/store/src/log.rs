@@ -66,6 +66,74 @@ impl RecordedEvent {
     }
 }
 
+/// One event as its row holds it: payload and metadata as the stored JSON text, undecoded.
+/// What the hash chain covers (the stored bytes, so no stored event can stop the chainer), and
+/// what a [`RecordedEvent`] is decoded from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// See [`RecordedEvent::position`].
+    pub position: i64,
+    /// See [`RecordedEvent::transaction_id`].
+    pub transaction_id: i64,
+    /// See [`RecordedEvent::aggregate_type`].
+    pub aggregate_type: String,
+    /// See [`RecordedEvent::aggregate_id`].
+    pub aggregate_id: String,
+    /// See [`RecordedEvent::sequence`].
+    pub sequence: i64,
+    /// See [`RecordedEvent::event_type`].
+    pub event_type: String,
+    /// See [`RecordedEvent::event_version`].
+    pub event_version: String,
+    /// The payload's JSON text as stored.
+    pub payload: String,
+    /// The metadata's JSON text as stored (`null` from a reader that leaves it out).
+    pub metadata: String,
+    /// See [`RecordedEvent::recorded_at`].
+    pub recorded_at: DateTime<Utc>,
+    /// See [`RecordedEvent::hash`].
+    pub hash: Option<String>,
+}
+
+impl StoredEvent {
+    /// The checkpoint a consumer saves after processing this event.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            transaction_id: self.transaction_id,
+            position: self.position,
+        }
+    }
+}
+
+impl From<StoredEvent> for RecordedEvent {
+    /// Decodes the payload and metadata at any depth. Text that is not JSON serde reads (only
+    /// a row written around the service can hold it: a number beyond `f64`, a lone surrogate)
+    /// becomes JSON null, which the consumers that need the value then park as unreadable.
+    fn from(stored: StoredEvent) -> Self {
+        let decode = |text: &str, what: &str| {
+            crate::json::parse(text).unwrap_or_else(|error| {
+                tracing::warn!(position = stored.position, %error, "stored event {what} is not readable JSON");
+                serde_json::Value::Null
+            })
+        };
+        let payload = decode(&stored.payload, "payload");
+        let metadata = decode(&stored.metadata, "metadata");
+        RecordedEvent {
+            position: stored.position,
+            transaction_id: stored.transaction_id,
+            aggregate_type: stored.aggregate_type,
+            aggregate_id: stored.aggregate_id,
+            sequence: stored.sequence,
+            event_type: stored.event_type,
+            event_version: stored.event_version,
+            payload,
+            metadata,
+            recorded_at: stored.recorded_at,
+            hash: stored.hash,
+        }
+    }
+}
+
 /// Size and head of the log, for lag and health reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogStats {
@@ -77,15 +145,17 @@ pub struct LogStats {
     pub last_recorded_at: Option<DateTime<Utc>>,
 }
 
-/// An event row's columns: the backend's expression for its transaction id, its metadata and
-/// its chain link.
+/// An event row's columns: the backend's expressions for its transaction id, its payload and
+/// metadata as text (they are parsed here, at any depth: see [`crate::json`]), and its chain link.
 macro_rules! event_columns {
-    ($transaction_id:literal, $metadata:literal, $hash:expr) => {
+    ($transaction_id:literal, $payload:literal, $metadata:literal, $hash:expr) => {
         concat!(
             "global_position, ",
             $transaction_id,
             " AS transaction_id, aggregate_type, aggregate_id, sequence, event_type, \
-             event_version, payload, ",
+             event_version, ",
+            $payload,
+            " AS payload, ",
             $metadata,
             " AS metadata, recorded_at, ",
             $hash,
@@ -103,8 +173,13 @@ macro_rules! chain_link {
 }
 
 /// With the chain link: for the reads that show or check it (history, audit, verification).
-const PG_COLUMNS: &str = event_columns!("transaction_id::text::bigint", "metadata", chain_link!());
-const SQLITE_COLUMNS: &str = event_columns!("0", "metadata", chain_link!());
+const PG_COLUMNS: &str = event_columns!(
+    "transaction_id::text::bigint",
+    "payload::text",
+    "metadata::text",
+    chain_link!()
+);
+const SQLITE_COLUMNS: &str = event_columns!("0", "payload", "metadata", chain_link!());
 
 /// Which of an event row's columns a read selects; the others come back NULL (JSON null for
 /// the metadata).
@@ -122,20 +197,26 @@ impl Columns {
     fn postgres(self) -> &'static str {
         match self {
             Self::Chained => PG_COLUMNS,
-            Self::Consumed => {
-                event_columns!("transaction_id::text::bigint", "metadata", "NULL::text")
-            }
-            Self::Payloads => {
-                event_columns!("transaction_id::text::bigint", "'null'::json", "NULL::text")
-            }
+            Self::Consumed => event_columns!(
+                "transaction_id::text::bigint",
+                "payload::text",
+                "metadata::text",
+                "NULL::text"
+            ),
+            Self::Payloads => event_columns!(
+                "transaction_id::text::bigint",
+                "payload::text",
+                "'null'::text",
+                "NULL::text"
+            ),
         }
     }
 
     fn sqlite(self) -> &'static str {
         match self {
             Self::Chained => SQLITE_COLUMNS,
-            Self::Consumed => event_columns!("0", "metadata", "NULL"),
-            Self::Payloads => event_columns!("0", "'null'", "NULL"),
+            Self::Consumed => event_columns!("0", "payload", "metadata", "NULL"),
+            Self::Payloads => event_columns!("0", "payload", "'null'", "NULL"),
         }
     }
 }
@@ -182,6 +263,17 @@ impl LogReader {
         after: Checkpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stored = self.read_stored_after(after, limit).await?;
+        Ok(stored.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// [`read_after`](Self::read_after) without decoding the payloads and metadata: the stored
+    /// text, as the hash chain covers it.
+    pub async fn read_stored_after(
+        &self,
+        after: Checkpoint,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         match &self.db {
             Database::Postgres(pool) => {
                 let bystanders = self
@@ -291,6 +383,41 @@ impl LogReader {
             }
         }
     }
+    /// The events at `positions`, in log order (those that exist).
+    pub async fn events_at(&self, positions: &[i64]) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stored = match &self.db {
+            Database::Postgres(pool) => {
+                let rows = sqlx::query(&format!(
+                    "SELECT {} FROM events WHERE global_position = ANY($1) \
+                     ORDER BY events.transaction_id, events.global_position",
+                    Columns::Consumed.postgres()
+                ))
+                .bind(positions)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(pg_stored).collect::<Result<Vec<_>, _>>()?
+            }
+            Database::Sqlite(pool) => {
+                let mut stored = Vec::with_capacity(positions.len());
+                for position in positions {
+                    let row = sqlx::query(&format!(
+                        "SELECT {} FROM events WHERE global_position = ?",
+                        Columns::Consumed.sqlite()
+                    ))
+                    .bind(position)
+                    .fetch_optional(pool)
+                    .await?;
+                    if let Some(row) = row {
+                        stored.push(sqlite_stored(&row)?);
+                    }
+                }
+                stored.sort_by_key(|event| event.position);
+                stored
+            }
+        };
+        Ok(stored.into_iter().map(RecordedEvent::from).collect())
+    }
+
     /// Up to `filter.limit` events that `filter` selects, after `filter.after`, in log order:
     /// `(transaction_id, global_position)` on Postgres, position on SQLite. As with
     /// [`read_after`](Self::read_after), Postgres returns only events whose transaction is
@@ -501,13 +628,14 @@ impl StoreTx {
         after: Checkpoint,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match self {
+        let stored = match self {
             // A transaction does not know its pool's server: it looks past no bystander.
             Self::Postgres(tx) => {
                 pg_read_after(&mut **tx, Columns::Consumed, after, limit, Some(&[])).await
             }
             Self::Sqlite(tx) => sqlite_read_after(&mut **tx, Columns::Consumed, after, limit).await,
-        }
+        }?;
+        Ok(stored.into_iter().map(RecordedEvent::from).collect())
     }
 
     /// Every visible event after `after` in global order, including those of transactions
@@ -517,7 +645,7 @@ impl StoreTx {
         &mut self,
         after: Checkpoint,
         limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Self::Postgres(tx) => {
                 pg_read_after(&mut **tx, Columns::Chained, after, limit, None).await
@@ -537,7 +665,7 @@ async fn pg_read_after<'e>(
     after: Checkpoint,
     limit: i64,
     settled: Option<&[i64]>,
-) -> Result<Vec<RecordedEvent>, StoreError> {
+) -> Result<Vec<StoredEvent>, StoreError> {
     let horizon = match settled {
         None => "",
         Some([]) => "AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
@@ -564,7 +692,7 @@ async fn pg_read_after<'e>(
         _ => query,
     };
     let rows = query.fetch_all(executor).await?;
-    rows.iter().map(pg_event).collect()
+    rows.iter().map(pg_stored).collect()
 }
 
 /// Reads events after `after` by position, selecting `columns`.
@@ -573,7 +701,7 @@ async fn sqlite_read_after<'e>(
     columns: Columns,
     after: Checkpoint,
     limit: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
+) -> Result<Vec<StoredEvent>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {} FROM events WHERE global_position > ? \
          ORDER BY global_position LIMIT ?",
@@ -583,11 +711,11 @@ async fn sqlite_read_after<'e>(
     .bind(limit)
     .fetch_all(executor)
     .await?;
-    rows.iter().map(sqlite_event).collect()
+    rows.iter().map(sqlite_stored).collect()
 }
 
-fn pg_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    Ok(RecordedEvent {
+fn pg_stored(row: &PgRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
         position: row.try_get("global_position")?,
         transaction_id: row.try_get("transaction_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
@@ -602,9 +730,9 @@ fn pg_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-fn sqlite_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+fn sqlite_stored(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
     let recorded_at: String = row.try_get("recorded_at")?;
-    Ok(RecordedEvent {
+    Ok(StoredEvent {
         position: row.try_get("global_position")?,
         transaction_id: row.try_get("transaction_id")?,
         aggregate_type: row.try_get("aggregate_type")?,
@@ -617,6 +745,14 @@ fn sqlite_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
         recorded_at: parse_timestamp(&recorded_at)?,
         hash: row.try_get("hash")?,
     })
+}
+
+fn pg_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    pg_stored(row).map(RecordedEvent::from)
+}
+
+fn sqlite_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    sqlite_stored(row).map(RecordedEvent::from)
 }
 
 /// Parses an RFC 3339 timestamp as stored by SQLite.

@@ -1,15 +1,17 @@
-//! `/api/v1/admin`: operations for admins: each projection's progress, and rebuilding a read
-//! model without downtime (the rebuild runs in the background; its progress is polled).
+//! `/api/v1/admin`: operations for admins: each consumer of the log's progress, the events it
+//! parked and retrying them after a fix, and rebuilding a read model without downtime (the
+//! rebuild runs in the background; its progress is polled).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sparc_projections::catalog::read_model;
 use sparc_projections::rebuild::{Progress, rebuild};
 use utoipa::ToSchema;
@@ -19,12 +21,14 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::extract::AppPath;
+use crate::extract::{AppPath, parse_json_body};
 use crate::state::AppState;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_projections))
+        .routes(routes!(list_parked))
+        .routes(routes!(retry_parked))
         .routes(routes!(start_rebuild, rebuild_status))
 }
 
@@ -93,18 +97,132 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Every projection's position, lag and status.
+/// Every consumer's position, lag, parked events and status.
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "admin",
-    responses((status = 200, description = "[{name, position, lag_events, lag_seconds, status, rebuilt_at}]"), (status = 403, description = "Not an admin")), security(("bearer" = [])))]
+    responses((status = 200, description = "[{name, position, lag_events, lag_seconds, parked, status: live|rebuilding|degraded|stalled, rebuilt_at}]"), (status = 403, description = "Not an admin")), security(("bearer" = [])))]
 async fn list_projections(
     State(app): State<AppState>,
     user: AuthUser,
 ) -> Result<Response, ApiError> {
     user.require_admin()?;
-    let statuses = sparc_projections::status::statuses(&app.db)
+    let statuses = sparc_projections::status::statuses(&app.db, app.info.stall_after)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(statuses).into_response())
+}
+
+/// One parked event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParkedEventView {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    /// Why it could not be applied (the last failure), or the parked event of its stream it
+    /// waits behind.
+    pub error: String,
+    /// How many times applying it has failed.
+    pub attempts: i32,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// The events a consumer parked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParkedEvents {
+    /// In log order (at most 1,000).
+    pub parked: Vec<ParkedEventView>,
+}
+
+/// Parked events listed at most.
+const PARKED_LISTED: i64 = 1_000;
+
+/// A consumer by name, or 404 with the known names.
+fn consumer(
+    app: &AppState,
+    name: &str,
+) -> Result<Arc<dyn sparc_projections::Projection>, ApiError> {
+    app.projections
+        .consumer(name)
+        .ok_or_else(|| ApiError::NotFound(format!("No consumer of the log named '{name}'")))
+}
+
+/// The events a consumer of the log could not apply and went past, with their errors.
+#[utoipa::path(get, path = "/api/v1/admin/projections/{name}/parked", tag = "admin", params(("name" = String, Path)),
+    responses((status = 200, body = ParkedEvents), (status = 403, description = "Not an admin"), (status = 404, description = "Unknown consumer")), security(("bearer" = [])))]
+async fn list_parked(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(name): AppPath<String>,
+) -> Result<Json<ParkedEvents>, ApiError> {
+    user.require_admin()?;
+    let consumer = consumer(&app, &name)?;
+    let parked = sparc_store::parked::list(&app.db, Some(consumer.name()), PARKED_LISTED)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(ParkedEvents {
+        parked: parked
+            .into_iter()
+            .map(|p| ParkedEventView {
+                position: p.position,
+                aggregate_type: p.aggregate_type,
+                aggregate_id: p.aggregate_id,
+                sequence: p.sequence,
+                event_type: p.event_type,
+                error: p.error,
+                attempts: p.attempts,
+                first_seen: timestamp(p.first_seen),
+                last_seen: timestamp(p.last_seen),
+            })
+            .collect(),
+    }))
+}
+
+/// Which parked events to retry.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryParked {
+    /// The position of a parked event: retry its stream only. Without it, every parked stream.
+    #[schema(minimum = 1)]
+    pub position: Option<i64>,
+}
+
+/// What a retry did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryOutcome {
+    /// Events that applied and are no longer parked.
+    pub applied: u64,
+    /// Events that failed again (or wait behind one that did) and stay parked.
+    pub still_parked: u64,
+}
+
+/// Applies a consumer's parked events again, in log order, after a fix. Events that fail
+/// again stay parked, one more attempt counted.
+#[utoipa::path(post, path = "/api/v1/admin/projections/{name}/parked/retry", tag = "admin", params(("name" = String, Path)),
+    request_body(content = RetryParked, description = "Optional: `{}` or no body retries every parked stream"),
+    responses((status = 200, body = RetryOutcome), (status = 403, description = "Not an admin"), (status = 404, description = "Unknown consumer")), security(("bearer" = [])))]
+async fn retry_parked(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(name): AppPath<String>,
+    body: Bytes,
+) -> Result<Json<RetryOutcome>, ApiError> {
+    user.require_admin()?;
+    let consumer = consumer(&app, &name)?;
+    let position = if body.is_empty() {
+        None
+    } else {
+        parse_json_body::<RetryParked>(&body)?.position
+    };
+    let report = sparc_projections::retry::retry(&app.db, consumer.as_ref(), position)
+        .await
+        .map_err(ApiError::internal)?;
+    app.projections.poke();
+    Ok(Json(RetryOutcome {
+        applied: report.applied,
+        still_parked: report.still_parked,
+    }))
 }
 
 /// Starts rebuilding a read model into a shadow table; the live one keeps serving until the

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
+use sparc_projections::status::ProjectionStatus;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -43,11 +44,25 @@ pub struct Health {
     pub version: &'static str,
 }
 
-async fn health_of(app: &AppState) -> Health {
+/// The health of the service, and the status of every consumer of the log (empty if the
+/// database could not say).
+async fn health_of(app: &AppState) -> (Health, Vec<ProjectionStatus>) {
     let database = app.db.ping().await;
     let bus = app.runtime.get().map_or(app.info.bus, |probe| probe.bus());
-    Health {
-        status: if database && bus != "disconnected" {
+    let (consumers, consumers_known) = if database {
+        match sparc_projections::status::statuses(&app.db, app.info.stall_after).await {
+            Ok(statuses) => (statuses, true),
+            Err(error) => {
+                tracing::warn!(%error, "projection status unavailable");
+                (Vec::new(), false)
+            }
+        }
+    } else {
+        (Vec::new(), false)
+    };
+    let consumers_healthy = consumers_known && !consumers.iter().any(ProjectionStatus::unhealthy);
+    let health = Health {
+        status: if database && bus != "disconnected" && consumers_healthy {
             "healthy"
         } else {
             "degraded"
@@ -61,7 +76,8 @@ async fn health_of(app: &AppState) -> Health {
         bus,
         memory_mcp: "disabled",
         version: env!("CARGO_PKG_VERSION"),
-    }
+    };
+    (health, consumers)
 }
 
 fn websocket_connections(app: &AppState) -> u64 {
@@ -73,7 +89,7 @@ fn websocket_connections(app: &AppState) -> u64 {
 /// Overall health.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200, body = Health)))]
 async fn health(axum::extract::State(app): axum::extract::State<AppState>) -> Json<Health> {
-    Json(health_of(&app).await)
+    Json(health_of(&app).await.0)
 }
 
 /// One projection's progress, as `/health/detailed` reports it.
@@ -86,17 +102,21 @@ pub struct ProjectionHealth {
     pub lag_events: i64,
     /// Age of the oldest event it has not applied yet.
     pub lag_seconds: f64,
-    /// `live`, `rebuilding` or `stalled`.
+    /// Events it parked (`GET /api/v1/admin/projections/{name}/parked`).
+    pub parked: i64,
+    /// `live`, `rebuilding`, `degraded` (it parked events) or `stalled` (an event has waited
+    /// for it longer than `SPARC_PROJECTION_STALL_SECONDS`).
     pub status: &'static str,
 }
 
-impl From<sparc_projections::status::ProjectionStatus> for ProjectionHealth {
-    fn from(status: sparc_projections::status::ProjectionStatus) -> Self {
+impl From<ProjectionStatus> for ProjectionHealth {
+    fn from(status: ProjectionStatus) -> Self {
         Self {
             name: status.name,
             position: status.position,
             lag_events: status.lag_events,
             lag_seconds: status.lag_seconds,
+            parked: status.parked,
             status: status.status,
         }
     }
@@ -126,13 +146,7 @@ pub struct DetailedHealth {
 async fn health_detailed(
     axum::extract::State(app): axum::extract::State<AppState>,
 ) -> Json<DetailedHealth> {
-    let health = health_of(&app).await;
-    let projections = sparc_projections::status::statuses(&app.db)
-        .await
-        .unwrap_or_else(|error| {
-            tracing::warn!(%error, "projection status unavailable");
-            Vec::new()
-        });
+    let (health, projections) = health_of(&app).await;
     Json(DetailedHealth {
         health,
         uptime_seconds: (Utc::now() - app.info.started_at).num_seconds(),
@@ -276,10 +290,10 @@ async fn metrics(
         }
         Err(error) => tracing::warn!(%error, "log statistics unavailable for /metrics"),
     }
-    match sparc_projections::status::statuses(&app.db).await {
+    match sparc_projections::status::statuses(&app.db, app.info.stall_after).await {
         Ok(statuses) => {
             let label = |name: &str| format!("{{projection=\"{}\"}}", escape_label(name));
-            let series = |value: fn(&sparc_projections::status::ProjectionStatus) -> f64| {
+            let series = |value: fn(&ProjectionStatus) -> f64| {
                 statuses
                     .iter()
                     .map(|s| (label(&s.name), value(s)))
@@ -302,6 +316,30 @@ async fn metrics(
                 "sparc_projection_lag_seconds",
                 "Age of the oldest event a projection has not applied yet.",
                 &series(|s| s.lag_seconds),
+            );
+            gauge(
+                &mut out,
+                "sparc_projection_parked_events",
+                "Events a consumer of the log could not apply and parked.",
+                &series(|s| s.parked as f64),
+            );
+            let statuses_by_state: Vec<(String, f64)> = statuses
+                .iter()
+                .flat_map(|s| {
+                    ["live", "rebuilding", "degraded", "stalled"].map(|state| {
+                        let labels = format!(
+                            "{{projection=\"{}\",status=\"{state}\"}}",
+                            escape_label(&s.name)
+                        );
+                        (labels, f64::from(u8::from(s.status == state)))
+                    })
+                })
+                .collect();
+            gauge(
+                &mut out,
+                "sparc_projection_status",
+                "1 for a consumer's current status (live, rebuilding, degraded, stalled), else 0.",
+                &statuses_by_state,
             );
         }
         Err(error) => tracing::warn!(%error, "projection status unavailable for /metrics"),
