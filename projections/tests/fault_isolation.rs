@@ -321,6 +321,26 @@ impl Projection for Widgets {
     }
 }
 
+/// Waits until a log reader sees every stored event (on Postgres it looks past no running
+/// transaction of the server, other tests' included).
+async fn wait_until_readable(db: &Database) {
+    let log = LogReader::new(db);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = log.stats().await.expect("log statistics").events;
+        let readable = log
+            .read_after(sparc_store::Checkpoint::ORIGIN, 10_000)
+            .await
+            .expect("a read")
+            .len() as i64;
+        if readable == stored {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{readable} of {stored} readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn widget(db: &Database, id: &str) -> (String, i64) {
     let sql = format!("SELECT names, applied FROM widgets WHERE id = '{id}'");
     match db {
@@ -356,6 +376,7 @@ async fn after_a_fix_a_retry_applies_the_parked_stream_in_order_once(db: Databas
         fixed: AtomicBool::new(false),
     });
 
+    wait_until_readable(&db).await;
     catch_up(&db, widgets.clone(), 100)
         .await
         .expect("a failing event is parked, not a failure of the consumer");
@@ -385,6 +406,7 @@ async fn after_a_fix_a_retry_applies_the_parked_stream_in_order_once(db: Databas
     let report = retry(&db, widgets.as_ref(), None).await.expect("a retry");
     assert_eq!((report.applied, report.still_parked), (0, 0));
     widget_event("w1", 4, json!({"name": "d"})).await;
+    wait_until_readable(&db).await;
     catch_up(&db, widgets.clone(), 100)
         .await
         .expect("caught up");

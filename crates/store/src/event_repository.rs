@@ -3,6 +3,10 @@
 //! same sequence gets `AggregateConflict`). Callers learn what a command committed from
 //! [`crate::CommandBus::execute`].
 //!
+//! Aggregates load through reads of our own, which parse the stored payloads at any depth
+//! ([`crate::json`]): the libraries' reads stop at serde_json's nesting limit (and postgres-es
+//! panics then), and what the log holds must stay loadable.
+//!
 //! One write differs from postgres-es: a single event without a snapshot (most commands) is
 //! appended through [`GroupCommit`], which inserts the single events of concurrent commands in
 //! one statement, instead of `BEGIN; INSERT; COMMIT` each.
@@ -20,10 +24,11 @@ use crate::group_commit::GroupCommit;
 
 /// The event repository of a [`Database`]: postgres-es or sqlite-es behind one type.
 pub enum EventRepository {
-    /// postgres-es on a Postgres pool, and group commit for single events.
-    Postgres(PostgresEventRepository, GroupCommit),
-    /// sqlite-es on a SQLite pool.
-    Sqlite(SqliteEventRepository),
+    /// postgres-es on a Postgres pool, group commit for single events, and the pool for the
+    /// reads done here.
+    Postgres(PostgresEventRepository, GroupCommit, sqlx::PgPool),
+    /// sqlite-es on a SQLite pool, and the pool for the reads done here.
+    Sqlite(SqliteEventRepository, sqlx::SqlitePool),
 }
 
 impl EventRepository {
@@ -40,8 +45,11 @@ impl EventRepository {
             Database::Postgres(pool) => Self::Postgres(
                 PostgresEventRepository::new(pool.clone()),
                 group_commit.unwrap_or_else(|| GroupCommit::new(pool.clone())),
+                pool.clone(),
             ),
-            Database::Sqlite(pool) => Self::Sqlite(SqliteEventRepository::new(pool.clone())),
+            Database::Sqlite(pool) => {
+                Self::Sqlite(SqliteEventRepository::new(pool.clone()), pool.clone())
+            }
         }
     }
 }
@@ -50,7 +58,7 @@ impl std::fmt::Debug for EventRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Postgres(..) => "EventRepository::Postgres",
-            Self::Sqlite(_) => "EventRepository::Sqlite",
+            Self::Sqlite(..) => "EventRepository::Sqlite",
         })
     }
 }
@@ -60,10 +68,7 @@ impl PersistedEventRepository for EventRepository {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            Self::Postgres(repo, _) => repo.get_events::<A>(aggregate_id).await,
-            Self::Sqlite(repo) => repo.get_events::<A>(aggregate_id).await,
-        }
+        self.stream_after(A::TYPE, aggregate_id, 0).await
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -71,20 +76,40 @@ impl PersistedEventRepository for EventRepository {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            Self::Postgres(repo, _) => repo.get_last_events::<A>(aggregate_id, last_sequence).await,
-            Self::Sqlite(repo) => repo.get_last_events::<A>(aggregate_id, last_sequence).await,
-        }
+        self.stream_after(A::TYPE, aggregate_id, last_sequence as i64)
+            .await
     }
 
     async fn get_snapshot<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        match self {
-            Self::Postgres(repo, _) => repo.get_snapshot::<A>(aggregate_id).await,
-            Self::Sqlite(repo) => repo.get_snapshot::<A>(aggregate_id).await,
+        let row: Option<(i64, i64, String)> = match self {
+            Self::Postgres(_, _, pool) => {
+                sqlx::query_as(SELECT_SNAPSHOT_PG)
+                    .bind(A::TYPE)
+                    .bind(aggregate_id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            Self::Sqlite(_, pool) => {
+                sqlx::query_as(SELECT_SNAPSHOT_SQLITE)
+                    .bind(A::TYPE)
+                    .bind(aggregate_id)
+                    .fetch_optional(pool)
+                    .await
+            }
         }
+        .map_err(connection_error)?;
+        row.map(|(current_sequence, current_snapshot, payload)| {
+            Ok(SerializedSnapshot {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate: parse(&payload)?,
+                current_sequence: current_sequence as usize,
+                current_snapshot: current_snapshot as usize,
+            })
+        })
+        .transpose()
     }
 
     async fn persist<A: Aggregate>(
@@ -93,11 +118,11 @@ impl PersistedEventRepository for EventRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         match self {
-            Self::Postgres(_, group) if snapshot_update.is_none() && events.len() == 1 => {
+            Self::Postgres(_, group, _) if snapshot_update.is_none() && events.len() == 1 => {
                 group.append(A::TYPE, &events[0]).await?;
             }
-            Self::Postgres(repo, _) => repo.persist::<A>(events, snapshot_update).await?,
-            Self::Sqlite(repo) => repo.persist::<A>(events, snapshot_update).await?,
+            Self::Postgres(repo, ..) => repo.persist::<A>(events, snapshot_update).await?,
+            Self::Sqlite(repo, _) => repo.persist::<A>(events, snapshot_update).await?,
         }
         Ok(())
     }
@@ -107,15 +132,79 @@ impl PersistedEventRepository for EventRepository {
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
         match self {
-            Self::Postgres(repo, _) => repo.stream_events::<A>(aggregate_id).await,
-            Self::Sqlite(repo) => repo.stream_events::<A>(aggregate_id).await,
+            Self::Postgres(repo, ..) => repo.stream_events::<A>(aggregate_id).await,
+            Self::Sqlite(repo, _) => repo.stream_events::<A>(aggregate_id).await,
         }
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         match self {
-            Self::Postgres(repo, _) => repo.stream_all_events::<A>().await,
-            Self::Sqlite(repo) => repo.stream_all_events::<A>().await,
+            Self::Postgres(repo, ..) => repo.stream_all_events::<A>().await,
+            Self::Sqlite(repo, _) => repo.stream_all_events::<A>().await,
         }
     }
+}
+
+const SELECT_EVENTS_PG: &str = "SELECT sequence, event_type, event_version, payload::text, \
+     metadata::text FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+     ORDER BY sequence";
+const SELECT_EVENTS_SQLITE: &str = "SELECT sequence, event_type, event_version, payload, \
+     metadata FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+     ORDER BY sequence";
+const SELECT_SNAPSHOT_PG: &str = "SELECT last_sequence, current_snapshot, payload::text \
+     FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2";
+const SELECT_SNAPSHOT_SQLITE: &str = "SELECT last_sequence, current_snapshot, payload \
+     FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2";
+
+type EventRow = (i64, String, String, String, String);
+
+impl EventRepository {
+    /// The events of one stream after `after_sequence`, in order.
+    async fn stream_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let rows: Vec<EventRow> = match self {
+            Self::Postgres(_, _, pool) => {
+                sqlx::query_as(SELECT_EVENTS_PG)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .fetch_all(pool)
+                    .await
+            }
+            Self::Sqlite(_, pool) => {
+                sqlx::query_as(SELECT_EVENTS_SQLITE)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(connection_error)?;
+        rows.into_iter()
+            .map(|(sequence, event_type, event_version, payload, metadata)| {
+                Ok(SerializedEvent::new(
+                    aggregate_id.to_owned(),
+                    sequence as usize,
+                    aggregate_type.to_owned(),
+                    event_type,
+                    event_version,
+                    parse(&payload)?,
+                    parse(&metadata)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn parse(text: &str) -> Result<Value, PersistenceError> {
+    crate::json::parse(text).map_err(|e| PersistenceError::DeserializationError(Box::new(e)))
+}
+
+fn connection_error(error: sqlx::Error) -> PersistenceError {
+    PersistenceError::ConnectionError(Box::new(error))
 }
