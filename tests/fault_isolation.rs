@@ -352,3 +352,66 @@ both_backends!(
         the_log_verifies(&app, &admin).await;
     }
 );
+
+/// Settings for a service that reports a consumer stalled after one second.
+fn stall_after_a_second(settings: &mut sparc::config::Settings) {
+    settings.projection_stall_seconds = 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_makes_no_progress_is_reported_stalled_on_postgres() {
+    if let Some(app) =
+        TestApp::spawn_with(sparc_tests::Backend::Postgres, stall_after_a_second).await
+    {
+        a_consumer_that_makes_no_progress_is_reported_stalled(app).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_makes_no_progress_is_reported_stalled_on_sqlite() {
+    if let Some(app) = TestApp::spawn_with(sparc_tests::Backend::Sqlite, stall_after_a_second).await
+    {
+        a_consumer_that_makes_no_progress_is_reported_stalled(app).await;
+    }
+}
+
+/// A failure that is not the events' fault (here a read-model table gone, as in a botched
+/// manual migration) is retried, never parked; while it lasts the loop's consumers are
+/// reported stalled.
+async fn a_consumer_that_makes_no_progress_is_reported_stalled(app: TestApp) {
+    let admin = app.user_with_role("ops", Role::Admin).await;
+    let user = app.user("bob").await;
+    caught_up(&app, &admin).await;
+    execute(&app.db, "DROP TABLE projects", "").await;
+    let project = app
+        .post("/api/v1/projects", &user.token, json!({"name": "p"}))
+        .await;
+    assert_eq!(project.status, StatusCode::CREATED, "{}", project.body);
+    let created = app
+        .post(
+            "/api/v1/tasks",
+            &user.token,
+            json!({"skill_name": "lint", "schedule_cron": "*/5 * * * *"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let detailed = app.get("/api/v1/health/detailed", &admin.token).await;
+        let consumers = detailed.body["projections"]
+            .as_array()
+            .expect("a list")
+            .clone();
+        let tasks = status_of(&consumers, "tasks");
+        if tasks["status"] == "stalled" {
+            assert_eq!(tasks["parked"], 0, "a transient failure parks nothing");
+            assert_eq!(detailed.body["status"], "degraded", "{}", detailed.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reported stalled: {consumers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
