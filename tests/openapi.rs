@@ -372,3 +372,106 @@ both_backends!(
         }
     }
 );
+
+/// Whether a schema's `type` is (or, nullable, includes) `kind`.
+fn has_type(schema: &Value, kind: &str) -> bool {
+    match &schema["type"] {
+        Value::String(one) => one == kind,
+        Value::Array(many) => many.iter().any(|t| t == kind),
+        _ => false,
+    }
+}
+
+both_backends!(
+    every_string_a_request_body_takes_has_a_maximum_length,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let mut problems = Vec::new();
+        let mut strings = 0;
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let body = &operation["requestBody"]["content"]["application/json"]["schema"];
+                if body.is_null() {
+                    continue;
+                }
+                let body = resolve(&doc, body);
+                let properties = body["properties"].as_object().cloned().unwrap_or_default();
+                for (field, property) in properties {
+                    let text = if has_type(&property, "array") {
+                        property["items"].clone()
+                    } else {
+                        property
+                    };
+                    if !has_type(&text, "string") || text["format"] == "uuid" {
+                        continue;
+                    }
+                    strings += 1;
+                    if !text["maxLength"].is_u64() {
+                        problems.push(format!("{method} {path}: {field} has no maxLength"));
+                    }
+                }
+            }
+        }
+        assert!(strings >= 30, "only {strings} strings in request bodies");
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        let create_task = &doc["components"]["schemas"]["CreateTask"]["properties"];
+        for (field, max) in [
+            ("skill_name", 255),
+            ("schedule_cron", 255),
+            ("timezone", 64),
+        ] {
+            assert_eq!(create_task[field]["maxLength"], max, "CreateTask.{field}");
+        }
+        let activity = &doc["components"]["schemas"]["ActivityReport"]["properties"];
+        assert_eq!(activity["output"]["maxLength"], 65_536);
+        assert_eq!(activity["error"]["maxLength"], 65_536);
+        let login = &doc["components"]["schemas"]["LoginRequest"]["properties"];
+        assert_eq!(login["username"]["maxLength"], 50);
+        assert_eq!(login["password"]["maxLength"], 128);
+        let profile = &doc["components"]["schemas"]["ProfileRequest"]["properties"];
+        assert!(
+            profile["avatar_url"]["pattern"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("^https?://")),
+            "{}",
+            profile["avatar_url"]
+        );
+    }
+);
+
+both_backends!(
+    every_paging_parameter_states_its_range,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let mut problems = Vec::new();
+        let mut offsets = 0;
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let parameters = operation["parameters"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for parameter in parameters {
+                    let name = parameter["name"].as_str().unwrap_or_default();
+                    let schema = &parameter["schema"];
+                    match name {
+                        "offset" => {
+                            offsets += 1;
+                            if schema["maximum"] != 1_000_000 || schema["minimum"] != 0 {
+                                problems.push(format!("{method} {path}: offset {schema}"));
+                            }
+                        }
+                        "limit" | "history_limit"
+                            if !schema["maximum"].is_number() || schema["minimum"] != 1 =>
+                        {
+                            problems.push(format!("{method} {path}: {name} {schema}"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(offsets >= 5, "only {offsets} offsets documented");
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+);

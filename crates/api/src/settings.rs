@@ -1,11 +1,12 @@
-//! The API's tunables: rate limits, token lifetimes and the transport-security switches.
+//! The API's tunables: rate limits, token lifetimes, the transport-security switches and the
+//! limits of free-form JSON in requests.
 //!
 //! `ApiSettings` deserializes with every field optional (missing fields take the defaults), so the
 //! binary can layer defaults, a TOML file and `SPARC_…` environment variables over it
 //! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE`, `SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACCESS_TOKEN_MINUTES`, `SPARC_REFRESH_TOKEN_DAYS`, `SPARC_HSTS`,
-//! `SPARC_TRUST_FORWARDED_FOR`). The JWT secret is not here: it is a
+//! `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`). The JWT secret is not here: it is a
 //! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,11 @@ pub struct ApiSettings {
     /// Take the client IP from the first `X-Forwarded-For` entry. Only behind a proxy that
     /// overwrites the header; otherwise any client can pick its own rate-limit bucket.
     pub trust_forwarded_for: bool,
+    /// Nested objects and arrays a free-form JSON field (a task's `params`) may have; at most
+    /// [`crate::extract::JsonLimits::DEPTH_CEILING`] (more is taken as that).
+    pub max_json_depth: usize,
+    /// Bytes a free-form JSON field may take as compact JSON.
+    pub max_json_bytes: usize,
 }
 
 impl Default for ApiSettings {
@@ -47,6 +53,8 @@ impl Default for ApiSettings {
             refresh_token_days: 7,
             hsts: false,
             trust_forwarded_for: false,
+            max_json_depth: 32,
+            max_json_bytes: 64 * 1024,
         }
     }
 }
@@ -66,6 +74,8 @@ mod tests {
         assert_eq!(settings.refresh_token_days, 7);
         assert!(!settings.hsts);
         assert!(!settings.trust_forwarded_for);
+        assert_eq!(settings.max_json_depth, 32);
+        assert_eq!(settings.max_json_bytes, 65_536);
     }
 
     #[test]

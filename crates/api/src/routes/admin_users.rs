@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::extract::{AppJson, AppPath, AppQuery, Text};
+use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::UserResource;
 use crate::routes::{PageInfo, RequestContext, page, parse_query_value};
 use crate::state::AppState;
@@ -37,7 +38,9 @@ pub struct ListUsers {
     /// Only active (`true`) or deactivated (`false`) accounts.
     pub is_active: Option<bool>,
     /// 1..100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
 }
 
@@ -85,7 +88,8 @@ async fn list_users(
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// `admin`, `auditor`, `agent` or `user`.
-    pub role: Option<String>,
+    #[schema(schema_with = crate::openapi::role)]
+    pub role: Option<Text<LISTED_VALUE_MAX>>,
     /// `false` deactivates the account (it can no longer sign in), `true` activates it again.
     pub is_active: Option<bool>,
 }

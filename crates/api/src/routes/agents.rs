@@ -24,8 +24,9 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
+use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::{AgentResource, ExecutionResource};
 use crate::routes::{
     PageInfo, RequestContext, cached_list, if_match, page, parse_query_value, with_etag,
@@ -42,6 +43,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
 const NOT_FOUND: &str = "Agent not found";
 const MAX_CAPABILITIES: usize = 100;
+/// The longest `output` or `error` an agent may report for a run, in characters.
+const MAX_RUN_TEXT: usize = 65_536;
 
 async fn agent_row(app: &App, id: Uuid) -> Result<Row<Agent>, ApiError> {
     sparc_projections::agents::get(&app.db, id)
@@ -98,7 +101,7 @@ async fn release_name(
     .map(|_| ())
 }
 
-fn check_capabilities(capabilities: &[String], errors: &mut Vec<FieldError>) {
+fn check_capabilities(capabilities: &[Text<100>], errors: &mut Vec<FieldError>) {
     let bad = capabilities
         .iter()
         .any(|c| c.is_empty() || c.chars().count() > 100 || c.contains(','));
@@ -135,7 +138,9 @@ pub struct ListAgents {
     /// Comma-separated; an agent matches if it has any of them.
     pub capabilities: Option<String>,
     /// 1..1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
 }
 
@@ -194,16 +199,18 @@ async fn list_agents(
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
     /// Unique, 1..255 characters.
-    #[schema(min_length = 1, max_length = 255)]
-    pub name: String,
+    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    pub name: Text<255>,
     /// One of the agent types.
     #[serde(rename = "type")]
     #[schema(schema_with = crate::openapi::agent_type)]
-    pub agent_type: String,
-    pub capabilities: Option<Vec<String>>,
+    pub agent_type: Text<LISTED_VALUE_MAX>,
+    /// What the agent can run (skill names, or `*` for any), default none.
+    #[schema(schema_with = crate::openapi::capabilities)]
+    pub capabilities: Option<Vec<Text<100>>>,
     /// Default `idle`.
     #[schema(schema_with = crate::openapi::agent_status)]
-    pub status: Option<String>,
+    pub status: Option<Text<LISTED_VALUE_MAX>>,
 }
 
 /// Registers an agent (admins and agents). Honours `Idempotency-Key`.
@@ -223,7 +230,7 @@ async fn register_agent(
         .ok();
     let agent_type = parse_field(
         "type",
-        Some(&body.agent_type),
+        Some(body.agent_type.as_str()),
         AgentType::parse,
         &mut errors,
     );
@@ -240,6 +247,7 @@ async fn register_agent(
     else {
         return Err(ApiError::Validation(errors));
     };
+    let capabilities: Vec<String> = capabilities.into_iter().map(String::from).collect();
     let key = idempotency_key(&headers);
     app.idempotency
         .run(
@@ -283,6 +291,7 @@ async fn register_agent(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AgentDetailQuery {
     /// 1..500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub history_limit: Option<i64>,
 }
 
@@ -374,14 +383,15 @@ async fn get_agent(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
-    #[schema(min_length = 1, max_length = 255)]
-    pub name: Option<String>,
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub name: Option<Text<255>>,
     #[serde(rename = "type")]
     #[schema(schema_with = crate::openapi::agent_type)]
-    pub agent_type: Option<String>,
-    pub capabilities: Option<Vec<String>>,
+    pub agent_type: Option<Text<LISTED_VALUE_MAX>>,
+    #[schema(schema_with = crate::openapi::capabilities)]
+    pub capabilities: Option<Vec<Text<100>>>,
     #[schema(schema_with = crate::openapi::agent_status)]
-    pub status: Option<String>,
+    pub status: Option<Text<LISTED_VALUE_MAX>>,
 }
 
 /// Changes an agent (admins and agents); honours `If-Match`.
@@ -436,7 +446,9 @@ async fn update_agent(
     let changes = AgentChanges {
         name,
         agent_type,
-        capabilities: body.capabilities,
+        capabilities: body
+            .capabilities
+            .map(|all| all.into_iter().map(String::from).collect()),
         status,
     };
     let outcome = match app
@@ -510,9 +522,13 @@ pub struct ActivityReport {
     pub execution_id: Option<Uuid>,
     /// `running`, `success`, `failed`, `timeout` or `cancelled`.
     #[schema(schema_with = crate::openapi::execution_status)]
-    pub status: String,
-    pub output: Option<String>,
-    pub error: Option<String>,
+    pub status: Text<LISTED_VALUE_MAX>,
+    /// What the run printed, at most 65,536 characters.
+    #[schema(value_type = Option<String>, max_length = 65536)]
+    pub output: Option<Text<MAX_RUN_TEXT>>,
+    /// Why the run failed, at most 65,536 characters.
+    #[schema(value_type = Option<String>, max_length = 65536)]
+    pub error: Option<Text<MAX_RUN_TEXT>>,
     /// At least 0.
     #[schema(minimum = 0)]
     pub duration_ms: Option<i64>,
@@ -544,7 +560,7 @@ async fn report_activity(
     let mut errors = Vec::new();
     let run_status = parse_field(
         "status",
-        Some(&body.status),
+        Some(body.status.as_str()),
         ExecutionStatus::parse,
         &mut errors,
     );
@@ -671,8 +687,8 @@ async fn report_activity(
                     ExecutionCommand::Finish {
                         agent_id: Some(body.agent_id),
                         status,
-                        output: body.output.clone(),
-                        error: body.error.clone(),
+                        output: body.output.clone().map(String::from),
+                        error: body.error.clone().map(String::from),
                         duration_ms: body.duration_ms.map(|d| d as u64),
                         at: now,
                     },
@@ -693,8 +709,8 @@ async fn report_activity(
                             status,
                             report: RunReport {
                                 agent_id: Some(body.agent_id),
-                                output: body.output,
-                                error: body.error,
+                                output: body.output.map(String::from),
+                                error: body.error.map(String::from),
                             },
                             at: now,
                         },

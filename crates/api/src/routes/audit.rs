@@ -48,8 +48,10 @@ pub struct AuditQuery {
     pub to: Option<String>,
     /// The position of the last event already read (the previous page's
     /// `next_after_position`); 0 or absent: from the start of the log.
+    #[param(minimum = 0)]
     pub after_position: Option<i64>,
     /// 1..1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

@@ -18,8 +18,8 @@ use uuid::Uuid;
 use crate::accounts::{MAX_FULL_NAME, Registration, RegistrationError, register_user};
 use crate::auth::{AuthUser, IssuedToken};
 use crate::error::{ApiError, FieldError};
-use crate::extract::{AppJson, AppPath, Validator};
-use crate::password::{hash_password, password_policy, verify_password};
+use crate::extract::{AppJson, AppPath, Text, Validator, is_http_url};
+use crate::password::{MAX_PASSWORD_CHARS, hash_password, password_policy, verify_password};
 use crate::resources::{Message, UserResource};
 use crate::routes::RequestContext;
 use crate::state::{App, AppState};
@@ -44,15 +44,15 @@ const BAD_REFRESH: &str = "Invalid refresh token";
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3..50 of letters, digits, `_` and `-`.
-    #[schema(min_length = 3, max_length = 50, pattern = "^[A-Za-z0-9_-]+$")]
-    pub username: String,
-    #[schema(format = Email, max_length = 254)]
-    pub email: String,
+    #[schema(value_type = String, min_length = 3, max_length = 50, pattern = "^[A-Za-z0-9_-]+$")]
+    pub username: Text<50>,
+    #[schema(value_type = String, format = Email, max_length = 254)]
+    pub email: Text<254>,
     /// 8..128 characters with an upper-case letter, a lower-case letter and a digit.
-    #[schema(min_length = 8, max_length = 128)]
-    pub password: String,
-    #[schema(max_length = 100)]
-    pub full_name: Option<String>,
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    pub password: Text<MAX_PASSWORD_CHARS>,
+    #[schema(value_type = Option<String>, max_length = 100)]
+    pub full_name: Option<Text<MAX_FULL_NAME>>,
 }
 
 /// Creates an account with role `user`.
@@ -64,10 +64,10 @@ async fn register(
     AppJson(body): AppJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     let registration = Registration {
-        username: body.username,
-        email: body.email,
-        password: body.password,
-        full_name: body.full_name,
+        username: body.username.into(),
+        email: body.email.into(),
+        password: body.password.into(),
+        full_name: body.full_name.map(String::from),
         role: Role::User,
     };
     let user = register_user(&app.commands, registration, &ctx.metadata("anonymous"))
@@ -88,11 +88,13 @@ async fn register(
     Ok((StatusCode::CREATED, Json(UserResource::from(&user.state))).into_response())
 }
 
-/// Credentials.
+/// Credentials; no account has a longer username or password than these allow.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
-    pub username: String,
-    pub password: String,
+    #[schema(value_type = String, max_length = 50)]
+    pub username: Text<50>,
+    #[schema(value_type = String, max_length = 128)]
+    pub password: Text<MAX_PASSWORD_CHARS>,
 }
 
 /// A fresh pair of tokens.
@@ -152,7 +154,7 @@ async fn login(
         .map_err(ApiError::internal)?;
     let hash = row.as_ref().map(|r| r.state.password_hash.clone());
     // Verified even for unknown users (against no hash), so timing does not reveal who exists.
-    let verified = verify_password(body.password, hash)
+    let verified = verify_password(body.password.into(), hash)
         .await
         .map_err(ApiError::internal)?;
     let Some(row) = row.filter(|_| verified) else {
@@ -196,7 +198,9 @@ async fn login(
 /// A refresh token.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    /// A JWT as login or refresh issued it (a few hundred characters).
+    #[schema(value_type = String, max_length = 2048)]
+    pub refresh_token: Text<2048>,
 }
 
 /// Trades a refresh token for a new pair; the old refresh token stops working. Presenting a
@@ -303,11 +307,14 @@ async fn me(State(app): State<AppState>, user: AuthUser) -> Result<Json<UserReso
 #[serde(deny_unknown_fields)]
 pub struct ProfileRequest {
     /// At most 100 characters.
-    pub full_name: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 100)]
+    pub full_name: Option<Text<MAX_FULL_NAME>>,
     /// At most 500 characters.
-    pub bio: Option<String>,
-    /// At most 500 characters.
-    pub avatar_url: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub bio: Option<Text<500>>,
+    /// An `http://` or `https://` URL of at most 500 characters.
+    #[schema(schema_with = crate::openapi::http_url)]
+    pub avatar_url: Option<Text<500>>,
 }
 
 /// Changes the caller's profile.
@@ -320,25 +327,11 @@ async fn update_me(
     AppJson(body): AppJson<ProfileRequest>,
 ) -> Result<Json<UserResource>, ApiError> {
     let mut check = Validator::new();
-    let too_long =
-        |v: &Option<String>, max: usize| v.as_ref().is_some_and(|v| v.chars().count() > max);
     check.check(
-        !too_long(&body.full_name, MAX_FULL_NAME),
-        &["body", "full_name"],
-        "full_name must be at most 100 characters",
-        "string_too_long",
-    );
-    check.check(
-        !too_long(&body.bio, 500),
-        &["body", "bio"],
-        "bio must be at most 500 characters",
-        "string_too_long",
-    );
-    check.check(
-        !too_long(&body.avatar_url, 500),
+        body.avatar_url.as_deref().is_none_or(is_http_url),
         &["body", "avatar_url"],
-        "avatar_url must be at most 500 characters",
-        "string_too_long",
+        "avatar_url must be an http:// or https:// URL",
+        "url_scheme",
     );
     check.finish()?;
     let outcome = app
@@ -346,9 +339,9 @@ async fn update_me(
             &user.user_id.to_string(),
             UserCommand::UpdateProfile {
                 changes: ProfileChanges {
-                    full_name: body.full_name,
-                    bio: body.bio,
-                    avatar_url: body.avatar_url,
+                    full_name: body.full_name.map(String::from),
+                    bio: body.bio.map(String::from),
+                    avatar_url: body.avatar_url.map(String::from),
                 },
                 at: Utc::now(),
             },
@@ -363,8 +356,11 @@ async fn update_me(
 /// A password change.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChangePasswordRequest {
-    pub current_password: String,
-    pub new_password: String,
+    #[schema(value_type = String, max_length = 128)]
+    pub current_password: Text<MAX_PASSWORD_CHARS>,
+    /// 8..128 characters with an upper-case letter, a lower-case letter and a digit.
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    pub new_password: Text<MAX_PASSWORD_CHARS>,
 }
 
 /// Changes the caller's password; every other session of the caller ends.
@@ -384,15 +380,18 @@ async fn change_password(
         )]));
     }
     let row = current_user(&app, &user).await?;
-    let verified = verify_password(body.current_password, Some(row.state.password_hash.clone()))
-        .await
-        .map_err(ApiError::internal)?;
+    let verified = verify_password(
+        body.current_password.into(),
+        Some(row.state.password_hash.clone()),
+    )
+    .await
+    .map_err(ApiError::internal)?;
     if !verified {
         return Err(ApiError::BadRequest(
             "Current password is incorrect".to_owned(),
         ));
     }
-    let password_hash = hash_password(body.new_password)
+    let password_hash = hash_password(body.new_password.into())
         .await
         .map_err(ApiError::internal)?;
     let outcome = app

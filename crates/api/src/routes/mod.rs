@@ -1,7 +1,7 @@
 //! The HTTP routes of the v1 contract, one module per resource, assembled into one router whose
 //! OpenAPI document is generated from the same handler annotations (so a route cannot exist
 //! without being documented). Shared here: the request context that becomes event metadata,
-//! `If-Match` and `ETag`, ownership checks and paging.
+//! `If-Match` and `ETag`, ownership checks and paging (`offset` at most [`MAX_OFFSET`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::error::{ApiError, FieldError};
+use crate::extract::JsonLimits;
 use crate::middleware::RequestId;
 use crate::state::AppState;
 
@@ -75,6 +76,7 @@ pub fn router(app: std::sync::Arc<crate::state::App>) -> Router {
     crate::openapi::document_errors(&mut openapi);
     let routes = routes
         .layer(Extension(Arc::new(openapi)))
+        .layer(Extension(JsonLimits::from_settings(&app.settings)))
         .with_state(app.clone());
     crate::middleware::apply(routes, &app.settings, app.tokens.clone())
 }
@@ -192,6 +194,10 @@ fn json_bytes(body: axum::body::Bytes) -> Response {
         .into_response()
 }
 
+/// The largest `offset` of a list: deeper pages are better reached by filtering, and a bound
+/// keeps `offset + limit` far from overflowing.
+pub const MAX_OFFSET: i64 = 1_000_000;
+
 /// `limit`/`offset` checked against a list's range: out of range is 422, never clamped.
 pub fn page(
     limit: Option<i64>,
@@ -209,10 +215,10 @@ pub fn page(
             "value_error",
         ));
     }
-    if offset < 0 {
+    if !(0..=MAX_OFFSET).contains(&offset) {
         errors.push(FieldError::query(
             "offset",
-            "offset must be 0 or more",
+            format!("offset must be between 0 and {MAX_OFFSET}"),
             "value_error",
         ));
     }
@@ -314,7 +320,9 @@ pub struct HistoryResponse {
 /// History paging: `limit` (1..1000, default 100) and `after_version` (≥0).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub struct HistoryQuery {
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub after_version: Option<i64>,
 }
 
@@ -349,6 +357,7 @@ pub struct AsOfQuery {
     /// An RFC 3339 time.
     pub as_of: Option<String>,
     /// An aggregate version (≥1).
+    #[param(minimum = 1)]
     pub version: Option<i64>,
 }
 

@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, Author};
 use crate::error::{ApiError, FieldError};
-use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
+use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::{ProjectResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, history, if_match, page,
@@ -71,29 +72,16 @@ fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> Option<ProjectName> {
         .ok()
 }
 
-fn check_description(description: &Option<String>, errors: &mut Vec<FieldError>) {
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        errors.push(FieldError::body(
-            "description",
-            "description must be at most 2000 characters",
-            "string_too_long",
-        ));
-    }
-}
-
 /// A new project.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// 1..255 characters, trimmed, not blank.
-    #[schema(min_length = 1, max_length = 255)]
-    pub name: String,
+    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    pub name: Text<255>,
     /// At most 2000 characters.
-    #[schema(max_length = 2000)]
-    pub description: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    pub description: Option<Text<MAX_DESCRIPTION>>,
 }
 
 /// Creates a project (`active`, no tasks). Honours `Idempotency-Key`.
@@ -108,7 +96,6 @@ async fn create_project(
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let name = check_name(&body.name, &mut errors);
-    check_description(&body.description, &mut errors);
     let (Some(name), true) = (name, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
@@ -127,7 +114,7 @@ async fn create_project(
                             project_id,
                             user_id: user.user_id,
                             name,
-                            description: body.description,
+                            description: body.description.map(String::from),
                             at: Utc::now(),
                         },
                         &ctx.metadata(user.user_id.to_string()),
@@ -148,11 +135,14 @@ async fn create_project(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListProjects {
     /// Case-insensitive text in the name or description.
+    #[param(max_length = 255)]
     pub search: Option<String>,
     /// `active` or `archived`.
     pub status: Option<String>,
     /// 1..100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
     /// `created_at`, `-created_at` (default), `name`, `-name`, `tasks_count`, `-tasks_count`.
     pub sort_by: Option<String>,
@@ -277,13 +267,13 @@ fn settable_status(raw: &str) -> Result<ProjectStatus, String> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
-    #[schema(min_length = 1, max_length = 255)]
-    pub name: Option<String>,
-    #[schema(max_length = 2000)]
-    pub description: Option<String>,
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub name: Option<Text<255>>,
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    pub description: Option<Text<MAX_DESCRIPTION>>,
     /// `active` or `archived`.
     #[schema(schema_with = crate::openapi::settable_project_status)]
-    pub status: Option<String>,
+    pub status: Option<Text<LISTED_VALUE_MAX>>,
 }
 
 /// Changes a project; honours `If-Match`.
@@ -307,7 +297,6 @@ async fn update_project(
         .name
         .as_deref()
         .and_then(|raw| check_name(raw, &mut errors));
-    check_description(&body.description, &mut errors);
     let status = body
         .status
         .as_deref()
@@ -323,7 +312,7 @@ async fn update_project(
     }
     let changes = ProjectChanges {
         name,
-        description: body.description,
+        description: body.description.map(String::from),
         status,
     };
     let outcome = app

@@ -22,8 +22,9 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, Author};
 use crate::error::{ApiError, FieldError};
-use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::extract::{AppJson, AppPath, AppQuery, JsonLimits, Text, check_free_form};
 use crate::idempotency::idempotency_key;
+use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, cached_list, double_option,
@@ -83,23 +84,41 @@ fn value_error(field: &str, msg: impl Into<String>) -> FieldError {
     FieldError::body(field, msg, "value_error")
 }
 
+/// `params` must be an object within the free-form limits.
+fn check_params(params: &Value, app: &App, errors: &mut Vec<FieldError>) {
+    if !params.is_object() {
+        errors.push(FieldError::body(
+            "params",
+            "params must be an object",
+            "dict_type",
+        ));
+    } else if let Err(error) =
+        check_free_form("params", params, JsonLimits::from_settings(&app.settings))
+    {
+        errors.push(error);
+    }
+}
+
 /// A new task.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
     /// 1..255 of letters, digits, `_` and `-`.
-    #[schema(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$")]
-    pub skill_name: String,
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$")]
+    pub skill_name: Text<255>,
     /// A 5-field cron expression.
-    pub schedule_cron: String,
+    #[schema(value_type = String, max_length = 255)]
+    pub schedule_cron: Text<255>,
     /// An IANA time zone (default `UTC`).
-    pub timezone: Option<String>,
-    /// Skill parameters (a JSON object, default `{}`).
+    #[schema(value_type = Option<String>, max_length = 64)]
+    pub timezone: Option<Text<64>>,
+    /// Skill parameters: a JSON object, default `{}`, at most 32 levels deep and 64 KiB as
+    /// compact JSON (the defaults of `SPARC_MAX_JSON_DEPTH` and `SPARC_MAX_JSON_BYTES`).
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
     /// `pending` (default), `disabled`, `completed` or `failed`.
     #[schema(schema_with = crate::openapi::settable_task_status)]
-    pub status: Option<String>,
+    pub status: Option<Text<LISTED_VALUE_MAX>>,
     /// One of the caller's projects.
     pub project_id: Option<Uuid>,
 }
@@ -137,13 +156,7 @@ async fn create_task(
     let params = body
         .params
         .unwrap_or_else(|| Value::Object(Default::default()));
-    if !params.is_object() {
-        errors.push(FieldError::body(
-            "params",
-            "params must be an object",
-            "dict_type",
-        ));
-    }
+    check_params(&params, &app, &mut errors);
     let (Some(skill_name), Some(schedule_cron), Some(timezone), Some(status), true) =
         (skill_name, schedule, timezone, status, errors.is_empty())
     else {
@@ -198,7 +211,9 @@ pub struct ListTasks {
     pub skill_name: Option<String>,
     pub project_id: Option<Uuid>,
     /// 1..100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
     /// `created_at` (default), `next_run_at`, `updated_at` or `status`.
     pub sort_by: Option<String>,
@@ -320,13 +335,16 @@ async fn executions_as_of(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTask {
-    pub schedule_cron: Option<String>,
-    pub timezone: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 255)]
+    pub schedule_cron: Option<Text<255>>,
+    #[schema(value_type = Option<String>, max_length = 64)]
+    pub timezone: Option<Text<64>>,
+    /// As on creation: an object within the free-form limits.
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
     /// `pending`, `completed`, `failed` or `disabled`.
     #[schema(schema_with = crate::openapi::settable_task_status)]
-    pub status: Option<String>,
+    pub status: Option<Text<LISTED_VALUE_MAX>>,
     /// A project of the owner's, or `null` to detach.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Uuid>)]
@@ -373,12 +391,8 @@ async fn update_task(
         }),
         project_id: body.project_id,
     };
-    if body.params.as_ref().is_some_and(|p| !p.is_object()) {
-        errors.push(FieldError::body(
-            "params",
-            "params must be an object",
-            "dict_type",
-        ));
+    if let Some(params) = &body.params {
+        check_params(params, &app, &mut errors);
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -493,7 +507,9 @@ async fn run_task(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListExecutions {
     /// 1..100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
     /// `running`, `success`, `failed`, `timeout` or `cancelled`.
     pub status: Option<String>,
