@@ -71,12 +71,11 @@ pub async fn statuses(
             .map_or(Checkpoint::ORIGIN, |(_, c)| *c);
         let lag_events = reader.count_after(at).await?;
         let oldest_unread: Option<DateTime<Utc>> = reader
-            .read_after(at, 1)
+            .read_stored_after(at, 1)
             .await?
             .first()
             .map(|e| e.recorded_at);
-        let lag_seconds =
-            oldest_unread.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+        let lag_seconds = seconds_since(now, oldest_unread);
         let rebuilding = checkpoints
             .iter()
             .any(|(n, _)| *n == format!("{name}_rebuild"));
@@ -104,5 +103,47 @@ pub async fn statuses(
             rebuilt_at,
         });
     }
+    out.extend(relay_status(db, now, stalled_after).await?);
     Ok(out)
+}
+
+fn seconds_since(now: DateTime<Utc>, then: Option<DateTime<Utc>>) -> f64 {
+    then.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+}
+
+/// The outbox relay's progress, once a relay has run: its position is the last change it had
+/// the bus acknowledge, its lag the changes not yet acknowledged (it reads the read models'
+/// outbox, not the log, and parks nothing: a change that cannot be published is retried).
+async fn relay_status(
+    db: &Database,
+    now: DateTime<Utc>,
+    stalled_after: Duration,
+) -> Result<Option<ProjectionStatus>, ProjectionError> {
+    const RELAY: &str = "relay";
+    let published: Option<i64> = on_db!(db, pool => sqlx::query_scalar("SELECT published_seq FROM outbox_relay WHERE name = $1").bind(RELAY).fetch_optional(pool).await?);
+    let Some(published) = published else {
+        return Ok(None);
+    };
+    let (lag_events, oldest): (i64, Option<String>) = on_db!(db, pool => sqlx::query_as(
+        "SELECT count(*), min(recorded_at) FROM outbox \
+         WHERE published_seq IS NULL OR published_seq > $1",
+    )
+    .bind(published)
+    .fetch_one(pool)
+    .await?);
+    let oldest = oldest.and_then(|at| DateTime::parse_from_rfc3339(&at).ok());
+    let lag_seconds = seconds_since(now, oldest.map(|at| at.with_timezone(&Utc)));
+    Ok(Some(ProjectionStatus {
+        name: RELAY.to_owned(),
+        position: published,
+        lag_events,
+        lag_seconds,
+        parked: 0,
+        status: if lag_seconds > stalled_after.as_secs_f64() {
+            "stalled"
+        } else {
+            "live"
+        },
+        rebuilt_at: None,
+    }))
 }
