@@ -262,7 +262,33 @@ both_backends!(
             .await;
         assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
-        // Retried without a fix, it stays parked, one more attempt counted.
+        // A later event of the same stream, well formed, waits behind it (applied alone it
+        // would build on a state that misses the parked one).
+        let update_payload = sparc_store::LogReader::new(&app.db)
+            .aggregate_events("Task", &healthy, 1, 1)
+            .await
+            .expect("the update's event")[0]
+            .payload
+            .to_string();
+        append_to_task(&app.db, &poisoned, "TaskUpdated", &update_payload).await;
+        let consumers = caught_up(&app, &admin).await;
+        assert_eq!(status_of(&consumers, "tasks")["parked"], 2, "{consumers:?}");
+        let parked = app
+            .get("/api/v1/admin/projections/tasks/parked", &admin.token)
+            .await;
+        let behind = parked.body["parked"][1]["error"]
+            .as_str()
+            .expect("an error");
+        assert!(
+            behind.starts_with("its stream is parked at position"),
+            "{behind}"
+        );
+        let read = app
+            .get(&format!("/api/v1/tasks/{poisoned}"), &user.token)
+            .await;
+        assert_eq!(read.body["version"], 1, "{}", read.body);
+
+        // Retried without a fix, both stay parked, one more attempt counted.
         let retried = app
             .post(
                 "/api/v1/admin/projections/tasks/parked/retry",
@@ -271,7 +297,7 @@ both_backends!(
             )
             .await;
         assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
-        assert_eq!(retried.body, json!({"applied": 0, "still_parked": 1}));
+        assert_eq!(retried.body, json!({"applied": 0, "still_parked": 2}));
         let parked = app
             .get("/api/v1/admin/projections/tasks/parked", &admin.token)
             .await;

@@ -578,11 +578,13 @@ impl Worker {
             // locked checkpoints (one round trip fewer); a mismatch below rolls it back.
             let level = publishers_level(&names, &after);
             let mut tx = self.db.begin_locking_checkpoints(&names, level).await?;
-            let (locked, numbering_start) = if level {
-                tx.read_locked_checkpoints_and_numbering(&names, &advance)
-                    .await?
+            let (locked, numbering_start, parked) = if level {
+                let read = tx
+                    .read_locked_checkpoints_and_numbering(&names, &advance)
+                    .await?;
+                (read.checkpoints, read.numbering_start, Some(read.parked))
             } else {
-                (tx.read_locked_checkpoints(&names).await?, None)
+                (tx.read_locked_checkpoints(&names).await?, None, None)
             };
             if locked != saved {
                 tx.rollback().await?;
@@ -597,10 +599,10 @@ impl Worker {
                     appliers.push(member.name().to_owned());
                 }
             }
-            let parked = if appliers.is_empty() {
-                Vec::new()
-            } else {
-                tx.parked_streams(&appliers).await?
+            let parked = match parked {
+                Some(parked) => parked,
+                None if appliers.is_empty() => Vec::new(),
+                None => tx.parked_streams(&appliers).await?,
             };
             for (index, member) in self.members.iter().enumerate() {
                 let events = if member.reacts() { None } else { mine(index) };

@@ -10,6 +10,7 @@ use crate::changes::CHANNEL;
 use crate::checkpoint::{Checkpoint, PG_SAVE_CHECKPOINTS, checkpoint_of_row};
 use crate::db::StoreTx;
 use crate::error::StoreError;
+use crate::parked::PARKED_STREAMS_OF_NAME;
 
 /// An outbox row the read-model loop numbered itself, as stored: after its transaction commits
 /// the loop hands these to the relay in process (see `sparc_bus::Relay::with_feed`), which can
@@ -73,59 +74,82 @@ impl StoreTx {
     /// ([`Database::begin_locking_checkpoints`](crate::Database::begin_locking_checkpoints)
     /// with numbering): reads the checkpoints and saves the batch's `advance` at once (see
     /// [`save_checkpoints_and_notify`](Self::save_checkpoints_and_notify)). Returns the
-    /// checkpoints as they were and the last event id given, which the batch's first row
+    /// checkpoints as they were, the last event id given, which the batch's first row
     /// follows, or `None` if some row still waits for a number (the batch's rows must then wait
-    /// behind it, for the relay). If the checkpoints are not the ones the batch was read from,
-    /// roll back: that undoes the advance too. On Postgres one statement (its reads see the
-    /// checkpoints from before its save).
+    /// behind it, for the relay), and the streams `names` have parked
+    /// ([`parked_streams`](Self::parked_streams)). If the checkpoints are not the ones the batch
+    /// was read from, roll back: that undoes the advance too. On Postgres one statement (its
+    /// reads see the checkpoints from before its save).
     pub async fn read_locked_checkpoints_and_numbering(
         &mut self,
         names: &[&str],
         advance: &Advance<'_>,
-    ) -> Result<(Vec<Checkpoint>, Option<i64>), StoreError> {
+    ) -> Result<LockedBatch, StoreError> {
         match self {
             Self::Postgres(tx) if !names.is_empty() => {
                 // A CTE that is not read is not run unless it writes: the always-true condition
                 // reads the notices' CTE, once, before any row.
-                let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(&format!(
-                    "WITH saved AS ({PG_SAVE_CHECKPOINTS}), \
+                let rows: Vec<(Option<i64>, Option<i64>, Option<i64>, String)> =
+                    sqlx::query_as(&format!(
+                        "WITH saved AS ({PG_SAVE_CHECKPOINTS}), \
                      notified AS (SELECT pg_notify($4, name) FROM unnest($5::text[]) AS name) \
-                     SELECT {}, c.transaction_id, c.position \
+                     SELECT {}, c.transaction_id, c.position, {PARKED_STREAMS_OF_NAME} \
                      FROM unnest($6::text[]) WITH ORDINALITY AS n(name, place) \
                      LEFT JOIN checkpoints c ON c.name = n.name \
                      WHERE (SELECT count(*) FROM notified) >= 0 ORDER BY n.place",
-                    numbering_start()
-                ))
-                .bind(advance.names)
-                .bind(advance.to.transaction_id)
-                .bind(advance.to.position)
-                .bind(CHANNEL)
-                .bind(advance.read_models)
-                .bind(names)
-                .fetch_all(&mut **tx)
-                .await?;
-                let start = rows.first().and_then(|row| row.0);
-                let checkpoints = rows
-                    .into_iter()
-                    .map(|(_, transaction_id, position)| {
-                        checkpoint_of_row((transaction_id, position))
-                    })
-                    .collect();
-                Ok((checkpoints, start))
+                        numbering_start()
+                    ))
+                    .bind(advance.names)
+                    .bind(advance.to.transaction_id)
+                    .bind(advance.to.position)
+                    .bind(CHANNEL)
+                    .bind(advance.read_models)
+                    .bind(names)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let numbering_start = rows.first().and_then(|row| row.0);
+                let mut checkpoints = Vec::with_capacity(rows.len());
+                let mut parked = Vec::new();
+                for ((_, transaction_id, position, streams), name) in rows.into_iter().zip(names) {
+                    checkpoints.push(checkpoint_of_row((transaction_id, position)));
+                    parked.extend(crate::parked::streams_of_json(name, &streams)?);
+                }
+                Ok(LockedBatch {
+                    checkpoints,
+                    numbering_start,
+                    parked,
+                })
             }
             _ => {
                 let checkpoints = self.read_locked_checkpoints(names).await?;
-                let start: Option<i64> = crate::on_tx!(self, conn => {
+                let numbering_start: Option<i64> = crate::on_tx!(self, conn => {
                     sqlx::query_scalar(&format!("SELECT {}", numbering_start()))
                         .fetch_one(&mut *conn)
                         .await?
                 });
                 self.save_checkpoints_and_notify(advance.names, advance.to, advance.read_models)
                     .await?;
-                Ok((checkpoints, start))
+                let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+                let parked = self.parked_streams(&names).await?;
+                Ok(LockedBatch {
+                    checkpoints,
+                    numbering_start,
+                    parked,
+                })
             }
         }
     }
+}
+
+/// What [`StoreTx::read_locked_checkpoints_and_numbering`] read.
+#[derive(Debug)]
+pub struct LockedBatch {
+    /// The checkpoints, in the order of the names.
+    pub checkpoints: Vec<Checkpoint>,
+    /// The last event id given, or `None` if some row still waits for a number.
+    pub numbering_start: Option<i64>,
+    /// The streams the names have parked.
+    pub parked: Vec<crate::parked::ParkedStream>,
 }
 
 /// What a batch moves when it commits: the checkpoints of `names` to `to`, and a change notice

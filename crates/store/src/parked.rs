@@ -55,6 +55,29 @@ pub struct ParkedStream {
     pub since: i64,
 }
 
+/// A select column: the streams the consumer `n.name` has parked, as a JSON array of
+/// `[aggregate_type, aggregate_id, since]` (read with [`streams_of_json`]), so that the read
+/// models' loop learns them in the statement that reads its checkpoints.
+pub(crate) const PARKED_STREAMS_OF_NAME: &str = "(SELECT coalesce(json_agg(json_build_array(\
+     s.aggregate_type, s.aggregate_id, s.since)), '[]')::text FROM (SELECT aggregate_type, \
+     aggregate_id, min(global_position) AS since FROM parked_events p WHERE p.consumer = n.name \
+     GROUP BY aggregate_type, aggregate_id) s)";
+
+/// The streams of `consumer` from a [`PARKED_STREAMS_OF_NAME`] column.
+pub(crate) fn streams_of_json(consumer: &str, json: &str) -> Result<Vec<ParkedStream>, StoreError> {
+    let streams: Vec<(String, String, i64)> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
+    Ok(streams
+        .into_iter()
+        .map(|(aggregate_type, aggregate_id, since)| ParkedStream {
+            consumer: consumer.to_owned(),
+            aggregate_type,
+            aggregate_id,
+            since,
+        })
+        .collect())
+}
+
 const COLUMNS: &str = "consumer, global_position, transaction_id, aggregate_type, aggregate_id, \
      sequence, event_type, error, first_seen, last_seen, attempts";
 
