@@ -89,24 +89,23 @@ impl StoreTx {
             Self::Postgres(tx) if !names.is_empty() => {
                 // A CTE that is not read is not run unless it writes: the always-true condition
                 // reads the notices' CTE, once, before any row.
-                let rows: Vec<(Option<i64>, Option<i64>, Option<i64>, String)> =
-                    sqlx::query_as(&format!(
-                        "WITH saved AS ({PG_SAVE_CHECKPOINTS}), \
+                let rows: Vec<LockedRow> = sqlx::query_as(&format!(
+                    "WITH saved AS ({PG_SAVE_CHECKPOINTS}), \
                      notified AS (SELECT pg_notify($4, name) FROM unnest($5::text[]) AS name) \
                      SELECT {}, c.transaction_id, c.position, {PARKED_STREAMS_OF_NAME} \
                      FROM unnest($6::text[]) WITH ORDINALITY AS n(name, place) \
                      LEFT JOIN checkpoints c ON c.name = n.name \
                      WHERE (SELECT count(*) FROM notified) >= 0 ORDER BY n.place",
-                        numbering_start()
-                    ))
-                    .bind(advance.names)
-                    .bind(advance.to.transaction_id)
-                    .bind(advance.to.position)
-                    .bind(CHANNEL)
-                    .bind(advance.read_models)
-                    .bind(names)
-                    .fetch_all(&mut **tx)
-                    .await?;
+                    numbering_start()
+                ))
+                .bind(advance.names)
+                .bind(advance.to.transaction_id)
+                .bind(advance.to.position)
+                .bind(CHANNEL)
+                .bind(advance.read_models)
+                .bind(names)
+                .fetch_all(&mut **tx)
+                .await?;
                 let numbering_start = rows.first().and_then(|row| row.0);
                 let mut checkpoints = Vec::with_capacity(rows.len());
                 let mut parked = Vec::new();
@@ -140,6 +139,10 @@ impl StoreTx {
         }
     }
 }
+
+/// A row of the Postgres read of a [`LockedBatch`]: the numbering start, the checkpoint and the
+/// parked streams (JSON).
+type LockedRow = (Option<i64>, Option<i64>, Option<i64>, String);
 
 /// What [`StoreTx::read_locked_checkpoints_and_numbering`] read.
 #[derive(Debug)]
