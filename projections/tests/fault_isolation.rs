@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sparc_domain::task::{Task, TaskChanges, TaskCommand};
 use sparc_projections::catalog::READ_MODELS;
+use sparc_projections::on_db;
 use sparc_projections::outbox::Outgoing;
 use sparc_projections::retry::retry;
 use sparc_projections::runner::catch_up;
@@ -30,35 +31,23 @@ async fn insert_event(
 ) {
     let sql = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
                event_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    let sql = match db {
+        Database::Postgres(_) => sql.replace("$6, $7", "$6::json, $7::json"),
+        Database::Sqlite(_) => sql.to_owned(),
+    };
     let metadata = json!({"actor": "test", "request_id": "fault-isolation"}).to_string();
-    match db {
-        Database::Postgres(pool) => {
-            sqlx::query(&sql.replace("$6, $7", "$6::json, $7::json"))
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .bind(sequence)
-                .bind(event_type)
-                .bind(event_version)
-                .bind(payload)
-                .bind(&metadata)
-                .execute(pool)
-                .await
-                .expect("the event should be stored");
-        }
-        Database::Sqlite(pool) => {
-            sqlx::query(sql)
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .bind(sequence)
-                .bind(event_type)
-                .bind(event_version)
-                .bind(payload)
-                .bind(&metadata)
-                .execute(pool)
-                .await
-                .expect("the event should be stored");
-        }
-    }
+    on_db!(db, pool => sqlx::query(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .bind(event_type)
+        .bind(event_version)
+        .bind(payload)
+        .bind(&metadata)
+        .execute(pool)
+        .await
+        .map(|_| ()))
+    .expect("the event should be stored");
 }
 
 async fn schedule_task(db: &Database) -> String {
@@ -114,19 +103,12 @@ impl Projection for EveryEvent {
 }
 
 async fn execute(db: &Database, sql: &str) {
-    match db {
-        Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
-        Database::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
-    }
-    .expect("the statement should run");
+    on_db!(db, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
+        .expect("the statement should run");
 }
 
 async fn scalar(db: &Database, sql: &str) -> i64 {
-    match db {
-        Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-        Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-    }
-    .expect("the query should run")
+    on_db!(db, pool => sqlx::query_scalar(sql).fetch_one(pool).await).expect("the query should run")
 }
 
 /// Waits until every consumer named has read the whole log.
@@ -343,11 +325,7 @@ async fn wait_until_readable(db: &Database) {
 
 async fn widget(db: &Database, id: &str) -> (String, i64) {
     let sql = format!("SELECT names, applied FROM widgets WHERE id = '{id}'");
-    match db {
-        Database::Postgres(pool) => sqlx::query_as(&sql).fetch_one(pool).await,
-        Database::Sqlite(pool) => sqlx::query_as(&sql).fetch_one(pool).await,
-    }
-    .expect("the widget's row")
+    on_db!(db, pool => sqlx::query_as(&sql).fetch_one(pool).await).expect("the widget's row")
 }
 
 async fn after_a_fix_a_retry_applies_the_parked_stream_in_order_once(db: Database) {
