@@ -137,6 +137,9 @@ impl StoreTx {
         const SELECT: &str = "SELECT consumer, aggregate_type, aggregate_id, \
              min(global_position) FROM parked_events";
         const GROUP: &str = "GROUP BY consumer, aggregate_type, aggregate_id";
+        if consumers.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows: Vec<(String, String, String, i64)> = match self {
             Self::Postgres(tx) => {
                 sqlx::query_as(&format!("{SELECT} WHERE consumer = ANY($1) {GROUP}"))
