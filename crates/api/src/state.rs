@@ -71,6 +71,8 @@ pub struct App {
     pub idempotency: IdempotencyStore,
     /// Rebuilds started through the admin API.
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
+    /// The log consumers' statuses the health checks and `/metrics` last computed.
+    pub consumer_statuses: crate::routes::health::StatusCache,
     /// List totals, reused while their read model stands still.
     pub totals: Totals,
     /// List answers, reused while their read model stands still.
@@ -135,6 +137,7 @@ impl App {
             pages: PageCache::new(generations),
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
+            consumer_statuses: Default::default(),
             answered_creates: AnsweredCreates::default(),
             db,
             commands,

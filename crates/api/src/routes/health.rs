@@ -1,12 +1,14 @@
 //! Health, readiness and liveness (no auth), Prometheus metrics, and the OpenAPI document.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
+use sparc_projections::ProjectionError;
 use sparc_projections::status::ProjectionStatus;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -44,13 +46,38 @@ pub struct Health {
     pub version: &'static str,
 }
 
+/// The consumers' statuses, computed at most once per [`STATUS_REUSED_FOR`]: they cost two
+/// queries per consumer, and the health checks and `/metrics` are polled, unauthenticated or
+/// by several scrapers at once.
+#[derive(Default)]
+pub struct StatusCache(tokio::sync::Mutex<Option<(Instant, Vec<ProjectionStatus>)>>);
+
+/// How long computed statuses are reused.
+const STATUS_REUSED_FOR: Duration = Duration::from_secs(1);
+
+impl StatusCache {
+    /// The statuses, computed now unless they were within [`STATUS_REUSED_FOR`]; concurrent
+    /// callers wait for one computation.
+    async fn get(&self, app: &AppState) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        let mut cached = self.0.lock().await;
+        if let Some((at, statuses)) = cached.as_ref()
+            && at.elapsed() < STATUS_REUSED_FOR
+        {
+            return Ok(statuses.clone());
+        }
+        let statuses = sparc_projections::status::statuses(&app.db, app.info.stall_after).await?;
+        *cached = Some((Instant::now(), statuses.clone()));
+        Ok(statuses)
+    }
+}
+
 /// The health of the service, and the status of every consumer of the log (empty if the
 /// database could not say).
 async fn health_of(app: &AppState) -> (Health, Vec<ProjectionStatus>) {
     let database = app.db.ping().await;
     let bus = app.runtime.get().map_or(app.info.bus, |probe| probe.bus());
     let (consumers, consumers_known) = if database {
-        match sparc_projections::status::statuses(&app.db, app.info.stall_after).await {
+        match app.consumer_statuses.get(app).await {
             Ok(statuses) => (statuses, true),
             Err(error) => {
                 tracing::warn!(%error, "projection status unavailable");
@@ -290,7 +317,7 @@ async fn metrics(
         }
         Err(error) => tracing::warn!(%error, "log statistics unavailable for /metrics"),
     }
-    match sparc_projections::status::statuses(&app.db, app.info.stall_after).await {
+    match app.consumer_statuses.get(&app).await {
         Ok(statuses) => {
             let label = |name: &str| format!("{{projection=\"{}\"}}", escape_label(name));
             let series = |value: fn(&ProjectionStatus) -> f64| {
