@@ -84,12 +84,37 @@ pub enum ApiError {
     /// 503 `{"detail": msg}`.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: refused unattempted, under load (a full queue, or a deadline
+    /// that passed while the request waited); nothing was changed.
+    #[error("overloaded: {detail}")]
+    Overloaded {
+        /// What was full or late.
+        detail: String,
+        /// Whole seconds after which a retry may succeed (at least 1).
+        retry_after_secs: u64,
+    },
     /// 500; the cause is logged with the request id and never shown.
     #[error("internal error: {0}")]
     Internal(BoxError),
 }
 
 impl ApiError {
+    /// The 503 of work refused unattempted under load.
+    pub fn overloaded(overloaded: sparc_store::overload::Overloaded) -> Self {
+        Self::Overloaded {
+            detail: match overloaded {
+                sparc_store::overload::Overloaded::DeadlinePassed => {
+                    "The service is busy: the request could not be done in time; nothing was changed"
+                }
+                sparc_store::overload::Overloaded::QueueFull => {
+                    "The service is busy: too many requests wait for the same resource; nothing was changed"
+                }
+            }
+            .to_owned(),
+            retry_after_secs: overloaded.retry_after().as_secs().max(1),
+        }
+    }
+
     /// Wraps any error as a 500, for `map_err(ApiError::internal)`.
     pub fn internal(err: impl Into<BoxError>) -> Self {
         Self::Internal(err.into())
@@ -109,7 +134,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,6 +159,17 @@ impl IntoResponse for ApiError {
                 response
                     .extensions_mut()
                     .insert(InternalErrorCause(Arc::from(cause)));
+                return response;
+            }
+            Self::Overloaded {
+                detail,
+                retry_after_secs,
+            } => {
+                let mut response = detail_response(status, &detail);
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
                 return response;
             }
             Self::TooManyRequests { retry_after_secs } => {

@@ -6,7 +6,7 @@
 //! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE`, `SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACCESS_TOKEN_MINUTES`, `SPARC_REFRESH_TOKEN_DAYS`, `SPARC_HSTS`,
-//! `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`). The JWT secret is not here: it is a
+//! `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`). The JWT secret is not here: it is a
 //! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,16 @@ pub struct ApiSettings {
     pub max_json_depth: usize,
     /// Bytes a free-form JSON field may take as compact JSON.
     pub max_json_bytes: usize,
+    /// Every request's deadline, in seconds (`SPARC_REQUEST_TIMEOUT_SECONDS`, default 10): a
+    /// command still queued when it passes is refused with 503 and `Retry-After`, unattempted.
+    pub request_timeout_seconds: u64,
+}
+
+impl ApiSettings {
+    /// [`request_timeout_seconds`](Self::request_timeout_seconds) as a duration (at least 1 s).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.request_timeout_seconds.max(1))
+    }
 }
 
 impl Default for ApiSettings {
@@ -55,6 +65,7 @@ impl Default for ApiSettings {
             trust_forwarded_for: false,
             max_json_depth: 32,
             max_json_bytes: 64 * 1024,
+            request_timeout_seconds: 10,
         }
     }
 }

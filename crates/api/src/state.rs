@@ -311,7 +311,8 @@ impl App {
 }
 
 /// Maps a command failure to its HTTP answer: the domain's refusal by kind, a stale `If-Match`
-/// to 412, a lost race to 409, a store failure to 500.
+/// to 412, a lost race to 409, a command refused unattempted under load to 503 with
+/// `Retry-After`, a store failure to 500.
 pub fn command_error<E: DomainError>(error: CommandError<E>) -> ApiError {
     match error {
         CommandError::Rejected(refusal) => match refusal.kind() {
@@ -323,6 +324,7 @@ pub fn command_error<E: DomainError>(error: CommandError<E>) -> ApiError {
         CommandError::Conflict => {
             ApiError::Conflict("The resource was modified concurrently; retry".to_owned())
         }
+        CommandError::Overloaded(overloaded) => ApiError::overloaded(overloaded),
         CommandError::Store(message) => ApiError::internal(message),
     }
 }

@@ -6,6 +6,9 @@
 //! against the loaded stream, the committed version and the new state in the answer, and a
 //! bounded retry when another writer committed to the same stream first.
 //!
+//! Commands on one stream take turns in this process ([`crate::overload`]): they never lose a
+//! race to one another, and one waits for its turn only until its request's deadline.
+//!
 //! [`CommandBus::create`] is the write path of a resource whose id the server has just minted
 //! (a UUIDv7): its stream cannot exist yet, so the command is decided on the empty aggregate
 //! without reading the store, and the commit is the stream's first event. Should the stream
@@ -25,6 +28,7 @@ use crate::event_repository::EventRepository;
 use crate::event_store::Store;
 use crate::group_commit::GroupCommit;
 use crate::metrics::{CommandMetrics, CommandOutcome, command_name};
+use crate::overload::{Overloaded, StreamQueues};
 use crate::{Database, EventMetadata};
 
 /// Long streams (tasks accumulate runs, agents accumulate activity, users sessions) are loaded
@@ -51,6 +55,10 @@ pub enum CommandError<E: std::error::Error> {
     /// Other writers kept winning the race on this stream.
     #[error("concurrent modification")]
     Conflict,
+    /// It was not attempted: the stream's queue was full, or the request's deadline passed
+    /// before it could commit.
+    #[error("{0}")]
+    Overloaded(Overloaded),
     /// The store failed.
     #[error("event store: {0}")]
     Store(String),
@@ -76,6 +84,7 @@ pub struct CommandBus {
     agents: Store<Agent>,
     reservations: Store<Reservation>,
     metrics: CommandMetrics,
+    streams: StreamQueues,
 }
 
 /// Selects an aggregate's store on the bus.
@@ -126,6 +135,15 @@ impl CommandBus {
             agents: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
             reservations: store(db, &group_commit),
             metrics: CommandMetrics::default(),
+            streams: StreamQueues::default(),
+        }
+    }
+
+    /// This bus with queues of at most `limit` commands per stream (see [`StreamQueues`]).
+    pub fn with_stream_queue_limit(self, limit: usize) -> Self {
+        Self {
+            streams: StreamQueues::with_limit(limit),
+            ..self
         }
     }
 
@@ -147,6 +165,7 @@ impl CommandBus {
             Err(CommandError::VersionMismatch { .. } | CommandError::Conflict) => {
                 CommandOutcome::Conflict
             }
+            Err(CommandError::Overloaded(_)) => CommandOutcome::Overloaded,
             Err(CommandError::Store(_)) => CommandOutcome::Failed,
         };
         self.metrics.count_command(A::TYPE, name, outcome);
@@ -203,6 +222,12 @@ impl CommandBus {
     {
         let store: &Store<A> = A::store(self);
         let decided = async {
+            // Alone on the stream in this process: a conflict below is another process's.
+            let _turn = self
+                .streams
+                .turn(A::TYPE, id)
+                .await
+                .map_err(CommandError::Overloaded)?;
             let mut attempt = 0;
             loop {
                 let context = store.load_aggregate(id).await.map_err(store_error)?;
@@ -277,6 +302,11 @@ fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E
     match error {
         AggregateError::AggregateConflict => CommandError::Conflict,
         AggregateError::UserError(e) => CommandError::Rejected(e),
+        // Group commit drops an append whose deadline passed before its statement.
+        AggregateError::UnexpectedError(e) => match e.downcast_ref::<Overloaded>() {
+            Some(overloaded) => CommandError::Overloaded(*overloaded),
+            None => CommandError::Store(AggregateError::<E>::UnexpectedError(e).to_string()),
+        },
         other => CommandError::Store(other.to_string()),
     }
 }

@@ -19,6 +19,7 @@
 //! waits for the worker's next one), so `RETURNING` always says which of them won. Rows go in
 //! key order: statements that insert the same keys wait for each other in one order only.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -28,6 +29,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::db::{Database, POSTGRES_PING_IDLE_AFTER};
+use crate::overload::Overloaded;
 
 /// Workers, each with at most one statement in flight on a connection of its own. Two rather
 /// than more: the fewer the workers, the more appends each statement carries and the fewer
@@ -69,6 +71,8 @@ impl Row {
 enum Failure {
     /// The row's key was taken: a lost race.
     Taken,
+    /// The append's deadline passed before its statement, or the queue was full: not inserted.
+    Overloaded(Overloaded),
     /// The database could not be reached.
     Connection(String),
     /// The statement failed otherwise.
@@ -84,6 +88,7 @@ impl From<Failure> for PersistenceError {
     fn from(failure: Failure) -> Self {
         match failure {
             Failure::Taken => PersistenceError::OptimisticLockError,
+            Failure::Overloaded(overloaded) => PersistenceError::UnknownError(Box::new(overloaded)),
             Failure::Connection(message) => {
                 PersistenceError::ConnectionError(Box::new(AppendError(message)))
             }
@@ -98,6 +103,8 @@ impl From<Failure> for PersistenceError {
 struct Pending {
     row: Row,
     outcome: oneshot::Sender<Result<(), Failure>>,
+    /// Its request's deadline: past it, the append is dropped rather than inserted.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// The queue of single-event appends and the workers that drain it (started on the first
@@ -109,6 +116,8 @@ struct Pending {
 pub struct GroupCommit {
     pool: PgPool,
     queue: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
+    /// Appends queued or in a statement.
+    queued: Arc<AtomicUsize>,
 }
 
 impl GroupCommit {
@@ -117,6 +126,7 @@ impl GroupCommit {
         Self {
             pool,
             queue: Arc::default(),
+            queued: Arc::default(),
         }
     }
 
@@ -147,10 +157,19 @@ impl GroupCommit {
             payload: event.payload.to_string(),
             metadata: event.metadata.to_string(),
         };
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(Failure::Overloaded(Overloaded::QueueFull).into());
+        }
+        let _counted = Counted(&self.queued);
         let (outcome, answer) = oneshot::channel();
         let stopped = || unknown(Box::new(AppendError("the append workers stopped".into())));
         self.queue()
-            .send(Pending { row, outcome })
+            .send(Pending {
+                row,
+                outcome,
+                deadline: crate::overload::deadline(),
+            })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?.map_err(Into::into)
     }
@@ -165,6 +184,18 @@ impl GroupCommit {
             }
             sender
         })
+    }
+}
+
+/// Appends queued at most; more are refused at once ([`Overloaded::QueueFull`]).
+const MAX_QUEUED: usize = 10_000;
+
+/// Counts an append out of the queue when dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -196,7 +227,14 @@ async fn work(options: Arc<PgConnectOptions>, queue: Arc<Mutex<mpsc::UnboundedRe
         // the earlier goes now and the later waits for the next statement.
         taken.sort_by(|a, b| a.row.key().cmp(&b.row.key()));
         let mut batch: Vec<Pending> = Vec::with_capacity(taken.len());
+        let now = tokio::time::Instant::now();
         for pending in taken {
+            if pending.deadline.is_some_and(|deadline| deadline <= now) {
+                let _ = pending
+                    .outcome
+                    .send(Err(Failure::Overloaded(Overloaded::DeadlinePassed)));
+                continue;
+            }
             if batch
                 .last()
                 .is_some_and(|last| last.row.key() == pending.row.key())

@@ -15,6 +15,7 @@
 //! - [`bystanders`]: transactions that write no events, which this process's log readers look past.
 //! - [`changes`]: read-model change notices between instances, and the generations caches use.
 //! - [`outbox`]: how published changes get their gap-free `event_id`, in log order.
+//! - [`overload`]: request deadlines, and one queue per stream so its commands take turns.
 //! - [`parked`]: the events a consumer could not apply, parked for it alone.
 //! - `testing` (feature `testing`): fresh test databases.
 
@@ -36,6 +37,7 @@ pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub mod outbox;
+pub mod overload;
 pub mod parked;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -19,6 +19,8 @@ pub enum CommandOutcome {
     Conflict,
     /// The store failed.
     Failed,
+    /// It was refused unattempted: its deadline passed in a queue, or the queue was full.
+    Overloaded,
 }
 
 impl CommandOutcome {
@@ -30,6 +32,7 @@ impl CommandOutcome {
             Self::Rejected => "rejected",
             Self::Conflict => "conflict",
             Self::Failed => "failed",
+            Self::Overloaded => "overloaded",
         }
     }
 }

@@ -17,6 +17,7 @@
 //! 8. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
 //! 9. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
 //!    connection.
+//! 10. [`deadline`]: the request's deadline, from its arrival, for the queues it may wait in.
 //!
 //! and inside all of them the router, with `{"detail":"Not Found"}` and
 //! `{"detail":"Method Not Allowed"}` fallbacks, and the [`metrics::HttpMetrics`] registry as an
@@ -72,6 +73,7 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(metrics.clone()))
+        .layer(from_fn_with_state(settings.request_timeout(), deadline))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(error_shape::json_error_bodies))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -88,6 +90,18 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
             settings.hsts,
             security_headers::security_headers,
         ))
+}
+
+/// Runs the request under its deadline, `timeout` after it arrived
+/// ([`sparc_store::overload`]): what is still queued then (a command waiting for its stream, an append waiting for its statement) is refused
+/// with 503 and `Retry-After`, unattempted; what has started to commit is finished.
+async fn deadline(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + timeout;
+    sparc_store::overload::with_deadline(deadline, next.run(request)).await
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,139 @@
+//! Overload, on both backends: a command whose stream is held busy past its request's deadline
+//! is refused with 503 and `Retry-After` and commits nothing, while the command that held the
+//! stream, once it has begun to commit, is answered as done however late.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sparc_store::Database;
+use sparc_tests::{Backend, TestApp, id_of};
+
+/// Holds the event log's write lock for `hold` (appends wait; reads go on), from a connection
+/// of its own.
+async fn hold_the_log(db: &Database, hold: Duration) -> tokio::task::JoinHandle<()> {
+    match db {
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await.expect("a transaction");
+            sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await
+                .expect("the lock");
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                tx.commit().await.expect("the lock ends");
+            })
+        }
+        Database::Sqlite(pool) => {
+            let tx = pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .expect("the write lock");
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                tx.commit().await.expect("the lock ends");
+            })
+        }
+    }
+}
+
+async fn a_command_queued_past_its_deadline_is_refused_and_commits_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |settings| {
+        settings.api.request_timeout_seconds = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let user = app.user("busy").await;
+    let created = app
+        .post(
+            "/api/v1/tasks",
+            &user.token,
+            json!({"skill_name": "lint", "schedule_cron": "*/5 * * * *"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = id_of(&created.body);
+    let path = format!("/api/v1/tasks/{id}");
+    // Read once, so that no request below waits for the read models, which the lock holds up.
+    assert_eq!(app.get(&path, &user.token).await.status, StatusCode::OK);
+
+    let held = hold_the_log(&app.db, Duration::from_millis(2500)).await;
+    let app = std::sync::Arc::new(app);
+    let first = tokio::spawn({
+        let (app, path, token) = (app.clone(), path.clone(), user.token.clone());
+        async move {
+            app.put(&path, &token, json!({"schedule_cron": "*/7 * * * *"}))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = app
+        .put(&path, &user.token, json!({"schedule_cron": "*/9 * * * *"}))
+        .await;
+    assert_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        second.body
+    );
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert!(second.body["detail"].is_string(), "{}", second.body);
+
+    let first = first.await.expect("the first update ends");
+    assert_eq!(
+        first.status,
+        StatusCode::OK,
+        "committed, so answered as done: {}",
+        first.body
+    );
+    held.await.expect("the lock ended");
+    let read = app.get(&path, &user.token).await;
+    assert_eq!(read.body["schedule_cron"], "*/7 * * * *", "{}", read.body);
+    assert_eq!(
+        read.body["version"], 2,
+        "the refused update committed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_queued_past_its_deadline_is_refused_and_commits_nothing_on_postgres() {
+    a_command_queued_past_its_deadline_is_refused_and_commits_nothing(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_queued_past_its_deadline_is_refused_and_commits_nothing_on_sqlite() {
+    a_command_queued_past_its_deadline_is_refused_and_commits_nothing(Backend::Sqlite).await;
+}
+
+/// Many concurrent changes of one stream through one instance: they take turns, so none loses
+/// a race to another and every one commits.
+async fn concurrent_changes_of_one_stream_all_commit(app: TestApp) {
+    let user = app.user("hammer").await;
+    let created = app
+        .post(
+            "/api/v1/tasks",
+            &user.token,
+            json!({"skill_name": "lint", "schedule_cron": "*/5 * * * *"}),
+        )
+        .await;
+    let path = format!("/api/v1/tasks/{}", id_of(&created.body));
+    let changes = (0..60).map(|i| {
+        let body = json!({"params": {"round": i}});
+        let (app, path, token) = (&app, &path, &user.token);
+        async move { app.put(path, token, body).await.status }
+    });
+    let statuses = futures::future::join_all(changes).await;
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let read = app.get(&path, &user.token).await;
+    assert_eq!(read.body["version"], 61, "{}", read.body);
+}
+
+sparc_tests::both_backends!(
+    concurrent_changes_of_one_stream_take_turns_and_all_commit,
+    concurrent_changes_of_one_stream_all_commit
+);
