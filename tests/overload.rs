@@ -38,11 +38,7 @@ async fn hold_the_log(db: &Database, hold: Duration) -> tokio::task::JoinHandle<
 }
 
 async fn a_command_queued_past_its_deadline_is_refused_and_commits_nothing(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, |settings| {
-        settings.api.request_timeout_seconds = 1;
-    })
-    .await
-    else {
+    let Some(app) = with_one_second_deadlines(backend).await else {
         return;
     };
     let user = app.user("busy").await;
@@ -137,3 +133,10 @@ sparc_tests::both_backends!(
     concurrent_changes_of_one_stream_take_turns_and_all_commit,
     concurrent_changes_of_one_stream_all_commit
 );
+
+async fn with_one_second_deadlines(backend: Backend) -> Option<TestApp> {
+    TestApp::spawn_with(backend, |settings| {
+        settings.api.request_timeout_seconds = 1;
+    })
+    .await
+}

@@ -12,7 +12,7 @@ use sparc_domain::values::{Email, Username};
 use sparc_store::{CommandBus, CommandError, EventMetadata, Outcome};
 use uuid::Uuid;
 
-use crate::password::{hash_password, password_policy};
+use crate::password::{PasswordError, hash_password, password_policy};
 
 /// The longest display name.
 pub const MAX_FULL_NAME: usize = 100;
@@ -44,6 +44,9 @@ pub enum RegistrationError {
     /// The e-mail is taken.
     #[error("Email already registered")]
     EmailTaken,
+    /// Refused unattempted under load (see `sparc_store::overload`); nothing was registered.
+    #[error("{0}")]
+    Overloaded(sparc_store::overload::Overloaded),
     /// The store or the hasher failed.
     #[error("registration failed: {0}")]
     Failed(String),
@@ -89,9 +92,15 @@ pub async fn register_user(
         return Err(error.unwrap_or(RegistrationError::EmailTaken));
     }
     let registered = async {
-        let password_hash = hash_password(registration.password)
-            .await
-            .map_err(|e| RegistrationError::Failed(e.to_string()))?;
+        let password_hash =
+            hash_password(registration.password)
+                .await
+                .map_err(|error| match error {
+                    PasswordError::Overloaded(overloaded) => {
+                        RegistrationError::Overloaded(overloaded)
+                    }
+                    other => RegistrationError::Failed(other.to_string()),
+                })?;
         commands
             .create::<User>(
                 &user_id.to_string(),
@@ -107,7 +116,7 @@ pub async fn register_user(
                 metadata,
             )
             .await
-            .map_err(|e| RegistrationError::Failed(e.to_string()))
+            .map_err(failed)
     }
     .await;
     if registered.is_err() {
@@ -138,7 +147,15 @@ async fn claim(
     {
         Ok(_) => Ok(()),
         Err(CommandError::Rejected(ReservationError::Taken)) => Err(None),
-        Err(other) => Err(Some(RegistrationError::Failed(other.to_string()))),
+        Err(other) => Err(Some(failed(other))),
+    }
+}
+
+/// A command's failure as a registration's.
+fn failed<E: std::error::Error>(error: CommandError<E>) -> RegistrationError {
+    match error {
+        CommandError::Overloaded(overloaded) => RegistrationError::Overloaded(overloaded),
+        other => RegistrationError::Failed(other.to_string()),
     }
 }
 

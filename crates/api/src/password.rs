@@ -1,14 +1,20 @@
 //! Password hashing (argon2id) and the password policy of the contract.
 //!
 //! Hashing is deliberately slow (tens of milliseconds), so both [`hash_password`] and
-//! [`verify_password`] run on tokio's blocking pool instead of stalling a runtime worker. Hashes
+//! [`verify_password`] run on tokio's blocking pool instead of stalling a runtime worker, at
+//! most one per core at a time: a burst of logins then waits in a bounded queue, until its
+//! requests' deadlines at most, instead of taking every core from everyone else's requests. A
+//! full queue or a passed deadline is [`PasswordError::Overloaded`], answered 503. Hashes
 //! are PHC strings (`$argon2id$v=19$m=19456,t=2,p=1$…`) with the parameters inside, so raising the
 //! cost later does not invalidate stored hashes.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, password_hash};
+use sparc_store::overload::{Overloaded, before_deadline, deadline};
+use tokio::sync::Semaphore;
 
 /// Why hashing or verifying could not produce an answer (not "wrong password": that is `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +25,59 @@ pub enum PasswordError {
     /// The blocking task panicked or was cancelled at shutdown.
     #[error("password hashing task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Too many hashes wait already, or the request's deadline passed while it waited.
+    #[error("{0}")]
+    Overloaded(#[from] Overloaded),
+}
+
+impl From<PasswordError> for crate::error::ApiError {
+    fn from(error: PasswordError) -> Self {
+        match error {
+            PasswordError::Overloaded(overloaded) => Self::overloaded(overloaded),
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// Hashes waiting for a core, per core, at most.
+const WAITING_PER_CORE: usize = 32;
+
+/// At most one hash per core at a time, and a bounded queue for the rest.
+struct Gate {
+    cores: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+fn gate() -> &'static Gate {
+    static GATE: OnceLock<Gate> = OnceLock::new();
+    GATE.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Gate {
+            cores: Arc::new(Semaphore::new(cores)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: cores * WAITING_PER_CORE,
+        }
+    })
+}
+
+/// Runs `work` on the blocking pool once a core is free for it.
+async fn on_a_core<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
+) -> Result<T, PasswordError> {
+    let gate = gate();
+    if gate.waiting.fetch_add(1, Ordering::Relaxed) >= gate.max_waiting {
+        gate.waiting.fetch_sub(1, Ordering::Relaxed);
+        return Err(Overloaded::QueueFull.into());
+    }
+    let permit = before_deadline(deadline(), gate.cores.clone().acquire_owned()).await;
+    gate.waiting.fetch_sub(1, Ordering::Relaxed);
+    let permit = permit?.expect("the gate is never closed");
+    tokio::task::spawn_blocking(move || {
+        let _core = permit;
+        work()
+    })
+    .await?
 }
 
 /// Hashes `password` with argon2id (OWASP parameters: 19 MiB, 2 passes) and a fresh random salt.
@@ -26,7 +85,7 @@ pub enum PasswordError {
 /// # Errors
 /// [`PasswordError`] only on an internal failure; callers answer 500.
 pub async fn hash_password(password: String) -> Result<String, PasswordError> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await?
+    on_a_core(move || hash_blocking(&password)).await
 }
 
 fn hash_blocking(password: &str) -> Result<String, PasswordError> {
@@ -49,11 +108,11 @@ pub async fn verify_password(
     password: String,
     hash: Option<String>,
 ) -> Result<bool, PasswordError> {
-    tokio::task::spawn_blocking(move || match hash {
+    on_a_core(move || match hash {
         Some(hash) => verify_blocking(&password, &hash),
         None => verify_blocking(&password, dummy_hash()?).map(|_| false),
     })
-    .await?
+    .await
 }
 
 fn verify_blocking(password: &str, hash: &str) -> Result<bool, PasswordError> {

@@ -82,6 +82,7 @@ async fn register(
             RegistrationError::UsernameTaken | RegistrationError::EmailTaken => {
                 ApiError::BadRequest(error.to_string())
             }
+            RegistrationError::Overloaded(overloaded) => ApiError::overloaded(overloaded),
             RegistrationError::Failed(message) => ApiError::internal(message),
         })?;
     app.settle_user(user.state.id, user.version).await?;
@@ -154,9 +155,7 @@ async fn login(
         .map_err(ApiError::internal)?;
     let hash = row.as_ref().map(|r| r.state.password_hash.clone());
     // Verified even for unknown users (against no hash), so timing does not reveal who exists.
-    let verified = verify_password(body.password.into(), hash)
-        .await
-        .map_err(ApiError::internal)?;
+    let verified = verify_password(body.password.into(), hash).await?;
     let Some(row) = row.filter(|_| verified) else {
         return Err(ApiError::Unauthorized(BAD_LOGIN.to_owned()));
     };
@@ -384,16 +383,13 @@ async fn change_password(
         body.current_password.into(),
         Some(row.state.password_hash.clone()),
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     if !verified {
         return Err(ApiError::BadRequest(
             "Current password is incorrect".to_owned(),
         ));
     }
-    let password_hash = hash_password(body.new_password.into())
-        .await
-        .map_err(ApiError::internal)?;
+    let password_hash = hash_password(body.new_password.into()).await?;
     let outcome = app
         .execute::<User>(
             &user.user_id.to_string(),
