@@ -71,8 +71,8 @@ pub struct App {
     pub idempotency: IdempotencyStore,
     /// Rebuilds started through the admin API.
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
-    /// The log consumers' statuses the health checks and `/metrics` last computed.
-    pub consumer_statuses: crate::routes::health::StatusCache,
+    /// What the health checks and `/metrics` last read from the database.
+    pub health_facts: crate::routes::health::HealthFacts,
     /// List totals, reused while their read model stands still.
     pub totals: Totals,
     /// List answers, reused while their read model stands still.
@@ -137,7 +137,7 @@ impl App {
             pages: PageCache::new(generations),
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
-            consumer_statuses: Default::default(),
+            health_facts: Default::default(),
             answered_creates: AnsweredCreates::default(),
             db,
             commands,

@@ -10,6 +10,7 @@ use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use sparc_projections::ProjectionError;
 use sparc_projections::status::ProjectionStatus;
+use sparc_store::LogStats;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -46,28 +47,57 @@ pub struct Health {
     pub version: &'static str,
 }
 
-/// The consumers' statuses, computed at most once per [`STATUS_REUSED_FOR`]: they cost two
-/// queries per consumer, and the health checks and `/metrics` are polled, unauthenticated or
-/// by several scrapers at once.
+/// What the health checks and `/metrics` read from the database (the consumers' statuses, two
+/// queries per consumer; the log's size, a count of every event), computed at most once per
+/// [`REUSED_FOR`]: they are polled, the health checks without authentication, `/metrics` by
+/// several scrapers at once.
 #[derive(Default)]
-pub struct StatusCache(tokio::sync::Mutex<Option<(Instant, Vec<ProjectionStatus>)>>);
+pub struct HealthFacts {
+    statuses: OncePerInterval<Vec<ProjectionStatus>>,
+    log: OncePerInterval<LogStats>,
+}
 
-/// How long computed statuses are reused.
-const STATUS_REUSED_FOR: Duration = Duration::from_secs(1);
+/// How long computed facts are reused.
+const REUSED_FOR: Duration = Duration::from_secs(1);
 
-impl StatusCache {
-    /// The statuses, computed now unless they were within [`STATUS_REUSED_FOR`]; concurrent
-    /// callers wait for one computation.
-    async fn get(&self, app: &AppState) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+/// A value computed at most once per [`REUSED_FOR`]; concurrent callers wait for one
+/// computation.
+struct OncePerInterval<T>(tokio::sync::Mutex<Option<(Instant, T)>>);
+
+impl<T> Default for OncePerInterval<T> {
+    fn default() -> Self {
+        Self(tokio::sync::Mutex::new(None))
+    }
+}
+
+impl<T: Clone> OncePerInterval<T> {
+    async fn get<E>(&self, compute: impl Future<Output = Result<T, E>>) -> Result<T, E> {
         let mut cached = self.0.lock().await;
-        if let Some((at, statuses)) = cached.as_ref()
-            && at.elapsed() < STATUS_REUSED_FOR
+        if let Some((at, value)) = cached.as_ref()
+            && at.elapsed() < REUSED_FOR
         {
-            return Ok(statuses.clone());
+            return Ok(value.clone());
         }
-        let statuses = sparc_projections::status::statuses(&app.db, app.info.stall_after).await?;
-        *cached = Some((Instant::now(), statuses.clone()));
-        Ok(statuses)
+        let value = compute.await?;
+        *cached = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+}
+
+impl HealthFacts {
+    async fn statuses(&self, app: &AppState) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        self.statuses
+            .get(sparc_projections::status::statuses(
+                &app.db,
+                app.info.stall_after,
+            ))
+            .await
+    }
+
+    async fn log(&self, app: &AppState) -> Result<LogStats, sparc_store::StoreError> {
+        self.log
+            .get(sparc_store::LogReader::new(&app.db).stats())
+            .await
     }
 }
 
@@ -77,7 +107,7 @@ async fn health_of(app: &AppState) -> (Health, Vec<ProjectionStatus>) {
     let database = app.db.ping().await;
     let bus = app.runtime.get().map_or(app.info.bus, |probe| probe.bus());
     let (consumers, consumers_known) = if database {
-        match app.consumer_statuses.get(app).await {
+        match app.health_facts.statuses(app).await {
             Ok(statuses) => (statuses, true),
             Err(error) => {
                 tracing::warn!(%error, "projection status unavailable");
@@ -300,7 +330,7 @@ async fn metrics(
             })
             .collect::<Vec<_>>(),
     );
-    match sparc_store::LogReader::new(&app.db).stats().await {
+    match app.health_facts.log(&app).await {
         Ok(stats) => {
             gauge(
                 &mut out,
@@ -317,7 +347,7 @@ async fn metrics(
         }
         Err(error) => tracing::warn!(%error, "log statistics unavailable for /metrics"),
     }
-    match app.consumer_statuses.get(&app).await {
+    match app.health_facts.statuses(&app).await {
         Ok(statuses) => {
             let label = |name: &str| format!("{{projection=\"{}\"}}", escape_label(name));
             let series = |value: fn(&ProjectionStatus) -> f64| {
