@@ -222,6 +222,7 @@ fn generate(args: &Args) -> Vec<Row> {
                 output: Some("ok".into()),
                 error: (status == ExecutionStatus::Failed).then(|| "exit status 1".into()),
                 next_run_at: Some(at + Duration::minutes(15)),
+                skipped_slots: 0,
                 at: at + Duration::seconds(2),
             },
         ));

@@ -268,13 +268,16 @@ pub enum TaskEvent {
         /// When.
         at: Timestamp,
     },
-    /// A due slot was skipped because a run was still going.
+    /// A due slot was skipped because a run was still going. Recorded once per run: it
+    /// leaves no slot due (`next_run_at` is `None`) until the run finishes, which counts the
+    /// slots it blocked ([`TaskEvent::TaskRunFinished`]'s `skipped_slots`).
     TaskRunSkipped {
         /// The skipped slot.
         scheduled_for: Timestamp,
         /// The run still going.
         running_execution_id: Uuid,
-        /// The next due slot.
+        /// The next due slot (`None`: none until the run finishes; events recorded before
+        /// that rule name the next slot).
         next_run_at: Option<Timestamp>,
         /// When.
         at: Timestamp,
@@ -296,6 +299,10 @@ pub enum TaskEvent {
         error: Option<String>,
         /// The next due slot (the next cron time after the finish).
         next_run_at: Option<Timestamp>,
+        /// The slots that came due while it ran and were skipped (at most
+        /// [`MAX_COUNTED_SLOTS`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skipped_slots: u64,
         /// When.
         at: Timestamp,
     },
@@ -425,6 +432,20 @@ pub struct Task {
     /// The start of the last finished run's error.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The first slot skipped while the running execution goes on.
+    #[serde(default)]
+    pub skipped_since: Option<Timestamp>,
+    /// Slots skipped in all because a run was still going.
+    #[serde(default)]
+    pub skipped_slots: u64,
+}
+
+/// Slots a finished run counts as skipped at most (a run stuck for months on a schedule of
+/// every minute is not worth iterating over every slot).
+pub const MAX_COUNTED_SLOTS: u64 = 100_000;
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 impl Task {
@@ -542,7 +563,7 @@ impl Task {
             Some(running) => TaskEvent::TaskRunSkipped {
                 scheduled_for,
                 running_execution_id: running,
-                next_run_at,
+                next_run_at: None,
                 at,
             },
             None => TaskEvent::TaskFired {
@@ -618,6 +639,10 @@ impl Task {
             Some(schedule) => Self::next_slot(schedule, &self.timezone, self.resume_status, at),
             None => None,
         };
+        let skipped_slots = match (&self.schedule_cron, self.skipped_since) {
+            (Some(schedule), Some(first)) => slots_through(schedule, &self.timezone, first, at),
+            _ => 0,
+        };
         Ok(vec![TaskEvent::TaskRunFinished {
             execution_id,
             status,
@@ -625,9 +650,27 @@ impl Task {
             output: excerpt(report.output),
             error: excerpt(report.error),
             next_run_at,
+            skipped_slots,
             at,
         }])
     }
+}
+
+/// The slots of `schedule` from `first` (a slot itself) through `last`, at most
+/// [`MAX_COUNTED_SLOTS`].
+fn slots_through(
+    schedule: &CronSchedule,
+    zone: &TimeZoneName,
+    first: Timestamp,
+    last: Timestamp,
+) -> u64 {
+    let mut count = 0;
+    let mut slot = Some(first);
+    while let Some(at) = slot.filter(|at| *at <= last && count < MAX_COUNTED_SLOTS) {
+        count += 1;
+        slot = schedule.next_after(at, zone);
+    }
+    count
 }
 
 impl Aggregate for Task {
@@ -801,6 +844,7 @@ impl Aggregate for Task {
                 ..
             } => {
                 self.last_fired_slot = Some(scheduled_for);
+                self.skipped_since.get_or_insert(scheduled_for);
                 self.next_run_at = next_run_at;
                 self.updated_at = Some(at);
             }
@@ -814,9 +858,12 @@ impl Aggregate for Task {
                 output,
                 error,
                 next_run_at,
+                skipped_slots,
                 at,
                 ..
             } => {
+                self.skipped_since = None;
+                self.skipped_slots += skipped_slots;
                 self.assignee = agent_id.or(self.assignee);
                 self.last_output = output;
                 self.last_error = error;
@@ -1017,8 +1064,53 @@ mod tests {
             .then_expect_events(vec![TaskEvent::TaskRunSkipped {
                 scheduled_for: at(9, 30),
                 running_execution_id: Uuid::from_u128(100),
-                next_run_at: Some(at(9, 45)),
+                next_run_at: None,
                 at: at(9, 30),
+            }]);
+    }
+
+    #[test]
+    fn a_stuck_run_is_recorded_once_and_its_finish_counts_the_slots_it_blocked() {
+        let skipped = TaskEvent::TaskRunSkipped {
+            scheduled_for: at(9, 30),
+            running_execution_id: Uuid::from_u128(100),
+            next_run_at: None,
+            at: at(9, 30),
+        };
+        let given = || {
+            vec![
+                scheduled("*/15 * * * *", TaskStatus::Pending),
+                fired(100, at(9, 15), at(9, 30)),
+                skipped.clone(),
+            ]
+        };
+        // No slot is due any more: a later one is not recorded again.
+        TaskTest::with(())
+            .given(given())
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(101),
+                scheduled_for: at(9, 45),
+                at: at(9, 45),
+            })
+            .then_expect_error(TaskError::SlotNotDue(at(9, 45)));
+        // Finished at 10:20: the slots of 9:30, 9:45, 10:00 and 10:15 were blocked.
+        TaskTest::with(())
+            .given(given())
+            .when(TaskCommand::FinishRun {
+                execution_id: Uuid::from_u128(100),
+                status: ExecutionStatus::Success,
+                report: RunReport::default(),
+                at: at(10, 20),
+            })
+            .then_expect_events(vec![TaskEvent::TaskRunFinished {
+                execution_id: Uuid::from_u128(100),
+                status: ExecutionStatus::Success,
+                agent_id: None,
+                output: None,
+                error: None,
+                next_run_at: Some(at(10, 30)),
+                skipped_slots: 4,
+                at: at(10, 20),
             }]);
     }
 
@@ -1042,6 +1134,7 @@ mod tests {
                 output: None,
                 error: None,
                 next_run_at: Some(at(10, 0)),
+                skipped_slots: 0,
                 at: at(9, 50),
             }]);
         let mut task = Task::default();
@@ -1055,6 +1148,7 @@ mod tests {
                 output: None,
                 error: None,
                 next_run_at: Some(at(10, 0)),
+                skipped_slots: 0,
                 at: at(9, 50),
             },
         ] {
