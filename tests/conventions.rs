@@ -655,7 +655,7 @@ both_backends_with!(
     behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket,
     |s| {
         s.api.auth_rate_limit_per_minute = 1;
-        s.api.trust_forwarded_for = true;
+        s.api.trust_forwarded_for = sparc_api::middleware::TrustedProxies::Peer;
     },
     |app: TestApp| async move {
         let login = |forwarded: &'static str| {
@@ -671,6 +671,40 @@ both_backends_with!(
             StatusCode::TOO_MANY_REQUESTS
         );
         assert_eq!(login("198.51.100.2").await.status, StatusCode::UNAUTHORIZED);
+    }
+);
+
+both_backends_with!(
+    behind_trusted_proxy_networks_a_client_cannot_pick_its_bucket_with_a_forged_entry,
+    |s| {
+        s.api.auth_rate_limit_per_minute = 1;
+        s.api.trust_forwarded_for =
+            sparc_api::middleware::TrustedProxies::networks(["127.0.0.0/8", "10.0.0.0/8"])
+                .expect("networks");
+    },
+    |app: TestApp| async move {
+        // The test client is the proxy at 127.0.0.1; 10.1.1.1 a second proxy; the entry each
+        // proxy appended for 198.51.100.1 is the client, whatever it wrote on the left.
+        let login = |forwarded: &'static str| {
+            send(
+                app.request(Method::POST, "/api/v1/auth/login", None)
+                    .header("x-forwarded-for", forwarded)
+                    .json(&json!({"username": "x", "password": "y"})),
+            )
+        };
+        assert_eq!(
+            login("203.0.113.1, 198.51.100.1, 10.1.1.1").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            login("203.0.113.99, 198.51.100.1, 10.1.1.1").await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "a forged entry on the left does not make a new client"
+        );
+        assert_eq!(
+            login("198.51.100.2, 10.1.1.1").await.status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 );
 

@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::middleware::TrustedProxies;
+
 /// Settings of the HTTP layer. A rate limit of `0` turns that class of limit off.
 ///
 /// Unknown fields are ignored (not refused) so the struct can be read from a flat `SPARC_…`
@@ -32,9 +34,9 @@ pub struct ApiSettings {
     pub refresh_token_days: i64,
     /// Send `Strict-Transport-Security` (only behind TLS).
     pub hsts: bool,
-    /// Take the client IP from the first `X-Forwarded-For` entry. Only behind a proxy that
-    /// overwrites the header; otherwise any client can pick its own rate-limit bucket.
-    pub trust_forwarded_for: bool,
+    /// The proxies whose `X-Forwarded-For` entries are believed (`false`, `true` for the socket
+    /// peer, or a list of networks): see [`TrustedProxies`].
+    pub trust_forwarded_for: TrustedProxies,
     /// Nested objects and arrays a free-form JSON field (a task's `params`) may have; at most
     /// [`crate::extract::JsonLimits::DEPTH_CEILING`] (more is taken as that).
     pub max_json_depth: usize,
@@ -62,7 +64,7 @@ impl Default for ApiSettings {
             access_token_minutes: 60,
             refresh_token_days: 7,
             hsts: false,
-            trust_forwarded_for: false,
+            trust_forwarded_for: TrustedProxies::None,
             max_json_depth: 32,
             max_json_bytes: 64 * 1024,
             request_timeout_seconds: 10,
@@ -84,7 +86,7 @@ mod tests {
         assert_eq!(settings.access_token_minutes, 60);
         assert_eq!(settings.refresh_token_days, 7);
         assert!(!settings.hsts);
-        assert!(!settings.trust_forwarded_for);
+        assert_eq!(settings.trust_forwarded_for, TrustedProxies::None);
         assert_eq!(settings.max_json_depth, 32);
         assert_eq!(settings.max_json_bytes, 65_536);
     }

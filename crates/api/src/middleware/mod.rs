@@ -48,7 +48,7 @@ use crate::auth::TokenService;
 use crate::error::ApiError;
 use crate::settings::ApiSettings;
 
-pub use client_ip::ClientIp;
+pub use client_ip::{ClientIp, TrustedProxies};
 pub use rate_limit::RateLimiter;
 pub use request_id::RequestId;
 
@@ -80,7 +80,7 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
         .layer(from_fn(reject_declared_oversize))
         .layer(from_fn_with_state(limiter, rate_limit::rate_limit))
         .layer(from_fn_with_state(
-            settings.trust_forwarded_for,
+            settings.trust_forwarded_for.clone(),
             client_ip::client_ip,
         ))
         .layer(from_fn(request_id::request_id))

@@ -437,7 +437,7 @@ mod tests {
             .route("/api/v1/health", get(|| async { "healthy" }))
             .layer(axum::middleware::from_fn_with_state(limiter, rate_limit))
             .layer(axum::middleware::from_fn_with_state(
-                false,
+                super::super::client_ip::TrustedProxies::None,
                 super::super::client_ip::client_ip,
             ))
     }
@@ -596,7 +596,7 @@ mod tests {
             )
             .layer(axum::middleware::from_fn_with_state(limiter, rate_limit))
             .layer(axum::middleware::from_fn_with_state(
-                false,
+                super::super::client_ip::TrustedProxies::None,
                 super::super::client_ip::client_ip,
             ));
         let user = Uuid::new_v4();
