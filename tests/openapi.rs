@@ -3,7 +3,7 @@
 //! sections with a response schema wherever the contract defines a body, and every documented
 //! operation is actually served; every error the service answers to a request without a token,
 //! with malformed JSON or with a text body is documented with its body; the values it lists for
-//! a field are the ones the service accepts.
+//! a field or a list filter are the ones the service accepts.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -370,6 +370,47 @@ both_backends!(
                 "status {status}"
             );
         }
+    }
+);
+
+both_backends!(
+    every_value_the_document_lists_for_a_list_filter_is_accepted,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let admin = app.user_with_role("filterer", Role::Admin).await;
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            let Some(list) = operations.get("get").filter(|_| !path.contains('{')) else {
+                continue;
+            };
+            for parameter in list["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().expect("a parameter name");
+                let values = parameter["schema"]["enum"].as_array().cloned();
+                for value in values.into_iter().flatten() {
+                    let value = value.as_str().expect("a text value");
+                    let query = format!("{path}?{name}={value}");
+                    let answer = app
+                        .call(Method::GET, &query, Some(&admin.token), None)
+                        .await;
+                    checked += 1;
+                    if answer.status != StatusCode::OK {
+                        problems.push(format!("{query}: {} {}", answer.status, answer.body));
+                    }
+                }
+            }
+        }
+        assert!(checked >= 30, "only {checked} listed values");
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        let unlisted = app
+            .call(
+                Method::GET,
+                "/api/v1/tasks?sort_by=owner",
+                Some(&admin.token),
+                None,
+            )
+            .await;
+        assert_eq!(unlisted.status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 );
 

@@ -217,8 +217,14 @@ pub fn is_http_url(url: &str) -> bool {
     host_len > 0 && !url.chars().any(is_ecma_space)
 }
 
-/// [`is_http_url`] as an ECMA-262 pattern, for the OpenAPI document.
-pub const HTTP_URL_PATTERN: &str = r"^https?://[^\s/?#]+\S*$";
+/// [`is_http_url`] as an ECMA-262 pattern, for the OpenAPI document. The white space of
+/// [`is_ecma_space`] is spelt out rather than `\s`, whose meaning differs between regex
+/// dialects (Python's, which schemathesis generates with, adds U+001C..U+001F and U+0085 and
+/// drops U+FEFF), and U+0000, which no string may hold, is left out too.
+pub const HTTP_URL_PATTERN: &str = concat!(
+    r"^https?://[^/?#\u0000\t-\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+",
+    r"[^\u0000\t-\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]*$"
+);
 
 /// What `\s` matches in an ECMA-262 pattern (JSON Schema's dialect).
 fn is_ecma_space(c: char) -> bool {

@@ -5,9 +5,16 @@
 //!   request fields whose schema an attribute cannot say (agent capabilities, http(s) URLs).
 //! - The error answers, added once to the generated document ([`document_errors`]): the
 //!   contract's three error bodies as schemas, and on every operation the error statuses that
-//!   operations of its kind can answer (what the middleware, the extractors and the ownership
-//!   checks produce, which no handler annotation lists), each with its body. Responses a
-//!   handler documents keep their description and only gain a body schema if they had none.
+//!   operations of its kind can answer (what the middleware, the extractors, the ownership
+//!   checks, the `If-Match` and `Idempotency-Key` headers and the command queues under load
+//!   produce, which no handler annotation lists), each with its body. Responses a handler documents keep their
+//!   description, followed by the common causes of the same status, and gain a body schema if
+//!   they had none.
+//! - What requests must be that the types cannot say ([`document_requests`]): U+0000 is refused
+//!   in any string of a request body, a query or a path, so every such string without a
+//!   pattern, a format or a list of values gets [`NUL_FREE`] as its pattern (a pattern written
+//!   here excludes U+0000 itself), as do the field names of objects that take fields they do
+//!   not list; and the bodies of [`AT_LEAST_ONE_FIELD`] name a field.
 //!
 //! A client generated from the document then knows every status it may get, what comes with
 //! it, and which values a field takes.
@@ -21,6 +28,7 @@ use sparc_domain::execution::ExecutionStatus;
 use sparc_domain::project::ProjectStatus;
 use sparc_domain::task::TaskStatus;
 use sparc_domain::user::Role;
+use sparc_domain::values::TimeZoneName;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
 use utoipa::openapi::{OpenApi, RefOr, Response, Schema};
@@ -32,8 +40,48 @@ use crate::middleware::rate_limit;
 /// so an unlisted value is refused before it is looked at.
 pub(crate) const LISTED_VALUE_MAX: usize = 32;
 
+/// No U+0000 anywhere: the pattern of every free-text string the service reads.
+pub(crate) const NUL_FREE: &str = r"^[^\u0000]*$";
+
+/// What Rust's `str::trim` removes (Unicode `White_Space`), as the inside of an ECMA-262
+/// character class. Written out because `\s` differs between dialects (ECMA-262, which JSON
+/// Schema names, leaves out U+0085; Python, which schemathesis uses, adds U+001C..U+001F).
+const TRIMMED: &str = r"\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// A name that is trimmed and must not be blank (an agent's, a project's): 1..255 characters,
+/// at least one of them neither white space nor U+0000.
+pub(crate) fn name() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(255))
+        .pattern(Some(format!(r"^[^\u0000]*[^\u0000{TRIMMED}][^\u0000]*$")))
+}
+
+/// A new password ([`crate::password::password_policy`]): 8..128 characters with an upper-case
+/// letter, a lower-case letter and a digit. The pattern asks for ASCII letters; the service
+/// takes any cased letter.
+pub(crate) fn new_password() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(crate::password::MIN_PASSWORD_CHARS))
+        .max_length(Some(crate::password::MAX_PASSWORD_CHARS))
+        .pattern(Some(
+            r"^(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=[^0-9]*[0-9])[^\u0000]*$",
+        ))
+}
+
+/// A task's time zone: one of the IANA names the service knows.
+pub(crate) fn time_zone() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(64))
+        .enum_values(Some(TimeZoneName::names()))
+        .examples([json!("Europe/Berlin")])
+}
+
 /// A string schema that accepts exactly `values`.
-fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> ObjectBuilder {
+pub(crate) fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .max_length(Some(LISTED_VALUE_MAX))
@@ -53,7 +101,7 @@ pub(crate) fn capabilities() -> ArrayBuilder {
                 .schema_type(Type::String)
                 .min_length(Some(1))
                 .max_length(Some(100))
-                .pattern(Some("^[^,]+$")),
+                .pattern(Some(r"^[^,\u0000]+$")),
         )
         .max_items(Some(100))
 }
@@ -79,6 +127,11 @@ pub(crate) fn agent_status() -> ObjectBuilder {
 /// A status an agent reports for a run.
 pub(crate) fn execution_status() -> ObjectBuilder {
     one_of(ExecutionStatus::ALL.iter().map(ExecutionStatus::as_str))
+}
+
+/// Any task status, as a list filter.
+pub(crate) fn task_status() -> ObjectBuilder {
+    one_of(TaskStatus::ALL.iter().map(TaskStatus::as_str))
 }
 
 /// A task status a client may set (not `running` nor `deleted`, which only the service sets).
@@ -183,8 +236,46 @@ fn common_errors(method: &Method, path: &str, operation: &Operation) -> Vec<(u16
     if rate_limit::is_limited(method, path) {
         errors.push((429, "Rate limit exceeded; see Retry-After"));
     }
+    // Every write but the read-model operations of admins runs commands (and the auth writes
+    // hash passwords), whose queues refuse work under load.
+    let writes = [Method::POST, Method::PUT, Method::DELETE, Method::PATCH].contains(method);
+    if writes && !path.starts_with("/api/v1/admin/projections") {
+        errors.push((
+            503,
+            "Overloaded: the request could not be done before its deadline, or too many wait \
+             for the same resource; nothing was changed; see Retry-After",
+        ));
+    }
+    let header = |name: &str| {
+        parameters.iter().any(|p| {
+            matches!(p.parameter_in, ParameterIn::Header) && p.name.eq_ignore_ascii_case(name)
+        })
+    };
+    if header(IF_MATCH) {
+        errors.extend([
+            (400, "If-Match is not a quoted version"),
+            (412, "If-Match names another version"),
+        ]);
+    }
+    if header(IDEMPOTENCY_KEY) {
+        errors.extend([
+            (
+                400,
+                "Idempotency-Key is empty or longer than 255 characters",
+            ),
+            (
+                409,
+                "A request with this Idempotency-Key is still in progress",
+            ),
+        ]);
+    }
     errors
 }
+
+/// The header of a conditional write ([`crate::routes::if_match`]).
+pub(crate) const IF_MATCH: &str = "If-Match";
+/// The header of a repeatable create ([`crate::idempotency`]).
+pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// A response whose body is the schema `name`.
 fn with_body(description: &str, name: &str) -> Response {
@@ -221,13 +312,24 @@ pub fn document_errors(openapi: &mut OpenApi) {
         ];
         for (method, operation) in operations {
             let Some(operation) = operation else { continue };
-            let errors = common_errors(&method, path, operation);
+            let mut errors: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+            for (status, description) in common_errors(&method, path, operation) {
+                errors.entry(status).or_default().push(description);
+            }
             let responses: &mut BTreeMap<String, RefOr<Response>> =
                 &mut operation.responses.responses;
-            for (status, description) in errors {
-                responses
-                    .entry(status.to_string())
-                    .or_insert_with(|| RefOr::T(with_body(description, body_of(status))));
+            for (status, descriptions) in errors {
+                let common = descriptions.join("; ");
+                match responses.get_mut(&status.to_string()) {
+                    Some(RefOr::T(documented)) if !documented.description.contains(&common) => {
+                        documented.description = format!("{}; {common}", documented.description);
+                    }
+                    Some(_) => {}
+                    None => {
+                        let response = with_body(&common, body_of(status));
+                        responses.insert(status.to_string(), RefOr::T(response));
+                    }
+                }
             }
             for (status, response) in responses.iter_mut() {
                 let Ok(status) = status.parse::<u16>() else {
@@ -241,6 +343,164 @@ pub fn document_errors(openapi: &mut OpenApi) {
                 }
             }
         }
+    }
+}
+
+/// The update bodies that must name at least one field (else 400 `No fields to update`), by
+/// schema name. Set here because utoipa-gen 5.5 writes `#[schema(min_properties = 1)]` as
+/// `maxProperties`.
+pub(crate) const AT_LEAST_ONE_FIELD: [&str; 4] =
+    ["UpdateTask", "UpdateProject", "UpdateAgent", "UpdateUser"];
+
+/// Gives every free-text string a request can carry (body fields and the items of body arrays,
+/// in the bodies' schemas and the schemas they name; query, path and header parameters) the
+/// pattern [`NUL_FREE`], unless it already has a pattern, a format or a list of values, and so
+/// the names of the fields an object takes beyond those it lists; and the bodies of
+/// [`AT_LEAST_ONE_FIELD`] `minProperties: 1`.
+pub fn document_requests(openapi: &mut OpenApi) {
+    let mut bodies = Vec::new();
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if let Some(schema) = parameter.schema.as_mut() {
+                    edit(schema, forbid_nul);
+                }
+            }
+            let Some(body) = operation.request_body.as_mut() else {
+                continue;
+            };
+            for content in body.content.values_mut() {
+                if let Some(schema) = content.schema.as_mut() {
+                    edit(schema, |schema| {
+                        bodies.extend(references(schema));
+                        forbid_nul_in_fields(schema);
+                    });
+                }
+            }
+        }
+    }
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    let mut done = std::collections::BTreeSet::new();
+    while let Some(name) = bodies.pop() {
+        if !done.insert(name.clone()) {
+            continue;
+        }
+        if let Some(schema) = components.schemas.get_mut(&name) {
+            edit(schema, |schema| {
+                bodies.extend(references(schema));
+                forbid_nul_in_fields(schema);
+            });
+        }
+    }
+    for name in AT_LEAST_ONE_FIELD {
+        if let Some(schema) = components.schemas.get_mut(name) {
+            edit(schema, |schema| schema["minProperties"] = json!(1));
+        }
+    }
+}
+
+/// Applies `change` to a schema as JSON.
+fn edit(schema: &mut RefOr<Schema>, change: impl FnOnce(&mut Value)) {
+    let mut json = serde_json::to_value(&*schema).expect("a schema is JSON");
+    change(&mut json);
+    *schema = serde_json::from_value(json).expect("still a schema");
+}
+
+/// The component schemas `schema` names (`$ref`), at any depth.
+fn references(schema: &Value) -> Vec<String> {
+    match schema {
+        Value::Object(members) => members
+            .iter()
+            .flat_map(|(key, value)| match (key.as_str(), value) {
+                ("$ref", Value::String(reference)) => reference
+                    .strip_prefix("#/components/schemas/")
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect(),
+                _ => references(value),
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(references).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// [`forbid_nul`] on each field of an object schema (of each alternative of a `oneOf`/`allOf`),
+/// and [`NUL_FREE`] for the names of the fields it takes beyond those it lists.
+fn forbid_nul_in_fields(schema: &mut Value) {
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.values_mut().for_each(forbid_nul);
+    }
+    forbid_nul_in_names(schema);
+    for combinator in ["allOf", "oneOf", "anyOf"] {
+        if let Some(Value::Array(alternatives)) = schema.get_mut(combinator) {
+            alternatives.iter_mut().for_each(forbid_nul_in_fields);
+        }
+    }
+}
+
+/// `propertyNames` [`NUL_FREE`] for an object schema that takes fields it does not list (a
+/// free-form object's deeper keys and strings are held to the rule too, which a schema
+/// without recursion cannot say).
+fn forbid_nul_in_names(schema: &mut Value) {
+    let is_object = match &schema["type"] {
+        Value::String(kind) => kind == "object",
+        Value::Array(kinds) => kinds.iter().any(|kind| kind == "object"),
+        _ => schema.get("properties").is_some(),
+    };
+    if is_object
+        && schema.get("additionalProperties") != Some(&Value::Bool(false))
+        && schema.get("propertyNames").is_none()
+        && let Some(members) = schema.as_object_mut()
+    {
+        members.insert(
+            "propertyNames".to_owned(),
+            json!({ "type": "string", "pattern": NUL_FREE }),
+        );
+    }
+}
+
+/// Gives a string schema (or the strings of an array schema, or of the alternatives of a
+/// `oneOf`) the pattern [`NUL_FREE`] unless it says otherwise what it takes, and an object
+/// schema's field names [`forbid_nul_in_names`].
+fn forbid_nul(schema: &mut Value) {
+    forbid_nul_in_names(schema);
+    let kinds = match &schema["type"] {
+        Value::String(kind) => vec![kind.clone()],
+        Value::Array(kinds) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if kinds.iter().any(|kind| kind == "array")
+        && let Some(items) = schema.get_mut("items")
+    {
+        forbid_nul(items);
+    }
+    for combinator in ["allOf", "oneOf", "anyOf"] {
+        if let Some(Value::Array(alternatives)) = schema.get_mut(combinator) {
+            alternatives.iter_mut().for_each(forbid_nul);
+        }
+    }
+    let says_otherwise = ["pattern", "format", "enum", "const"]
+        .iter()
+        .any(|key| schema.get(key).is_some());
+    if kinds.iter().any(|kind| kind == "string")
+        && !says_otherwise
+        && let Some(members) = schema.as_object_mut()
+    {
+        members.insert("pattern".to_owned(), json!(NUL_FREE));
     }
 }
 
@@ -366,6 +626,178 @@ mod tests {
                     "{method} {path}: the strings of {name} are not checked here"
                 );
             }
+        }
+    }
+
+    /// The document as the service serves it.
+    fn served_document() -> Value {
+        let (_, mut document) = crate::routes::api().split_for_parts();
+        document_errors(&mut document);
+        document_requests(&mut document);
+        serde_json::to_value(document).expect("the document is JSON")
+    }
+
+    /// Whether a pattern written for this document refuses every string holding U+0000: it is
+    /// anchored, has no `.`, and each negated class outside its lookaheads names U+0000 (a
+    /// positive class or a literal never matches it unless it names it).
+    fn refuses_nul(pattern: &str) -> bool {
+        let mut consuming = String::new();
+        let mut rest = pattern;
+        while let Some(start) = rest.find("(?=") {
+            consuming.push_str(&rest[..start]);
+            let mut depth = 0;
+            let end = rest[start..]
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += i32::from(c == '(') - i32::from(c == ')');
+                    depth == 0
+                })
+                .map_or(rest.len(), |(at, _)| start + at + 1);
+            rest = &rest[end..];
+        }
+        consuming.push_str(rest);
+        let negated_classes_name_nul = consuming.split("[^").skip(1).all(|class| {
+            class
+                .split(']')
+                .next()
+                .is_some_and(|c| c.contains(r"\u0000"))
+        });
+        pattern.starts_with('^')
+            && pattern.ends_with('$')
+            && !consuming.contains('.')
+            && !pattern.contains(r"\x00")
+            && negated_classes_name_nul
+    }
+
+    #[test]
+    fn the_nul_check_reads_patterns_as_meant() {
+        assert!(refuses_nul(NUL_FREE));
+        assert!(refuses_nul("^[A-Za-z0-9_-]+$"));
+        assert!(refuses_nul(&name().build().pattern.expect("a pattern")));
+        assert!(refuses_nul(
+            &new_password().build().pattern.expect("a pattern")
+        ));
+        assert!(refuses_nul(crate::extract::HTTP_URL_PATTERN));
+        assert!(!refuses_nul("^[^,]+$"));
+        assert!(!refuses_nul("^.*$"));
+        assert!(!refuses_nul("[a-z]"));
+        assert!(!refuses_nul(r"^(?=[^\u0000]*)[^a]*$"));
+    }
+
+    /// Every string schema in `schema` (following `$ref`s into the document's components, once
+    /// each), with where it was found.
+    fn strings<'a>(
+        document: &'a Value,
+        schema: &'a Value,
+        at: String,
+        seen: &mut BTreeSet<String>,
+        found: &mut Vec<(String, &'a Value)>,
+    ) {
+        if let Some(reference) = schema["$ref"].as_str() {
+            let name = reference.rsplit('/').next().unwrap_or_default();
+            if seen.insert(name.to_owned()) {
+                let target = &document["components"]["schemas"][name];
+                strings(document, target, format!("{at} ({name})"), seen, found);
+            }
+            return;
+        }
+        if has_type(schema, "string") {
+            found.push((at.clone(), schema));
+        }
+        if schema["propertyNames"].is_object() {
+            found.push((format!("{at} (field names)"), &schema["propertyNames"]));
+        } else if has_type(schema, "object") && schema["additionalProperties"] != Value::Bool(false)
+        {
+            found.push((format!("{at} (field names)"), &Value::Null));
+        }
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            strings(document, property, format!("{at}.{field}"), seen, found);
+        }
+        if schema["items"].is_object() {
+            strings(document, &schema["items"], format!("{at}[]"), seen, found);
+        }
+        for combinator in ["allOf", "oneOf", "anyOf"] {
+            for alternative in schema[combinator].as_array().into_iter().flatten() {
+                strings(document, alternative, at.clone(), seen, found);
+            }
+        }
+    }
+
+    #[test]
+    fn no_string_a_request_carries_may_hold_nul_by_the_document() {
+        let document = served_document();
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for (path, operations) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let mut found = Vec::new();
+                let mut seen = BTreeSet::new();
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    let at = format!("{method} {path} {}", parameter["name"]);
+                    strings(&document, &parameter["schema"], at, &mut seen, &mut found);
+                }
+                let body = &operation["requestBody"]["content"]["application/json"]["schema"];
+                let at = format!("{method} {path} body");
+                strings(&document, body, at, &mut seen, &mut found);
+                for (at, schema) in found {
+                    checked += 1;
+                    let listed = ["enum", "const", "format"]
+                        .iter()
+                        .any(|key| schema.get(key).is_some());
+                    let refused = schema["pattern"].as_str().is_some_and(refuses_nul);
+                    if !listed && !refused {
+                        problems.push(format!("{at}: {schema}"));
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} strings found");
+        assert!(
+            problems.is_empty(),
+            "strings that may hold U+0000:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_parameter_is_where_the_document_says() {
+        let document = served_document();
+        for (path, operations) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let parameters = operation["parameters"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let in_path: BTreeSet<String> = parameters
+                    .iter()
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| format!("{{{}}}", p["name"].as_str().unwrap_or_default()))
+                    .collect();
+                let templated: BTreeSet<String> = path
+                    .split('/')
+                    .filter(|segment| segment.starts_with('{'))
+                    .map(str::to_owned)
+                    .collect();
+                assert_eq!(in_path, templated, "{method} {path}: path parameters");
+                for parameter in &parameters {
+                    assert!(
+                        ["path", "query", "header"]
+                            .contains(&parameter["in"].as_str().unwrap_or_default()),
+                        "{method} {path}: {parameter}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_update_bodies_that_need_a_field_say_so() {
+        let document = served_document();
+        for name in AT_LEAST_ONE_FIELD {
+            assert_eq!(
+                document["components"]["schemas"][name]["minProperties"], 1,
+                "{name}"
+            );
         }
     }
 }

@@ -149,6 +149,11 @@ impl TimeZoneName {
             .map_err(|_| invalid(format!("unknown time zone '{raw}'")))
     }
 
+    /// Every name [`TimeZoneName::parse`] accepts (untrimmed), for the API's documentation.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
+    }
+
     /// The zone for date arithmetic.
     pub fn tz(&self) -> Tz {
         self.0
@@ -384,6 +389,15 @@ mod tests {
     fn unknown_time_zones_are_refused() {
         assert!(TimeZoneName::parse("Mars/Olympus").is_err());
         assert_eq!(TimeZoneName::default().name(), "UTC");
+    }
+
+    #[test]
+    fn every_listed_time_zone_name_is_accepted_as_itself() {
+        let names: Vec<&str> = TimeZoneName::names().collect();
+        assert!(names.len() > 400 && names.contains(&"Europe/Berlin"));
+        for name in names {
+            assert_eq!(TimeZoneName::parse(name).map(|tz| tz.name()), Ok(name));
+        }
     }
 
     #[test]

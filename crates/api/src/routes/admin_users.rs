@@ -32,8 +32,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 
 /// Account list filters and page.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListUsers {
     /// Only this role: `admin`, `auditor`, `agent` or `user`.
+    #[param(schema_with = crate::openapi::role)]
     pub role: Option<String>,
     /// Only active (`true`) or deactivated (`false`) accounts.
     pub is_active: Option<bool>,
@@ -83,7 +85,7 @@ async fn list_users(
     }))
 }
 
-/// What an admin may change of an account.
+/// What an admin may change of an account (at least one).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
@@ -91,12 +93,14 @@ pub struct UpdateUser {
     #[schema(schema_with = crate::openapi::role)]
     pub role: Option<Text<LISTED_VALUE_MAX>>,
     /// `false` deactivates the account (it can no longer sign in), `true` activates it again.
+    #[schema(nullable = false)]
     pub is_active: Option<bool>,
 }
 
 /// Changes another account's role or active state (admins only); ends that account's sessions.
 #[utoipa::path(put, path = "/api/v1/admin/users/{id}", tag = "admin", params(("id" = Uuid, Path)), request_body = UpdateUser,
-    responses((status = 200, body = UserResource), (status = 400, description = "No fields to update, or the admin's own account"), (status = 403, description = "Not an admin"), (status = 404, description = "User not found"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
+    responses((status = 200, body = UserResource), (status = 400, description = "No fields to update, or the admin's own account"), (status = 403, description = "Not an admin"), (status = 404, description = "User not found"),
+        (status = 409, description = "The account kept changing concurrently"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
 async fn update_user(
     State(app): State<AppState>,
     admin: AuthUser,

@@ -29,7 +29,8 @@ use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::{AgentResource, ExecutionResource};
 use crate::routes::{
-    PageInfo, RequestContext, cached_list, if_match, page, parse_query_value, with_etag,
+    IdempotencyKey, IfMatch, PageInfo, RequestContext, cached_list, if_match, page,
+    parse_query_value, with_etag,
 };
 use crate::state::{App, AppState};
 
@@ -129,11 +130,13 @@ fn parse_field<T>(
 
 /// Agent list filters and page.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListAgents {
     /// One of the agent types.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", schema_with = crate::openapi::agent_type)]
     pub agent_type: Option<String>,
+    #[param(schema_with = crate::openapi::agent_status)]
     pub status: Option<String>,
     /// Comma-separated; an agent matches if it has any of them.
     pub capabilities: Option<String>,
@@ -198,8 +201,8 @@ async fn list_agents(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
-    /// Unique, 1..255 characters.
-    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    /// Unique, 1..255 characters, trimmed, not blank.
+    #[schema(schema_with = crate::openapi::name)]
     pub name: Text<255>,
     /// One of the agent types.
     #[serde(rename = "type")]
@@ -214,8 +217,9 @@ pub struct RegisterAgent {
 }
 
 /// Registers an agent (admins and agents). Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterAgent,
-    responses((status = 201, body = AgentResource), (status = 409, description = "Name taken")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterAgent, params(IdempotencyKey),
+    responses((status = 201, body = AgentResource), (status = 403, description = "Not an admin or an agent"),
+        (status = 409, description = "Name taken")), security(("bearer" = [])))]
 async fn register_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -289,6 +293,7 @@ async fn register_agent(
 
 /// Detail options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AgentDetailQuery {
     /// 1..500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -379,11 +384,11 @@ async fn get_agent(
     ))
 }
 
-/// Fields to change.
+/// Fields to change (at least one).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(schema_with = crate::openapi::name)]
     pub name: Option<Text<255>>,
     #[serde(rename = "type")]
     #[schema(schema_with = crate::openapi::agent_type)]
@@ -395,8 +400,10 @@ pub struct UpdateAgent {
 }
 
 /// Changes an agent (admins and agents); honours `If-Match`.
-#[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)), request_body = UpdateAgent,
-    responses((status = 200, body = AgentResource), (status = 409, description = "Name taken")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), IfMatch), request_body = UpdateAgent,
+    responses((status = 200, body = AgentResource), (status = 400, description = "No fields to update"),
+        (status = 403, description = "Not an admin or an agent"), (status = 404, description = "Agent not found"),
+        (status = 409, description = "Name taken, or the agent kept changing concurrently")), security(("bearer" = [])))]
 async fn update_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -483,8 +490,9 @@ async fn update_agent(
 
 /// Deregisters an agent (admins and agents): it goes offline, leaves the list and frees its
 /// name. Honours `If-Match`.
-#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deregistered"), (status = 404, description = "Agent not found"), (status = 412, description = "Version mismatch")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), IfMatch),
+    responses((status = 204, description = "Deregistered"), (status = 403, description = "Not an admin or an agent"),
+        (status = 404, description = "Agent not found"), (status = 409, description = "The agent kept changing concurrently")), security(("bearer" = [])))]
 async fn deregister_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -549,7 +557,9 @@ pub struct ActivityRecorded {
 /// it; the agent's status follows (running→busy, success→idle, failed/timeout→error,
 /// cancelled→idle).
 #[utoipa::path(post, path = "/api/v1/agents/activity", tag = "agents", request_body = ActivityReport,
-    responses((status = 201, body = ActivityRecorded), (status = 404, description = "Unknown agent, task or execution"), (status = 409, description = "Execution already finished")), security(("bearer" = [])))]
+    responses((status = 201, body = ActivityRecorded), (status = 400, description = "The execution belongs to another task"),
+        (status = 403, description = "Not an admin or an agent"), (status = 404, description = "Unknown agent, task or execution"),
+        (status = 409, description = "The execution already finished, the task runs another or is deleted")), security(("bearer" = [])))]
 async fn report_activity(
     State(app): State<AppState>,
     user: AuthUser,

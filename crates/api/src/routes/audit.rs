@@ -33,6 +33,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 
 /// Filters and cursor of `GET /audit/events`; every filter given narrows the selection.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only events of this aggregate type (`User`, `Task`, `Project`, `Execution`, `Agent`, …).
     pub aggregate_type: Option<String>,
@@ -43,8 +44,10 @@ pub struct AuditQuery {
     /// Only events of this type.
     pub event_type: Option<String>,
     /// RFC 3339: only events recorded at or after this time.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339: only events recorded before this time.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// The position of the last event already read (the previous page's
     /// `next_after_position`); 0 or absent: from the start of the log.

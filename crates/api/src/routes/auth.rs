@@ -49,7 +49,7 @@ pub struct RegisterRequest {
     #[schema(value_type = String, format = Email, max_length = 254)]
     pub email: Text<254>,
     /// 8..128 characters with an upper-case letter, a lower-case letter and a digit.
-    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    #[schema(schema_with = crate::openapi::new_password)]
     pub password: Text<MAX_PASSWORD_CHARS>,
     #[schema(value_type = Option<String>, max_length = 100)]
     pub full_name: Option<Text<MAX_FULL_NAME>>,
@@ -248,7 +248,8 @@ async fn refresh(
 
 /// Logs out: ends the session of the given refresh token (which must be the caller's).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = Message), (status = 401, description = "Not authenticated")), security(("bearer" = [])))]
+    responses((status = 200, body = Message), (status = 401, description = "Not authenticated"),
+        (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
 async fn logout(
     State(app): State<AppState>,
     user: AuthUser,
@@ -306,10 +307,10 @@ async fn me(State(app): State<AppState>, user: AuthUser) -> Result<Json<UserReso
 #[serde(deny_unknown_fields)]
 pub struct ProfileRequest {
     /// At most 100 characters.
-    #[schema(value_type = Option<String>, max_length = 100)]
+    #[schema(value_type = Option<String>, nullable = false, max_length = 100)]
     pub full_name: Option<Text<MAX_FULL_NAME>>,
     /// At most 500 characters.
-    #[schema(value_type = Option<String>, max_length = 500)]
+    #[schema(value_type = Option<String>, nullable = false, max_length = 500)]
     pub bio: Option<Text<500>>,
     /// An `http://` or `https://` URL of at most 500 characters.
     #[schema(schema_with = crate::openapi::http_url)]
@@ -318,7 +319,8 @@ pub struct ProfileRequest {
 
 /// Changes the caller's profile.
 #[utoipa::path(put, path = "/api/v1/auth/me", tag = "auth", request_body = ProfileRequest,
-    responses((status = 200, body = UserResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+    responses((status = 200, body = UserResource), (status = 409, description = "The account kept changing concurrently"),
+        (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn update_me(
     State(app): State<AppState>,
     user: AuthUser,
@@ -358,13 +360,14 @@ pub struct ChangePasswordRequest {
     #[schema(value_type = String, max_length = 128)]
     pub current_password: Text<MAX_PASSWORD_CHARS>,
     /// 8..128 characters with an upper-case letter, a lower-case letter and a digit.
-    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    #[schema(schema_with = crate::openapi::new_password)]
     pub new_password: Text<MAX_PASSWORD_CHARS>,
 }
 
 /// Changes the caller's password; every other session of the caller ends.
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", request_body = ChangePasswordRequest,
-    responses((status = 200, body = Message), (status = 400, description = "Current password is incorrect"), (status = 422, description = "Weak new password")), security(("bearer" = [])))]
+    responses((status = 200, body = Message), (status = 400, description = "Current password is incorrect"),
+        (status = 409, description = "The account kept changing concurrently"), (status = 422, description = "Weak new password")), security(("bearer" = [])))]
 async fn change_password(
     State(app): State<AppState>,
     user: AuthUser,
@@ -448,7 +451,8 @@ async fn list_sessions(
 
 /// Ends one of the caller's sessions.
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{id}", tag = "auth", params(("id" = Uuid, Path, description = "Session id")),
-    responses((status = 200, body = Message), (status = 404, description = "Session not found")), security(("bearer" = [])))]
+    responses((status = 200, body = Message), (status = 404, description = "Session not found"),
+        (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
 async fn revoke_session(
     State(app): State<AppState>,
     user: AuthUser,
@@ -460,7 +464,8 @@ async fn revoke_session(
 }
 
 /// Ends every session of the caller, this one included.
-#[utoipa::path(delete, path = "/api/v1/auth/sessions", tag = "auth", responses((status = 200, body = Message)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/auth/sessions", tag = "auth",
+    responses((status = 200, body = Message), (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
 async fn revoke_all_sessions(
     State(app): State<AppState>,
     user: AuthUser,

@@ -70,14 +70,18 @@ pub fn api() -> OpenApiRouter<AppState> {
 }
 
 /// The complete application: every route, the OpenAPI document and the middleware stack.
-pub fn router(app: std::sync::Arc<crate::state::App>) -> Router {
+/// `extra` (the WebSocket gateway's routes) is merged in under the same stack, so that an
+/// upgrade passes the rate limiter and gets the request id and security headers as REST does.
+pub fn router(app: std::sync::Arc<crate::state::App>, extra: Router) -> Router {
     let app = AppState(app);
     let (routes, mut openapi) = api().split_for_parts();
     crate::openapi::document_errors(&mut openapi);
+    crate::openapi::document_requests(&mut openapi);
     let routes = routes
         .layer(Extension(Arc::new(openapi)))
         .layer(Extension(JsonLimits::from_settings(&app.settings)))
-        .with_state(app.clone());
+        .with_state(app.clone())
+        .merge(extra);
     crate::middleware::apply(routes, &app.settings, app.tokens.clone())
 }
 
@@ -147,6 +151,38 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
         .map_err(|_| {
             ApiError::BadRequest("If-Match must be a quoted version such as \"3\"".to_owned())
         })
+}
+
+/// `If-Match` as the OpenAPI document shows it on a conditional write; [`if_match`] reads it.
+/// The pattern is the header's canonical form (the service also takes it unquoted).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // a description of a header for the document, never built
+pub struct IfMatch {
+    /// The version (`ETag`) the write is for, or `*`: any. Another version is 412.
+    #[param(
+        rename = "If-Match",
+        nullable = false,
+        pattern = r#"^(\*|(W/)?"[0-9]{1,18}")$"#
+    )]
+    if_match: Option<String>,
+}
+
+/// `Idempotency-Key` as the OpenAPI document shows it on a create;
+/// [`crate::idempotency::idempotency_key`] reads it.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // a description of a header for the document, never built
+pub struct IdempotencyKey {
+    /// The same key from the same user on the same endpoint within 24 hours gets the first
+    /// answer back, and nothing is created again.
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 255
+    )]
+    idempotency_key: Option<String>,
 }
 
 /// A JSON answer with `ETag: "<version>"`.
@@ -319,6 +355,7 @@ pub struct HistoryResponse {
 
 /// History paging: `limit` (1..1000, default 100) and `after_version` (≥0).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
@@ -353,8 +390,10 @@ pub async fn history(
 
 /// `as_of` (a time) or `version` (a number): rebuild a state from the log at that point.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AsOfQuery {
     /// An RFC 3339 time.
+    #[param(format = DateTime)]
     pub as_of: Option<String>,
     /// An aggregate version (≥1).
     #[param(minimum = 1)]

@@ -25,8 +25,8 @@ use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::{ProjectResource, TaskResource};
 use crate::routes::{
-    AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, history, if_match, page,
-    parse_query_value, state_as_of, with_etag,
+    AsOfQuery, HistoryQuery, HistoryResponse, IdempotencyKey, IfMatch, PageInfo, RequestContext,
+    history, if_match, page, parse_query_value, state_as_of, with_etag,
 };
 use crate::state::{App, AppState};
 
@@ -77,7 +77,7 @@ fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> Option<ProjectName> {
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// 1..255 characters, trimmed, not blank.
-    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    #[schema(schema_with = crate::openapi::name)]
     pub name: Text<255>,
     /// At most 2000 characters.
     #[schema(value_type = Option<String>, max_length = 2000)]
@@ -85,7 +85,7 @@ pub struct CreateProject {
 }
 
 /// Creates a project (`active`, no tasks). Honours `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = CreateProject,
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = CreateProject, params(IdempotencyKey),
     responses((status = 201, body = ProjectResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn create_project(
     State(app): State<AppState>,
@@ -131,13 +131,31 @@ async fn create_project(
         .await
 }
 
+/// The orders of the project list: a field, descending with a leading `-`.
+const PROJECT_SORTS: [(&str, ProjectSort); 3] = [
+    ("created_at", ProjectSort::CreatedAt),
+    ("name", ProjectSort::Name),
+    ("tasks_count", ProjectSort::TasksCount),
+];
+
+/// `sort_by` of the project list.
+fn project_sort() -> utoipa::openapi::ObjectBuilder {
+    let names: Vec<String> = PROJECT_SORTS
+        .iter()
+        .flat_map(|(name, _)| [name.to_string(), format!("-{name}")])
+        .collect();
+    crate::openapi::one_of(names.iter().map(String::as_str))
+}
+
 /// Project list filters, order and page.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListProjects {
     /// Case-insensitive text in the name or description.
     #[param(max_length = 255)]
     pub search: Option<String>,
     /// `active` or `archived`.
+    #[param(schema_with = crate::openapi::settable_project_status)]
     pub status: Option<String>,
     /// 1..100, default 20.
     #[param(minimum = 1, maximum = 100)]
@@ -145,6 +163,7 @@ pub struct ListProjects {
     #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
     /// `created_at`, `-created_at` (default), `name`, `-name`, `tasks_count`, `-tasks_count`.
+    #[param(schema_with = project_sort)]
     pub sort_by: Option<String>,
 }
 
@@ -168,13 +187,11 @@ async fn list_projects(
     let status = parse_query_value("status", query.status.as_deref(), settable_status)?;
     let (sort, descending) = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| {
         let (descending, field) = raw.strip_prefix('-').map_or((false, raw), |f| (true, f));
-        let sort = match field {
-            "created_at" => ProjectSort::CreatedAt,
-            "name" => ProjectSort::Name,
-            "tasks_count" => ProjectSort::TasksCount,
-            _ => return Err("sort_by must be one of: created_at, -created_at, name, -name, tasks_count, -tasks_count"),
-        };
-        Ok((sort, descending))
+        PROJECT_SORTS
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map(|&(_, sort)| (sort, descending))
+            .ok_or("sort_by must be one of: created_at, -created_at, name, -name, tasks_count, -tasks_count")
     })?
     .unwrap_or((ProjectSort::CreatedAt, true));
     if query
@@ -263,13 +280,13 @@ fn settable_status(raw: &str) -> Result<ProjectStatus, String> {
         })
 }
 
-/// Fields to change.
+/// Fields to change (at least one).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(schema_with = crate::openapi::name)]
     pub name: Option<Text<255>>,
-    #[schema(value_type = Option<String>, max_length = 2000)]
+    #[schema(value_type = Option<String>, nullable = false, max_length = 2000)]
     pub description: Option<Text<MAX_DESCRIPTION>>,
     /// `active` or `archived`.
     #[schema(schema_with = crate::openapi::settable_project_status)]
@@ -277,8 +294,9 @@ pub struct UpdateProject {
 }
 
 /// Changes a project; honours `If-Match`.
-#[utoipa::path(put, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path)), request_body = UpdateProject,
-    responses((status = 200, body = ProjectResource), (status = 400, description = "No fields to update"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), IfMatch), request_body = UpdateProject,
+    responses((status = 200, body = ProjectResource), (status = 400, description = "No fields to update"),
+        (status = 409, description = "The project kept changing concurrently"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
 async fn update_project(
     State(app): State<AppState>,
     user: AuthUser,
@@ -335,8 +353,9 @@ async fn update_project(
 }
 
 /// Soft-deletes a project; each of its tasks becomes `deleted` through its own event.
-#[utoipa::path(delete, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, description = "Project not found")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), IfMatch),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "Project not found"),
+        (status = 409, description = "The project kept changing concurrently")), security(("bearer" = [])))]
 async fn delete_project(
     State(app): State<AppState>,
     user: AuthUser,

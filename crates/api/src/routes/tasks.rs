@@ -27,8 +27,9 @@ use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
-    AsOfQuery, HistoryQuery, HistoryResponse, PageInfo, RequestContext, cached_list, double_option,
-    history, if_match, page, parse_query_value, state_as_of, state_until, with_etag,
+    AsOfQuery, HistoryQuery, HistoryResponse, IdempotencyKey, IfMatch, PageInfo, RequestContext,
+    cached_list, double_option, history, if_match, page, parse_query_value, state_as_of,
+    state_until, with_etag,
 };
 use crate::state::{App, AppState};
 
@@ -104,13 +105,14 @@ fn check_params(params: &Value, app: &App, errors: &mut Vec<FieldError>) {
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
     /// 1..255 of letters, digits, `_` and `-`.
-    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$")]
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$", example = "code-review")]
     pub skill_name: Text<255>,
-    /// A 5-field cron expression.
-    #[schema(value_type = String, max_length = 255)]
+    /// A 5-field cron expression (minute hour day-of-month month day-of-week) with ranges,
+    /// lists, steps and names such as `MON`.
+    #[schema(value_type = String, max_length = 255, example = "0 9 * * MON-FRI")]
     pub schedule_cron: Text<255>,
     /// An IANA time zone (default `UTC`).
-    #[schema(value_type = Option<String>, max_length = 64)]
+    #[schema(schema_with = crate::openapi::time_zone)]
     pub timezone: Option<Text<64>>,
     /// Skill parameters: a JSON object, default `{}`, at most 32 levels deep and 64 KiB as
     /// compact JSON (the defaults of `SPARC_MAX_JSON_DEPTH` and `SPARC_MAX_JSON_BYTES`).
@@ -125,7 +127,9 @@ pub struct CreateTask {
 
 /// Schedules a task. Honours `Idempotency-Key`.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
-    responses((status = 201, body = TaskResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+    params(IdempotencyKey),
+    responses((status = 201, body = TaskResource), (status = 403, description = "The project is another user's"),
+        (status = 404, description = "Project not found"), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn create_task(
     State(app): State<AppState>,
     Author(user): Author,
@@ -203,10 +207,30 @@ async fn create_task(
         .await
 }
 
+/// The orders of the task list, by name.
+const TASK_SORTS: [(&str, TaskSort); 4] = [
+    ("created_at", TaskSort::CreatedAt),
+    ("next_run_at", TaskSort::NextRunAt),
+    ("updated_at", TaskSort::UpdatedAt),
+    ("status", TaskSort::Status),
+];
+
+/// `sort_by` of the task list.
+fn task_sort() -> utoipa::openapi::ObjectBuilder {
+    crate::openapi::one_of(TASK_SORTS.map(|(name, _)| name))
+}
+
+/// `sort_order` of the task list.
+fn sort_order() -> utoipa::openapi::ObjectBuilder {
+    crate::openapi::one_of(["asc", "desc"])
+}
+
 /// Task list filters, order and page.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListTasks {
     /// Only this status (deleted tasks are listed only with `status=deleted`).
+    #[param(schema_with = crate::openapi::task_status)]
     pub status: Option<String>,
     pub skill_name: Option<String>,
     pub project_id: Option<Uuid>,
@@ -216,8 +240,10 @@ pub struct ListTasks {
     #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
     /// `created_at` (default), `next_run_at`, `updated_at` or `status`.
+    #[param(schema_with = task_sort)]
     pub sort_by: Option<String>,
     /// `asc` or `desc` (default).
+    #[param(schema_with = sort_order)]
     pub sort_order: Option<String>,
 }
 
@@ -239,12 +265,12 @@ async fn list_tasks(
 ) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
     let status = parse_query_value("status", query.status.as_deref(), TaskStatus::parse)?;
-    let sort = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| match raw {
-        "created_at" => Ok(TaskSort::CreatedAt),
-        "next_run_at" => Ok(TaskSort::NextRunAt),
-        "updated_at" => Ok(TaskSort::UpdatedAt),
-        "status" => Ok(TaskSort::Status),
-        _ => Err("sort_by must be one of: created_at, next_run_at, updated_at, status"),
+    let sort = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| {
+        TASK_SORTS
+            .iter()
+            .find(|(name, _)| *name == raw)
+            .map(|&(_, sort)| sort)
+            .ok_or("sort_by must be one of: created_at, next_run_at, updated_at, status")
     })?
     .unwrap_or_default();
     let ascending =
@@ -331,16 +357,16 @@ async fn executions_as_of(
     Ok(executions)
 }
 
-/// Fields to change; `skill_name` cannot change.
+/// Fields to change (at least one); `skill_name` cannot change.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTask {
-    #[schema(value_type = Option<String>, max_length = 255)]
+    #[schema(value_type = Option<String>, nullable = false, max_length = 255, example = "30 6 * * *")]
     pub schedule_cron: Option<Text<255>>,
-    #[schema(value_type = Option<String>, max_length = 64)]
+    #[schema(schema_with = crate::openapi::time_zone)]
     pub timezone: Option<Text<64>>,
     /// As on creation: an object within the free-form limits.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, nullable = false)]
     pub params: Option<Value>,
     /// `pending`, `completed`, `failed` or `disabled`.
     #[schema(schema_with = crate::openapi::settable_task_status)]
@@ -352,8 +378,12 @@ pub struct UpdateTask {
 }
 
 /// Changes a task; honours `If-Match`. A cron or time-zone change recomputes `next_run_at`.
-#[utoipa::path(put, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = UpdateTask,
-    responses((status = 200, body = TaskResource), (status = 400, description = "No fields to update"), (status = 412, description = "Version mismatch")), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/api/v1/tasks/{id}", tag = "tasks", request_body = UpdateTask,
+    params(("id" = Uuid, Path), IfMatch),
+    responses((status = 200, body = TaskResource), (status = 400, description = "No fields to update"),
+        (status = 403, description = "Another user's task, or the project is another user's"),
+        (status = 404, description = "Task or project not found"),
+        (status = 409, description = "The task is deleted, or kept changing concurrently")), security(("bearer" = [])))]
 async fn update_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -427,8 +457,10 @@ pub struct TaskDeleted {
 }
 
 /// Soft-deletes a task; it stays readable with status `deleted`. Honours `If-Match`.
-#[utoipa::path(delete, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
-    responses((status = 200, body = TaskDeleted), (status = 404, description = "Task not found")), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/tasks/{id}", tag = "tasks",
+    params(("id" = Uuid, Path), IfMatch),
+    responses((status = 200, body = TaskDeleted), (status = 404, description = "Task not found"),
+        (status = 409, description = "Already deleted, or kept changing concurrently")), security(("bearer" = [])))]
 async fn delete_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -456,7 +488,7 @@ async fn delete_task(
 
 /// Runs a task now, outside its schedule: the run becomes a `running` execution.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/run", tag = "tasks", params(("id" = Uuid, Path)),
-    responses((status = 202, body = ExecutionResource), (status = 409, description = "Already running or deleted")), security(("bearer" = [])))]
+    responses((status = 202, body = ExecutionResource), (status = 409, description = "Already running or deleted, or kept changing concurrently")), security(("bearer" = [])))]
 async fn run_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -505,6 +537,7 @@ async fn run_task(
 
 /// Execution list paging and filter.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListExecutions {
     /// 1..100, default 20.
     #[param(minimum = 1, maximum = 100)]
@@ -512,6 +545,7 @@ pub struct ListExecutions {
     #[param(minimum = 0, maximum = 1000000)]
     pub offset: Option<i64>,
     /// `running`, `success`, `failed`, `timeout` or `cancelled`.
+    #[param(schema_with = crate::openapi::execution_status)]
     pub status: Option<String>,
 }
 
