@@ -230,7 +230,12 @@ async fn refresh(
             None,
         )
         .await
-        .map_err(|_| ApiError::Unauthorized(BAD_REFRESH.to_owned()))?;
+        .map_err(|error| match error {
+            // The service failing or too busy says nothing about the token: the client keeps
+            // it and retries, rather than signing out.
+            ApiError::Internal(_) | ApiError::Overloaded { .. } => error,
+            _ => ApiError::Unauthorized(BAD_REFRESH.to_owned()),
+        })?;
     app.settle_user(claims.sub, outcome.version).await?;
     if outcome
         .events
