@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 examples="${1:-80}"
-venv=target/schemathesis-venv
+venv="$PWD/target/schemathesis-venv"
 port=18090
 base="http://127.0.0.1:$port"
 database="sparc_schemathesis_$(date +%s)_$$"
@@ -90,7 +90,8 @@ for who in user admin; do
     # One worker: with two, CPython 3.11's AST construction (hypothesis parses the source of
     # its filters) is not thread-safe and fails a run now and then with "AST constructor
     # recursion depth mismatch"; the run takes about as long either way.
-    "$venv/bin/st" run "$base/api/openapi.json" \
+    # Run from the scratch directory, where schemathesis leaves its cache (`.schemathesis/`).
+    (cd "$work" && "$venv/bin/st" run "$base/api/openapi.json" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --header "Authorization: Bearer ${!token_var}" \
         --exclude-name 'POST /api/v1/auth/logout' \
@@ -98,7 +99,7 @@ for who in user admin; do
         --exclude-name 'DELETE /api/v1/auth/sessions/{id}' \
         --phases examples,coverage,fuzzing \
         --max-examples "$examples" --workers 1 --request-timeout 15 \
-        --seed 2026 --no-color | tee "$work/run-$who.log" || status=1
+        --seed 2026 --no-color) | tee "$work/run-$who.log" || status=1
     generated="$(grep -oE '[0-9]+ generated' "$work/run-$who.log" | tail -1 | grep -oE '[0-9]+' || echo 0)"
     total=$((total + generated))
 done
