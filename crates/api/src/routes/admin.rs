@@ -97,18 +97,62 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// One consumer of the log, as the admin list shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerStatus {
+    /// The read model, policy, `chain` (the hash chainer) or `relay` (the outbox relay).
+    pub name: String,
+    /// The global position of the last event it applied.
+    pub position: i64,
+    /// Committed events it has not applied yet.
+    pub lag_events: i64,
+    /// Age of the oldest event it has not applied yet, in seconds.
+    pub lag_seconds: f64,
+    /// Events it parked.
+    pub parked: i64,
+    /// `live`, `rebuilding`, `degraded` (it parked events) or `stalled` (an event has waited
+    /// for it longer than `SPARC_PROJECTION_STALL_SECONDS`).
+    #[schema(pattern = "^(live|rebuilding|degraded|stalled)$")]
+    pub status: &'static str,
+    /// When it was last rebuilt.
+    pub rebuilt_at: Option<String>,
+}
+
+impl From<sparc_projections::status::ProjectionStatus> for ConsumerStatus {
+    fn from(status: sparc_projections::status::ProjectionStatus) -> Self {
+        Self {
+            name: status.name,
+            position: status.position,
+            lag_events: status.lag_events,
+            lag_seconds: status.lag_seconds,
+            parked: status.parked,
+            status: status.status,
+            rebuilt_at: status.rebuilt_at,
+        }
+    }
+}
+
 /// Every consumer's position, lag, parked events and status.
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "admin",
-    responses((status = 200, description = "[{name, position, lag_events, lag_seconds, parked, status: live|rebuilding|degraded|stalled, rebuilt_at}]"), (status = 403, description = "Not an admin")), security(("bearer" = [])))]
+    responses((status = 200, body = [ConsumerStatus]), (status = 403, description = "Not an admin")), security(("bearer" = [])))]
 async fn list_projections(
     State(app): State<AppState>,
     user: AuthUser,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Vec<ConsumerStatus>>, ApiError> {
     user.require_admin()?;
     let statuses = sparc_projections::status::statuses(&app.db, app.info.stall_after)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(statuses).into_response())
+    Ok(Json(
+        statuses.into_iter().map(ConsumerStatus::from).collect(),
+    ))
+}
+
+/// A rebuild started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildStarted {
+    /// Its id; poll `GET …/rebuild` for its progress.
+    pub rebuild_id: Uuid,
 }
 
 /// One parked event.
@@ -228,7 +272,7 @@ async fn retry_parked(
 /// Starts rebuilding a read model into a shadow table; the live one keeps serving until the
 /// rebuilt copy has caught up, then the two swap.
 #[utoipa::path(post, path = "/api/v1/admin/projections/{name}/rebuild", tag = "admin", params(("name" = String, Path)),
-    responses((status = 202, description = "{rebuild_id}"), (status = 404, description = "Unknown read model"), (status = 409, description = "Already rebuilding")), security(("bearer" = [])))]
+    responses((status = 202, body = RebuildStarted), (status = 404, description = "Unknown read model"), (status = 409, description = "Already rebuilding")), security(("bearer" = [])))]
 async fn start_rebuild(
     State(app): State<AppState>,
     user: AuthUser,
@@ -266,7 +310,9 @@ async fn start_rebuild(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"rebuild_id": started.rebuild_id})),
+        Json(RebuildStarted {
+            rebuild_id: started.rebuild_id,
+        }),
     )
         .into_response())
 }
