@@ -12,7 +12,8 @@
 #   prepare_sparc PREFIX   for the WebSocket benchmarks: migrates DATABASE_URL, exports what the
 #                          sparc processes need (NATS_URL, a fresh signing key, a NATS
 #                          namespace PREFIX_<time> of their own, warnings only, rate limits
-#                          off) and creates the admin `wsadmin` with password ADMIN_PASSWORD
+#                          and connection caps off) and creates the admin `wsadmin` with
+#                          password ADMIN_PASSWORD
 #   wait_login API USER PASSWORD
 #                          waits up to 20 s until USER can log in at API (an account made by
 #                          `sparc user create` reaches the users read model moments later)
@@ -73,6 +74,8 @@ prepare_sparc() {
 	export RUST_LOG=warn
 	export SPARC_RATE_LIMIT_PER_MINUTE=0 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=0
 	export SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE=0 SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE=0
+	# Hundreds of connections per user, ~17,000 per gateway: connection caps off, like rate limits.
+	export SPARC_WEBSOCKET_CONNECTIONS_PER_USER=0 SPARC_WEBSOCKET_MAX_CONNECTIONS=0 SPARC_MAX_CONNECTIONS=0
 	"$SPARC_BIN" migrate >/dev/null
 	SPARC_PASSWORD=$ADMIN_PASSWORD "$SPARC_BIN" user create --username wsadmin \
 		--email wsadmin@example.com --role admin >/dev/null

@@ -417,6 +417,11 @@ impl WsClient {
         Self { socket }
     }
 
+    /// A client over a socket upgraded by the caller (who wanted the upgrade's answer too).
+    pub fn from_socket(socket: Socket) -> Self {
+        Self { socket }
+    }
+
     async fn message(&mut self) -> tokio_tungstenite::tungstenite::Message {
         self.message_within(FRAME_TIMEOUT).await
     }

@@ -27,7 +27,7 @@ use futures::stream::BoxStream;
 pub use change::{Change, ChangeKind, Subjects};
 pub use in_process::InProcessBus;
 pub use nats::NatsBus;
-pub use outbox::{Outbox, OutboxError, Retained, Visibility};
+pub use outbox::{Outbox, OutboxError, ReplaySize, Retained, Visibility};
 pub use relay::{Relay, RelayError};
 
 /// A stream of published changes, in publish order.

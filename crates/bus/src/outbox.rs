@@ -38,6 +38,15 @@ pub struct Retained {
     pub head: i64,
 }
 
+/// The size of a replay ([`Outbox::size_between`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplaySize {
+    /// Changes.
+    pub changes: i64,
+    /// Bytes of the changed resources (as stored: compact JSON), which the frames carry.
+    pub bytes: i64,
+}
+
 /// Why the outbox could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -146,29 +155,35 @@ impl Outbox {
         })
     }
 
-    /// How many changes `visibility` sees with an event id in `(after, through]`, counting at
-    /// most `cap` (a replay larger than its cap is not worth counting to the end).
-    pub async fn count_between(
+    /// How many changes `visibility` sees with an event id in `(after, through]`, and the bytes
+    /// of their resources, over at most `cap` changes (a replay larger than its cap is not worth
+    /// measuring to the end).
+    pub async fn size_between(
         &self,
         visibility: Visibility,
         after: i64,
         through: i64,
         cap: i64,
-    ) -> Result<i64, OutboxError> {
+    ) -> Result<ReplaySize, OutboxError> {
         let (filter, user) = audience_filter(visibility);
+        let bytes = match self.db {
+            Database::Postgres(_) => "octet_length(state)",
+            Database::Sqlite(_) => "length(CAST(state AS BLOB))",
+        };
         let sql = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM outbox \
+            "SELECT count(*), coalesce(sum(size), 0) FROM (SELECT {bytes} AS size FROM outbox \
              WHERE published_seq > $1 AND published_seq <= $2 {filter} LIMIT $4) AS capped"
         );
-        Ok(on_pool!(&self.db, pool => {
-            sqlx::query_scalar(&sql)
+        let (changes, bytes): (i64, i64) = on_pool!(&self.db, pool => {
+            sqlx::query_as(&sql)
                 .bind(after)
                 .bind(through)
                 .bind(user)
                 .bind(cap)
                 .fetch_one(pool)
                 .await?
-        }))
+        });
+        Ok(ReplaySize { changes, bytes })
     }
 
     /// Up to `limit` changes `visibility` sees with an event id in `(after, through]`, in

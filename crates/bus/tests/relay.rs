@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use sparc_bus::{
     BusStatus, Change, ChangeBus, ChangeKind, ChangeStream, InProcessBus, NatsBus, Outbox, Relay,
-    Subjects, Visibility,
+    ReplaySize, Subjects, Visibility,
 };
 use sparc_store::outbox::NumberedChange;
 use sparc_store::{Checkpoint, Database};
@@ -221,18 +221,23 @@ async fn replay_reads_what_a_user_may_see_in_event_order(db: Database) {
         .await
         .expect("reads");
     assert_eq!(ids(everything), vec![2, 3]);
+    // Each state is `{"position":N}`: 14 bytes.
     assert_eq!(
         outbox
-            .count_between(Visibility::User(alice), 0, 4, 100)
+            .size_between(Visibility::User(alice), 0, 4, 100)
             .await
             .expect("counts"),
-        3
+        ReplaySize {
+            changes: 3,
+            bytes: 3 * 14
+        }
     );
     assert_eq!(
         outbox
-            .count_between(Visibility::Everything, 0, 4, 2)
+            .size_between(Visibility::Everything, 0, 4, 2)
             .await
-            .expect("counts"),
+            .expect("counts")
+            .changes,
         2,
         "the count stops at its cap"
     );

@@ -148,15 +148,16 @@ where
         Ok(after) => {
             let visibility = viewer.visibility();
             let limit = shared.config.replay_limit;
-            let count = shared
+            let size = shared
                 .outbox
-                .count_between(visibility, after, through, limit + 1)
+                .size_between(visibility, after, through, limit + 1)
                 .await
                 .map_err(unavailable)?;
-            if count > limit {
+            // Too many changes or too many bytes: reloading over REST is the cheaper way.
+            if size.changes > limit || size.bytes > shared.config.replay_max_bytes {
                 Err("beyond retention")
             } else {
-                Ok((after, count))
+                Ok((after, size.changes))
             }
         }
     };
@@ -422,6 +423,7 @@ mod tests {
             outbox,
             authenticator: tokens.clone(),
             bus,
+            admission: Arc::new(crate::admission::Admission::new(0, 0)),
             config,
             ticks: receiver,
             sessions: Mutex::default(),
@@ -686,6 +688,36 @@ mod tests {
         }
         let mut within = fixture.connect(user(alice), Some("2"));
         assert_eq!(within.frame().await["payload"]["replayed"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_replay_over_its_bytes_asks_for_a_resync() {
+        let alice = Uuid::new_v4();
+        // Every change below has a resource of the same size: one measured here.
+        let probe = fixture(GatewayConfig::default()).await;
+        probe.committed(1, alice).await;
+        let one = Outbox::new(&probe.db)
+            .size_between(sparc_bus::Visibility::Everything, 0, 1, 1)
+            .await
+            .expect("measures")
+            .bytes;
+        // Room for two changes' resources, not three.
+        let fixture = fixture(GatewayConfig {
+            replay_max_bytes: 2 * one + 1,
+            ..GatewayConfig::default()
+        })
+        .await;
+        for event_id in 1..=4 {
+            fixture.committed(event_id, alice).await;
+        }
+        let mut over = fixture.connect(user(alice), Some("1"));
+        assert_eq!(over.frame().await["payload"]["replayed"], 0);
+        let resync = over.frame().await;
+        assert_eq!(resync["type"], "resync_required");
+        assert_eq!(resync["payload"]["reason"], "beyond retention");
+        let mut within = fixture.connect(user(alice), Some("2"));
+        assert_eq!(within.frame().await["payload"]["replayed"], 2);
+        assert_eq!(within.event_ids(4).await, ["3", "4"]);
     }
 
     #[tokio::test]

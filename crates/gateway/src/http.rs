@@ -2,7 +2,9 @@
 //!
 //! The token is checked before the upgrade, but a refusal is still sent *through* the
 //! WebSocket (close 1008 `"Authentication failed"`), because a browser cannot read the status
-//! of a failed upgrade. Buffers are set explicitly: tungstenite's defaults (a 128 KiB read
+//! of a failed upgrade. The connection caps are checked before the upgrade too (see
+//! `admission`), and refuse with an HTTP 429: a client over a cap gets no socket to hold.
+//! Buffers are set explicitly: tungstenite's defaults (a 128 KiB read
 //! buffer allocated up front, an unbounded write buffer, 64 MiB messages) would cost ~130 KB per
 //! idle connection and let one client hold megabytes.
 
@@ -10,7 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{SinkExt as _, StreamExt as _};
@@ -67,11 +69,21 @@ async fn connect(
     Query(params): Query<ConnectParams>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // The process cap first: under a flood of upgrades no token is checked in vain.
+    let mut pass = match shared.admission.enter() {
+        Ok(pass) => pass,
+        Err(refusal) => return refusal.into_response(),
+    };
     let token = params.token.or_else(|| bearer_protocol(&upgrade));
     let viewer = match token {
         Some(token) => shared.authenticator.authenticate(&token).await,
         None => Err(AuthFailure::Rejected),
     };
+    if let Ok(viewer) = &viewer
+        && let Err(refusal) = pass.claim(viewer.user_id)
+    {
+        return refusal.into_response();
+    }
     let resume_from = params.last_event_id;
     upgrade
         .protocols([BEARER])
@@ -81,6 +93,8 @@ async fn connect(
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
+            // The place is held as long as the connection lives.
+            let _pass = pass;
             let (mut tx, rx) = socket.split();
             let (code, reason) = match viewer {
                 Ok(viewer) => {

@@ -13,9 +13,11 @@
 //! - `connection`: one task per connection: ack, replay, live changes, heartbeat.
 //! - `http`: the routes and the upgrade (small explicit buffers; the token from `?token=` or
 //!   `Sec-WebSocket-Protocol: bearer, <token>`).
+//! - `admission`: the caps on connections, per process and per user, checked before the upgrade.
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod auth;
 mod connection;
 pub mod frames;
@@ -38,6 +40,7 @@ use uuid::Uuid;
 
 pub use auth::{AuthFailure, Authenticator, Viewer};
 
+use crate::admission::Admission;
 use crate::hub::Hub;
 
 /// Ticks per ping interval: the silence check runs on every tick, the ping on every third.
@@ -60,6 +63,16 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// The most changes a reconnecting client is replayed; beyond it must reload (10,000).
     pub replay_limit: i64,
+    /// The most bytes of changed resources a reconnecting client is replayed; beyond it must
+    /// reload (16 MiB: 10,000 changes of resources of 1.6 KB, so the contract's retention of
+    /// 10,000 changes holds for ordinary resources, while large ones cannot make a reconnect
+    /// cost gigabytes).
+    pub replay_max_bytes: i64,
+    /// Connections this process holds at most; an upgrade beyond is refused with 429 (10,000,
+    /// well below the 20,000 open files a process may have; `0`: no cap).
+    pub max_connections: usize,
+    /// Connections one user holds on this process at most; beyond, 429 (50; `0`: no cap).
+    pub connections_per_user: usize,
 }
 
 impl Default for GatewayConfig {
@@ -70,6 +83,9 @@ impl Default for GatewayConfig {
             send_queue: 256,
             write_timeout: Duration::from_secs(10),
             replay_limit: 10_000,
+            replay_max_bytes: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            connections_per_user: 50,
         }
     }
 }
@@ -114,6 +130,8 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn ChangeBus>,
     pub(crate) config: GatewayConfig,
     pub(crate) ticks: watch::Receiver<Arc<Tick>>,
+    /// The connection caps and what counts against them.
+    pub(crate) admission: Arc<Admission>,
     /// The sessions of the open connections, with how many connections each has.
     pub(crate) sessions: Mutex<HashMap<(Uuid, Uuid), usize>>,
     /// This process's name in presence announcements.
@@ -259,6 +277,10 @@ impl Gateway {
             outbox,
             authenticator,
             bus: bus.clone(),
+            admission: Arc::new(Admission::new(
+                config.max_connections,
+                config.connections_per_user,
+            )),
             config,
             ticks,
             sessions: Mutex::default(),

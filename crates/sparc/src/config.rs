@@ -55,6 +55,24 @@ pub struct Settings {
     /// is closed, and on every ping the gateway closes the connections whose login session has
     /// ended (logout, password or role change, deactivation).
     pub websocket_ping_seconds: u64,
+    /// WebSocket connections one user may hold on one process (`SPARC_WEBSOCKET_CONNECTIONS_PER_USER`,
+    /// or the contract's `SPARC_WS_CONNECTIONS_PER_USER`; default 50, `0`: no cap); an upgrade
+    /// beyond is refused with 429.
+    pub websocket_connections_per_user: usize,
+    /// WebSocket connections one process holds at most (`SPARC_WEBSOCKET_MAX_CONNECTIONS`,
+    /// default 10,000, `0`: no cap); an upgrade beyond is refused with 429.
+    pub websocket_max_connections: usize,
+    /// The most bytes of changed resources a reconnecting WebSocket client is replayed
+    /// (`SPARC_WEBSOCKET_REPLAY_MAX_BYTES`, default 16 MiB); beyond, it gets `resync_required`.
+    pub websocket_replay_max_bytes: i64,
+    /// Open HTTP connections at most, WebSockets included (`SPARC_MAX_CONNECTIONS`, default
+    /// 15,000, below the 20,000 open files a process may have; `0`: no cap); a connection beyond
+    /// is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, counted from its connection or
+    /// its previous answer, before the connection is closed (`SPARC_HEADER_READ_TIMEOUT_SECONDS`,
+    /// default 10, at least 1).
+    pub header_read_timeout_seconds: u64,
     /// How long an event may wait for a consumer of the log (read model, policy, hash chainer)
     /// before the consumer is reported `stalled` (`SPARC_PROJECTION_STALL_SECONDS`, default 30).
     pub projection_stall_seconds: u64,
@@ -76,6 +94,11 @@ impl Default for Settings {
             log_format: LogFormat::default(),
             environment: "development".to_owned(),
             websocket_ping_seconds: 30,
+            websocket_connections_per_user: 50,
+            websocket_max_connections: 10_000,
+            websocket_replay_max_bytes: 16 * 1024 * 1024,
+            max_connections: 15_000,
+            header_read_timeout_seconds: 10,
             projection_stall_seconds: 30,
             api: ApiSettings::default(),
         }
@@ -101,7 +124,18 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
-            .merge(Env::prefixed("SPARC_").ignore(&["CONFIG", "PASSWORD"]))
+            .merge(
+                Env::prefixed("SPARC_")
+                    .ignore(&["CONFIG", "PASSWORD"])
+                    .map(|key| {
+                        // The contract's name for it (keys compare without case).
+                        if key == "ws_connections_per_user" {
+                            "websocket_connections_per_user".into()
+                        } else {
+                            key.into()
+                        }
+                    }),
+            )
             .merge(Env::raw().only(&["DATABASE_URL", "NATS_URL"]))
             .extract()
             .map_err(Box::new)
@@ -113,7 +147,20 @@ impl Settings {
         sparc_gateway::GatewayConfig {
             ping_interval: ping,
             silence_timeout: ping * 2,
+            connections_per_user: self.websocket_connections_per_user,
+            max_connections: self.websocket_max_connections,
+            replay_max_bytes: self.websocket_replay_max_bytes,
             ..sparc_gateway::GatewayConfig::default()
+        }
+    }
+
+    /// The HTTP server's bounds on connections.
+    pub fn http_limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(
+                self.header_read_timeout_seconds.max(1),
+            ),
         }
     }
 
@@ -165,6 +212,38 @@ mod tests {
             assert_eq!(settings.environment, "production");
             assert_eq!(settings.api.rate_limit_per_minute, 7);
             assert!(!settings.is_embedded());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's `Jail` closure returns its own large error
+    fn the_connection_caps_come_from_the_environment_under_either_name() {
+        figment::Jail::expect_with(|jail| {
+            let defaults = Settings::load(None).expect("settings should load");
+            assert_eq!(defaults.websocket_connections_per_user, 50);
+            assert_eq!(defaults.websocket_max_connections, 10_000);
+            assert_eq!(defaults.websocket_replay_max_bytes, 16 * 1024 * 1024);
+            assert_eq!(defaults.max_connections, 15_000);
+            assert_eq!(defaults.header_read_timeout_seconds, 10);
+            jail.set_env("SPARC_WS_CONNECTIONS_PER_USER", "3");
+            jail.set_env("SPARC_WEBSOCKET_MAX_CONNECTIONS", "0");
+            jail.set_env("SPARC_MAX_CONNECTIONS", "100");
+            jail.set_env("SPARC_HEADER_READ_TIMEOUT_SECONDS", "2");
+            let settings = Settings::load(None).expect("settings should load");
+            assert_eq!(settings.gateway().connections_per_user, 3);
+            assert_eq!(settings.gateway().max_connections, 0);
+            assert_eq!(
+                settings.http_limits(),
+                crate::http::Limits {
+                    max_connections: 100,
+                    header_read_timeout: std::time::Duration::from_secs(2),
+                }
+            );
+            jail.clear_env();
+            jail.set_env("SPARC_WEBSOCKET_CONNECTIONS_PER_USER", "4");
+            let settings = Settings::load(None).expect("settings should load");
+            assert_eq!(settings.websocket_connections_per_user, 4);
             Ok(())
         });
     }

@@ -4,6 +4,7 @@
 //! - [`cli`]: the subcommands (`serve`, `migrate`, `user create`, `audit verify`) and `main`.
 //! - [`config`]: the typed settings tree (defaults, then an optional TOML file, then `SPARC_…`
 //!   variables), with secrets that never print.
+//! - [`http`]: the HTTP server, with its bounds on header read time and open connections.
 //! - [`keys`]: where the JWT signing key comes from (generated once beside an embedded database).
 //! - [`projections`]: `sparc projections list|rebuild`.
 //! - [`realtime`]: the change bus, the outbox relay and the WebSocket gateway (`sparc gateway`).
@@ -15,6 +16,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod keys;
 pub mod projections;
 pub mod realtime;

@@ -6,7 +6,6 @@
 //! checks tokens through the API's own token service and session directory ([`ApiTokens`]).
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -90,7 +89,7 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         stall_after: settings.projection_stall_after(),
     };
     // The gateway checks tokens exactly as the API does, through an `App` that serves no routes.
-    let app = App::new(
+    let app = Arc::new(App::new(
         db.clone(),
         Arc::new(CommandBus::new(&db)),
         ProjectionRunner::new(db.clone(), Vec::new(), Vec::new()).handle(),
@@ -98,12 +97,12 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         settings.api.clone(),
         info,
         Generations::default(),
-    )?;
+    )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (gateway, tasks) = Gateway::start(
         &db,
         bus(&settings).await?,
-        Arc::new(ApiTokens(Arc::new(app))),
+        Arc::new(ApiTokens(app.clone())),
         settings.gateway(),
         shutdown_rx,
     )
@@ -113,14 +112,9 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;
     tracing::info!(addr = %settings.listen, "gateway listening");
-    axum::serve(
-        listener,
-        gateway
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    // The same middleware as `sparc serve` puts around `/ws`: rate limits, request ids, headers.
+    let router = sparc_api::middleware::apply(gateway.router(), &settings.api, app.tokens.clone());
+    crate::http::serve(listener, router, settings.http_limits(), shutdown_signal()).await;
     tracing::info!("shutting down");
     let _ = shutdown.send(true);
     for task in tasks {

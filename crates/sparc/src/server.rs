@@ -62,7 +62,7 @@ pub struct Server {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
 }
 
 impl Server {
@@ -140,19 +140,17 @@ impl Server {
         )
         .await?;
         tasks.extend(realtime_tasks);
-        let router = sparc_api::router(app).merge(realtime);
+        let router = sparc_api::router(app, realtime);
         let addr = listener.local_addr()?;
         let mut http_shutdown = shutdown_rx.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
+        let http = tokio::spawn(crate::http::serve(
+            listener,
+            router,
+            settings.http_limits(),
+            async move {
                 let _ = http_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-        });
+            },
+        ));
         tracing::info!(%addr, backend = %db.backend(), "listening");
         Ok(Server {
             addr,

@@ -10,14 +10,17 @@
 //! 4. [`request_id`]: the id exists before anything can fail, is echoed on every response, and
 //!    every 500 below is logged with it and rendered as `{"detail", "error_id"}`.
 //! 5. [`client_ip`]: resolves the IP once, for the limiter and for event metadata.
-//! 6. [`rate_limit`]: before any work is done for a request that will be refused.
-//! 7. body limit (1 MiB): a declared `Content-Length` over it is refused before any handler
+//! 6. [`over_capacity`]: a request on a connection the server accepted over its cap is
+//!    answered 503 here, with the id and headers above, and costs nothing further.
+//! 7. [`rate_limit`]: before any work is done for a request that will be refused; WebSocket
+//!    upgrades (`/ws`) count like any request.
+//! 8. body limit (1 MiB): a declared `Content-Length` over it is refused before any handler
 //!    runs (the body drained first, so the client sees the 413 rather than a reset); a
 //!    streamed body is cut off by the extractors ([`axum::extract::DefaultBodyLimit`]).
-//! 8. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
-//! 9. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
-//!    connection.
-//! 10. [`deadline`]: the request's deadline, from its arrival, for the queues it may wait in.
+//! 9. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
+//! 10. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
+//!     connection.
+//! 11. [`deadline`]: the request's deadline, from its arrival, for the queues it may wait in.
 //!
 //! and inside all of them the router, with `{"detail":"Not Found"}` and
 //! `{"detail":"Method Not Allowed"}` fallbacks, and the [`metrics::HttpMetrics`] registry as an
@@ -26,6 +29,7 @@
 pub mod client_ip;
 pub mod error_shape;
 pub mod metrics;
+pub mod over_capacity;
 pub mod rate_limit;
 pub mod request_id;
 pub mod security_headers;
@@ -79,6 +83,7 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(reject_declared_oversize))
         .layer(from_fn_with_state(limiter, rate_limit::rate_limit))
+        .layer(from_fn(over_capacity::refuse_over_capacity))
         .layer(from_fn_with_state(
             settings.trust_forwarded_for.clone(),
             client_ip::client_ip,

@@ -7,7 +7,8 @@
 //!
 //! **Who is counted**: outside the auth class, a caller with a valid access token is counted per
 //! user (`sub`, checked with the [`TokenService`]: an HMAC, microseconds, and a forged `sub` cannot
-//! pick someone else's bucket); everyone else per client IP ([`ClientIp`], so the
+//! pick someone else's bucket), the token of a WebSocket upgrade (`/ws`) taken where the gateway
+//! takes it (`?token=` or `Sec-WebSocket-Protocol: bearer, <token>`); everyone else per client IP ([`ClientIp`], so the
 //! [`super::client_ip`] middleware must run first). IPv6 clients are counted per /64, the block a
 //! single host usually holds, so rotating addresses within it does not reset the count.
 //!
@@ -23,6 +24,7 @@
 //! evicts an arbitrary one before inserting (that client merely gets a fresh bucket). So each
 //! class holds at most 131 072 keys (a few MB) however many clients there are.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
@@ -266,8 +268,10 @@ impl RateLimiter {
     /// again), else the client's address.
     fn subject(&self, class: RouteClass, request: &mut Request) -> Subject {
         if class != RouteClass::Auth
-            && let Some(claims) =
-                bearer_token(request.headers()).and_then(|t| self.tokens.decode_access(t).ok())
+            && let Some(claims) = bearer_token(request.headers())
+                .map(Cow::Borrowed)
+                .or_else(|| websocket_token(request).map(Cow::Owned))
+                .and_then(|t| self.tokens.decode_access(&t).ok())
         {
             let subject = Subject::User(claims.sub);
             request.extensions_mut().insert(VerifiedClaims(claims));
@@ -284,6 +288,30 @@ impl RateLimiter {
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
+}
+
+/// The token of a WebSocket upgrade, which a browser cannot send in a header of its own:
+/// `?token=`, else the second entry of `Sec-WebSocket-Protocol: bearer, <token>`.
+fn websocket_token(request: &Request) -> Option<String> {
+    if request.uri().path() != "/ws" {
+        return None;
+    }
+    let from_query = request.uri().query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "token")
+            .map(|(_, token)| token.into_owned())
+    });
+    from_query.or_else(|| {
+        let offered = request
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)?
+            .to_str()
+            .ok()?;
+        let (scheme, token) = offered.split_once(',')?;
+        let token = token.split(',').next()?.trim();
+        (scheme.trim().eq_ignore_ascii_case("bearer") && !token.is_empty())
+            .then(|| token.to_owned())
+    })
 }
 
 /// The middleware; install with `axum::middleware::from_fn_with_state(limiter, rate_limit)`
@@ -435,6 +463,7 @@ mod tests {
             .route("/api/v1/auth/login", post(|| async { "login" }))
             .route("/api/v1/agents", post(|| async { "agent" }))
             .route("/api/v1/health", get(|| async { "healthy" }))
+            .route("/ws", get(|| async { "upgrade" }))
             .layer(axum::middleware::from_fn_with_state(limiter, rate_limit))
             .layer(axum::middleware::from_fn_with_state(
                 super::super::client_ip::TrustedProxies::None,
@@ -626,6 +655,62 @@ mod tests {
         assert_eq!(seen(Some(token)).await, user.to_string());
         assert_eq!(seen(Some("not.a.token".into())).await, "none");
         assert_eq!(seen(None).await, "none");
+    }
+
+    #[tokio::test]
+    async fn websocket_upgrades_count_per_user_with_the_token_where_the_gateway_reads_it() {
+        let app = app(&settings(1, 50));
+        let tokens = token_service();
+        let token = |user| {
+            tokens
+                .issue_access(user, "u", Role::User, Uuid::new_v4())
+                .expect("signs")
+                .token
+        };
+        let upgrade = |query: String, protocol: Option<String>, peer: &'static str| {
+            let app = app.clone();
+            async move {
+                let mut request = axum::http::Request::get(format!("/ws{query}"));
+                if let Some(protocol) = protocol {
+                    request = request.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+                }
+                let mut request = request.body(Body::empty()).expect("valid");
+                let peer: SocketAddr = peer.parse().expect("socket address");
+                request.extensions_mut().insert(ConnectInfo(peer));
+                app.oneshot(request).await.expect("infallible").status()
+            }
+        };
+        let alice = token(Uuid::new_v4());
+        let bob = token(Uuid::new_v4());
+        let shared_ip = "192.0.2.1:1";
+        assert_eq!(
+            upgrade(format!("?token={alice}"), None, shared_ip).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            upgrade(
+                format!("?last_event_id=3&token={alice}"),
+                None,
+                "192.0.2.9:1"
+            )
+            .await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "alice's bucket follows her token"
+        );
+        assert_eq!(
+            upgrade(String::new(), Some(format!("bearer, {bob}")), shared_ip).await,
+            StatusCode::OK,
+            "bob's token, as a subprotocol, is his own bucket"
+        );
+        assert_eq!(
+            upgrade(String::new(), None, shared_ip).await,
+            StatusCode::OK,
+            "no token: the IP's bucket"
+        );
+        assert_eq!(
+            upgrade(String::new(), None, shared_ip).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 
     #[tokio::test]
