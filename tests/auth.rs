@@ -434,6 +434,47 @@ both_backends!(
     }
 );
 
+both_backends_with!(
+    failed_logins_back_off_per_account_whatever_the_address,
+    |s| s.api.login_failures_before_backoff = 2,
+    |app: TestApp| async move {
+        app.user("alice").await;
+        app.user("bob").await;
+        for _ in 0..3 {
+            let failed = login(&app, "alice", "Wrong-passw0rd").await;
+            assert_unauthorized(&failed, "a wrong password");
+        }
+        // Closed for a second after the third failure: even the right password is refused
+        // before it is checked, from any address (the per-IP limit is off here).
+        let closed = login(&app, "alice", PASSWORD).await;
+        assert_eq!(
+            closed.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            closed.body
+        );
+        assert_eq!(closed.header("retry-after"), Some("1"));
+        assert!(closed.body["detail"].is_string(), "{}", closed.body);
+        let unknown = login(&app, "ALICE", "anything").await;
+        assert_eq!(
+            unknown.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "usernames fold case"
+        );
+        assert_eq!(login(&app, "bob", PASSWORD).await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(login(&app, "alice", PASSWORD).await.status, StatusCode::OK);
+        // The success forgot the failures: two more are allowed again.
+        for _ in 0..2 {
+            assert_unauthorized(
+                &login(&app, "alice", "Wrong-passw0rd").await,
+                "allowed again",
+            );
+        }
+        assert_eq!(login(&app, "alice", PASSWORD).await.status, StatusCode::OK);
+    }
+);
+
 both_backends!(
     a_deactivated_user_cannot_log_in_and_loses_every_session,
     |app: TestApp| async move {

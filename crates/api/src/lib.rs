@@ -20,6 +20,7 @@
 //!   shared with the WebSocket gateway).
 //! - [`accounts`]: account creation, shared by registration and `sparc user create`.
 //! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
+//! - [`login_guard`]: failed logins back off per account.
 //! - [`pages`]: list answers kept in memory while their read model stands still.
 //! - [`answered_creates`]: creates answered before the read models have them, which the next
 //!   reads through this instance wait for.
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod login_guard;
 pub mod middleware;
 pub mod openapi;
 pub mod pages;

@@ -45,6 +45,9 @@ pub struct ApiSettings {
     /// Every request's deadline, in seconds (`SPARC_REQUEST_TIMEOUT_SECONDS`, default 10): a
     /// command still queued when it passes is refused with 503 and `Retry-After`, unattempted.
     pub request_timeout_seconds: u64,
+    /// Failed logins of one account allowed in a row before each further one closes its logins
+    /// for twice as long (`SPARC_LOGIN_FAILURES_BEFORE_BACKOFF`, default 5; 0 turns it off).
+    pub login_failures_before_backoff: u32,
 }
 
 impl ApiSettings {
@@ -68,6 +71,7 @@ impl Default for ApiSettings {
             max_json_depth: 32,
             max_json_bytes: 64 * 1024,
             request_timeout_seconds: 10,
+            login_failures_before_backoff: 5,
         }
     }
 }

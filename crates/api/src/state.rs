@@ -71,6 +71,8 @@ pub struct App {
     pub idempotency: IdempotencyStore,
     /// Rebuilds started through the admin API.
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
+    /// Failed logins per account, and the backoff they earn.
+    pub logins: crate::login_guard::LoginGuard,
     /// What the health checks and `/metrics` last read from the database.
     pub health_facts: crate::routes::health::HealthFacts,
     /// List totals, reused while their read model stands still.
@@ -138,6 +140,7 @@ impl App {
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
             health_facts: Default::default(),
+            logins: crate::login_guard::LoginGuard::new(settings.login_failures_before_backoff),
             answered_creates: AnsweredCreates::default(),
             db,
             commands,

@@ -144,12 +144,18 @@ fn issue(
 
 /// Logs in with a username and password and starts a session.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, description = "Incorrect username or password, or inactive account")))]
+    responses((status = 200, body = LoginResponse), (status = 401, description = "Incorrect username or password, or inactive account"),
+        (status = 429, description = "Too many failed logins for this account: try again after Retry-After")))]
 async fn login(
     State(app): State<AppState>,
     ctx: RequestContext,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    if let Err(wait) = app.logins.check(&body.username) {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        });
+    }
     let row = sparc_projections::users::by_username(&app.db, &body.username)
         .await
         .map_err(ApiError::internal)?;
@@ -157,8 +163,10 @@ async fn login(
     // Verified even for unknown users (against no hash), so timing does not reveal who exists.
     let verified = verify_password(body.password.into(), hash).await?;
     let Some(row) = row.filter(|_| verified) else {
+        app.logins.failed(&body.username);
         return Err(ApiError::Unauthorized(BAD_LOGIN.to_owned()));
     };
+    app.logins.succeeded(&body.username);
     if !row.state.is_active {
         return Err(ApiError::Unauthorized(
             "User account is inactive".to_owned(),
