@@ -112,6 +112,7 @@ fn generate(args: &Args) -> Vec<Row> {
                 agent_type: AgentType::Coder,
                 capabilities: vec!["rust".into(), "sql".into()],
                 status: AgentStatus::Idle,
+                registered_by: None,
                 at: t0,
             },
         ));

@@ -6,7 +6,10 @@
 //! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE`, `SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACCESS_TOKEN_MINUTES`, `SPARC_REFRESH_TOKEN_DAYS`, `SPARC_HSTS`,
-//! `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`). The JWT secret is not here: it is a
+//! `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`,
+//! and the per-user caps `SPARC_MAX_SESSIONS_PER_USER`, `SPARC_MAX_TASKS_PER_USER`,
+//! `SPARC_MAX_PROJECTS_PER_USER`, `SPARC_MAX_AGENTS_PER_USER`,
+//! `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`). The JWT secret is not here: it is a
 //! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +48,22 @@ pub struct ApiSettings {
     /// Every request's deadline, in seconds (`SPARC_REQUEST_TIMEOUT_SECONDS`, default 10): a
     /// command still queued when it passes is refused with 503 and `Retry-After`, unattempted.
     pub request_timeout_seconds: u64,
+    /// Live login sessions one user may hold (`SPARC_MAX_SESSIONS_PER_USER`, default 20; `0`:
+    /// no cap); a login beyond ends the oldest.
+    pub max_sessions_per_user: usize,
+    /// Live (not deleted) tasks one user may own (`SPARC_MAX_TASKS_PER_USER`, default 1,000;
+    /// `0`: no cap); a create beyond is refused with 409.
+    pub max_tasks_per_user: usize,
+    /// Live (not deleted) projects one user may own (`SPARC_MAX_PROJECTS_PER_USER`, default
+    /// 100; `0`: no cap); a create beyond is refused with 409.
+    pub max_projects_per_user: usize,
+    /// Registered agents one user may have registered (`SPARC_MAX_AGENTS_PER_USER`, default
+    /// 100; `0`: no cap); a registration beyond is refused with 409.
+    pub max_agents_per_user: usize,
+    /// The shortest gap a task's schedule may leave between two runs, in seconds
+    /// (`SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`, default 60, which every 5-field cron expression
+    /// meets); a schedule firing more often is refused with 422.
+    pub min_schedule_interval_seconds: u64,
     /// Failed logins of one account allowed in a row before each further one closes its logins
     /// for twice as long (`SPARC_LOGIN_FAILURES_BEFORE_BACKOFF`, default 5; 0 turns it off).
     pub login_failures_before_backoff: u32,
@@ -71,6 +90,11 @@ impl Default for ApiSettings {
             max_json_depth: 32,
             max_json_bytes: 64 * 1024,
             request_timeout_seconds: 10,
+            max_sessions_per_user: 20,
+            max_tasks_per_user: 1000,
+            max_projects_per_user: 100,
+            max_agents_per_user: 100,
+            min_schedule_interval_seconds: 60,
             login_failures_before_backoff: 5,
         }
     }
@@ -93,6 +117,11 @@ mod tests {
         assert_eq!(settings.trust_forwarded_for, TrustedProxies::None);
         assert_eq!(settings.max_json_depth, 32);
         assert_eq!(settings.max_json_bytes, 65_536);
+        assert_eq!(settings.max_sessions_per_user, 20);
+        assert_eq!(settings.max_tasks_per_user, 1000);
+        assert_eq!(settings.max_projects_per_user, 100);
+        assert_eq!(settings.max_agents_per_user, 100);
+        assert_eq!(settings.min_schedule_interval_seconds, 60);
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub enum AgentCommand {
         capabilities: Vec<String>,
         /// Initial status.
         status: AgentStatus,
+        /// The user who registers it, whose quota of agents it counts against.
+        registered_by: Uuid,
         /// Decision time.
         at: Timestamp,
     },
@@ -164,6 +166,9 @@ pub enum AgentEvent {
         capabilities: Vec<String>,
         /// Its status.
         status: AgentStatus,
+        /// Who registered it (absent from events recorded before it was kept).
+        #[serde(default)]
+        registered_by: Option<Uuid>,
         /// When.
         at: Timestamp,
     },
@@ -257,6 +262,9 @@ pub struct Agent {
     pub last_active_at: Option<Timestamp>,
     /// Registration time.
     pub created_at: Option<Timestamp>,
+    /// The user who registered it, if recorded: the per-user quota of agents counts by it.
+    #[serde(default)]
+    pub registered_by: Option<Uuid>,
 }
 
 impl Agent {
@@ -289,6 +297,7 @@ impl Aggregate for Agent {
                 agent_type,
                 capabilities,
                 status,
+                registered_by,
                 at,
             } => {
                 if self.exists {
@@ -300,6 +309,7 @@ impl Aggregate for Agent {
                     agent_type,
                     capabilities,
                     status,
+                    registered_by: Some(registered_by),
                     at,
                 }
             }
@@ -357,6 +367,7 @@ impl Aggregate for Agent {
                 agent_type,
                 capabilities,
                 status,
+                registered_by,
                 at,
             } => {
                 *self = Agent {
@@ -370,6 +381,7 @@ impl Aggregate for Agent {
                     current_task: None,
                     last_active_at: None,
                     created_at: Some(at),
+                    registered_by,
                 };
             }
             AgentEvent::AgentUpdated { changes, .. } => {
@@ -424,6 +436,7 @@ mod tests {
             agent_type: AgentType::Coder,
             capabilities: vec!["rust".into()],
             status: AgentStatus::Idle,
+            registered_by: Some(Uuid::from_u128(7)),
             at: t(),
         }
     }
@@ -486,9 +499,48 @@ mod tests {
                 agent_type: AgentType::Coder,
                 capabilities: vec![],
                 status: AgentStatus::Idle,
+                registered_by: Uuid::from_u128(7),
                 at: t(),
             })
             .then_expect_error(AgentError::AlreadyExists);
+    }
+
+    #[test]
+    fn registration_records_who_registered_the_agent() {
+        TestFramework::<Agent>::with(())
+            .given_no_previous_events()
+            .when(AgentCommand::Register {
+                agent_id: Uuid::from_u128(1),
+                name: AgentName::parse("coder-1").unwrap(),
+                agent_type: AgentType::Coder,
+                capabilities: vec!["rust".into()],
+                status: AgentStatus::Idle,
+                registered_by: Uuid::from_u128(7),
+                at: t(),
+            })
+            .then_expect_events(vec![registered()]);
+        let mut agent = Agent::default();
+        agent.apply(registered());
+        assert_eq!(agent.registered_by, Some(Uuid::from_u128(7)));
+    }
+
+    #[test]
+    fn a_registration_recorded_before_registrars_were_kept_still_reads() {
+        let event: AgentEvent = serde_json::from_value(serde_json::json!({
+            "AgentRegistered": {
+                "agent_id": Uuid::from_u128(1),
+                "name": "coder-1",
+                "agent_type": "coder",
+                "capabilities": [],
+                "status": "idle",
+                "at": t(),
+            }
+        }))
+        .unwrap();
+        let mut agent = Agent::default();
+        agent.apply(event);
+        assert_eq!(agent.registered_by, None);
+        assert!(agent.registered);
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub enum RevocationReason {
     Deactivated,
     /// The role changed: tokens carry the role, so those issued before must stop working.
     RoleChanged,
+    /// A login found the user at their cap of live sessions: the oldest ended to make room.
+    SessionLimit,
 }
 
 /// A login session, identified in tokens by `sid`.
@@ -143,7 +145,10 @@ pub enum UserCommand {
         /// Decision time.
         at: Timestamp,
     },
-    /// Start a session at login (the caller verified the password).
+    /// Start a session at login (the caller verified the password). When the user would hold
+    /// more than `max_sessions` live sessions, the oldest end first (reason
+    /// [`RevocationReason::SessionLimit`]): the cap travels with the command, so the decision
+    /// is recorded in the log and every instance and every rebuild agree on it.
     StartSession {
         /// Session id.
         session_id: Uuid,
@@ -155,6 +160,8 @@ pub enum UserCommand {
         ip_address: Option<String>,
         /// Client user agent.
         user_agent: Option<String>,
+        /// Live sessions the user may hold, this one included; `0`: no cap.
+        max_sessions: usize,
         /// Decision time.
         at: Timestamp,
     },
@@ -381,6 +388,29 @@ impl User {
             .collect()
     }
 
+    /// The live sessions to end so that one more leaves at most `max_sessions` (`0`: none),
+    /// oldest first: by start time, then by id (UUIDv7, so in start order too).
+    fn make_room(&self, max_sessions: usize, at: Timestamp) -> Vec<UserEvent> {
+        if max_sessions == 0 {
+            return Vec::new();
+        }
+        let mut live: Vec<(&Uuid, &Session)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expires_at > at)
+            .collect();
+        let excess = (live.len() + 1).saturating_sub(max_sessions);
+        live.sort_by_key(|(id, s)| (s.created_at, **id));
+        live.into_iter()
+            .take(excess)
+            .map(|(&session_id, _)| UserEvent::SessionRevoked {
+                session_id,
+                reason: RevocationReason::SessionLimit,
+                at,
+            })
+            .collect()
+    }
+
     fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
         if !self.exists && !matches!(command, UserCommand::Register { .. }) {
             return Err(UserError::NotFound);
@@ -444,19 +474,23 @@ impl User {
                 expires_at,
                 ip_address,
                 user_agent,
+                max_sessions,
                 at,
             } => {
                 if !self.is_active {
                     return Err(UserError::Inactive);
                 }
-                vec![UserEvent::SessionStarted {
+                // Room first, so the stream never shows more live sessions than the cap.
+                let mut events = self.make_room(max_sessions, at);
+                events.push(UserEvent::SessionStarted {
                     session_id,
                     refresh_jti,
                     expires_at,
                     ip_address,
                     user_agent,
                     at,
-                }]
+                });
+                events
             }
             UserCommand::RefreshSession {
                 session_id,
@@ -733,6 +767,7 @@ mod tests {
                 expires_at: t(100),
                 ip_address: None,
                 user_agent: None,
+                max_sessions: 20,
                 at: t(2),
             })
             .then_expect_error(UserError::Inactive);
@@ -805,5 +840,122 @@ mod tests {
                 at: t(0),
             })
             .then_expect_error(UserError::AlreadyExists);
+    }
+
+    fn session_at(id: u128, minute: i64) -> UserEvent {
+        UserEvent::SessionStarted {
+            session_id: Uuid::from_u128(id),
+            refresh_jti: Uuid::from_u128(id * 10),
+            expires_at: t(60),
+            ip_address: None,
+            user_agent: None,
+            at: t(minute),
+        }
+    }
+
+    fn login(id: u128, max_sessions: usize, minute: i64) -> UserCommand {
+        UserCommand::StartSession {
+            session_id: Uuid::from_u128(id),
+            refresh_jti: Uuid::from_u128(id * 10),
+            expires_at: t(120),
+            ip_address: None,
+            user_agent: None,
+            max_sessions,
+            at: t(minute),
+        }
+    }
+
+    fn started(id: u128, minute: i64) -> UserEvent {
+        UserEvent::SessionStarted {
+            session_id: Uuid::from_u128(id),
+            refresh_jti: Uuid::from_u128(id * 10),
+            expires_at: t(120),
+            ip_address: None,
+            user_agent: None,
+            at: t(minute),
+        }
+    }
+
+    fn ended_by_limit(id: u128, minute: i64) -> UserEvent {
+        UserEvent::SessionRevoked {
+            session_id: Uuid::from_u128(id),
+            reason: RevocationReason::SessionLimit,
+            at: t(minute),
+        }
+    }
+
+    #[test]
+    fn a_login_under_the_cap_ends_no_session() {
+        TestFramework::<User>::with(())
+            .given(vec![registered(), session_at(10, 1), session_at(11, 2)])
+            .when(login(12, 3, 5))
+            .then_expect_events(vec![started(12, 5)]);
+    }
+
+    #[test]
+    fn a_login_at_the_cap_ends_the_oldest_session_first() {
+        // Session 11 is the oldest although its id sorts after 10's.
+        TestFramework::<User>::with(())
+            .given(vec![
+                registered(),
+                session_at(11, 1),
+                session_at(10, 2),
+                session_at(12, 3),
+            ])
+            .when(login(13, 3, 5))
+            .then_expect_events(vec![ended_by_limit(11, 5), started(13, 5)]);
+    }
+
+    #[test]
+    fn a_lowered_cap_ends_every_session_beyond_it_at_the_next_login() {
+        TestFramework::<User>::with(())
+            .given(vec![
+                registered(),
+                session_at(10, 1),
+                session_at(11, 2),
+                session_at(12, 3),
+            ])
+            .when(login(13, 2, 5))
+            .then_expect_events(vec![
+                ended_by_limit(10, 5),
+                ended_by_limit(11, 5),
+                started(13, 5),
+            ]);
+    }
+
+    #[test]
+    fn expired_sessions_take_no_place_under_the_cap() {
+        // Both expire at t(60); the login at t(61) finds none live.
+        TestFramework::<User>::with(())
+            .given(vec![registered(), session_at(10, 1), session_at(11, 2)])
+            .when(login(12, 1, 61))
+            .then_expect_events(vec![started(12, 61)]);
+    }
+
+    #[test]
+    fn a_cap_of_zero_ends_nothing() {
+        TestFramework::<User>::with(())
+            .given(vec![registered(), session_at(10, 1), session_at(11, 2)])
+            .when(login(12, 0, 5))
+            .then_expect_events(vec![started(12, 5)]);
+    }
+
+    #[test]
+    fn a_session_ended_by_the_cap_is_no_longer_live() {
+        let mut user = User::default();
+        for event in [
+            registered(),
+            session_at(10, 1),
+            ended_by_limit(10, 5),
+            started(11, 5),
+        ] {
+            user.apply(event);
+        }
+        assert!(!user.session_is_live(Uuid::from_u128(10), t(6)));
+        assert!(user.session_is_live(Uuid::from_u128(11), t(6)));
+        assert_eq!(
+            serde_json::to_value(RevocationReason::SessionLimit).unwrap(),
+            "session_limit"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -111,6 +111,71 @@ impl CronSchedule {
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+
+    /// The shortest time between two consecutive firings, on the wall clock of the task's
+    /// zone (a clock change there can shorten one gap a year by the change), or `None` when
+    /// the schedule never fires twice.
+    ///
+    /// The hour and minute fields give the times of day, the same on every day the schedule
+    /// fires; the shortest gap is the closest two of them, or the last of one firing day to the
+    /// first of the next, the firing days taken from [`CALENDAR_CYCLE_DAYS`] of the calendar.
+    /// A 5-field expression fires at whole minutes, so never less than a minute apart.
+    pub fn shortest_interval(&self) -> Option<chrono::Duration> {
+        let cron = parsed_cron(&self.0).ok()?;
+        let pattern = &cron.pattern;
+        let minutes_of_day: Vec<i64> = (0..24u32)
+            .filter(|&h| pattern.hour_match(h).unwrap_or(false))
+            .flat_map(|h| {
+                (0..60u32)
+                    .filter(|&m| pattern.minute_match(m).unwrap_or(false))
+                    .map(move |m| i64::from(h * 60 + m))
+            })
+            .collect();
+        let (&first, &last) = (minutes_of_day.first()?, minutes_of_day.last()?);
+        let within_a_day = minutes_of_day
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .min();
+        let across_days = closest_firing_days(&cron).map(|days| days * 24 * 60 - last + first);
+        let shortest = match (within_a_day, across_days) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(chrono::Duration::minutes(shortest))
+    }
+}
+
+/// Days the firing days of a schedule are looked for in: 28 years, the cycle after which dates
+/// fall on the same weekdays again (between 1901 and 2099), leap days included.
+pub const CALENDAR_CYCLE_DAYS: i64 = 10_227;
+
+/// The fewest days between two days `cron` fires on, over [`CALENDAR_CYCLE_DAYS`] from
+/// 2001-01-01 (a Monday after a century's end); `None` if it fires on fewer than two.
+fn closest_firing_days(cron: &croner::Cron) -> Option<i64> {
+    let pattern = &cron.pattern;
+    let start = chrono::NaiveDate::from_ymd_opt(2001, 1, 1)?;
+    let mut previous: Option<chrono::NaiveDate> = None;
+    let mut closest: Option<i64> = None;
+    for offset in 0..CALENDAR_CYCLE_DAYS {
+        let day = start + chrono::Duration::days(offset);
+        let fires = pattern.month_match(day.month()).unwrap_or(false)
+            && pattern
+                .day_match(day.year(), day.month(), day.day())
+                .unwrap_or(false);
+        if !fires {
+            continue;
+        }
+        if let Some(previous) = previous {
+            let apart = (day - previous).num_days();
+            closest = Some(closest.map_or(apart, |c| c.min(apart)));
+            if apart == 1 {
+                // Consecutive days: none can be closer.
+                break;
+            }
+        }
+        previous = Some(day);
+    }
+    closest
 }
 
 /// Distinct cron expressions each thread keeps parsed (all are dropped when it is full).
@@ -366,6 +431,42 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
+    }
+
+    fn shortest(expression: &str) -> Option<i64> {
+        CronSchedule::parse(expression)
+            .unwrap()
+            .shortest_interval()
+            .map(|gap| gap.num_minutes())
+    }
+
+    #[test]
+    fn the_shortest_interval_is_the_closest_two_firings() {
+        assert_eq!(shortest("* * * * *"), Some(1));
+        assert_eq!(shortest("*/15 * * * *"), Some(15));
+        assert_eq!(shortest("0,10,50 * * * *"), Some(10));
+        assert_eq!(shortest("0 9 * * MON-FRI"), Some(24 * 60));
+        assert_eq!(shortest("0 9 * * MON"), Some(7 * 24 * 60));
+        assert_eq!(shortest("30 2 1 * *"), Some(28 * 24 * 60));
+        // Only on leap days: four years apart, at the least.
+        assert_eq!(shortest("0 0 29 2 *"), Some(4 * 365 * 24 * 60 + 24 * 60));
+    }
+
+    #[test]
+    fn the_shortest_interval_counts_the_gap_across_midnight() {
+        // 23:00 and then 00:00 the next day, on consecutive days only.
+        assert_eq!(shortest("0 0,23 * * *"), Some(60));
+        assert_eq!(shortest("0 0,23 1,2 * *"), Some(60));
+        // Never on consecutive days: the gaps within the day are the shortest.
+        assert_eq!(shortest("0 0,23 * * MON"), Some(23 * 60));
+        // Month ends: 31 January is followed by 1 February.
+        assert_eq!(shortest("58 23 1,31 * *"), Some(24 * 60));
+        assert_eq!(shortest("58 0,23 1,31 * *"), Some(60));
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_twice_has_no_interval() {
+        assert_eq!(shortest("0 0 30 2 *"), None);
     }
 
     #[test]

@@ -268,6 +268,7 @@ async fn register_agent(
                     agent_type,
                     capabilities,
                     status,
+                    registered_by: user.user_id,
                     at: Utc::now(),
                 };
                 let outcome = match app

@@ -183,6 +183,8 @@ async fn login(
                 expires_at: Utc::now() + app.tokens.refresh_ttl(),
                 ip_address: ctx.ip.clone(),
                 user_agent: ctx.user_agent.clone(),
+                // Beyond the cap the oldest sessions end, and with them their tokens.
+                max_sessions: app.settings.max_sessions_per_user,
                 at: Utc::now(),
             },
             &ctx.metadata(user_id.to_string()),
