@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sparc_store::outbox::{Advance, CommittedBatch, NumberedChange};
+use sparc_store::parked::ParkedStream;
 use sparc_store::{
     Checkpoint, Database, Generations, LogReader, RecordedEvent, StoreError, StoreTx,
 };
@@ -30,7 +31,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::fault::Fault;
-use crate::isolation;
+use crate::isolation::{self, Parking};
 use crate::outbox::Outgoing;
 
 /// How long a policy loop waits after a poke, or after a batch that did not fill up, before
@@ -535,26 +536,7 @@ impl Worker {
                 cursor.passed = Some((reached, passed_since));
                 return Ok(Some(batch));
             }
-            let mine = |index: usize| Some(batch.of_member(index)).filter(|e| !e.is_empty());
-            let mut parkings = Vec::new();
-            for (index, member) in self.members.iter().enumerate() {
-                let events = if member.reacts() { mine(index) } else { None };
-                if let Some(events) = events {
-                    // Read outside the checkpoint transaction, as the reaction runs outside it:
-                    // a stream parked meanwhile moved the checkpoint, which the check below sees.
-                    let mut read = self.db.begin().await?;
-                    let parked = read.parked_streams(&[member.name().to_owned()]).await?;
-                    read.rollback().await?;
-                    let (free, behind) = isolation::split_parked(events, &parked);
-                    parkings.extend(behind.into_iter().map(|p| (index, p)));
-                    if cursor.isolate {
-                        let parked = isolation::react_isolated(&**member, &free).await?;
-                        parkings.extend(parked.into_iter().map(|p| (index, p)));
-                    } else {
-                        member.react(&free).await?;
-                    }
-                }
-            }
+            let mut parkings = self.react(&batch, cursor.isolate).await?;
             let moved: Vec<&str> = names
                 .iter()
                 .zip(&saved)
@@ -592,53 +574,9 @@ impl Worker {
                 saved = locked;
                 continue;
             }
-            let mut outgoing = Outgoing::default();
-            let mut appliers: Vec<String> = Vec::new();
-            for (index, member) in self.members.iter().enumerate() {
-                if !member.reacts() && mine(index).is_some() {
-                    appliers.push(member.name().to_owned());
-                }
-            }
-            let parked = match parked {
-                Some(parked) => parked,
-                None if appliers.is_empty() => Vec::new(),
-                None => tx.parked_streams(&appliers).await?,
-            };
-            for (index, member) in self.members.iter().enumerate() {
-                let events = if member.reacts() { None } else { mine(index) };
-                let Some(events) = events else {
-                    continue;
-                };
-                let mut mine_parked = Vec::new();
-                for stream in &parked {
-                    if stream.consumer == member.name() {
-                        mine_parked.push(stream.clone());
-                    }
-                }
-                let (free, behind) = isolation::split_parked(events, &mine_parked);
-                parkings.extend(behind.into_iter().map(|p| (index, p)));
-                if cursor.isolate {
-                    let (applied, parked) =
-                        isolation::apply_isolated(&**member, &mut tx, free.into_owned()).await?;
-                    outgoing.extend(applied);
-                    parkings.extend(parked.into_iter().map(|p| (index, p)));
-                } else {
-                    member.apply(&mut tx, &free, &mut outgoing).await?;
-                }
-            }
-            for (index, parking) in &parkings {
-                tracing::error!(
-                    consumer = names[*index],
-                    position = parking.event.position,
-                    aggregate_type = %parking.event.aggregate_type,
-                    aggregate_id = %parking.event.aggregate_id,
-                    event_type = %parking.event.event_type,
-                    error = %parking.error,
-                    "event parked"
-                );
-                tx.park(names[*index], &parking.event, &parking.error)
-                    .await?;
-            }
+            let (outgoing, parked) = self.apply(&mut tx, &batch, parked, cursor.isolate).await?;
+            parkings.extend(parked);
+            park(&mut tx, &names, &parkings).await?;
             batch.numbered = crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
             if !level {
                 tx.save_checkpoints_and_notify(advance.names, advance.to, advance.read_models)
@@ -654,6 +592,86 @@ impl Worker {
             cursor.passed = None;
             return Ok(Some(batch));
         }
+    }
+
+    /// Lets the members that are policies react to `batch` (each to the events past its own
+    /// checkpoint), event by event if `isolate`; returns the events to park, by member index.
+    /// A member's parked streams are read outside the checkpoint transaction, as the reaction
+    /// runs outside it: a stream parked meanwhile moved the checkpoint, which the caller's check
+    /// of the locked checkpoints sees.
+    async fn react(
+        &self,
+        batch: &Batch,
+        isolate: bool,
+    ) -> Result<Vec<(usize, Parking)>, ProjectionError> {
+        let mut parkings = Vec::new();
+        for (index, member) in self.members.iter().enumerate() {
+            let events = batch.of_member(index);
+            if !member.reacts() || events.is_empty() {
+                continue;
+            }
+            let mut read = self.db.begin().await?;
+            let parked = read.parked_streams(&[member.name().to_owned()]).await?;
+            read.rollback().await?;
+            let (free, behind) = isolation::split_parked(events, &parked);
+            parkings.extend(behind.into_iter().map(|p| (index, p)));
+            if isolate {
+                let parked = isolation::react_isolated(&**member, &free).await?;
+                parkings.extend(parked.into_iter().map(|p| (index, p)));
+            } else {
+                member.react(&free).await?;
+            }
+        }
+        Ok(parkings)
+    }
+
+    /// Applies `batch` inside `tx` to the members that are read models (each the events past
+    /// its own checkpoint, less those of the streams it parked: `parked`, or read here if
+    /// `None`), member by member in savepoints if `isolate`. Returns the changes for clients
+    /// and the events to park, by member index.
+    async fn apply(
+        &self,
+        tx: &mut StoreTx,
+        batch: &Batch,
+        parked: Option<Vec<ParkedStream>>,
+        isolate: bool,
+    ) -> Result<(Outgoing, Vec<(usize, Parking)>), ProjectionError> {
+        let mut appliers: Vec<String> = Vec::new();
+        for (index, member) in self.members.iter().enumerate() {
+            if !member.reacts() && !batch.of_member(index).is_empty() {
+                appliers.push(member.name().to_owned());
+            }
+        }
+        let parked = match parked {
+            Some(parked) => parked,
+            None if appliers.is_empty() => Vec::new(),
+            None => tx.parked_streams(&appliers).await?,
+        };
+        let mut outgoing = Outgoing::default();
+        let mut parkings = Vec::new();
+        for (index, member) in self.members.iter().enumerate() {
+            let events = batch.of_member(index);
+            if member.reacts() || events.is_empty() {
+                continue;
+            }
+            let mut its_parked = Vec::new();
+            for stream in &parked {
+                if stream.consumer == member.name() {
+                    its_parked.push(stream.clone());
+                }
+            }
+            let (free, behind) = isolation::split_parked(events, &its_parked);
+            parkings.extend(behind.into_iter().map(|p| (index, p)));
+            if isolate {
+                let (applied, parked) =
+                    isolation::apply_isolated(&**member, tx, free.into_owned()).await?;
+                outgoing.extend(applied);
+                parkings.extend(parked.into_iter().map(|p| (index, p)));
+            } else {
+                member.apply(tx, &free, &mut outgoing).await?;
+            }
+        }
+        Ok((outgoing, parkings))
     }
 
     /// Saves how far the loop has passed over batches, unless another instance moved the
@@ -681,6 +699,29 @@ impl Worker {
         cursor.saved = Some(passed);
         Ok(())
     }
+}
+
+/// Parks each of `parkings` (member index, event, why) for its member, named in `names`, and
+/// logs it.
+async fn park(
+    tx: &mut StoreTx,
+    names: &[&str],
+    parkings: &[(usize, Parking)],
+) -> Result<(), ProjectionError> {
+    for (index, parking) in parkings {
+        tracing::error!(
+            consumer = names[*index],
+            position = parking.event.position,
+            aggregate_type = %parking.event.aggregate_type,
+            aggregate_id = %parking.event.aggregate_id,
+            event_type = %parking.event.event_type,
+            error = %parking.error,
+            "event parked"
+        );
+        tx.park(names[*index], &parking.event, &parking.error)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Where a loop stands: its members' checkpoints as last read from or saved to the database
