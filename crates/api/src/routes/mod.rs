@@ -457,8 +457,8 @@ where
     state_until(db, &id.to_string(), query.version, as_of).await
 }
 
-/// Folds the events of aggregate `id` up to `version` and recorded no later than `time`;
-/// `None` when it did not exist yet at that point.
+/// Folds the events of aggregate `id` up to `version` and recorded no later than `time`, and
+/// before its first event that cannot be read; `None` when it did not exist yet at that point.
 pub async fn state_until<A: cqrs_es::Aggregate>(
     db: &sparc_store::Database,
     id: &str,
@@ -481,7 +481,15 @@ where
         }
         let payload =
             sparc_domain::upcasting::upcast(&event.event_type, &event.event_version, event.payload);
-        let payload: A::Event = serde_json::from_value(payload).map_err(ApiError::internal)?;
+        // An event no upcaster reads ends the replay there, as the read model parks it and the
+        // rest of its stream: the state answered is the last one that can be known.
+        let payload: A::Event = match serde_json::from_value(payload) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(position = event.position, %error, "replay stops at an unreadable event");
+                break;
+            }
+        };
         let past = past.get_or_insert_with(|| PastState {
             state: A::default(),
             version: 0,
