@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::middleware::metrics::{HttpMetrics, escape_label};
+use crate::routes::admin::ConsumerStatus;
 use crate::state::AppState;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -149,36 +150,6 @@ async fn health(axum::extract::State(app): axum::extract::State<AppState>) -> Js
     Json(health_of(&app).await.0)
 }
 
-/// One projection's progress, as `/health/detailed` reports it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectionHealth {
-    pub name: String,
-    /// The global position of the last event it applied.
-    pub position: i64,
-    /// Committed events it has not applied yet.
-    pub lag_events: i64,
-    /// Age of the oldest event it has not applied yet.
-    pub lag_seconds: f64,
-    /// Events it parked (`GET /api/v1/admin/projections/{name}/parked`).
-    pub parked: i64,
-    /// `live`, `rebuilding`, `degraded` (it parked events) or `stalled` (an event has waited
-    /// for it longer than `SPARC_PROJECTION_STALL_SECONDS`).
-    pub status: &'static str,
-}
-
-impl From<ProjectionStatus> for ProjectionHealth {
-    fn from(status: ProjectionStatus) -> Self {
-        Self {
-            name: status.name,
-            position: status.position,
-            lag_events: status.lag_events,
-            lag_seconds: status.lag_seconds,
-            parked: status.parked,
-            status: status.status,
-        }
-    }
-}
-
 /// WebSocket facts.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebsocketHealth {
@@ -194,7 +165,8 @@ pub struct DetailedHealth {
     /// Whole seconds since the process started.
     pub uptime_seconds: i64,
     pub environment: String,
-    pub projections: Vec<ProjectionHealth>,
+    /// Every consumer of the log, as `GET /api/v1/admin/projections` lists them.
+    pub projections: Vec<ConsumerStatus>,
     pub websocket: WebsocketHealth,
 }
 
@@ -208,10 +180,7 @@ async fn health_detailed(
         health,
         uptime_seconds: (Utc::now() - app.info.started_at).num_seconds(),
         environment: app.info.environment.clone(),
-        projections: projections
-            .into_iter()
-            .map(ProjectionHealth::from)
-            .collect(),
+        projections: projections.into_iter().map(ConsumerStatus::from).collect(),
         websocket: WebsocketHealth {
             connections: websocket_connections(&app),
         },
