@@ -18,6 +18,7 @@ impl Indexed for Agent {
         "capabilities_key",
         "last_active_at",
         "created_at",
+        "registered_by",
     ];
 
     fn columns(&self) -> Vec<SqlValue> {
@@ -29,6 +30,7 @@ impl Indexed for Agent {
             SqlValue::Text(Some(format!(",{},", self.capabilities.join(",")))),
             self.last_active_at.into(),
             self.created_at.into(),
+            SqlValue::Text(self.registered_by.map(|user| user.to_string())),
         ]
     }
 
@@ -53,6 +55,23 @@ pub struct AgentQuery {
 /// One agent by id (deregistered ones too; callers decide).
 pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Agent>>, sqlx::Error> {
     state_table::get(db, &id.to_string()).await
+}
+
+/// The agents `user` registered that are still registered, counted no further than `up_to`,
+/// for the per-user quota (agents registered before registrars were recorded count for no
+/// one). It reads the `agents_registrar_live` partial index, which holds exactly those rows.
+pub async fn registered_count_of(
+    db: &Database,
+    user: Uuid,
+    up_to: i64,
+) -> Result<i64, sqlx::Error> {
+    state_table::count_up_to::<Agent>(
+        db,
+        "registered_by = $1 AND registered = 1",
+        &[user.to_string().into()],
+        up_to,
+    )
+    .await
 }
 
 /// The `LIKE` pattern matching `capability` as one whole, literal entry of `capabilities_key`:

@@ -18,6 +18,9 @@
 //! [`catalog`] lists the read models by name; [`rebuild`] replays one into a shadow table and
 //! swaps it in without downtime, or compares a live one with a fresh replay.
 //!
+//! [`cache_key`] gives the in-memory caches of list answers and totals keys of one size,
+//! whatever text their filters carry.
+//!
 //! [`outbox`] carries the changes of the published read models to the `outbox` table.
 //!
 //! [`fault`] tells a failure that is an event's fault from one of the moment's; [`isolation`]
@@ -28,6 +31,7 @@
 //! which run on the same runner but issue commands instead of writing tables.
 
 pub mod agents;
+pub mod cache_key;
 pub mod catalog;
 pub mod executions;
 pub mod fault;
@@ -44,6 +48,7 @@ pub mod status;
 pub mod tasks;
 pub mod users;
 
+pub use cache_key::CacheKey;
 pub use runner::{Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
 pub use sql::{SqlValue, format_timestamp};
 pub use state_table::{Indexed, Row, StateTable, Totals};

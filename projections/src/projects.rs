@@ -134,6 +134,19 @@ pub async fn list(
     .await
 }
 
+/// The live (not deleted) projects `owner` has, counted no further than `up_to`, for the
+/// per-user quota. It reads the `projects_owner_live` partial index, which holds exactly those
+/// rows.
+pub async fn live_count_of(db: &Database, owner: Uuid, up_to: i64) -> Result<i64, sqlx::Error> {
+    state_table::count_up_to::<Project>(
+        db,
+        "user_id = $1 AND status <> 'deleted'",
+        &[owner.to_string().into()],
+        up_to,
+    )
+    .await
+}
+
 /// The number of live tasks of each of `ids`.
 pub async fn tasks_counts(
     db: &Database,

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sparc_store::{Database, RecordedEvent, StoreTx};
 
+use crate::cache_key::CacheKey;
 use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
@@ -328,6 +329,27 @@ pub async fn version_of(db: &Database, table: &str, id: &str) -> Result<Option<i
     Ok(on_db!(db, pool => sqlx::query_scalar(&sql).bind(id).fetch_optional(pool).await?))
 }
 
+/// How many rows of `A`'s table match `filter` (a SQL condition over its columns using `$1…`
+/// for `params`), counting no further than `up_to`: a quota check needs to know only whether
+/// the cap is reached, so a user far past it (a lowered cap) costs no more than one at it.
+pub async fn count_up_to<A: Indexed>(
+    db: &Database,
+    filter: &str,
+    params: &[SqlValue],
+    up_to: i64,
+) -> Result<i64, sqlx::Error> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM {} WHERE {filter} LIMIT ${}) AS counted",
+        A::TABLE,
+        params.len() + 1
+    );
+    let mut bound = params.to_vec();
+    bound.push(SqlValue::Int(Some(up_to)));
+    let (count,): (i64,) =
+        on_db!(db, pool => bind_all!(sqlx::query_as(&sql), &bound).fetch_one(pool).await?);
+    Ok(count)
+}
+
 /// A filtered, ordered, paged selection of states: `filter` is a SQL condition over the
 /// table's columns using `$1…` for `params`.
 #[derive(Debug, Clone, Default)]
@@ -347,24 +369,25 @@ pub struct Selection {
 /// Remembered totals of list filters, each with the position of its read model's checkpoint
 /// when counted. A read model changes only in a transaction that also moves its checkpoint, so
 /// while the checkpoint stays put the count is still right and need not be taken again (a page
-/// query reads the checkpoint in the same statement). Bounded: it forgets everything when full.
+/// query reads the checkpoint in the same statement). Bounded: its keys are [`CacheKey`]s of
+/// the filter, one size however long the filter's text, and it forgets everything when full.
 #[derive(Debug, Default)]
 pub struct Totals {
-    counted: std::sync::Mutex<HashMap<String, (i64, i64)>>,
+    counted: std::sync::Mutex<HashMap<CacheKey, (i64, i64)>>,
 }
 
 /// Filters whose totals a [`Totals`] keeps at most.
 const TOTALS_KEPT: usize = 10_000;
 
 impl Totals {
-    fn get(&self, key: &str, generation: i64) -> Option<i64> {
+    fn get(&self, key: &CacheKey, generation: i64) -> Option<i64> {
         let counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
         counted
             .get(key)
             .and_then(|&(at, total)| (at == generation).then_some(total))
     }
 
-    fn put(&self, key: String, generation: i64, total: i64) {
+    fn put(&self, key: CacheKey, generation: i64, total: i64) {
         let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
         if counted.len() >= TOTALS_KEPT && !counted.contains_key(&key) {
             counted.clear();
@@ -416,7 +439,7 @@ pub async fn select_with_totals<A: Indexed>(
     let cache = totals
         .zip(rows.first().and_then(|row| row.2))
         .map(|(totals, generation)| {
-            let key = format!("{}|{filter}|{:?}", A::TABLE, selection.params);
+            let key = CacheKey::of(&format!("{}|{filter}|{:?}", A::TABLE, selection.params));
             (totals, generation, key)
         });
     let remembered = cache

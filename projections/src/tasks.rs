@@ -138,6 +138,18 @@ pub async fn list(
     .await
 }
 
+/// The live (not deleted) tasks `owner` has, counted no further than `up_to`, for the per-user
+/// quota. It reads the `tasks_owner_live` partial index, which holds exactly those rows.
+pub async fn live_count_of(db: &Database, owner: Uuid, up_to: i64) -> Result<i64, sqlx::Error> {
+    state_table::count_up_to::<Task>(
+        db,
+        "user_id = $1 AND status <> 'deleted'",
+        &[owner.to_string().into()],
+        up_to,
+    )
+    .await
+}
+
 /// The live (not deleted) tasks of a project, oldest first.
 pub async fn of_project(db: &Database, project_id: Uuid) -> Result<Vec<Row<Task>>, sqlx::Error> {
     let (rows, _) = state_table::select(
