@@ -155,10 +155,12 @@ HTTP_DB=${DB_NAME}_http
 HTTP_DATABASE_URL=$DB_SERVER/$HTTP_DB$DB_QUERY
 echo "== (d) HTTP: sparc serve on database $HTTP_DB (recreated), $HTTP_CONNECTIONS connections, ${WARMUP}s warm-up per phase"
 recreate_database "$HTTP_DB"
-# Rate limits out of the way; warnings only (no per-request log lines); the in-process bus.
+# Rate limits and the task quota out of the way (one user creates tens of thousands of tasks);
+# warnings only (no per-request log lines); the in-process bus.
 env -u NATS_URL DATABASE_URL="$HTTP_DATABASE_URL" SPARC_LISTEN="$HTTP_LISTEN" \
 	SPARC_JWT_SECRET="bench-$(date +%s%N)-not-a-real-secret" RUST_LOG=warn \
 	SPARC_RATE_LIMIT_PER_MINUTE=1000000000 SPARC_AUTH_RATE_LIMIT_PER_MINUTE=1000000000 \
+	SPARC_MAX_TASKS_PER_USER=0 \
 	"$SPARC_BIN" serve >"$WORK/serve.log" 2>&1 &
 BACKGROUND+=($!)
 wait_ready "http://$HTTP_LISTEN/api/v1/readiness" "$WORK/serve.log"

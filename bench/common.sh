@@ -76,6 +76,9 @@ prepare_sparc() {
 	export SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE=0 SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE=0
 	# Hundreds of connections per user, ~17,000 per gateway: connection caps off, like rate limits.
 	export SPARC_WEBSOCKET_CONNECTIONS_PER_USER=0 SPARC_WEBSOCKET_MAX_CONNECTIONS=0 SPARC_MAX_CONNECTIONS=0
+	# A few users write thousands of tasks and log in from every load process: quotas off too.
+	export SPARC_MAX_TASKS_PER_USER=0 SPARC_MAX_PROJECTS_PER_USER=0 SPARC_MAX_AGENTS_PER_USER=0
+	export SPARC_MAX_SESSIONS_PER_USER=0
 	"$SPARC_BIN" migrate >/dev/null
 	SPARC_PASSWORD=$ADMIN_PASSWORD "$SPARC_BIN" user create --username wsadmin \
 		--email wsadmin@example.com --role admin >/dev/null

@@ -22,6 +22,7 @@
 //! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
 //! - [`login_guard`]: failed logins back off per account.
 //! - [`pages`]: list answers kept in memory while their read model stands still.
+//! - [`quotas`]: per-user caps on live tasks, projects and registered agents.
 //! - [`answered_creates`]: creates answered before the read models have them, which the next
 //!   reads through this instance wait for.
 
@@ -36,6 +37,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod pages;
 pub mod password;
+pub mod quotas;
 pub use sparc_contract::resources;
 pub mod routes;
 pub mod settings;

@@ -27,6 +27,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
+use crate::quotas::{self, Quota};
 use crate::resources::{AgentResource, ExecutionResource};
 use crate::routes::{
     IdempotencyKey, IfMatch, PageInfo, RequestContext, cached_list, if_match, page,
@@ -44,6 +45,9 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
 const NOT_FOUND: &str = "Agent not found";
 const MAX_CAPABILITIES: usize = 100;
+/// The longest `capabilities` filter: [`MAX_CAPABILITIES`] names of 100 characters and the
+/// commas between them.
+const MAX_CAPABILITIES_QUERY: usize = MAX_CAPABILITIES * 101 - 1;
 /// The longest `output` or `error` an agent may report for a run, in characters.
 const MAX_RUN_TEXT: usize = 65_536;
 
@@ -138,8 +142,10 @@ pub struct ListAgents {
     pub agent_type: Option<String>,
     #[param(schema_with = crate::openapi::agent_status)]
     pub status: Option<String>,
-    /// Comma-separated; an agent matches if it has any of them.
-    pub capabilities: Option<String>,
+    /// Comma-separated; an agent matches if it has any of them. At most 100 names of at most
+    /// 100 characters, as an agent has.
+    #[param(value_type = Option<String>, max_length = 10_099)]
+    pub capabilities: Option<Text<MAX_CAPABILITIES_QUERY>>,
     /// 1..1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
@@ -164,20 +170,30 @@ async fn list_agents(
     AppQuery(query): AppQuery<ListAgents>,
 ) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 100, 1000)?;
+    let capabilities: Vec<String> = query
+        .capabilities
+        .as_deref()
+        .map(|raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Each name becomes a parameter of the query: as many, and as long, as an agent can have.
+    if capabilities.len() > MAX_CAPABILITIES || capabilities.iter().any(|c| c.chars().count() > 100)
+    {
+        return Err(ApiError::Validation(vec![FieldError::query(
+            "capabilities",
+            "capabilities must be at most 100 names of at most 100 characters",
+            "value_error",
+        )]));
+    }
     let filter = AgentQuery {
         agent_type: parse_query_value("type", query.agent_type.as_deref(), AgentType::parse)?,
         status: parse_query_value("status", query.status.as_deref(), AgentStatus::parse)?,
-        capabilities: query
-            .capabilities
-            .as_deref()
-            .map(|raw| {
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        capabilities,
         limit,
         offset,
     };
@@ -216,10 +232,11 @@ pub struct RegisterAgent {
     pub status: Option<Text<LISTED_VALUE_MAX>>,
 }
 
-/// Registers an agent (admins and agents). Honours `Idempotency-Key`.
+/// Registers an agent (admins and agents). Honours `Idempotency-Key`. A user may have
+/// registered at most `SPARC_MAX_AGENTS_PER_USER` (default 100) agents still registered.
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterAgent, params(IdempotencyKey),
     responses((status = 201, body = AgentResource), (status = 403, description = "Not an admin or an agent"),
-        (status = 409, description = "Name taken")), security(("bearer" = [])))]
+        (status = 409, description = "Name taken, or the caller has reached their quota of registered agents (SPARC_MAX_AGENTS_PER_USER)")), security(("bearer" = [])))]
 async fn register_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -259,6 +276,9 @@ async fn register_agent(
             "POST /api/v1/agents",
             key.as_deref(),
             || async {
+                // Before the name is claimed, so a refusal leaves nothing to release; inside
+                // the idempotent run, so a repeated request gets its first answer back.
+                quotas::ensure_below(&app, Quota::Agents, user.user_id).await?;
                 let agent_id = Uuid::now_v7();
                 let metadata = ctx.metadata(user.user_id.to_string());
                 claim_name(&app, &name, agent_id, &metadata).await?;

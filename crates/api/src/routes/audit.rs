@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{AuthUser, Role};
 use crate::error::{ApiError, FieldError};
-use crate::extract::AppQuery;
+use crate::extract::{AppQuery, Text};
 use crate::routes::EventResource;
 use crate::state::AppState;
 
@@ -36,13 +36,18 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only events of this aggregate type (`User`, `Task`, `Project`, `Execution`, `Agent`, …).
-    pub aggregate_type: Option<String>,
-    /// Only events of the aggregate with this id.
-    pub aggregate_id: Option<String>,
+    #[param(value_type = Option<String>, max_length = 100)]
+    pub aggregate_type: Option<Text<100>>,
+    /// Only events of the aggregate with this id (a UUID, or a reservation such as
+    /// `agent:<name>`).
+    #[param(value_type = Option<String>, max_length = 1024)]
+    pub aggregate_id: Option<Text<1024>>,
     /// Only events whose metadata `actor` is this (a user id, or `system`).
-    pub actor: Option<String>,
+    #[param(value_type = Option<String>, max_length = 255)]
+    pub actor: Option<Text<255>>,
     /// Only events of this type.
-    pub event_type: Option<String>,
+    #[param(value_type = Option<String>, max_length = 100)]
+    pub event_type: Option<Text<100>>,
     /// RFC 3339: only events recorded at or after this time.
     #[param(format = DateTime)]
     pub from: Option<String>,
@@ -115,10 +120,10 @@ async fn audit_events(
             })?
     };
     let filter = AuditFilter {
-        aggregate_type: query.aggregate_type,
-        aggregate_id: query.aggregate_id,
-        actor: query.actor,
-        event_type: query.event_type,
+        aggregate_type: query.aggregate_type.map(String::from),
+        aggregate_id: query.aggregate_id.map(String::from),
+        actor: query.actor.map(String::from),
+        event_type: query.event_type.map(String::from),
         from,
         to,
         owner: (!user.role.can_read_all()).then_some(user.user_id),

@@ -23,6 +23,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
+use crate::quotas::{self, Quota};
 use crate::resources::{ProjectResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, IdempotencyKey, IfMatch, PageInfo, RequestContext,
@@ -84,9 +85,12 @@ pub struct CreateProject {
     pub description: Option<Text<MAX_DESCRIPTION>>,
 }
 
-/// Creates a project (`active`, no tasks). Honours `Idempotency-Key`.
+/// Creates a project (`active`, no tasks). Honours `Idempotency-Key`. A user may have at most
+/// `SPARC_MAX_PROJECTS_PER_USER` (default 100) projects that are not deleted.
 #[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = CreateProject, params(IdempotencyKey),
-    responses((status = 201, body = ProjectResource), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+    responses((status = 201, body = ProjectResource),
+        (status = 409, description = "The caller has reached their quota of projects that are not deleted (SPARC_MAX_PROJECTS_PER_USER)"),
+        (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn create_project(
     State(app): State<AppState>,
     Author(user): Author,
@@ -106,6 +110,9 @@ async fn create_project(
             "POST /api/v1/projects",
             key.as_deref(),
             || async {
+                // Inside the idempotent run: a repeated request gets its first answer back
+                // even when that create filled the quota.
+                quotas::ensure_below(&app, Quota::Projects, user.user_id).await?;
                 let project_id = Uuid::now_v7();
                 let outcome = app
                     .create::<Project>(

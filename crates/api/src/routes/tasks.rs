@@ -25,6 +25,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery, JsonLimits, Text, check_free_form};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
+use crate::quotas::{self, Quota};
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, IdempotencyKey, IfMatch, PageInfo, RequestContext,
@@ -100,6 +101,29 @@ fn check_params(params: &Value, app: &App, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// Refuses (422 at `schedule_cron`) a schedule whose runs may come closer together than
+/// `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`.
+fn check_interval(schedule: &CronSchedule, app: &App, errors: &mut Vec<FieldError>) {
+    let minimum = app.settings.min_schedule_interval_seconds;
+    // A 5-field expression fires at whole minutes: any meets a minimum of a minute or less.
+    if minimum <= 60 {
+        return;
+    }
+    let Some(shortest) = schedule.shortest_interval() else {
+        return;
+    };
+    if shortest.num_seconds() < i64::try_from(minimum).unwrap_or(i64::MAX) {
+        errors.push(value_error(
+            "schedule_cron",
+            format!(
+                "schedule_cron fires as often as every {} seconds; runs must be at least \
+                 {minimum} seconds apart",
+                shortest.num_seconds()
+            ),
+        ));
+    }
+}
+
 /// A new task.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +132,8 @@ pub struct CreateTask {
     #[schema(value_type = String, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$", example = "code-review")]
     pub skill_name: Text<255>,
     /// A 5-field cron expression (minute hour day-of-month month day-of-week) with ranges,
-    /// lists, steps and names such as `MON`.
+    /// lists, steps and names such as `MON`, whose runs are never closer together than
+    /// `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS` (default 60).
     #[schema(value_type = String, max_length = 255, example = "0 9 * * MON-FRI")]
     pub schedule_cron: Text<255>,
     /// An IANA time zone (default `UTC`).
@@ -125,11 +150,14 @@ pub struct CreateTask {
     pub project_id: Option<Uuid>,
 }
 
-/// Schedules a task. Honours `Idempotency-Key`.
+/// Schedules a task. Honours `Idempotency-Key`. A user may have at most
+/// `SPARC_MAX_TASKS_PER_USER` (default 1,000) tasks that are not deleted.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
     params(IdempotencyKey),
     responses((status = 201, body = TaskResource), (status = 403, description = "The project is another user's"),
-        (status = 404, description = "Project not found"), (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+        (status = 404, description = "Project not found"),
+        (status = 409, description = "The caller has reached their quota of tasks that are not deleted (SPARC_MAX_TASKS_PER_USER)"),
+        (status = 422, description = "Invalid fields, or a schedule firing more often than SPARC_MIN_SCHEDULE_INTERVAL_SECONDS allows")), security(("bearer" = [])))]
 async fn create_task(
     State(app): State<AppState>,
     Author(user): Author,
@@ -144,6 +172,9 @@ async fn create_task(
     let schedule = CronSchedule::parse(&body.schedule_cron)
         .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
         .ok();
+    if let Some(schedule) = &schedule {
+        check_interval(schedule, &app, &mut errors);
+    }
     let timezone = TimeZoneName::parse(body.timezone.as_deref().unwrap_or("UTC"))
         .map_err(|e| errors.push(value_error("timezone", e.0)))
         .ok();
@@ -178,6 +209,9 @@ async fn create_task(
             "POST /api/v1/tasks",
             key.as_deref(),
             || async {
+                // Inside the idempotent run: a repeated request gets its first answer back
+                // even when that create filled the quota.
+                quotas::ensure_below(&app, Quota::Tasks, user.user_id).await?;
                 let task_id = Uuid::now_v7();
                 let outcome = app
                     .create::<Task>(
@@ -232,7 +266,9 @@ pub struct ListTasks {
     /// Only this status (deleted tasks are listed only with `status=deleted`).
     #[param(schema_with = crate::openapi::task_status)]
     pub status: Option<String>,
-    pub skill_name: Option<String>,
+    /// Only this skill (a skill name has at most 255 characters).
+    #[param(value_type = Option<String>, max_length = 255)]
+    pub skill_name: Option<Text<255>>,
     pub project_id: Option<Uuid>,
     /// 1..100, default 20.
     #[param(minimum = 1, maximum = 100)]
@@ -283,7 +319,7 @@ async fn list_tasks(
     let filter = TaskQuery {
         owner: (!user.role.can_read_all()).then_some(user.user_id),
         status,
-        skill_name: query.skill_name,
+        skill_name: query.skill_name.map(String::from),
         project_id: query.project_id,
         sort,
         ascending,
@@ -383,7 +419,8 @@ pub struct UpdateTask {
     responses((status = 200, body = TaskResource), (status = 400, description = "No fields to update"),
         (status = 403, description = "Another user's task, or the project is another user's"),
         (status = 404, description = "Task or project not found"),
-        (status = 409, description = "The task is deleted, or kept changing concurrently")), security(("bearer" = [])))]
+        (status = 409, description = "The task is deleted, or kept changing concurrently"),
+        (status = 422, description = "Invalid fields, or a schedule firing more often than SPARC_MIN_SCHEDULE_INTERVAL_SECONDS allows")), security(("bearer" = [])))]
 async fn update_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -400,6 +437,7 @@ async fn update_task(
             CronSchedule::parse(raw)
                 .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
                 .ok()
+                .inspect(|schedule| check_interval(schedule, &app, &mut errors))
         }),
         timezone: body.timezone.as_deref().and_then(|raw| {
             TimeZoneName::parse(raw)
