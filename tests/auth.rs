@@ -11,33 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::{User, UserCommand};
 use sparc_store::{CommandBus, EventMetadata};
-use sparc_tests::{Backend, PASSWORD, Response, TestApp, TestUser, both_backends};
+use sparc_tests::{PASSWORD, Response, TestApp, TestUser, both_backends};
 use uuid::Uuid;
-
-/// `both_backends!` for a service started with adjusted settings:
-/// `both_backends_with!(name, |settings| …, |app| async move { … })`.
-macro_rules! both_backends_with {
-    ($name:ident, $configure:expr, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = TestApp::spawn_with(Backend::Postgres, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = TestApp::spawn_with(Backend::Sqlite, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-        }
-    };
-}
 
 /// The signing key `TestApp` configures.
 const TEST_SECRET: &str = "test-signing-key-that-is-long-enough-0123456789";
@@ -434,7 +409,7 @@ both_backends!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     failed_logins_back_off_per_account_whatever_the_address,
     |s| s.api.login_failures_before_backoff = 2,
     |app: TestApp| async move {
@@ -503,7 +478,7 @@ both_backends!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     token_lifetimes_follow_the_settings,
     |s| {
         s.api.access_token_minutes = 5;

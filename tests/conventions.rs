@@ -7,34 +7,9 @@ use serde_json::{Value, json};
 use sparc_domain::user::{Role, User, UserCommand};
 use sparc_domain::values::{Email, Username};
 use sparc_store::{CommandBus, EventMetadata, LogReader};
-use sparc_tests::{Backend, PASSWORD, Response, TestApp, both_backends};
+use sparc_tests::{PASSWORD, Response, TestApp, both_backends};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
-
-/// `both_backends!` for a service started with adjusted settings:
-/// `both_backends_with!(name, |settings| …, |app| async move { … })`.
-macro_rules! both_backends_with {
-    ($name:ident, $configure:expr, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = TestApp::spawn_with(Backend::Postgres, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = TestApp::spawn_with(Backend::Sqlite, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-        }
-    };
-}
 
 /// A raw reqwest answer as a [`Response`].
 async fn read(response: reqwest::Response) -> Response {
@@ -303,7 +278,7 @@ both_backends!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     hsts_is_sent_when_configured,
     |s| s.api.hsts = true,
     |app: TestApp| async move {
@@ -514,7 +489,7 @@ both_backends!(
 
 // ----- rate limits -----
 
-both_backends_with!(
+both_backends!(
     the_general_limit_counts_down_in_headers_then_answers_429_with_retry_after,
     |s| s.api.rate_limit_per_minute = 3,
     |app: TestApp| async move {
@@ -543,7 +518,7 @@ both_backends_with!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     authenticated_callers_are_limited_per_user,
     |s| s.api.rate_limit_per_minute = 3,
     |app: TestApp| async move {
@@ -574,7 +549,7 @@ both_backends_with!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     auth_endpoints_are_limited_per_ip_whoever_calls,
     |s| {
         s.api.auth_rate_limit_per_minute = 4;
@@ -625,7 +600,7 @@ both_backends_with!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     a_forged_x_forwarded_for_does_not_buy_a_fresh_bucket,
     |s| s.api.auth_rate_limit_per_minute = 2,
     |app: TestApp| async move {
@@ -651,7 +626,7 @@ both_backends_with!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket,
     |s| {
         s.api.auth_rate_limit_per_minute = 1;
@@ -674,7 +649,7 @@ both_backends_with!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     behind_trusted_proxy_networks_a_client_cannot_pick_its_bucket_with_a_forged_entry,
     |s| {
         s.api.auth_rate_limit_per_minute = 1;
@@ -708,7 +683,7 @@ both_backends_with!(
     }
 );
 
-both_backends_with!(
+both_backends!(
     probes_are_never_rate_limited,
     |s| s.api.rate_limit_per_minute = 1,
     |app: TestApp| async move {

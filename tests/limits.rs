@@ -7,35 +7,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparc_tests::{Backend, TestApp, TestUser, WsClient};
+use sparc_tests::{TestApp, TestUser, WsClient, both_backends};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-
-/// Defines `name::postgres` and `name::sqlite`: the service with settings changed by
-/// `$configure`, then `$body` against it.
-macro_rules! on_both_backends {
-    ($name:ident, $configure:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = TestApp::spawn_with(Backend::Postgres, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = TestApp::spawn_with(Backend::Sqlite, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-        }
-    };
-}
 
 /// What an upgrade got: the switch, or the HTTP answer that refused it.
 enum Upgrade {
@@ -138,7 +114,7 @@ fn header<'a>(headers: &'a tungstenite::http::HeaderMap, name: &str) -> &'a str 
         .unwrap_or_else(|| panic!("{name} is missing: {headers:?}"))
 }
 
-on_both_backends!(
+both_backends!(
     websocket_upgrades_pass_the_rate_limiter_with_the_request_id_and_security_headers,
     |settings: &mut sparc::config::Settings| settings.api.rate_limit_per_minute = 2,
     |app: TestApp| async move {
@@ -174,7 +150,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     a_user_over_their_websocket_connections_is_refused_with_429,
     |settings: &mut sparc::config::Settings| settings.websocket_connections_per_user = 2,
     |app: TestApp| async move {
@@ -207,7 +183,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     upgrades_over_the_process_websocket_cap_are_refused_with_429,
     |settings: &mut sparc::config::Settings| settings.websocket_max_connections = 2,
     |app: TestApp| async move {
@@ -270,7 +246,7 @@ async fn task_change(ws: &mut WsClient) -> (String, i64) {
     (task.to_owned(), event)
 }
 
-on_both_backends!(
+both_backends!(
     a_replay_over_its_bytes_asks_for_a_resync_and_one_within_them_is_replayed,
     // Two of the tasks below (3 KB of params each) fit; three do not.
     |settings: &mut sparc::config::Settings| settings.websocket_replay_max_bytes = 8 * 1024,
@@ -320,7 +296,7 @@ async fn health_on_a_new_connection(app: &TestApp) -> reqwest::Response {
         .expect("the service should answer")
 }
 
-on_both_backends!(
+both_backends!(
     a_connection_over_the_servers_cap_is_answered_503_and_closed,
     |settings: &mut sparc::config::Settings| settings.max_connections = 3,
     |app: TestApp| async move {
@@ -374,7 +350,7 @@ async fn closed_by_the_server(stream: &mut tokio::net::tcp::OwnedReadHalf) {
     }
 }
 
-on_both_backends!(
+both_backends!(
     a_client_that_sends_its_headers_slowly_is_cut_off_while_others_are_served,
     |settings: &mut sparc::config::Settings| settings.header_read_timeout_seconds = 1,
     |app: TestApp| async move {

@@ -6,31 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Backend, Response, TestApp, TestUser, assert_422_at, id_of};
-
-/// Defines `name::postgres` and `name::sqlite`: the service with settings changed by
-/// `$configure`, then `$body` against it.
-macro_rules! on_both_backends {
-    ($name:ident, $configure:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = TestApp::spawn_with(Backend::Postgres, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = TestApp::spawn_with(Backend::Sqlite, $configure).await {
-                    ($body)(app).await;
-                }
-            }
-        }
-    };
-}
+use sparc_tests::{Backend, Response, TestApp, TestUser, assert_422_at, both_backends, id_of};
 
 /// Asserts a 409 whose `detail` names the quota.
 #[track_caller]
@@ -64,7 +40,7 @@ async fn me(app: &TestApp, user: &TestUser) -> StatusCode {
     app.get("/api/v1/auth/me", &user.token).await.status
 }
 
-on_both_backends!(
+both_backends!(
     a_login_beyond_the_session_cap_ends_the_oldest_session,
     |settings| settings.api.max_sessions_per_user = 3,
     |app: TestApp| async move {
@@ -114,7 +90,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     a_task_over_the_quota_is_refused_until_one_is_deleted,
     |settings| settings.api.max_tasks_per_user = 3,
     |app: TestApp| async move {
@@ -157,7 +133,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     a_project_over_the_quota_is_refused_until_one_is_deleted,
     |settings| settings.api.max_projects_per_user = 2,
     |app: TestApp| async move {
@@ -182,7 +158,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     an_agent_over_the_quota_is_refused_and_its_name_stays_free,
     |settings| settings.api.max_agents_per_user = 2,
     |app: TestApp| async move {
@@ -228,7 +204,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     a_schedule_firing_more_often_than_the_minimum_interval_is_refused,
     |settings| settings.api.min_schedule_interval_seconds = 2 * 60 * 60,
     |app: TestApp| async move {
@@ -265,7 +241,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+both_backends!(
     list_filters_are_bounded_in_length,
     |_| {},
     |app: TestApp| async move {

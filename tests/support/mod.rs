@@ -76,24 +76,32 @@ pub struct TestUser {
 pub const PASSWORD: &str = "Sup3rSecret!";
 
 /// Runs a test body against each backend: `both_backends!(name, |app| async move { … })`
-/// defines `name::postgres` and `name::sqlite`.
+/// defines `name::postgres` and `name::sqlite`; `both_backends!(name, |settings| …, |app| …)`
+/// first changes the service's settings.
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:expr) => {
+        $crate::both_backends!($name, |_: &mut sparc::config::Settings| {}, $body);
+    };
+    ($name:ident, $configure:expr, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(app) = $crate::TestApp::spawn($crate::Backend::Postgres).await {
+                if let Some(app) =
+                    $crate::TestApp::spawn_with($crate::Backend::Postgres, $configure).await
+                {
                     ($body)(app).await;
                 }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(app) = $crate::TestApp::spawn($crate::Backend::Sqlite).await {
+                if let Some(app) =
+                    $crate::TestApp::spawn_with($crate::Backend::Sqlite, $configure).await
+                {
                     ($body)(app).await;
                 }
             }
