@@ -9,11 +9,11 @@
 # with venv, curl, jq and psql; builds the debug `sparc` binary if it is not up to date and
 # installs schemathesis into target/schemathesis-venv.
 #
-#   .ci/schemathesis.sh [MAX_EXAMPLES_PER_OPERATION]   (default 80, which `.ci/run` uses)
+#   .ci/schemathesis.sh [MAX_EXAMPLES_PER_OPERATION]   (default 50, which `.ci/run` uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-examples="${1:-80}"
+examples="${1:-50}"
 venv="$PWD/target/schemathesis-venv"
 port=18090
 base="http://127.0.0.1:$port"
