@@ -610,9 +610,7 @@ impl Worker {
             if !member.reacts() || events.is_empty() {
                 continue;
             }
-            let mut read = self.db.begin().await?;
-            let parked = read.parked_streams(&[member.name().to_owned()]).await?;
-            read.rollback().await?;
+            let parked = sparc_store::parked::streams_of(&self.db, member.name()).await?;
             let (free, behind) = isolation::split_parked(events, &parked);
             parkings.extend(behind.into_iter().map(|p| (index, p)));
             if isolate {

@@ -134,9 +134,6 @@ impl StoreTx {
         &mut self,
         consumers: &[String],
     ) -> Result<Vec<ParkedStream>, StoreError> {
-        const SELECT: &str = "SELECT consumer, aggregate_type, aggregate_id, \
-             min(global_position) FROM parked_events";
-        const GROUP: &str = "GROUP BY consumer, aggregate_type, aggregate_id";
         if consumers.is_empty() {
             return Ok(Vec::new());
         }
@@ -161,17 +158,7 @@ impl StoreTx {
                 query.fetch_all(&mut **tx).await?
             }
         };
-        Ok(rows
-            .into_iter()
-            .map(
-                |(consumer, aggregate_type, aggregate_id, since)| ParkedStream {
-                    consumer,
-                    aggregate_type,
-                    aggregate_id,
-                    since,
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(ParkedStream::from).collect())
     }
 
     /// Hands the parked events of `from` (a rebuild's shadow) to `to` (the live read model it
@@ -226,6 +213,35 @@ impl StoreTx {
         });
         Ok(())
     }
+}
+
+const SELECT: &str = "SELECT consumer, aggregate_type, aggregate_id, \
+     min(global_position) FROM parked_events";
+const GROUP: &str = "GROUP BY consumer, aggregate_type, aggregate_id";
+
+impl From<(String, String, String, i64)> for ParkedStream {
+    fn from(
+        (consumer, aggregate_type, aggregate_id, since): (String, String, String, i64),
+    ) -> Self {
+        Self {
+            consumer,
+            aggregate_type,
+            aggregate_id,
+            since,
+        }
+    }
+}
+
+/// The streams `consumer` has parked, read on the pool: for a consumer that reads them outside
+/// its checkpoint transaction (a policy), without opening one (on SQLite a transaction holds
+/// the write lock).
+pub async fn streams_of(db: &Database, consumer: &str) -> Result<Vec<ParkedStream>, StoreError> {
+    let sql = format!("{SELECT} WHERE consumer = $1 {GROUP}");
+    let rows: Vec<(String, String, String, i64)> = match db {
+        Database::Postgres(pool) => sqlx::query_as(&sql).bind(consumer).fetch_all(pool).await?,
+        Database::Sqlite(pool) => sqlx::query_as(&sql).bind(consumer).fetch_all(pool).await?,
+    };
+    Ok(rows.into_iter().map(ParkedStream::from).collect())
 }
 
 /// Parked events, of `consumer` or of every consumer, in log order per consumer, at most `limit`.
