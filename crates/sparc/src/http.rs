@@ -94,6 +94,11 @@ pub async fn serve(
             Some(freed) => (freed, false),
             None => (place, over),
         };
+        // Answers and frames are written whole: Nagle's algorithm would hold a frame that
+        // follows another until the client's delayed ACK, tens of milliseconds.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
+        }
         let refused = over.then_some(over_capacity);
         if over {
             tracing::debug!(%peer, "connection over the cap: answered 503");

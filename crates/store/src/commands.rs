@@ -6,14 +6,22 @@
 //! against the loaded stream, the committed version and the new state in the answer, and a
 //! bounded retry when another writer committed to the same stream first.
 //!
-//! Commands on one stream take turns in this process ([`crate::overload`]): they never lose a
-//! race to one another, and one waits for its turn only until its request's deadline.
+//! Commands on one stream wait in that stream's queue in this process ([`crate::overload`]),
+//! which a worker drains a batch at a time: it loads the stream once, decides the batch's
+//! commands one after another, each on the state the ones before it left, and commits all
+//! their events in one statement. They never lose a race to one another, a hot stream costs a
+//! load and a commit per batch rather than per command, and a command waits only until its
+//! request's deadline.
 //!
 //! [`CommandBus::create`] is the write path of a resource whose id the server has just minted
 //! (a UUIDv7): its stream cannot exist yet, so the command is decided on the empty aggregate
 //! without reading the store, and the commit is the stream's first event. Should the stream
 //! exist after all, the insert fails on the stream's primary key and the command runs on the
 //! loaded stream like any other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventStore};
@@ -23,12 +31,14 @@ use sparc_domain::project::Project;
 use sparc_domain::reservation::Reservation;
 use sparc_domain::task::Task;
 use sparc_domain::user::User;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::event_repository::EventRepository;
 use crate::event_store::Store;
 use crate::group_commit::GroupCommit;
 use crate::metrics::{CommandMetrics, CommandOutcome, command_name};
-use crate::overload::{Overloaded, StreamQueues};
+use crate::overload::{Drain, Overloaded, StreamQueues, with_deadline};
 use crate::{Database, EventMetadata};
 
 /// Long streams (tasks accumulate runs, agents accumulate activity, users sessions) are loaded
@@ -37,6 +47,9 @@ pub const SNAPSHOT_EVERY: usize = 100;
 
 /// How often a command is decided again after losing a race on its stream.
 const CONFLICT_RETRIES: usize = 5;
+
+/// Commands of one stream decided together at most: their events go in one statement.
+const MAX_BATCH: usize = 64;
 
 /// Why a command did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -75,22 +88,67 @@ pub struct Outcome<A: Aggregate> {
     pub events: Vec<A::Event>,
 }
 
-/// One event store per aggregate type, over one database.
+/// One lane per aggregate type, over one database.
 pub struct CommandBus {
-    users: Store<User>,
-    projects: Store<Project>,
-    tasks: Store<Task>,
-    executions: Store<Execution>,
-    agents: Store<Agent>,
-    reservations: Store<Reservation>,
+    users: Lane<User>,
+    projects: Lane<Project>,
+    tasks: Lane<Task>,
+    executions: Lane<Execution>,
+    agents: Lane<Agent>,
+    reservations: Lane<Reservation>,
     metrics: CommandMetrics,
-    streams: StreamQueues,
 }
 
-/// Selects an aggregate's store on the bus.
-pub trait Routed: Aggregate<Services = ()> + Clone {
-    /// The store of this aggregate type.
-    fn store(bus: &CommandBus) -> &Store<Self>;
+/// The commands of one aggregate type: its event store, and the queues of its streams.
+pub struct Lane<A: Routed> {
+    store: Arc<Store<A>>,
+    queues: StreamQueues<Queued<A>>,
+}
+
+impl<A: Routed> Lane<A> {
+    fn new(store: Store<A>) -> Self {
+        Self {
+            store: Arc::new(store),
+            queues: StreamQueues::default(),
+        }
+    }
+
+    fn with_queue_limit(self, limit: usize) -> Self {
+        Self {
+            queues: StreamQueues::with_limit(limit),
+            ..self
+        }
+    }
+}
+
+/// What a command's caller hears back.
+type Answer<A> = Result<Outcome<A>, CommandError<<A as Aggregate>::Error>>;
+
+/// A command waiting in its stream's queue.
+pub struct Queued<A: Routed> {
+    command: A::Command,
+    metadata: HashMap<String, String>,
+    expected_version: Option<usize>,
+    deadline: Option<Instant>,
+    /// Set once, by the first of: the worker taking the command up, or its caller giving up
+    /// at the deadline. A command given up is never decided; one taken up is answered.
+    claimed: Arc<AtomicBool>,
+    answer: oneshot::Sender<Answer<A>>,
+}
+
+impl<A: Routed> Queued<A> {
+    fn reply(self, answer: Answer<A>) {
+        // The caller may have gone (its client hung up); what committed stays committed.
+        let _ = self.answer.send(answer);
+    }
+}
+
+/// Selects an aggregate's lane on the bus.
+pub trait Routed:
+    Aggregate<Services = (), Command: Clone + Send, Error: Send> + Clone + 'static
+{
+    /// The lane of this aggregate type.
+    fn lane(bus: &CommandBus) -> &Lane<Self>;
     /// The command's name, for the metrics.
     fn command_name(command: &Self::Command) -> String;
 }
@@ -98,7 +156,7 @@ pub trait Routed: Aggregate<Services = ()> + Clone {
 macro_rules! routed {
     ($($aggregate:ty => $field:ident),+ $(,)?) => {
         $(impl Routed for $aggregate {
-            fn store(bus: &CommandBus) -> &Store<Self> {
+            fn lane(bus: &CommandBus) -> &Lane<Self> {
                 &bus.$field
             }
 
@@ -127,23 +185,31 @@ impl CommandBus {
             Store::on(EventRepository::sharing(db, group_commit.clone()))
                 .with_upcasters(sparc_domain::upcasting::upcasters())
         }
+        fn snapshotted<A: Aggregate>(store: Store<A>) -> Store<A> {
+            store.with_snapshots_every(SNAPSHOT_EVERY)
+        }
         Self {
-            users: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
-            projects: store(db, &group_commit),
-            tasks: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
-            executions: store(db, &group_commit),
-            agents: store(db, &group_commit).with_snapshots_every(SNAPSHOT_EVERY),
-            reservations: store(db, &group_commit),
+            users: Lane::new(snapshotted(store(db, &group_commit))),
+            projects: Lane::new(store(db, &group_commit)),
+            tasks: Lane::new(snapshotted(store(db, &group_commit))),
+            executions: Lane::new(store(db, &group_commit)),
+            agents: Lane::new(snapshotted(store(db, &group_commit))),
+            reservations: Lane::new(store(db, &group_commit)),
             metrics: CommandMetrics::default(),
-            streams: StreamQueues::default(),
         }
     }
 
-    /// This bus with queues of at most `limit` commands per stream (see [`StreamQueues`]).
+    /// This bus with queues of at most `limit` waiting commands per stream (see
+    /// [`StreamQueues`]).
     pub fn with_stream_queue_limit(self, limit: usize) -> Self {
         Self {
-            streams: StreamQueues::with_limit(limit),
-            ..self
+            users: self.users.with_queue_limit(limit),
+            projects: self.projects.with_queue_limit(limit),
+            tasks: self.tasks.with_queue_limit(limit),
+            executions: self.executions.with_queue_limit(limit),
+            agents: self.agents.with_queue_limit(limit),
+            reservations: self.reservations.with_queue_limit(limit),
+            metrics: self.metrics,
         }
     }
 
@@ -173,7 +239,8 @@ impl CommandBus {
 
     /// Loads an aggregate's current state and version.
     pub async fn load<A: Routed>(&self, id: &str) -> Result<(A, usize), CommandError<A::Error>> {
-        let context = A::store(self)
+        let context = A::lane(self)
+            .store
             .load_aggregate(id)
             .await
             .map_err(store_error)?;
@@ -192,7 +259,7 @@ impl CommandBus {
     where
         A::Command: Clone,
     {
-        let store: &Store<A> = A::store(self);
+        let store: &Store<A> = &A::lane(self).store;
         let context = store.empty_context(id);
         match decide_and_commit(store, context, command.clone(), metadata).await {
             // `execute` counts the command.
@@ -207,60 +274,227 @@ impl CommandBus {
         }
     }
 
-    /// Decides `command` on the aggregate `id` and commits its events with `metadata`.
-    /// With `expected_version`, the stream must be at exactly that version (no retry: the
-    /// caller asked for that state). Without it, a lost race is decided again on the new state.
+    /// Decides `command` on the aggregate `id` and commits its events with `metadata`, in
+    /// turn with the other commands on the same stream (see the module's documentation).
+    /// With `expected_version`, the stream must be at exactly that version when the command
+    /// is decided (`If-Match`). A race lost to another process is decided again on the new
+    /// state.
     pub async fn execute<A: Routed>(
         &self,
         id: &str,
         command: A::Command,
         metadata: &EventMetadata,
         expected_version: Option<usize>,
-    ) -> Result<Outcome<A>, CommandError<A::Error>>
-    where
-        A::Command: Clone,
-    {
-        let store: &Store<A> = A::store(self);
-        let decided = async {
-            // Alone on the stream in this process: a conflict below is another process's.
-            let _turn = self
-                .streams
-                .turn(A::TYPE, id)
-                .await
-                .map_err(CommandError::Overloaded)?;
-            let mut attempt = 0;
-            loop {
-                let context = store.load_aggregate(id).await.map_err(store_error)?;
-                if let Some(expected) = expected_version
-                    && expected != context.current_sequence
-                {
-                    return Err(CommandError::VersionMismatch {
-                        expected,
-                        actual: context.current_sequence,
-                    });
-                }
-                match decide_and_commit(store, context, command.clone(), metadata).await {
-                    Err(AggregateError::AggregateConflict)
-                        if expected_version.is_none() && attempt < CONFLICT_RETRIES =>
-                    {
-                        attempt += 1;
-                    }
-                    Err(AggregateError::AggregateConflict) => {
-                        return Err(match expected_version {
-                            Some(expected) => CommandError::VersionMismatch {
-                                expected,
-                                actual: expected + 1,
-                            },
-                            None => CommandError::Conflict,
-                        });
-                    }
-                    decided => return decided.map_err(store_error),
+    ) -> Result<Outcome<A>, CommandError<A::Error>> {
+        let name = A::command_name(&command);
+        let lane = A::lane(self);
+        let (answer, answered) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(false));
+        let deadline = crate::overload::deadline();
+        let queued = Queued {
+            command,
+            metadata: metadata.clone().into_map(),
+            expected_version,
+            deadline,
+            claimed: claimed.clone(),
+            answer,
+        };
+        let store = &lane.store;
+        let result = match lane.queues.push(id, queued, |queue| {
+            drain_stream(store.clone(), id.to_owned(), queue)
+        }) {
+            Ok(()) => wait_for_answer(answered, &claimed, deadline).await,
+            Err(overloaded) => Err(CommandError::Overloaded(overloaded)),
+        };
+        self.count(name, &result);
+        result
+    }
+}
+
+/// Waits for the stream's worker to answer; at `deadline`, gives up unless the worker has
+/// taken the command up (then its answer comes soon, and may be a commit).
+async fn wait_for_answer<A: Routed>(
+    mut answered: oneshot::Receiver<Answer<A>>,
+    claimed: &AtomicBool,
+    deadline: Option<Instant>,
+) -> Answer<A> {
+    let stopped = |_| {
+        Err(CommandError::Store(
+            "the stream's worker stopped".to_owned(),
+        ))
+    };
+    if let Some(deadline) = deadline {
+        tokio::select! {
+            answer = &mut answered => return answer.unwrap_or_else(stopped),
+            () = tokio::time::sleep_until(deadline) => {
+                if !claimed.swap(true, Ordering::AcqRel) {
+                    return Err(CommandError::Overloaded(Overloaded::DeadlinePassed));
                 }
             }
         }
-        .await;
-        self.count(A::command_name(&command), &decided);
-        decided
+    }
+    answered.await.unwrap_or_else(stopped)
+}
+
+/// The worker of one stream: decides and commits what waits in its queue, a batch at a time,
+/// until the queue is empty.
+async fn drain_stream<A: Routed>(store: Arc<Store<A>>, id: String, queue: Drain<Queued<A>>) {
+    loop {
+        let batch = queue.next_batch(MAX_BATCH);
+        if batch.is_empty() {
+            return;
+        }
+        let claimed = batch
+            .into_iter()
+            .filter(|queued| {
+                !queued.claimed.swap(true, Ordering::AcqRel) && !queued.answer.is_closed()
+            })
+            .collect();
+        decide_batch(&store, &id, claimed).await;
+    }
+}
+
+/// Decides `batch` (commands on stream `id`, in arrival order) one after another, each on the
+/// state the ones before it left, commits all their events in one statement and answers each
+/// command. Answers wait for the commit: a refusal or a version check may depend on what an
+/// earlier command of the batch decided. A lost race decides the whole batch again on the
+/// new state; a command whose deadline passes before the commit is refused, uncommitted.
+async fn decide_batch<A: Routed>(store: &Store<A>, id: &str, mut batch: Vec<Queued<A>>) {
+    let mut races_lost = 0;
+    while !batch.is_empty() {
+        let context = match store.load_aggregate(id).await {
+            Ok(context) => context,
+            Err(error) => return fail_all(batch, &error.to_string()),
+        };
+        let (decided, events) = decide_each(&context, batch).await;
+        if events.is_empty() {
+            return answer_all(decided);
+        }
+        let deadline = decided
+            .iter()
+            .filter(|(_, answer)| answer.as_ref().is_ok_and(|done| !done.events.is_empty()))
+            .filter_map(|(queued, _)| queued.deadline)
+            .min();
+        let state = decided
+            .iter()
+            .rev()
+            .find_map(|(_, answer)| answer.as_ref().ok().map(|done| done.state.clone()))
+            .unwrap_or_else(|| context.aggregate.clone());
+        let context = EventStoreAggregateContext {
+            aggregate: state,
+            ..context
+        };
+        let commit = store.commit_each(events, context);
+        let committed = match deadline {
+            Some(deadline) => with_deadline(deadline, commit).await,
+            None => commit.await,
+        };
+        batch = match committed {
+            Ok(_) => return answer_all(decided),
+            Err(AggregateError::AggregateConflict) if races_lost < CONFLICT_RETRIES => {
+                races_lost += 1;
+                decided.into_iter().map(|(queued, _)| queued).collect()
+            }
+            Err(AggregateError::AggregateConflict) => {
+                for (queued, _) in decided {
+                    let refusal = match queued.expected_version {
+                        Some(expected) => CommandError::VersionMismatch {
+                            expected,
+                            actual: expected + 1,
+                        },
+                        None => CommandError::Conflict,
+                    };
+                    queued.reply(Err(refusal));
+                }
+                return;
+            }
+            Err(error) => match store_error::<A::Error>(error) {
+                CommandError::Overloaded(overloaded) => {
+                    // Refuse those whose deadline has passed; decide the others again.
+                    let now = Instant::now();
+                    let (late, in_time): (Vec<_>, Vec<_>) = decided
+                        .into_iter()
+                        .map(|(queued, _)| queued)
+                        .partition(|queued| queued.deadline.is_some_and(|d| d <= now));
+                    if late.is_empty() {
+                        in_time.into_iter().for_each(|queued| {
+                            queued.reply(Err(CommandError::Overloaded(overloaded)));
+                        });
+                        return;
+                    }
+                    late.into_iter().for_each(|queued| {
+                        queued.reply(Err(CommandError::Overloaded(overloaded)));
+                    });
+                    in_time
+                }
+                failed => {
+                    return fail_all(decided.into_iter().map(|(q, _)| q), &failed.to_string());
+                }
+            },
+        };
+    }
+}
+
+/// Decides each command of `batch` in order on the state of `context` and the events decided
+/// before it. Returns each command with its answer if the events commit, and the events with
+/// their commands' metadata. A command past its deadline is refused at once, undecided.
+async fn decide_each<A: Routed>(
+    context: &EventStoreAggregateContext<A>,
+    batch: Vec<Queued<A>>,
+) -> (
+    Vec<(Queued<A>, Answer<A>)>,
+    Vec<(A::Event, HashMap<String, String>)>,
+) {
+    let now = Instant::now();
+    let mut state = context.aggregate.clone();
+    let mut version = context.current_sequence;
+    let mut decided = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    for queued in batch {
+        if queued.deadline.is_some_and(|deadline| deadline <= now) {
+            queued.reply(Err(CommandError::Overloaded(Overloaded::DeadlinePassed)));
+            continue;
+        }
+        if let Some(expected) = queued.expected_version
+            && expected != version
+        {
+            let mismatch = CommandError::VersionMismatch {
+                expected,
+                actual: version,
+            };
+            decided.push((queued, Err(mismatch)));
+            continue;
+        }
+        let mut candidate = state.clone();
+        let sink = cqrs_es::event_sink::EventSink::default();
+        let answer = match candidate.handle(queued.command.clone(), &(), &sink).await {
+            Err(refusal) => Err(CommandError::Rejected(refusal)),
+            Ok(()) => {
+                let new = sink.collect().await;
+                version += new.len();
+                events.extend(new.iter().map(|e| (e.clone(), queued.metadata.clone())));
+                state = candidate;
+                Ok(Outcome {
+                    state: state.clone(),
+                    version,
+                    events: new,
+                })
+            }
+        };
+        decided.push((queued, answer));
+    }
+    (decided, events)
+}
+
+fn answer_all<A: Routed>(decided: Vec<(Queued<A>, Answer<A>)>) {
+    for (queued, answer) in decided {
+        queued.reply(answer);
+    }
+}
+
+fn fail_all<A: Routed>(batch: impl IntoIterator<Item = Queued<A>>, message: &str) {
+    for queued in batch {
+        queued.reply(Err(CommandError::Store(message.to_owned())));
     }
 }
 

@@ -7,9 +7,11 @@
 //! ([`crate::json`]): the libraries' reads stop at serde_json's nesting limit (and postgres-es
 //! panics then), and what the log holds must stay loadable.
 //!
-//! One write differs from postgres-es: a single event without a snapshot (most commands) is
-//! appended through [`GroupCommit`], which inserts the single events of concurrent commands in
-//! one statement, instead of `BEGIN; INSERT; COMMIT` each.
+//! Appends without a snapshot differ from postgres-es, which sends `BEGIN`, an `INSERT` per
+//! event and `COMMIT`: a single event (most commands) goes through [`GroupCommit`], which
+//! inserts the single events of concurrent commands in one statement, and several events (the
+//! commands of one stream decided together) go in one statement of their own, which a taken
+//! sequence fails as a whole.
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
@@ -121,6 +123,9 @@ impl PersistedEventRepository for EventRepository {
             Self::Postgres(_, group, _) if snapshot_update.is_none() && events.len() == 1 => {
                 group.append(A::TYPE, &events[0]).await?;
             }
+            Self::Postgres(_, _, pool) if snapshot_update.is_none() => {
+                insert_all(pool, A::TYPE, events).await?;
+            }
             Self::Postgres(repo, ..) => repo.persist::<A>(events, snapshot_update).await?,
             Self::Sqlite(repo, _) => repo.persist::<A>(events, snapshot_update).await?,
         }
@@ -198,6 +203,47 @@ impl EventRepository {
                 ))
             })
             .collect()
+    }
+}
+
+const INSERT_EVENTS_PG: &str = "INSERT INTO events \
+     (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT $1::text, $2::text, * FROM unnest($3::bigint[], $4::text[], $5::text[], \
+                                  $6::text[]::json[], $7::text[]::json[])";
+
+/// Inserts `events` of one stream in one autocommit statement: all of them, or none when one
+/// of their sequences is taken (`OptimisticLockError`).
+async fn insert_all(
+    pool: &sqlx::PgPool,
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+) -> Result<(), PersistenceError> {
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
+    let column =
+        |field: fn(&SerializedEvent) -> String| events.iter().map(field).collect::<Vec<_>>();
+    let sequences = events
+        .iter()
+        .map(|e| i64::try_from(e.sequence))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    let inserted = sqlx::query(INSERT_EVENTS_PG)
+        .bind(aggregate_type)
+        .bind(&first.aggregate_id)
+        .bind(sequences)
+        .bind(column(|e| e.event_type.clone()))
+        .bind(column(|e| e.event_version.clone()))
+        .bind(column(|e| e.payload.to_string()))
+        .bind(column(|e| e.metadata.to_string()))
+        .execute(pool)
+        .await;
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            Err(PersistenceError::OptimisticLockError)
+        }
+        Err(error) => Err(connection_error(error)),
     }
 }
 

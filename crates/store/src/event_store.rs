@@ -104,6 +104,46 @@ impl<A: Aggregate> Store<A> {
         }
     }
 
+    /// Commits `events`, each with its own metadata (the commands of one stream decided
+    /// together: [`crate::CommandBus`]), after the stream's version in `context`, in one
+    /// transaction. `context.aggregate` must be the state after the last of them (`handle`
+    /// has applied them): it is what a snapshot stores.
+    pub async fn commit_each(
+        &self,
+        events: Vec<(A::Event, HashMap<String, String>)>,
+        context: EventStoreAggregateContext<A>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = context.current_sequence + 1;
+        let last = context.current_sequence + events.len();
+        let envelopes: Vec<EventEnvelope<A>> = events
+            .into_iter()
+            .zip(first..)
+            .map(|((payload, metadata), sequence)| EventEnvelope {
+                aggregate_id: context.aggregate_id.clone(),
+                sequence,
+                payload,
+                metadata,
+            })
+            .collect();
+        let serialized = envelopes
+            .iter()
+            .map(SerializedEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let snapshot = match self.snapshot_every {
+            Some(every) if last / every > context.current_sequence / every => Some((
+                context.aggregate_id.clone(),
+                serde_json::to_value(&context.aggregate)?,
+                context.current_snapshot.map_or(1, |n| n + 1),
+            )),
+            _ => None,
+        };
+        self.repo.persist::<A>(&serialized, snapshot).await?;
+        Ok(envelopes)
+    }
+
     fn envelopes(
         &self,
         events: Vec<SerializedEvent>,
@@ -174,36 +214,10 @@ impl<A: Aggregate> EventStore<A> for Store<A> {
         context: Self::AC,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let first = context.current_sequence + 1;
-        let last = context.current_sequence + events.len();
-        let envelopes: Vec<EventEnvelope<A>> = events
+        let events = events
             .into_iter()
-            .zip(first..)
-            .map(|(payload, sequence)| EventEnvelope {
-                aggregate_id: context.aggregate_id.clone(),
-                sequence,
-                payload,
-                metadata: metadata.clone(),
-            })
+            .map(|event| (event, metadata.clone()))
             .collect();
-        let serialized = envelopes
-            .iter()
-            .map(SerializedEvent::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        // `handle` has already applied the new events to `context.aggregate`: it is the state
-        // at `last`, which the repository stores as the snapshot's sequence.
-        let snapshot = match self.snapshot_every {
-            Some(every) if last / every > context.current_sequence / every => Some((
-                context.aggregate_id.clone(),
-                serde_json::to_value(&context.aggregate)?,
-                context.current_snapshot.map_or(1, |n| n + 1),
-            )),
-            _ => None,
-        };
-        self.repo.persist::<A>(&serialized, snapshot).await?;
-        Ok(envelopes)
+        self.commit_each(events, context).await
     }
 }

@@ -5,19 +5,20 @@
 //! or for a group-commit statement) is dropped before it commits and fails with [`Overloaded`];
 //! work that has started to commit is finished and answered, however late.
 //!
-//! **One stream, one command at a time.** Commands for the same stream in one process are
-//! decided one after another ([`StreamQueues::turn`]): concurrent commands on one task or
-//! agent would otherwise load the same version, all but one lose the race at commit, and each
-//! loser loads and decides again, so that goodput collapses as the offered rate grows. Each
-//! stream's queue is bounded; a command that finds it full is refused at once. Optimistic
-//! concurrency still settles races between processes and `If-Match`.
+//! **One queue per stream.** Work for the same stream in one process waits in that stream's
+//! queue ([`StreamQueues`]), which one worker drains, a batch at a time: the command bus
+//! decides a batch's commands one after another and commits their events together (concurrent
+//! commands on one task or agent would otherwise load the same version, all but one lose the
+//! race at commit, and each loser loads and decides again, so that goodput collapses as the
+//! offered rate grows). Each stream's queue is bounded; work that finds it full is refused at
+//! once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 tokio::task_local! {
@@ -69,107 +70,132 @@ pub async fn before_deadline<F: Future>(
     }
 }
 
-/// Commands a stream's queue holds at most by default, the running one included.
+/// Commands a stream's queue holds at most by default, besides those being decided.
 pub const STREAM_QUEUE_LIMIT: usize = 256;
 
-/// One stream's turn: its holder runs alone on the stream in this process.
-struct Slot {
-    turn: Arc<tokio::sync::Mutex<()>>,
-    /// Commands holding or waiting for the turn.
-    queued: usize,
+/// One stream's queue, and which worker drains it.
+struct Waiting<T> {
+    worker: u64,
+    items: VecDeque<T>,
 }
 
-/// The queues of the streams that have commands in flight in this process.
-#[derive(Debug)]
-pub struct StreamQueues {
-    streams: Arc<Mutex<HashMap<(&'static str, String), Slot>>>,
+type Streams<T> = Arc<Mutex<HashMap<String, Waiting<T>>>>;
+
+/// The queues of the streams that have work in flight in this process, each drained by one
+/// worker task of its own, which exists while the queue does.
+pub struct StreamQueues<T> {
+    streams: Streams<T>,
     limit: usize,
+    workers: AtomicU64,
 }
 
-impl std::fmt::Debug for Slot {
+impl<T> std::fmt::Debug for StreamQueues<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot")
-            .field("queued", &self.queued)
-            .finish()
+        f.debug_struct("StreamQueues")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 
-impl Default for StreamQueues {
+impl<T> Default for StreamQueues<T> {
     fn default() -> Self {
         Self::with_limit(STREAM_QUEUE_LIMIT)
     }
 }
 
-/// The turn of one stream, held until dropped.
-#[derive(Debug)]
-pub struct Turn {
-    _held: OwnedMutexGuard<()>,
-    _queued: Queued,
-}
-
-/// A place in a stream's queue: leaving it (dropped) counts the command out, and forgets the
-/// stream once nothing is queued for it.
-#[derive(Debug)]
-struct Queued {
-    streams: Arc<Mutex<HashMap<(&'static str, String), Slot>>>,
-    key: (&'static str, String),
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = streams.get_mut(&self.key) {
-            slot.queued -= 1;
-            if slot.queued == 0 {
-                streams.remove(&self.key);
-            }
-        }
-    }
-}
-
-impl StreamQueues {
-    /// Queues of at most `limit` commands per stream (at least 1).
+impl<T> StreamQueues<T> {
+    /// Queues of at most `limit` waiting items per stream (at least 1).
     pub fn with_limit(limit: usize) -> Self {
         Self {
             streams: Arc::default(),
             limit: limit.max(1),
+            workers: AtomicU64::new(0),
         }
     }
 
-    /// Waits for the turn of the stream `aggregate_id` of `aggregate_type`, until the current
-    /// work's [`deadline`]. Refused at once if the stream's queue is full.
-    pub async fn turn(
-        &self,
-        aggregate_type: &'static str,
-        aggregate_id: &str,
-    ) -> Result<Turn, Overloaded> {
-        let key = (aggregate_type, aggregate_id.to_owned());
-        let turn = {
-            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = streams.entry(key.clone()).or_insert_with(|| Slot {
-                turn: Arc::default(),
-                queued: 0,
-            });
-            if slot.queued >= self.limit {
-                return Err(Overloaded::QueueFull);
-            }
-            slot.queued += 1;
-            slot.turn.clone()
-        };
-        let queued = Queued {
-            streams: self.streams.clone(),
-            key,
-        };
-        let held = before_deadline(deadline(), turn.lock_owned()).await?;
-        Ok(Turn {
-            _held: held,
-            _queued: queued,
-        })
-    }
-
-    /// Streams with commands in flight (for tests and metrics).
+    /// Streams with work in flight (for tests and metrics).
     pub fn streams_in_flight(&self) -> usize {
         self.streams.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl<T: Send + 'static> StreamQueues<T> {
+    /// Queues `item` for `stream`. A stream without a worker gets one: `start` is called with
+    /// the stream's [`Drain`] and the future it returns is spawned. Refused at once
+    /// ([`Overloaded::QueueFull`]) when the stream's queue is full.
+    pub fn push<F>(
+        &self,
+        stream: &str,
+        item: T,
+        start: impl FnOnce(Drain<T>) -> F,
+    ) -> Result<(), Overloaded>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = streams.get_mut(stream) {
+            if waiting.items.len() >= self.limit {
+                return Err(Overloaded::QueueFull);
+            }
+            waiting.items.push_back(item);
+            return Ok(());
+        }
+        let worker = self.workers.fetch_add(1, Ordering::Relaxed);
+        streams.insert(
+            stream.to_owned(),
+            Waiting {
+                worker,
+                items: VecDeque::from([item]),
+            },
+        );
+        drop(streams);
+        tokio::spawn(start(Drain {
+            streams: self.streams.clone(),
+            stream: stream.to_owned(),
+            worker,
+        }));
+        Ok(())
+    }
+}
+
+/// The worker's end of one stream's queue. Dropped (the worker ended, or panicked), it
+/// forgets the queue: what still waits there is dropped with it, and the next item pushed for
+/// the stream starts a new worker.
+pub struct Drain<T> {
+    streams: Streams<T>,
+    stream: String,
+    worker: u64,
+}
+
+impl<T> Drain<T> {
+    /// Takes up to `max` waiting items, oldest first. None waiting: the queue is forgotten
+    /// (the next push starts a new worker) and this returns nothing, for good.
+    pub fn next_batch(&self, max: usize) -> Vec<T> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match streams.get_mut(&self.stream) {
+            Some(waiting) if waiting.worker == self.worker => {
+                if waiting.items.is_empty() {
+                    streams.remove(&self.stream);
+                    Vec::new()
+                } else {
+                    let taken = waiting.items.len().min(max.max(1));
+                    waiting.items.drain(..taken).collect()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl<T> Drop for Drain<T> {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams
+            .get(&self.stream)
+            .is_some_and(|waiting| waiting.worker == self.worker)
+        {
+            streams.remove(&self.stream);
+        }
     }
 }
 
@@ -177,45 +203,85 @@ impl StreamQueues {
 mod tests {
     use super::*;
 
+    /// A worker that sends each batch it takes to `batches`, after `hold` per batch.
+    fn recorder(
+        batches: tokio::sync::mpsc::UnboundedSender<Vec<u32>>,
+        hold: Duration,
+    ) -> impl FnOnce(Drain<u32>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        move |drain| {
+            Box::pin(async move {
+                loop {
+                    let batch = drain.next_batch(10);
+                    if batch.is_empty() {
+                        return;
+                    }
+                    tokio::time::sleep(hold).await;
+                    let _ = batches.send(batch);
+                }
+            })
+        }
+    }
+
     #[tokio::test]
-    async fn commands_on_one_stream_take_turns_and_other_streams_do_not_wait() {
+    async fn what_queues_while_a_batch_runs_is_taken_together_in_order() {
         let queues = StreamQueues::default();
-        let first = queues.turn("Task", "a").await.expect("a free stream");
-        let other = tokio::time::timeout(Duration::from_millis(100), queues.turn("Task", "b"))
-            .await
-            .expect("another stream is not held back")
-            .expect("a turn");
-        let waiting = tokio::time::timeout(Duration::from_millis(50), queues.turn("Task", "a"));
-        assert!(waiting.await.is_err(), "the same stream waits its turn");
-        drop((first, other));
+        let (sent, mut batches) = tokio::sync::mpsc::unbounded_channel();
+        let hold = Duration::from_millis(50);
+        queues
+            .push("a", 1, recorder(sent.clone(), hold))
+            .expect("queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for item in 2..=4 {
+            queues
+                .push("a", item, |_| async { panic!("the stream has a worker") })
+                .expect("queued");
+        }
+        queues
+            .push("b", 9, recorder(sent, hold))
+            .expect("another stream, another worker");
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.push(batches.recv().await.expect("a batch"));
+        }
+        seen.sort();
+        assert_eq!(seen, vec![vec![1], vec![2, 3, 4], vec![9]]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(queues.streams_in_flight(), 0, "idle streams are forgotten");
     }
 
     #[tokio::test]
-    async fn a_full_queue_refuses_at_once_and_a_passed_deadline_gives_up() {
+    async fn a_full_queue_refuses_at_once_and_a_dead_worker_frees_its_stream() {
         let queues = StreamQueues::with_limit(2);
-        let first = queues.turn("Task", "a").await.expect("a free stream");
-        let deadline = Instant::now() + Duration::from_millis(50);
-        let second = tokio::spawn({
-            let streams = queues.streams.clone();
-            async move {
-                let queues = StreamQueues { streams, limit: 2 };
-                with_deadline(deadline, queues.turn("Task", "a"))
-                    .await
-                    .map(|_| ())
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (first, first_dropped) = tokio::sync::oneshot::channel::<()>();
+        queues
+            .push("a", first, move |drain| async move {
+                let _ = released.await;
+                drop(drain);
+            })
+            .expect("queued");
+        tokio::task::yield_now().await;
+        let (second, second_dropped) = tokio::sync::oneshot::channel::<()>();
+        let (third, _) = tokio::sync::oneshot::channel::<()>();
+        queues.push("a", second, |_| async {}).expect("waits");
         assert_eq!(
-            queues.turn("Task", "a").await.map(|_| ()),
-            Err(Overloaded::QueueFull)
+            queues.push("a", third, |_| async {}).err(),
+            Some(Overloaded::QueueFull)
         );
-        assert_eq!(
-            second.await.expect("the waiter ends"),
-            Err(Overloaded::DeadlinePassed)
+        release.send(()).expect("the worker waits");
+        assert!(
+            first_dropped.await.is_err(),
+            "the ended worker's items are dropped"
         );
-        drop(first);
-        let again = queues.turn("Task", "a").await;
-        assert!(again.is_ok(), "a freed stream takes commands again");
+        assert!(second_dropped.await.is_err());
+        assert_eq!(queues.streams_in_flight(), 0);
+        let (again, _) = tokio::sync::oneshot::channel::<()>();
+        let (started, was_started) = tokio::sync::oneshot::channel();
+        queues
+            .push("a", again, move |_| async move {
+                let _ = started.send(());
+            })
+            .expect("a freed stream takes work again");
+        was_started.await.expect("with a new worker");
     }
 }
