@@ -7,11 +7,12 @@
 //! bounded retry when another writer committed to the same stream first.
 //!
 //! Commands on one stream wait in that stream's queue in this process ([`crate::overload`]),
-//! which a worker drains a batch at a time: it loads the stream once, decides the batch's
-//! commands one after another, each on the state the ones before it left, and commits all
-//! their events in one statement. They never lose a race to one another, a hot stream costs a
-//! load and a commit per batch rather than per command, and a command waits only until its
-//! request's deadline.
+//! which a worker drains a batch at a time: it reads the stream's current state once (what the
+//! last batch left, brought up to date, or the stream loaded), decides the batch's commands one
+//! after another, each on the state the ones before it left, and commits all their events in
+//! one statement. They never lose a race to one another, a hot stream costs a read and a
+//! commit per batch rather than a load and a commit per command, and a command waits only
+//! until its request's deadline.
 //!
 //! [`CommandBus::create`] is the write path of a resource whose id the server has just minted
 //! (a UUIDv7): its stream cannot exist yet, so the command is decided on the empty aggregate
@@ -20,11 +21,12 @@
 //! loaded stream like any other.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventStore};
+use hashlink::LruCache;
 use sparc_domain::agent::Agent;
 use sparc_domain::execution::Execution;
 use sparc_domain::project::Project;
@@ -90,34 +92,56 @@ pub struct Outcome<A: Aggregate> {
 
 /// One lane per aggregate type, over one database.
 pub struct CommandBus {
-    users: Lane<User>,
-    projects: Lane<Project>,
-    tasks: Lane<Task>,
-    executions: Lane<Execution>,
-    agents: Lane<Agent>,
-    reservations: Lane<Reservation>,
+    users: Arc<Lane<User>>,
+    projects: Arc<Lane<Project>>,
+    tasks: Arc<Lane<Task>>,
+    executions: Arc<Lane<Execution>>,
+    agents: Arc<Lane<Agent>>,
+    reservations: Arc<Lane<Reservation>>,
     metrics: CommandMetrics,
 }
 
-/// The commands of one aggregate type: its event store, and the queues of its streams.
+/// Streams of one aggregate type whose last committed state a lane keeps at most.
+const RECENT_STREAMS: usize = 1024;
+
+/// The commands of one aggregate type: its event store, the queues of its streams, and the
+/// state of the streams it committed to lately, which the next batch on such a stream brings
+/// up to date with one read instead of loading it again.
 pub struct Lane<A: Routed> {
-    store: Arc<Store<A>>,
+    store: Store<A>,
     queues: StreamQueues<Queued<A>>,
+    recent: Mutex<LruCache<String, EventStoreAggregateContext<A>>>,
 }
 
 impl<A: Routed> Lane<A> {
-    fn new(store: Store<A>) -> Self {
-        Self {
-            store: Arc::new(store),
+    fn new(store: Store<A>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
             queues: StreamQueues::default(),
+            recent: Mutex::new(LruCache::new(RECENT_STREAMS)),
+        })
+    }
+
+    /// The current state of stream `id`: what this lane kept of it brought up to date, or
+    /// loaded.
+    async fn current(
+        &self,
+        id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        let kept = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        match kept {
+            Some(context) => self.store.catch_up(context).await,
+            None => self.store.load_aggregate(id).await,
         }
     }
 
-    fn with_queue_limit(self, limit: usize) -> Self {
-        Self {
-            queues: StreamQueues::with_limit(limit),
-            ..self
-        }
+    fn keep(&self, context: EventStoreAggregateContext<A>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.insert(context.aggregate_id.clone(), context);
     }
 }
 
@@ -148,7 +172,7 @@ pub trait Routed:
     Aggregate<Services = (), Command: Clone + Send, Error: Send> + Clone + 'static
 {
     /// The lane of this aggregate type.
-    fn lane(bus: &CommandBus) -> &Lane<Self>;
+    fn lane(bus: &CommandBus) -> &Arc<Lane<Self>>;
     /// The command's name, for the metrics.
     fn command_name(command: &Self::Command) -> String;
 }
@@ -156,7 +180,7 @@ pub trait Routed:
 macro_rules! routed {
     ($($aggregate:ty => $field:ident),+ $(,)?) => {
         $(impl Routed for $aggregate {
-            fn lane(bus: &CommandBus) -> &Lane<Self> {
+            fn lane(bus: &CommandBus) -> &Arc<Lane<Self>> {
                 &bus.$field
             }
 
@@ -196,20 +220,6 @@ impl CommandBus {
             agents: Lane::new(snapshotted(store(db, &group_commit))),
             reservations: Lane::new(store(db, &group_commit)),
             metrics: CommandMetrics::default(),
-        }
-    }
-
-    /// This bus with queues of at most `limit` waiting commands per stream (see
-    /// [`StreamQueues`]).
-    pub fn with_stream_queue_limit(self, limit: usize) -> Self {
-        Self {
-            users: self.users.with_queue_limit(limit),
-            projects: self.projects.with_queue_limit(limit),
-            tasks: self.tasks.with_queue_limit(limit),
-            executions: self.executions.with_queue_limit(limit),
-            agents: self.agents.with_queue_limit(limit),
-            reservations: self.reservations.with_queue_limit(limit),
-            metrics: self.metrics,
         }
     }
 
@@ -259,7 +269,7 @@ impl CommandBus {
     where
         A::Command: Clone,
     {
-        let store: &Store<A> = &A::lane(self).store;
+        let store = &A::lane(self).store;
         let context = store.empty_context(id);
         match decide_and_commit(store, context, command.clone(), metadata).await {
             // `execute` counts the command.
@@ -299,9 +309,8 @@ impl CommandBus {
             claimed: claimed.clone(),
             answer,
         };
-        let store = &lane.store;
         let result = match lane.queues.push(id, queued, |queue| {
-            drain_stream(store.clone(), id.to_owned(), queue)
+            drain_stream(lane.clone(), id.to_owned(), queue)
         }) {
             Ok(()) => wait_for_answer(answered, &claimed, deadline).await,
             Err(overloaded) => Err(CommandError::Overloaded(overloaded)),
@@ -338,7 +347,7 @@ async fn wait_for_answer<A: Routed>(
 
 /// The worker of one stream: decides and commits what waits in its queue, a batch at a time,
 /// until the queue is empty.
-async fn drain_stream<A: Routed>(store: Arc<Store<A>>, id: String, queue: Drain<Queued<A>>) {
+async fn drain_stream<A: Routed>(lane: Arc<Lane<A>>, id: String, queue: Drain<Queued<A>>) {
     loop {
         let batch = queue.next_batch(MAX_BATCH);
         if batch.is_empty() {
@@ -350,7 +359,7 @@ async fn drain_stream<A: Routed>(store: Arc<Store<A>>, id: String, queue: Drain<
                 !queued.claimed.swap(true, Ordering::AcqRel) && !queued.answer.is_closed()
             })
             .collect();
-        decide_batch(&store, &id, claimed).await;
+        decide_batch(&lane, &id, claimed).await;
     }
 }
 
@@ -359,15 +368,16 @@ async fn drain_stream<A: Routed>(store: Arc<Store<A>>, id: String, queue: Drain<
 /// command. Answers wait for the commit: a refusal or a version check may depend on what an
 /// earlier command of the batch decided. A lost race decides the whole batch again on the
 /// new state; a command whose deadline passes before the commit is refused, uncommitted.
-async fn decide_batch<A: Routed>(store: &Store<A>, id: &str, mut batch: Vec<Queued<A>>) {
+async fn decide_batch<A: Routed>(lane: &Lane<A>, id: &str, mut batch: Vec<Queued<A>>) {
     let mut races_lost = 0;
     while !batch.is_empty() {
-        let context = match store.load_aggregate(id).await {
+        let context = match lane.current(id).await {
             Ok(context) => context,
             Err(error) => return fail_all(batch, &error.to_string()),
         };
         let (decided, events) = decide_each(&context, batch).await;
         if events.is_empty() {
+            lane.keep(context);
             return answer_all(decided);
         }
         let deadline = decided
@@ -380,17 +390,21 @@ async fn decide_batch<A: Routed>(store: &Store<A>, id: &str, mut batch: Vec<Queu
             .rev()
             .find_map(|(_, answer)| answer.as_ref().ok().map(|done| done.state.clone()))
             .unwrap_or_else(|| context.aggregate.clone());
-        let context = EventStoreAggregateContext {
+        let mut context = EventStoreAggregateContext {
             aggregate: state,
             ..context
         };
-        let commit = store.commit_each(events, context);
+        let commit = lane.store.commit_each(events, &mut context);
         let committed = match deadline {
             Some(deadline) => with_deadline(deadline, commit).await,
             None => commit.await,
         };
+        // After a failure the stream is loaded afresh: it may have moved on meanwhile.
         batch = match committed {
-            Ok(_) => return answer_all(decided),
+            Ok(_) => {
+                lane.keep(context);
+                return answer_all(decided);
+            }
             Err(AggregateError::AggregateConflict) if races_lost < CONFLICT_RETRIES => {
                 races_lost += 1;
                 decided.into_iter().map(|(queued, _)| queued).collect()

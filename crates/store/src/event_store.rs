@@ -104,14 +104,32 @@ impl<A: Aggregate> Store<A> {
         }
     }
 
+    /// Brings `context`, a state of the stream loaded earlier, up to date with the events
+    /// committed after it (one read; usually none).
+    pub async fn catch_up(
+        &self,
+        mut context: EventStoreAggregateContext<A>,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        let events = self
+            .repo
+            .get_last_events::<A>(&context.aggregate_id, context.current_sequence)
+            .await?;
+        for envelope in self.envelopes(events)? {
+            context.current_sequence = envelope.sequence;
+            context.aggregate.apply(envelope.payload);
+        }
+        Ok(context)
+    }
+
     /// Commits `events`, each with its own metadata (the commands of one stream decided
     /// together: [`crate::CommandBus`]), after the stream's version in `context`, in one
-    /// transaction. `context.aggregate` must be the state after the last of them (`handle`
-    /// has applied them): it is what a snapshot stores.
+    /// transaction, and moves `context` to the version they reach. `context.aggregate` must
+    /// already be the state after the last of them (`handle` has applied them): it is what a
+    /// snapshot stores.
     pub async fn commit_each(
         &self,
         events: Vec<(A::Event, HashMap<String, String>)>,
-        context: EventStoreAggregateContext<A>,
+        context: &mut EventStoreAggregateContext<A>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -140,7 +158,12 @@ impl<A: Aggregate> Store<A> {
             )),
             _ => None,
         };
+        let snapshotted = snapshot.as_ref().map(|(_, _, number)| *number);
         self.repo.persist::<A>(&serialized, snapshot).await?;
+        context.current_sequence = last;
+        if snapshotted.is_some() {
+            context.current_snapshot = snapshotted;
+        }
         Ok(envelopes)
     }
 
@@ -211,13 +234,13 @@ impl<A: Aggregate> EventStore<A> for Store<A> {
     async fn commit(
         &self,
         events: Vec<A::Event>,
-        context: Self::AC,
+        mut context: Self::AC,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
         let events = events
             .into_iter()
             .map(|event| (event, metadata.clone()))
             .collect();
-        self.commit_each(events, context).await
+        self.commit_each(events, &mut context).await
     }
 }

@@ -248,3 +248,48 @@ async fn two_buses_on_one_stream_settle_their_races_and_lose_no_command() {
         assert_eq!(versions, (2..=41).collect::<Vec<_>>(), "{}", db.backend());
     }
 }
+
+#[tokio::test]
+async fn a_bus_sees_what_another_committed_since_its_last_command_on_a_stream() {
+    for (db, _file) in both_backends().await {
+        let (ours, theirs) = (CommandBus::new(&db), CommandBus::new(&db));
+        let id = Uuid::now_v7();
+        let stream = id.to_string();
+        let metadata = EventMetadata::new("user-7", "request");
+        ours.create::<Project>(&stream, create(id, "Alpha"), &metadata)
+            .await
+            .unwrap();
+        let change = |description: &str| describe(Some(description.to_owned()));
+        ours.execute::<Project>(&stream, change("ours"), &metadata, None)
+            .await
+            .unwrap();
+        for description in ["theirs", "theirs again"] {
+            theirs
+                .execute::<Project>(&stream, change(description), &metadata, None)
+                .await
+                .unwrap();
+        }
+
+        let rename = ProjectCommand::Update {
+            changes: ProjectChanges {
+                name: Some(ProjectName::parse("Beta").unwrap()),
+                description: None,
+                status: None,
+            },
+            at: Utc::now(),
+        };
+        let done = ours
+            .execute::<Project>(&stream, rename, &metadata, Some(4))
+            .await
+            .unwrap();
+
+        let backend = db.backend();
+        assert_eq!(done.version, 5, "{backend}");
+        assert_eq!(name(&done.state), Some("Beta"), "{backend}");
+        assert_eq!(
+            done.state.description.as_deref(),
+            Some("theirs again"),
+            "{backend}: decided on the stream as it is, not as this bus last left it"
+        );
+    }
+}
