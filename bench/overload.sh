@@ -8,7 +8,7 @@
 # Prints per rate: offered, unsent, 2xx, goodput, 503s, other failures, p50/p99 of the PUT and
 # of PUT -> frame; then the targets of issue 21, point 1.
 #
-# Env: RATES (comma-separated, default 100,250,500,1000,2000), SECONDS (per rate, default 10),
+# Env: RATES (comma-separated, default 100,250,500,1000,2000,5000), SECONDS (per rate, default 10),
 # MAX_IN_FLIGHT (256), DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/sparc_bench_overload; DROPPED and recreated), NATS_URL
 # (default nats://127.0.0.1:4222). Works from any directory.
@@ -19,7 +19,7 @@ if printenv SECONDS >/dev/null 2>&1; then DURATION=$SECONDS; else DURATION=10; f
 set -euo pipefail
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sparc_bench_overload}
 NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
-RATES=${RATES:-100,250,500,1000,2000}
+RATES=${RATES:-100,250,500,1000,2000,5000}
 MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-256}
 LISTEN=127.0.0.1:18471
 # shellcheck source=bench/common.sh

@@ -1,6 +1,7 @@
 //! Overload, on both backends: a command whose stream is held busy past its request's deadline
 //! is refused with 503 and `Retry-After` and commits nothing, while the command that held the
-//! stream, once it has begun to commit, is answered as done however late.
+//! stream, once it has begun to commit, is answered as done however late; and a client with
+//! as many requests in progress as it may have is refused with 429 at once, others not.
 
 use std::time::Duration;
 
@@ -139,4 +140,78 @@ async fn with_one_second_deadlines(backend: Backend) -> Option<TestApp> {
         settings.api.request_timeout_seconds = 1;
     })
     .await
+}
+
+async fn a_client_at_its_in_flight_cap_is_refused_at_once_and_others_are_not(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |settings| {
+        settings.api.max_in_flight_per_client = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let greedy = app.user("greedy").await;
+    let other = app.user("other").await;
+    let created = app
+        .post(
+            "/api/v1/tasks",
+            &greedy.token,
+            json!({"skill_name": "lint", "schedule_cron": "*/5 * * * *"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let path = format!("/api/v1/tasks/{}", id_of(&created.body));
+    assert_eq!(app.get(&path, &greedy.token).await.status, StatusCode::OK);
+
+    let held = hold_the_log(&app.db, Duration::from_millis(1500)).await;
+    let app = std::sync::Arc::new(app);
+    let waiting: Vec<_> = (0..2)
+        .map(|n| {
+            let (app, path, token) = (app.clone(), path.clone(), greedy.token.clone());
+            tokio::spawn(async move {
+                app.put(&path, &token, json!({"params": {"n": n}}))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let refused = app.get(&path, &greedy.token).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.body["detail"].is_string(), "{}", refused.body);
+    let others = app.get("/api/v1/tasks", &other.token).await;
+    assert_eq!(
+        others.status,
+        StatusCode::OK,
+        "another client is not held back"
+    );
+
+    for put in waiting {
+        assert_eq!(put.await.expect("the update ends"), StatusCode::OK);
+    }
+    held.await.expect("the lock ended");
+    let again = app.get(&path, &greedy.token).await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "answered requests free their places"
+    );
+    assert_eq!(again.body["version"], 3, "{}", again.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_in_flight_cap_is_refused_at_once_on_postgres() {
+    a_client_at_its_in_flight_cap_is_refused_at_once_and_others_are_not(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_in_flight_cap_is_refused_at_once_on_sqlite() {
+    a_client_at_its_in_flight_cap_is_refused_at_once_and_others_are_not(Backend::Sqlite).await;
 }

@@ -81,6 +81,9 @@ pub enum ApiError {
         /// Whole seconds after which a retry can succeed (at least 1).
         retry_after_secs: u64,
     },
+    /// 429 with `Retry-After`: the client already has as many requests in progress as it may.
+    #[error("too many requests in flight")]
+    TooManyInFlight,
     /// 503 `{"detail": msg}`.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -133,7 +136,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -178,6 +181,16 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs.max(1)),
                 );
+                return response;
+            }
+            Self::TooManyInFlight => {
+                let mut response = detail_response(
+                    status,
+                    "Too many requests of this client are in progress; retry once one is answered",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
                 return response;
             }
             Self::Unauthorized(message) => {

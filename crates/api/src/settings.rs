@@ -6,7 +6,7 @@
 //! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE`, `SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACCESS_TOKEN_MINUTES`, `SPARC_REFRESH_TOKEN_DAYS`, `SPARC_HSTS`,
-//! `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`,
+//! `SPARC_MAX_IN_FLIGHT_PER_CLIENT`, `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`,
 //! and the per-user caps `SPARC_MAX_SESSIONS_PER_USER`, `SPARC_MAX_TASKS_PER_USER`,
 //! `SPARC_MAX_PROJECTS_PER_USER`, `SPARC_MAX_AGENTS_PER_USER`,
 //! `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`). The JWT secret is not here: it is a
@@ -31,6 +31,11 @@ pub struct ApiSettings {
     pub activity_rate_limit_per_minute: u32,
     /// `POST /api/v1/agents` per minute, per user (or IP).
     pub agent_create_rate_limit_per_minute: u32,
+    /// Requests one client (a user, or an IP when anonymous) may have in progress at once
+    /// (`SPARC_MAX_IN_FLIGHT_PER_CLIENT`, default 64; `0`: no cap); one more is refused with
+    /// 429 at once, before any work, so a client that never waits for its answers cannot
+    /// fill the queues the others need.
+    pub max_in_flight_per_client: u32,
     /// Lifetime of access tokens, in minutes; must be positive.
     pub access_token_minutes: i64,
     /// Lifetime of refresh tokens (and so of sessions), in days; must be positive.
@@ -83,6 +88,7 @@ impl Default for ApiSettings {
             auth_rate_limit_per_minute: 50,
             activity_rate_limit_per_minute: 1000,
             agent_create_rate_limit_per_minute: 60,
+            max_in_flight_per_client: 64,
             access_token_minutes: 60,
             refresh_token_days: 7,
             hsts: false,
@@ -111,6 +117,7 @@ mod tests {
         assert_eq!(settings.auth_rate_limit_per_minute, 50);
         assert_eq!(settings.activity_rate_limit_per_minute, 1000);
         assert_eq!(settings.agent_create_rate_limit_per_minute, 60);
+        assert_eq!(settings.max_in_flight_per_client, 64);
         assert_eq!(settings.access_token_minutes, 60);
         assert_eq!(settings.refresh_token_days, 7);
         assert!(!settings.hsts);

@@ -1,4 +1,10 @@
-//! Per-client rate limits with the contract's route classes and `X-RateLimit-*` headers.
+//! Per-client rate limits with the contract's route classes and `X-RateLimit-*` headers, and
+//! the cap on each client's requests in progress.
+//!
+//! **In flight** (`SPARC_MAX_IN_FLIGHT_PER_CLIENT`): a client with that many requests in
+//! progress (of any limited class; counted as below) is refused with 429 at once, before any
+//! work is done. A client that sends without waiting for its answers would otherwise queue
+//! thousands of requests, and their reads, in front of everyone else's.
 //!
 //! **Classes** (each with its own per-minute limit from [`ApiSettings`], `0` = off):
 //! `/api/v1/auth/*` per client IP (auth), `POST /api/v1/agents/activity` (activity),
@@ -237,8 +243,67 @@ pub struct RateLimiter {
     activity: Option<Gcra>,
     agent_create: Option<Gcra>,
     general: Option<Gcra>,
+    in_flight: Option<InFlight>,
     tokens: Arc<TokenService>,
     epoch: Instant,
+}
+
+/// Each client's requests in progress, in shards like the limiter's.
+struct InFlight {
+    limit: u32,
+    shards: [Mutex<HashMap<Subject, u32>>; SHARDS],
+    hasher: RandomState,
+}
+
+impl InFlight {
+    fn new(limit: u32) -> Option<Self> {
+        (limit > 0).then(|| Self {
+            limit,
+            shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: RandomState::new(),
+        })
+    }
+
+    fn shard(&self, subject: Subject) -> &Mutex<HashMap<Subject, u32>> {
+        &self.shards[(self.hasher.hash_one(subject) % SHARDS as u64) as usize]
+    }
+
+    /// A place for one more request of `subject`, or `None` when it has all it may.
+    fn enter(&self, subject: Subject) -> Option<InProgress<'_>> {
+        let mut counts = self
+            .shard(subject)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(subject).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(InProgress {
+            in_flight: self,
+            subject,
+        })
+    }
+}
+
+/// A request in progress; counted out when dropped (its response is on its way, or it was
+/// cancelled).
+struct InProgress<'a> {
+    in_flight: &'a InFlight,
+    subject: Subject,
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        let shard = self.in_flight.shard(self.subject);
+        let mut counts = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.subject) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.subject);
+            }
+        }
+    }
 }
 
 impl RateLimiter {
@@ -249,6 +314,7 @@ impl RateLimiter {
             activity: Gcra::per_minute(settings.activity_rate_limit_per_minute),
             agent_create: Gcra::per_minute(settings.agent_create_rate_limit_per_minute),
             general: Gcra::per_minute(settings.rate_limit_per_minute),
+            in_flight: InFlight::new(settings.max_in_flight_per_client),
             tokens,
             epoch: Instant::now(),
         }
@@ -324,15 +390,27 @@ pub async fn rate_limit(
     let Some(class) = RouteClass::of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
-    let Some(gcra) = limiter.gcra(class) else {
+    let gcra = limiter.gcra(class);
+    if gcra.is_none() && limiter.in_flight.is_none() {
         return next.run(request).await;
-    };
-    let decision = gcra.check(limiter.subject(class, &mut request), limiter.now());
-    let mut response = match decision.retry_after_secs {
+    }
+    let subject = limiter.subject(class, &mut request);
+    let decision = gcra.map(|gcra| gcra.check(subject, limiter.now()));
+    let mut response = match decision.and_then(|decision| decision.retry_after_secs) {
         Some(retry_after_secs) => ApiError::TooManyRequests { retry_after_secs }.into_response(),
-        None => next.run(request).await,
+        None => match limiter
+            .in_flight
+            .as_ref()
+            .map(|in_flight| in_flight.enter(subject))
+        {
+            Some(None) => ApiError::TooManyInFlight.into_response(),
+            Some(Some(_in_progress)) => next.run(request).await,
+            None => next.run(request).await,
+        },
     };
-    decision.write_headers(response.headers_mut());
+    if let Some(decision) = decision {
+        decision.write_headers(response.headers_mut());
+    }
     response
 }
 
