@@ -5,7 +5,7 @@
 # (bench/src/bin/overload.rs): PUT /api/v1/tasks/{id} on that one task at each of RATES per
 # second, open loop (at most MAX_IN_FLIGHT outstanding; a request due while all are busy is not
 # sent and counts as unsent), with a WebSocket client timing each PUT to its task_updated frame.
-# Prints per rate: offered, unsent, 2xx, goodput, 503s, other failures, p50/p99 of the PUT and
+# Prints per rate: offered, unsent, 2xx, goodput, 503s/429s, other failures, p50/p99 of the PUT and
 # of PUT -> frame; then the targets of issue 21, point 1.
 #
 # Env: RATES (comma-separated, default 100,250,500,1000,2000,5000), SECONDS (per rate, default 10),
@@ -14,7 +14,8 @@
 # (default nats://127.0.0.1:4222). Works from any directory.
 #
 # Targets (issue 21): one task sustains >= 1,000 updates/s; PUT -> frame p99 <= 25 ms at 500/s;
-# offered 2x its peak it keeps >= 90 % of the peak goodput.
+# offered 2x its peak it keeps >= 90 % of the peak goodput (a last step runs at 2x the peak
+# measured when no rate reached it).
 if printenv SECONDS >/dev/null 2>&1; then DURATION=$SECONDS; else DURATION=10; fi
 set -euo pipefail
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sparc_bench_overload}
@@ -55,6 +56,19 @@ if ! SPARC_TOKEN=$TOKEN "$LOAD_BIN" --api "http://$LISTEN" --task "$TASK" --rate
 	echo "the load client failed; the end of the service's log:" >&2
 	tail -n 20 "$WORK/serve.log" >&2
 	exit 1
+fi
+# One more step at twice the peak just measured (rounded up to 100/s), unless a step offered
+# that much already: the third target is judged at 2x the peak, not only beyond it.
+TWICE=$(jq -s '(map(.goodput_per_s) | max) as $peak | if any(.[]; .rate >= 2 * $peak) then 0
+	else (2 * $peak / 100 | ceil) * 100 end' "$WORK/steps.json")
+if [ "$TWICE" -gt 0 ]; then
+	echo "== and at ${TWICE}/s, twice the peak"
+	if ! SPARC_TOKEN=$TOKEN "$LOAD_BIN" --api "http://$LISTEN" --task "$TASK" --rates "$TWICE" \
+		--seconds "$DURATION" --max-in-flight "$MAX_IN_FLIGHT" --json >>"$WORK/steps.json"; then
+		echo "the load client failed; the end of the service's log:" >&2
+		tail -n 20 "$WORK/serve.log" >&2
+		exit 1
+	fi
 fi
 jq -rs '
 	(map(.goodput_per_s) | max) as $peak

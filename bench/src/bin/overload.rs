@@ -16,8 +16,9 @@
 //! due time: PUT = its answer, PUT → frame = the frame's arrival.
 //!
 //! Per rate: offered (requests due), unsent, late, 2xx answers (all, drained after the window
-//! too), goodput (2xx answered inside the window ÷ its seconds), 503s, other non-2xx, transport
-//! errors, p50/p99 of the 2xx PUTs and of PUT → frame (and of the 503s), 2xx without a frame,
+//! too), goodput (2xx answered inside the window ÷ its seconds), refusals under load (503, and 429
+//! from the cap on one client's requests in flight), other non-2xx, transport errors, p50/p99
+//! of the 2xx PUTs and of PUT → frame (and of the refusals), 2xx without a frame,
 //! and frames whose PUT was answered non-2xx (a change committed although its request was
 //! refused). The service must run with rate limits off. One human line per rate on stderr;
 //! with `--json` one JSON object per rate on stdout.
@@ -196,13 +197,14 @@ struct Step {
     completed: u64,
     completed_in_window: u64,
     goodput_per_s: f64,
-    status_503: u64,
+    /// 503s (overloaded) and 429s (the client's requests in flight at their cap).
+    shed: u64,
     other_statuses: BTreeMap<u16, u64>,
     transport_errors: u64,
     first_error: Option<String>,
     put: Percentiles,
     put_to_frame: Percentiles,
-    /// How soon the 503s were answered.
+    /// How soon the refusals under load were answered.
     refused: Percentiles,
     without_frame: u64,
     frames_of_refused: u64,
@@ -212,14 +214,14 @@ impl Step {
     fn line(&self) -> String {
         let other: u64 = self.other_statuses.values().sum();
         format!(
-            "| {:>5} | {:>6} | {:>5} | {:>4} | {:>6} | {:>7.0} | {:>5} | {:>5} | {:>8.1} / {:<8.1} | {:>8.1} / {:<8.1} | {:>5} | {:>4} |",
+            "| {:>5} | {:>6} | {:>5} | {:>4} | {:>6} | {:>7.0} | {:>7} | {:>5} | {:>8.1} / {:<8.1} | {:>8.1} / {:<8.1} | {:>5} | {:>4} |",
             self.rate,
             self.offered,
             self.unsent,
             self.late,
             self.completed,
             self.goodput_per_s,
-            self.status_503,
+            self.shed,
             other + self.transport_errors,
             self.put.p50_ms,
             self.put.p99_ms,
@@ -231,7 +233,7 @@ impl Step {
     }
 }
 
-const HEADER: &str = "| rate/s | offered | unsent | late | 2xx | goodput/s | 503 | other | PUT p50 / p99 ms | PUT→frame p50 / p99 ms | no frame | refused yet framed |";
+const HEADER: &str = "| rate/s | offered | unsent | late | 2xx | goodput/s | 503/429 | other | PUT p50 / p99 ms | PUT→frame p50 / p99 ms | no frame | refused yet framed |";
 
 /// Calls of a run share this.
 struct Target {
@@ -333,7 +335,7 @@ async fn step(
         completed: 0,
         completed_in_window: 0,
         goodput_per_s: 0.0,
-        status_503: 0,
+        shed: 0,
         other_statuses: BTreeMap::new(),
         transport_errors: 0,
         first_error: None,
@@ -358,8 +360,8 @@ async fn step(
                 }
             }
             Outcome::Status(status) => {
-                if status == 503 {
-                    step.status_503 += 1;
+                if status == 503 || status == 429 {
+                    step.shed += 1;
                     refused.saturating_record(micros(s.answered.duration_since(s.due)));
                 } else {
                     *step.other_statuses.entry(status).or_default() += 1;
@@ -447,9 +449,9 @@ async fn main() -> anyhow::Result<()> {
         if let Some(error) = &step.first_error {
             eprintln!("  first transport error: {error}");
         }
-        if step.status_503 > 0 {
+        if step.shed > 0 {
             eprintln!(
-                "  503s answered in p50 {:.1} ms, p99 {:.1} ms",
+                "  503/429s answered in p50 {:.1} ms, p99 {:.1} ms",
                 step.refused.p50_ms, step.refused.p99_ms
             );
         }
