@@ -1,6 +1,7 @@
 //! The conventions every endpoint follows, black-box on both backends: request ids, security
-//! headers, the error shapes (400, 404, 405, 413, 415, 422), rate limits with their headers, and
-//! gzip for large responses.
+//! headers, the error shapes (400, 404, 405, 413, 415, 422), rate limits with their headers,
+//! gzip for large responses, and what browsers on other origins need: CORS for the listed
+//! origins only, the `Origin` check of WebSocket upgrades, and `PATCH` wherever `PUT` updates.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -747,5 +748,276 @@ both_backends!(
         assert!(!response.headers().contains_key("content-encoding"));
         let body: Value = response.json().await.expect("plain JSON");
         assert_eq!(body["alive"], true);
+    }
+);
+
+// ----- browsers on other origins -----
+
+const DASHBOARD: &str = "http://dash.example.test:3000";
+const ELSEWHERE: &str = "https://elsewhere.example.test";
+
+fn listing_the_dashboard(settings: &mut sparc::config::Settings) {
+    settings.api.cors_origins =
+        sparc_api::middleware::CorsOrigins::parse([DASHBOARD]).expect("a valid origin");
+}
+
+#[track_caller]
+fn assert_no_cors_headers(response: &Response, what: &str) {
+    let cors: Vec<_> = response
+        .headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .collect();
+    assert!(cors.is_empty(), "{what}: no CORS headers, got {cors:?}");
+}
+
+/// A WebSocket upgrade sent with `origin` (if any): the HTTP status it got (101 when switched).
+async fn upgrade_from(app: &TestApp, token: &str, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = app
+        .ws_url(&format!("token={token}"))
+        .into_client_request()
+        .expect("a valid URL");
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().expect("a valid header"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("the upgrade failed otherwise: {other}"),
+    }
+}
+
+both_backends!(
+    a_listed_origin_gets_preflights_and_cors_headers_on_every_answer,
+    listing_the_dashboard,
+    |app: TestApp| async move {
+        let user = app.user("browser").await;
+        let preflight = send(
+            app.request(Method::OPTIONS, "/api/v1/tasks/some-id", None)
+                .header("origin", DASHBOARD)
+                .header("access-control-request-method", "PATCH")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type, if-match, idempotency-key, x-request-id",
+                ),
+        )
+        .await;
+        assert!(preflight.status.is_success(), "{}", preflight.status);
+        assert_eq!(
+            preflight.header("access-control-allow-origin"),
+            Some(DASHBOARD)
+        );
+        let methods = preflight
+            .header("access-control-allow-methods")
+            .unwrap_or_default();
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            assert!(methods.contains(method), "{method} in {methods:?}");
+        }
+        let headers = preflight
+            .header("access-control-allow-headers")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        for header in [
+            "authorization",
+            "content-type",
+            "if-match",
+            "idempotency-key",
+            "x-request-id",
+        ] {
+            assert!(headers.contains(header), "{header} in {headers:?}");
+        }
+        assert_eq!(preflight.header("access-control-allow-credentials"), None);
+
+        let listed = send(
+            app.request(Method::GET, "/api/v1/tasks", Some(&user.token))
+                .header("origin", DASHBOARD),
+        )
+        .await;
+        assert_eq!(listed.status, StatusCode::OK);
+        assert_eq!(
+            listed.header("access-control-allow-origin"),
+            Some(DASHBOARD)
+        );
+        let exposed = listed
+            .header("access-control-expose-headers")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        for header in [
+            "etag",
+            "x-request-id",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "retry-after",
+        ] {
+            assert!(exposed.contains(header), "{header} in {exposed:?}");
+        }
+        let refused = send(
+            app.request(Method::GET, "/api/v1/tasks", None)
+                .header("origin", DASHBOARD),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.header("access-control-allow-origin"),
+            Some(DASHBOARD),
+            "the page may read an error too"
+        );
+
+        assert_eq!(upgrade_from(&app, &user.token, Some(DASHBOARD)).await, 101);
+        assert_eq!(
+            upgrade_from(&app, &user.token, None).await,
+            101,
+            "not a browser"
+        );
+    }
+);
+
+both_backends!(
+    another_origin_gets_no_cors_headers_and_no_websocket,
+    listing_the_dashboard,
+    |app: TestApp| async move {
+        let user = app.user("stranger").await;
+        let preflight = send(
+            app.request(Method::OPTIONS, "/api/v1/tasks", None)
+                .header("origin", ELSEWHERE)
+                .header("access-control-request-method", "POST"),
+        )
+        .await;
+        assert_no_cors_headers(&preflight, "a preflight from another origin");
+        let listed = send(
+            app.request(Method::GET, "/api/v1/tasks", Some(&user.token))
+                .header("origin", ELSEWHERE),
+        )
+        .await;
+        assert_eq!(
+            listed.status,
+            StatusCode::OK,
+            "CORS is the browser's to enforce"
+        );
+        assert_no_cors_headers(&listed, "an answer to another origin");
+        assert_eq!(upgrade_from(&app, &user.token, Some(ELSEWHERE)).await, 403);
+    }
+);
+
+both_backends!(
+    without_origins_listed_no_answer_has_cors_headers,
+    |app: TestApp| async move {
+        let user = app.user("sameorigin").await;
+        let listed = send(
+            app.request(Method::GET, "/api/v1/tasks", Some(&user.token))
+                .header("origin", DASHBOARD),
+        )
+        .await;
+        assert_eq!(listed.status, StatusCode::OK);
+        assert_no_cors_headers(&listed, "no origins listed");
+        assert_eq!(upgrade_from(&app, &user.token, Some(DASHBOARD)).await, 101);
+    }
+);
+
+both_backends!(
+    patch_updates_wherever_put_does_with_the_same_body_and_answers,
+    |app: TestApp| async move {
+        let admin = app.user_with_role("patcher", Role::Admin).await;
+        let task = app
+            .post(
+                "/api/v1/tasks",
+                &admin.token,
+                json!({"skill_name": "lint", "schedule_cron": "*/5 * * * *"}),
+            )
+            .await;
+        let project = app
+            .post("/api/v1/projects", &admin.token, json!({"name": "Patched"}))
+            .await;
+        let agent = app
+            .post(
+                "/api/v1/agents",
+                &admin.token,
+                json!({"name": "patchy", "type": "coder"}),
+            )
+            .await;
+        let other = app.user("patched").await;
+        let changes = [
+            (
+                format!("/api/v1/tasks/{}", sparc_tests::id_of(&task.body)),
+                json!({"schedule_cron": "*/7 * * * *"}),
+                "schedule_cron",
+                json!("*/7 * * * *"),
+            ),
+            (
+                format!("/api/v1/projects/{}", sparc_tests::id_of(&project.body)),
+                json!({"description": "via PATCH"}),
+                "description",
+                json!("via PATCH"),
+            ),
+            (
+                format!("/api/v1/agents/{}", sparc_tests::id_of(&agent.body)),
+                json!({"capabilities": ["rust"]}),
+                "capabilities",
+                json!(["rust"]),
+            ),
+            (
+                format!("/api/v1/admin/users/{}", other.id),
+                json!({"is_active": false}),
+                "is_active",
+                json!(false),
+            ),
+            (
+                "/api/v1/auth/me".to_owned(),
+                json!({"bio": "patched"}),
+                "bio",
+                json!("patched"),
+            ),
+        ];
+        for (path, body, field, value) in changes {
+            let patched = app
+                .call(Method::PATCH, &path, Some(&admin.token), Some(body.clone()))
+                .await;
+            assert_eq!(
+                patched.status,
+                StatusCode::OK,
+                "PATCH {path}: {}",
+                patched.body
+            );
+            assert_eq!(patched.body[field], value, "PATCH {path}: {}", patched.body);
+            if !path.starts_with("/api/v1/admin/users/") {
+                let read = app.get(&path, &admin.token).await;
+                assert_eq!(
+                    read.body[field], value,
+                    "GET {path} after PATCH: {}",
+                    read.body
+                );
+            }
+        }
+
+        let path = format!("/api/v1/tasks/{}", sparc_tests::id_of(&task.body));
+        let stale = send(
+            app.request(Method::PATCH, &path, Some(&admin.token))
+                .header("if-match", "\"1\"")
+                .json(&json!({"schedule_cron": "*/9 * * * *"})),
+        )
+        .await;
+        assert_eq!(
+            stale.status,
+            StatusCode::PRECONDITION_FAILED,
+            "If-Match holds for PATCH"
+        );
+        let invalid = app
+            .call(
+                Method::PATCH,
+                &path,
+                Some(&admin.token),
+                Some(json!({"schedule_cron": "never"})),
+            )
+            .await;
+        assert_eq!(
+            invalid.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            invalid.body
+        );
     }
 );

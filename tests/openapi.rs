@@ -41,6 +41,7 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("post", "/api/v1/auth/logout", 200, Json),
     ("get", "/api/v1/auth/me", 200, Json),
     ("put", "/api/v1/auth/me", 200, Json),
+    ("patch", "/api/v1/auth/me", 200, Json),
     ("post", "/api/v1/auth/change-password", 200, Json),
     ("get", "/api/v1/auth/sessions", 200, Json),
     ("delete", "/api/v1/auth/sessions/{id}", 200, Json),
@@ -50,6 +51,7 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("get", "/api/v1/tasks", 200, Json),
     ("get", "/api/v1/tasks/{id}", 200, Json),
     ("put", "/api/v1/tasks/{id}", 200, Json),
+    ("patch", "/api/v1/tasks/{id}", 200, Json),
     ("delete", "/api/v1/tasks/{id}", 200, Json),
     ("post", "/api/v1/tasks/{id}/run", 202, Json),
     ("get", "/api/v1/tasks/{id}/executions", 200, Json),
@@ -59,6 +61,7 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("get", "/api/v1/projects", 200, Json),
     ("get", "/api/v1/projects/{id}", 200, Json),
     ("put", "/api/v1/projects/{id}", 200, Json),
+    ("patch", "/api/v1/projects/{id}", 200, Json),
     ("delete", "/api/v1/projects/{id}", 204, Empty),
     ("get", "/api/v1/projects/{id}/history", 200, Json),
     // Agents
@@ -66,6 +69,7 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("get", "/api/v1/agents/{id}", 200, Json),
     ("post", "/api/v1/agents", 201, Json),
     ("put", "/api/v1/agents/{id}", 200, Json),
+    ("patch", "/api/v1/agents/{id}", 200, Json),
     ("delete", "/api/v1/agents/{id}", 204, Empty),
     ("post", "/api/v1/agents/activity", 201, Json),
 ];
@@ -110,6 +114,29 @@ both_backends!(the_document_is_openapi_3_1, |app: TestApp| async move {
         "the bearer scheme is declared"
     );
 });
+
+both_backends!(
+    operation_ids_are_unique_and_patch_has_its_own,
+    |app: TestApp| async move {
+        let doc = document(&app).await;
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("an item") {
+                let Some(id) = operation["operationId"].as_str() else {
+                    continue;
+                };
+                assert!(
+                    seen.insert(id.to_owned()),
+                    "{method} {path}: operation id {id} twice"
+                );
+            }
+        }
+        assert_eq!(
+            doc["paths"]["/api/v1/tasks/{id}"]["patch"]["operationId"],
+            "update_task_patch"
+        );
+    }
+);
 
 both_backends!(
     every_endpoint_of_the_contract_is_documented_with_its_response_schema,

@@ -295,6 +295,19 @@ fn body_of(status: u16) -> &'static str {
     }
 }
 
+/// Gives each `PATCH` that shares its handler with a `PUT` (the contract's partial update, same
+/// body and answers) an operation id of its own, `<put's id>_patch`: ids must be unique.
+pub fn document_patches(openapi: &mut OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        if let (Some(put), Some(patch)) = (&item.put, &mut item.patch)
+            && patch.operation_id.is_some()
+            && patch.operation_id == put.operation_id
+        {
+            patch.operation_id = put.operation_id.as_ref().map(|id| format!("{id}_patch"));
+        }
+    }
+}
+
 /// Adds the error bodies and every operation's common error answers to `openapi`.
 pub fn document_errors(openapi: &mut OpenApi) {
     let components = openapi.components.get_or_insert_with(Default::default);

@@ -6,7 +6,7 @@
 //! (`SPARC_RATE_LIMIT_PER_MINUTE`, `SPARC_AUTH_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACTIVITY_RATE_LIMIT_PER_MINUTE`, `SPARC_AGENT_CREATE_RATE_LIMIT_PER_MINUTE`,
 //! `SPARC_ACCESS_TOKEN_MINUTES`, `SPARC_REFRESH_TOKEN_DAYS`, `SPARC_HSTS`,
-//! `SPARC_MAX_IN_FLIGHT_PER_CLIENT`, `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`,
+//! `SPARC_MAX_IN_FLIGHT_PER_CLIENT`, `SPARC_CORS_ORIGINS`, `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`,
 //! and the per-user caps `SPARC_MAX_SESSIONS_PER_USER`, `SPARC_MAX_TASKS_PER_USER`,
 //! `SPARC_MAX_PROJECTS_PER_USER`, `SPARC_MAX_AGENTS_PER_USER`,
 //! `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`). The JWT secret is not here: it is a
@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::middleware::TrustedProxies;
+use crate::middleware::{CorsOrigins, TrustedProxies};
 
 /// Settings of the HTTP layer. A rate limit of `0` turns that class of limit off.
 ///
@@ -42,6 +42,10 @@ pub struct ApiSettings {
     pub refresh_token_days: i64,
     /// Send `Strict-Transport-Security` (only behind TLS).
     pub hsts: bool,
+    /// The origins whose pages may call the API and open WebSockets (`SPARC_CORS_ORIGINS`,
+    /// comma-separated; none by default: same-origin pages only; `*`: any): see
+    /// [`CorsOrigins`].
+    pub cors_origins: CorsOrigins,
     /// The proxies whose `X-Forwarded-For` entries are believed (`false`, `true` for the socket
     /// peer, or a list of networks): see [`TrustedProxies`].
     pub trust_forwarded_for: TrustedProxies,
@@ -92,6 +96,7 @@ impl Default for ApiSettings {
             access_token_minutes: 60,
             refresh_token_days: 7,
             hsts: false,
+            cors_origins: CorsOrigins::None,
             trust_forwarded_for: TrustedProxies::None,
             max_json_depth: 32,
             max_json_bytes: 64 * 1024,
@@ -121,6 +126,7 @@ mod tests {
         assert_eq!(settings.access_token_minutes, 60);
         assert_eq!(settings.refresh_token_days, 7);
         assert!(!settings.hsts);
+        assert_eq!(settings.cors_origins, CorsOrigins::None);
         assert_eq!(settings.trust_forwarded_for, TrustedProxies::None);
         assert_eq!(settings.max_json_depth, 32);
         assert_eq!(settings.max_json_bytes, 65_536);

@@ -9,6 +9,10 @@
 //!    rewrites bodies, so a rewritten body is never mislabelled as gzip.
 //! 4. [`request_id`]: the id exists before anything can fail, is echoed on every response, and
 //!    every 500 below is logged with it and rendered as `{"detail", "error_id"}`.
+//! 4a. [`cors`] (only with `SPARC_CORS_ORIGINS` set): preflights are answered here, before any
+//!    limit counts them, and every answer below (errors too) carries the CORS headers a browser
+//!    needs to show it to the page; a WebSocket upgrade from a page of another origin is
+//!    refused with 403.
 //! 5. [`client_ip`]: resolves the IP once, for the limiter and for event metadata.
 //! 6. [`over_capacity`]: a request on a connection the server accepted over its cap is
 //!    answered 503 here, with the id and headers above, and costs nothing further.
@@ -27,6 +31,7 @@
 //! extension for the `/metrics` handler.
 
 pub mod client_ip;
+pub mod cors;
 pub mod error_shape;
 pub mod metrics;
 pub mod over_capacity;
@@ -53,6 +58,7 @@ use crate::error::ApiError;
 use crate::settings::ApiSettings;
 
 pub use client_ip::{ClientIp, TrustedProxies};
+pub use cors::CorsOrigins;
 pub use rate_limit::RateLimiter;
 pub use request_id::RequestId;
 
@@ -73,7 +79,7 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
     let metrics = Arc::new(metrics::HttpMetrics::default());
     let compression = CompressionLayer::new()
         .compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_FROM_BYTES)));
-    router
+    let inner = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(metrics.clone()))
@@ -87,7 +93,15 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
         .layer(from_fn_with_state(
             settings.trust_forwarded_for.clone(),
             client_ip::client_ip,
-        ))
+        ));
+    let with_cors = match settings.cors_origins.layer() {
+        Some(cors) => inner.layer(cors).layer(from_fn_with_state(
+            settings.cors_origins.clone(),
+            cors::guard,
+        )),
+        None => inner,
+    };
+    with_cors
         .layer(from_fn(request_id::request_id))
         .layer(compression)
         .layer(from_fn_with_state(metrics, metrics::record))

@@ -98,7 +98,7 @@ pub struct UpdateUser {
 }
 
 /// Changes another account's role or active state (admins only); ends that account's sessions.
-#[utoipa::path(put, path = "/api/v1/admin/users/{id}", tag = "admin", params(("id" = Uuid, Path)), request_body = UpdateUser,
+#[utoipa::path(method(put, patch), path = "/api/v1/admin/users/{id}", tag = "admin", params(("id" = Uuid, Path)), request_body = UpdateUser,
     responses((status = 200, body = UserResource), (status = 400, description = "No fields to update, or the admin's own account"), (status = 403, description = "Not an admin"), (status = 404, description = "User not found"),
         (status = 409, description = "The account kept changing concurrently"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
 async fn update_user(

@@ -421,7 +421,7 @@ pub struct UpdateAgent {
 }
 
 /// Changes an agent (admins and agents); honours `If-Match`.
-#[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), IfMatch), request_body = UpdateAgent,
+#[utoipa::path(method(put, patch), path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), IfMatch), request_body = UpdateAgent,
     responses((status = 200, body = AgentResource), (status = 400, description = "No fields to update"),
         (status = 403, description = "Not an admin or an agent"), (status = 404, description = "Agent not found"),
         (status = 409, description = "Name taken, or the agent kept changing concurrently")), security(("bearer" = [])))]

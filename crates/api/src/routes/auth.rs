@@ -333,7 +333,7 @@ pub struct ProfileRequest {
 }
 
 /// Changes the caller's profile.
-#[utoipa::path(put, path = "/api/v1/auth/me", tag = "auth", request_body = ProfileRequest,
+#[utoipa::path(method(put, patch), path = "/api/v1/auth/me", tag = "auth", request_body = ProfileRequest,
     responses((status = 200, body = UserResource), (status = 409, description = "The account kept changing concurrently"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
 async fn update_me(

@@ -75,6 +75,7 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn router(app: std::sync::Arc<crate::state::App>, extra: Router) -> Router {
     let app = AppState(app);
     let (routes, mut openapi) = api().split_for_parts();
+    crate::openapi::document_patches(&mut openapi);
     crate::openapi::document_errors(&mut openapi);
     crate::openapi::document_requests(&mut openapi);
     let routes = routes

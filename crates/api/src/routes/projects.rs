@@ -301,7 +301,7 @@ pub struct UpdateProject {
 }
 
 /// Changes a project; honours `If-Match`.
-#[utoipa::path(put, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), IfMatch), request_body = UpdateProject,
+#[utoipa::path(method(put, patch), path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), IfMatch), request_body = UpdateProject,
     responses((status = 200, body = ProjectResource), (status = 400, description = "No fields to update"),
         (status = 409, description = "The project kept changing concurrently"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
 async fn update_project(

@@ -414,7 +414,7 @@ pub struct UpdateTask {
 }
 
 /// Changes a task; honours `If-Match`. A cron or time-zone change recomputes `next_run_at`.
-#[utoipa::path(put, path = "/api/v1/tasks/{id}", tag = "tasks", request_body = UpdateTask,
+#[utoipa::path(method(put, patch), path = "/api/v1/tasks/{id}", tag = "tasks", request_body = UpdateTask,
     params(("id" = Uuid, Path), IfMatch),
     responses((status = 200, body = TaskResource), (status = 400, description = "No fields to update"),
         (status = 403, description = "Another user's task, or the project is another user's"),

@@ -140,7 +140,7 @@ async fn commands_queued_on_one_stream_are_decided_in_turn_and_committed_togethe
         let send = |command: ProjectCommand, request: String, expected: Option<usize>| {
             let (bus, stream) = (bus.clone(), stream.clone());
             tokio::spawn(async move {
-                let metadata = EventMetadata::new("user-7", &request);
+                let metadata = EventMetadata::new("user-7", request);
                 bus.execute::<Project>(&stream, command, &metadata, expected)
                     .await
             })
@@ -232,7 +232,7 @@ async fn two_buses_on_one_stream_settle_their_races_and_lose_no_command() {
             .map(|n| {
                 let (bus, stream) = (buses[n % 2].clone(), stream.clone());
                 tokio::spawn(async move {
-                    let metadata = EventMetadata::new("user-7", &format!("r{n}"));
+                    let metadata = EventMetadata::new("user-7", format!("r{n}"));
                     let command = describe(Some(format!("d{n}")));
                     bus.execute::<Project>(&stream, command, &metadata, None)
                         .await
