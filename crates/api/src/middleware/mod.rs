@@ -9,22 +9,22 @@
 //!    rewrites bodies, so a rewritten body is never mislabelled as gzip.
 //! 4. [`request_id`]: the id exists before anything can fail, is echoed on every response, and
 //!    every 500 below is logged with it and rendered as `{"detail", "error_id"}`.
-//! 4a. [`cors`] (only with `SPARC_CORS_ORIGINS` set): preflights are answered here, before any
+//! 5. [`cors`] (only with `SPARC_CORS_ORIGINS` set): preflights are answered here, before any
 //!    limit counts them, and every answer below (errors too) carries the CORS headers a browser
 //!    needs to show it to the page; a WebSocket upgrade from a page of another origin is
 //!    refused with 403.
-//! 5. [`client_ip`]: resolves the IP once, for the limiter and for event metadata.
-//! 6. [`over_capacity`]: a request on a connection the server accepted over its cap is
+//! 6. [`client_ip`]: resolves the IP once, for the limiter and for event metadata.
+//! 7. [`over_capacity`]: a request on a connection the server accepted over its cap is
 //!    answered 503 here, with the id and headers above, and costs nothing further.
-//! 7. [`rate_limit`]: before any work is done for a request that will be refused; WebSocket
-//!    upgrades (`/ws`) count like any request.
-//! 8. body limit (1 MiB): a declared `Content-Length` over it is refused before any handler
+//! 8. [`rate_limit`], with the cap on each client's requests in flight: before any work is done
+//!    for a request that will be refused; WebSocket upgrades (`/ws`) count like any request.
+//! 9. body limit (1 MiB): a declared `Content-Length` over it is refused before any handler
 //!    runs (the body drained first, so the client sees the 413 rather than a reset); a
 //!    streamed body is cut off by the extractors ([`axum::extract::DefaultBodyLimit`]).
-//! 9. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
-//! 10. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
+//! 10. [`error_shape`]: plain-text 4xx answers from axum's own extractors become `{"detail"}`.
+//! 11. panic catcher: a panicking handler becomes a 500 (with error id) instead of a dropped
 //!     connection.
-//! 11. [`deadline`]: the request's deadline, from its arrival, for the queues it may wait in.
+//! 12. [`deadline`]: the request's deadline, from its arrival, for the queues it may wait in.
 //!
 //! and inside all of them the router, with `{"detail":"Not Found"}` and
 //! `{"detail":"Method Not Allowed"}` fallbacks, and the [`metrics::HttpMetrics`] registry as an
