@@ -925,3 +925,126 @@ both_backends!(
         );
     }
 );
+
+// ----- the activity feed -----
+
+/// The feed's entries as `(execution_id, agent_name)`, and its `next_before`.
+async fn feed(app: &TestApp, user: &TestUser, query: &str) -> (Vec<Value>, Value) {
+    let read = app
+        .get(&format!("/api/v1/agents/activity{query}"), &user.token)
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{query}: {}", read.body);
+    let entries = read.body["activity"].as_array().expect("a list").clone();
+    (entries, read.body["next_before"].clone())
+}
+
+both_backends!(
+    the_activity_feed_shows_runs_newest_first_to_their_owners_and_pages_by_cursor,
+    |app: TestApp| async move {
+        let admin = app.user_with_role("root", Role::Admin).await;
+        let auditor = app.user_with_role("audit", Role::Auditor).await;
+        let alice = app.user("alice").await;
+        let bob = app.user("bob").await;
+        let coder = named(&app, &admin, "coder-one").await;
+        let tester = named(&app, &admin, "tester-two").await;
+        let alices = task(&app, &alice).await;
+        let bobs = task(&app, &bob).await;
+        let mut runs = Vec::new();
+        let long_output = "x".repeat(300);
+        for (agent, task_id) in [(&coder, &alices), (&tester, &bobs), (&tester, &alices)] {
+            let started = report_ok(
+                &app,
+                &admin,
+                json!({"agent_id": agent, "task_id": task_id, "status": "running"}),
+            )
+            .await;
+            runs.push(started["execution_id"].as_str().expect("an id").to_owned());
+            if runs.len() == 1 {
+                // A task runs once at a time: the first run ends before her next one starts.
+                report_ok(
+                    &app,
+                    &admin,
+                    json!({"agent_id": coder, "task_id": alices, "execution_id": runs[0],
+                           "status": "failed", "output": long_output, "error": "boom"}),
+                )
+                .await;
+            }
+        }
+
+        let execution_ids = |entries: &[Value]| -> Vec<String> {
+            entries
+                .iter()
+                .map(|e| e["execution_id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (everything, last) = feed(&app, &admin, "").await;
+        assert_eq!(
+            execution_ids(&everything),
+            [runs[2].clone(), runs[1].clone(), runs[0].clone()],
+            "newest started first; a run keeps its place as it ends"
+        );
+        assert_eq!(last, Value::Null, "one page holds it all");
+        let finished = &everything[2];
+        assert_eq!(finished["agent_name"], "coder-one");
+        assert_eq!(finished["agent_id"], coder.as_str());
+        assert_eq!(finished["task_id"], alices.as_str());
+        assert_eq!(finished["status"], "failed");
+        assert_eq!(finished["error"], "boom");
+        assert_eq!(finished["output_preview"].as_str().map(str::len), Some(200));
+        assert!(finished["started_at"].is_string() && finished["ended_at"].is_string());
+        assert_eq!(finished["timestamp"], finished["ended_at"]);
+        assert_eq!(
+            everything[0]["timestamp"], everything[0]["started_at"],
+            "still running"
+        );
+
+        let (audited, _) = feed(&app, &auditor, "").await;
+        assert_eq!(execution_ids(&audited), execution_ids(&everything));
+        let (own, _) = feed(&app, &alice, "").await;
+        assert_eq!(
+            execution_ids(&own),
+            [runs[2].clone(), runs[0].clone()],
+            "only her tasks' runs"
+        );
+        let (bobs_own, _) = feed(&app, &bob, "").await;
+        assert_eq!(execution_ids(&bobs_own), [runs[1].clone()]);
+        let (of_tester, _) = feed(&app, &admin, &format!("?agent_id={tester}")).await;
+        assert_eq!(
+            execution_ids(&of_tester),
+            [runs[2].clone(), runs[1].clone()]
+        );
+
+        let mut paged = Vec::new();
+        let mut query = "?limit=1".to_owned();
+        loop {
+            let (page, next) = feed(&app, &admin, &query).await;
+            paged.extend(execution_ids(&page));
+            match next.as_str() {
+                Some(cursor) => query = format!("?limit=1&before={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(
+            paged,
+            execution_ids(&everything),
+            "no run skipped or repeated"
+        );
+
+        for bad in [
+            "?limit=0",
+            "?limit=201",
+            "?before=yesterday",
+            "?before=1~not-a-uuid",
+        ] {
+            let refused = app
+                .get(&format!("/api/v1/agents/activity{bad}"), &admin.token)
+                .await;
+            assert_eq!(
+                refused.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{bad}: {}",
+                refused.body
+            );
+        }
+    }
+);

@@ -72,6 +72,7 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("patch", "/api/v1/agents/{id}", 200, Json),
     ("delete", "/api/v1/agents/{id}", 204, Empty),
     ("post", "/api/v1/agents/activity", 201, Json),
+    ("get", "/api/v1/agents/activity", 200, Json),
 ];
 
 async fn document(app: &TestApp) -> Value {

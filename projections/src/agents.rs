@@ -52,6 +52,32 @@ pub struct AgentQuery {
     pub offset: i64,
 }
 
+/// The names of the agents `ids` (those that have one), in one query.
+pub async fn names_of(
+    db: &Database,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let rows: Vec<Row<Agent>> = state_table::select_page(
+        db,
+        &Selection {
+            filter: format!("id IN ({})", placeholders.join(", ")),
+            params: ids.iter().map(|id| id.to_string().into()).collect(),
+            order_by: "id".to_owned(),
+            limit: ids.len() as i64,
+            offset: 0,
+        },
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| Some((row.state.id, row.state.name?.as_str().to_owned())))
+        .collect())
+}
+
 /// One agent by id (deregistered ones too; callers decide).
 pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Agent>>, sqlx::Error> {
     state_table::get(db, &id.to_string()).await

@@ -1,5 +1,5 @@
-//! The `executions` read model: runs of tasks, for a task's execution list and an agent's
-//! history.
+//! The `executions` read model: runs of tasks, for a task's execution list, an agent's
+//! history and the activity feed across agents.
 
 use chrono::{DateTime, Utc};
 use sparc_domain::execution::{Execution, ExecutionStatus};
@@ -43,7 +43,7 @@ pub async fn of_task_started_by(
     moment: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Row<Execution>>, sqlx::Error> {
-    let (rows, _) = state_table::select(
+    state_table::select_page(
         db,
         &Selection {
             filter: "task_id = $1 AND started_at <= $2".to_owned(),
@@ -53,8 +53,7 @@ pub async fn of_task_started_by(
             offset: 0,
         },
     )
-    .await?;
-    Ok(rows)
+    .await
 }
 
 /// A page of a task's executions, newest first, optionally of one status.
@@ -98,7 +97,7 @@ pub async fn of_agent(
         params.push(owner.to_string().into());
         filter.push_str(" AND user_id = $2");
     }
-    let (rows, _) = state_table::select(
+    state_table::select_page(
         db,
         &Selection {
             filter,
@@ -108,6 +107,63 @@ pub async fn of_agent(
             offset: 0,
         },
     )
-    .await?;
-    Ok(rows)
+    .await
+}
+
+/// Where a page of the activity feed starts: after the run started at `started_at` with `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityCursor {
+    /// When the last run of the previous page started.
+    pub started_at: DateTime<Utc>,
+    /// Its id, which breaks ties.
+    pub id: Uuid,
+}
+
+/// What the activity feed shows: whose runs, of which agent, from where.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityQuery {
+    /// Only the runs of this user's tasks (`None`: everyone's).
+    pub owner: Option<Uuid>,
+    /// Only the runs of this agent.
+    pub agent_id: Option<Uuid>,
+    /// Only runs before this one in the feed's order.
+    pub before: Option<ActivityCursor>,
+    /// Runs at most.
+    pub limit: i64,
+}
+
+/// The activity feed: runs that an agent has taken up, newest started first (a run keeps its
+/// place as it progresses, so a reader's cursor never skips or repeats one), read through the
+/// indexes of migration 0012.
+pub async fn activity(
+    db: &Database,
+    query: &ActivityQuery,
+) -> Result<Vec<Row<Execution>>, sqlx::Error> {
+    let mut filter = "agent_id IS NOT NULL AND started_at IS NOT NULL".to_owned();
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(owner) = query.owner {
+        params.push(owner.to_string().into());
+        filter.push_str(&format!(" AND user_id = ${}", params.len()));
+    }
+    if let Some(agent_id) = query.agent_id {
+        params.push(agent_id.to_string().into());
+        filter.push_str(&format!(" AND agent_id = ${}", params.len()));
+    }
+    if let Some(cursor) = query.before {
+        params.push(crate::sql::format_timestamp(cursor.started_at).into());
+        params.push(cursor.id.to_string().into());
+        let n = params.len();
+        filter.push_str(&format!(" AND (started_at, id) < (${}, ${n})", n - 1));
+    }
+    state_table::select_page(
+        db,
+        &Selection {
+            filter,
+            params,
+            order_by: "started_at DESC, id DESC".to_owned(),
+            limit: query.limit,
+            offset: 0,
+        },
+    )
+    .await
 }

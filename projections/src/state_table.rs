@@ -404,6 +404,43 @@ pub async fn select<A: Indexed>(
     select_with_totals(db, selection, None).await
 }
 
+/// The rows of `selection`'s page alone, without a total (cursor paging, and lists that show
+/// no count).
+pub async fn select_page<A: Indexed>(
+    db: &Database,
+    selection: &Selection,
+) -> Result<Vec<Row<A>>, sqlx::Error> {
+    let sql = format!(
+        "SELECT version, body FROM {table} WHERE {filter} ORDER BY {order} LIMIT ${limit} OFFSET ${offset}",
+        table = A::TABLE,
+        filter = if selection.filter.is_empty() {
+            "1 = 1"
+        } else {
+            selection.filter.as_str()
+        },
+        order = if selection.order_by.is_empty() {
+            "id"
+        } else {
+            selection.order_by.as_str()
+        },
+        limit = selection.params.len() + 1,
+        offset = selection.params.len() + 2,
+    );
+    let mut params = selection.params.clone();
+    params.push(SqlValue::Int(Some(selection.limit)));
+    params.push(SqlValue::Int(Some(selection.offset)));
+    let rows: Vec<(i64, String)> =
+        on_db!(db, pool => bind_all!(sqlx::query_as(&sql), &params).fetch_all(pool).await?);
+    rows.into_iter()
+        .map(|(version, body)| {
+            Ok(Row {
+                state: parse_body(&body)?,
+                version,
+            })
+        })
+        .collect()
+}
+
 /// [`select`], taking the total from `totals` while the read model has not changed since it
 /// was counted.
 pub async fn select_with_totals<A: Indexed>(

@@ -69,6 +69,54 @@ impl From<&User> for UserResource {
     }
 }
 
+/// One entry of the activity feed across agents: a run an agent took up, as the dashboard's
+/// feed shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActivityEntry {
+    pub agent_id: Uuid,
+    /// The agent's name (`null` if the agent is gone from the registry).
+    pub agent_name: Option<String>,
+    pub task_id: Uuid,
+    pub execution_id: Uuid,
+    /// `running`, `success`, `failed`, `timeout` or `cancelled`.
+    pub status: String,
+    /// The first 200 characters of the run's output.
+    pub output_preview: Option<String>,
+    pub error: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// When the run last changed: its end, or its start while it runs.
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// Characters of a run's output an activity entry shows.
+pub const OUTPUT_PREVIEW_CHARS: usize = 200;
+
+impl ActivityEntry {
+    /// The entry of `execution`, a run of the agent named `agent_name`; `None` for a run no
+    /// agent took up.
+    pub fn of(execution: &Execution, agent_name: Option<String>) -> Option<Self> {
+        Some(Self {
+            agent_id: execution.agent_id?,
+            agent_name,
+            task_id: execution.task_id,
+            execution_id: execution.id,
+            status: execution.status.as_str().to_owned(),
+            output_preview: execution
+                .output_text
+                .as_ref()
+                .map(|output| output.chars().take(OUTPUT_PREVIEW_CHARS).collect()),
+            error: execution.error_text.clone(),
+            started_at: execution.started_at,
+            ended_at: execution.ended_at,
+            timestamp: execution.ended_at.or(execution.started_at),
+        })
+    }
+}
+
 /// A run of a task.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ExecutionResource {

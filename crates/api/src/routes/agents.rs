@@ -15,6 +15,7 @@ use sparc_domain::task::{RunReport, Task, TaskCommand, TaskStatus};
 use sparc_domain::user::Role;
 use sparc_domain::values::AgentName;
 use sparc_projections::agents::AgentQuery;
+use sparc_projections::executions::{ActivityCursor, ActivityQuery};
 use sparc_projections::{Indexed, Row};
 use sparc_store::EventMetadata;
 use utoipa::{IntoParams, ToSchema};
@@ -28,7 +29,7 @@ use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
 use crate::quotas::{self, Quota};
-use crate::resources::{AgentResource, ExecutionResource};
+use crate::resources::{ActivityEntry, AgentResource, ExecutionResource};
 use crate::routes::{
     IdempotencyKey, IfMatch, PageInfo, RequestContext, cached_list, if_match, page,
     parse_query_value, with_etag,
@@ -39,7 +40,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_agents, register_agent))
         .routes(routes!(get_agent, update_agent, deregister_agent))
-        .routes(routes!(report_activity))
+        .routes(routes!(report_activity, activity_feed))
 }
 
 const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
@@ -48,6 +49,9 @@ const MAX_CAPABILITIES: usize = 100;
 /// The longest `capabilities` filter: [`MAX_CAPABILITIES`] names of 100 characters and the
 /// commas between them.
 const MAX_CAPABILITIES_QUERY: usize = MAX_CAPABILITIES * 101 - 1;
+/// The longest `before` cursor of the activity feed: a time in microseconds and a UUID.
+const MAX_CURSOR: usize = 64;
+
 /// The longest `output` or `error` an agent may report for a run, in characters.
 const MAX_RUN_TEXT: usize = 65_536;
 
@@ -780,4 +784,94 @@ async fn report_activity(
         }),
     )
         .into_response())
+}
+
+/// Activity feed filters and page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ActivityFeedQuery {
+    /// Only this agent's runs.
+    pub agent_id: Option<Uuid>,
+    /// 1..200, default 50.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    /// The `next_before` of the previous page: the entries after it.
+    #[param(value_type = Option<String>, max_length = 64)]
+    pub before: Option<Text<MAX_CURSOR>>,
+}
+
+/// A page of the activity feed, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityFeed {
+    pub activity: Vec<ActivityEntry>,
+    /// The `before` of the next page; `null` on the last.
+    pub next_before: Option<String>,
+}
+
+/// The cursor after a run: when it started, in microseconds, and its id.
+fn cursor_after(started_at: chrono::DateTime<Utc>, id: Uuid) -> String {
+    format!("{}~{id}", started_at.timestamp_micros())
+}
+
+fn parse_cursor(raw: &str) -> Result<ActivityCursor, ApiError> {
+    let invalid = || {
+        ApiError::Validation(vec![FieldError::query(
+            "before",
+            "before must be the next_before of an earlier page",
+            "value_error",
+        )])
+    };
+    let (micros, id) = raw.split_once('~').ok_or_else(invalid)?;
+    let micros: i64 = micros.parse().map_err(|_| invalid())?;
+    Ok(ActivityCursor {
+        started_at: chrono::DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+        id: Uuid::parse_str(id).map_err(|_| invalid())?,
+    })
+}
+
+/// The activity feed across agents: the runs agents took up, newest started first (a run keeps
+/// its place as it progresses, so paging with `before` never skips or repeats one). A user sees
+/// the runs of their own tasks; admins and auditors see all.
+#[utoipa::path(get, path = "/api/v1/agents/activity", tag = "agents", params(ActivityFeedQuery),
+    responses((status = 200, body = ActivityFeed), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
+async fn activity_feed(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppQuery(query): AppQuery<ActivityFeedQuery>,
+) -> Result<Json<ActivityFeed>, ApiError> {
+    let (limit, _) = page(query.limit, None, 50, 200)?;
+    let before = query.before.as_deref().map(parse_cursor).transpose()?;
+    // One run more than the page: whether another page follows.
+    let feed = ActivityQuery {
+        owner: (!user.role.can_read_all()).then_some(user.user_id),
+        agent_id: query.agent_id,
+        before,
+        limit: limit + 1,
+    };
+    let mut runs = sparc_projections::executions::activity(&app.db, &feed)
+        .await
+        .map_err(ApiError::internal)?;
+    let more = runs.len() as i64 > limit;
+    runs.truncate(limit as usize);
+    let mut agents: Vec<Uuid> = runs.iter().filter_map(|run| run.state.agent_id).collect();
+    agents.sort_unstable();
+    agents.dedup();
+    let names = sparc_projections::agents::names_of(&app.db, &agents)
+        .await
+        .map_err(ApiError::internal)?;
+    let next_before = more
+        .then(|| runs.last())
+        .flatten()
+        .and_then(|last| Some(cursor_after(last.state.started_at?, last.state.id)));
+    let activity = runs
+        .iter()
+        .filter_map(|run| {
+            let name = run.state.agent_id.and_then(|id| names.get(&id).cloned());
+            ActivityEntry::of(&run.state, name)
+        })
+        .collect();
+    Ok(Json(ActivityFeed {
+        activity,
+        next_before,
+    }))
 }
