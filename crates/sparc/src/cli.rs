@@ -1,7 +1,7 @@
 //! The command line: `sparc serve`, `sparc gateway`, `sparc migrate`, `sparc user …`,
 //! `sparc projections …`, `sparc audit …`.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,9 @@ enum Command {
     },
     /// Apply pending database migrations, then exit.
     Migrate,
+    /// Print the OpenAPI document of the REST API (as `/api/openapi.json` serves it), for client
+    /// generators; needs no database.
+    Openapi,
     /// Manage user accounts.
     User {
         #[command(subcommand)]
@@ -217,6 +220,19 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             settings.listen = listen.unwrap_or(settings.listen);
             crate::realtime::run_gateway(settings).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            let document = sparc_api::routes::openapi_document()
+                .to_pretty_json()
+                .context("rendering the OpenAPI document")?;
+            let written = writeln!(std::io::stdout().lock(), "{document}");
+            // A reader that stops early (`| head`) is no failure.
+            match written {
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(error).context("writing the OpenAPI document")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Migrate => {
             let db = settings.connect_database().await?;

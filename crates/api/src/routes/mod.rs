@@ -74,16 +74,29 @@ pub fn api() -> OpenApiRouter<AppState> {
 /// upgrade passes the rate limiter and gets the request id and security headers as REST does.
 pub fn router(app: std::sync::Arc<crate::state::App>, extra: Router) -> Router {
     let app = AppState(app);
-    let (routes, mut openapi) = api().split_for_parts();
-    crate::openapi::document_patches(&mut openapi);
-    crate::openapi::document_errors(&mut openapi);
-    crate::openapi::document_requests(&mut openapi);
+    let (routes, openapi) = api().split_for_parts();
+    let openapi = completed(openapi);
     let routes = routes
         .layer(Extension(Arc::new(openapi)))
         .layer(Extension(JsonLimits::from_settings(&app.settings)))
         .with_state(app.clone())
         .merge(extra);
     crate::middleware::apply(routes, &app.settings, app.tokens.clone())
+}
+
+/// The OpenAPI document `/api/openapi.json` serves (for `sparc openapi`, which prints it for
+/// client generators without a running service).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    completed(api().split_for_parts().1)
+}
+
+/// The document of the routes with what the annotations cannot say: PATCH operation ids, the
+/// error answers, and the limits every request field has.
+fn completed(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    crate::openapi::document_patches(&mut openapi);
+    crate::openapi::document_errors(&mut openapi);
+    crate::openapi::document_requests(&mut openapi);
+    openapi
 }
 
 /// Who asked, from where: becomes the metadata of every event a request records.
