@@ -1021,3 +1021,61 @@ both_backends!(
         );
     }
 );
+
+// ----- ids the client chooses -----
+
+both_backends!(
+    a_create_uses_the_id_the_client_chose_and_a_taken_one_is_409,
+    |app: TestApp| async move {
+        let admin = app.user_with_role("chooser", Role::Admin).await;
+        let creates = [
+            (
+                "/api/v1/tasks",
+                json!({"skill_name": "lint", "schedule_cron": "*/5 * * * *"}),
+            ),
+            ("/api/v1/projects", json!({"name": "Chosen"})),
+            ("/api/v1/agents", json!({"name": "chosen", "type": "coder"})),
+        ];
+        for (path, body) in creates {
+            let id = Uuid::new_v4().to_string();
+            let mut chosen = body.clone();
+            chosen["id"] = json!(id);
+            let created = app.post(path, &admin.token, chosen.clone()).await;
+            assert_eq!(
+                created.status,
+                StatusCode::CREATED,
+                "{path}: {}",
+                created.body
+            );
+            assert_eq!(created.body["id"], id.as_str(), "{path}");
+            let read = app.get(&format!("{path}/{id}"), &admin.token).await;
+            assert_eq!(read.status, StatusCode::OK, "{path}/{id}");
+
+            // The same id again (for agents under another name, which is free).
+            if path == "/api/v1/agents" {
+                chosen["name"] = json!("chosen-again");
+            }
+            let again = app.post(path, &admin.token, chosen).await;
+            assert_eq!(again.status, StatusCode::CONFLICT, "{path}: {}", again.body);
+            assert!(again.body["detail"].is_string(), "{}", again.body);
+
+            let mut malformed = body;
+            malformed["id"] = json!("not-a-uuid");
+            let refused = app.post(path, &admin.token, malformed).await;
+            assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        }
+        let freed = app
+            .post(
+                "/api/v1/agents",
+                &admin.token,
+                json!({"name": "chosen-again", "type": "coder"}),
+            )
+            .await;
+        assert_eq!(
+            freed.status,
+            StatusCode::CREATED,
+            "a refused registration leaves its name free: {}",
+            freed.body
+        );
+    }
+);

@@ -73,6 +73,8 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("delete", "/api/v1/agents/{id}", 204, Empty),
     ("post", "/api/v1/agents/activity", 201, Json),
     ("get", "/api/v1/agents/activity", 200, Json),
+    ("get", "/ws", 101, Empty),
+    ("get", "/ws/health", 200, Json),
 ];
 
 async fn document(app: &TestApp) -> Value {

@@ -631,6 +631,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Upgrades to the WebSocket of live changes
+         * @description Sends `ack`, then every change the user may see as `{type, event_id, timestamp, payload}` frames (after a replay of those since `last_event_id`). A refused token closes the socket with 1008 after the upgrade; over a connection cap the upgrade is refused with 429; a page of an origin not in `SPARC_CORS_ORIGINS` is refused with 403.
+         */
+        get: operations["websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ws/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The gateway's health and connection counts */
+        get: operations["websocket_health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -812,10 +849,22 @@ export interface components {
         CreateProject: {
             /** @description At most 2000 characters. */
             description?: string | null;
+            /**
+             * Format: uuid
+             * @description The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
+             *     by default the server generates one (UUIDv7).
+             */
+            id?: string | null;
             name: string;
         };
         /** @description A new task. */
         CreateTask: {
+            /**
+             * Format: uuid
+             * @description The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
+             *     by default the server generates one (UUIDv7).
+             */
+            id?: string | null;
             /**
              * @description Skill parameters: a JSON object, default `{}`, at most 32 levels deep and 64 KiB as
              *     compact JSON (the defaults of `SPARC_MAX_JSON_DEPTH` and `SPARC_MAX_JSON_BYTES`).
@@ -1056,6 +1105,12 @@ export interface components {
         /** @description A new agent. */
         RegisterAgent: {
             capabilities?: string[];
+            /**
+             * Format: uuid
+             * @description The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
+             *     by default the server generates one (UUIDv7).
+             */
+            id?: string | null;
             name: string;
             /** @enum {string} */
             status?: "active" | "idle" | "busy" | "offline" | "error";
@@ -5665,6 +5720,119 @@ export interface operations {
                 };
                 content: {
                     "text/plain": string;
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    websocket: {
+        parameters: {
+            query?: {
+                /** @description The access token (or `Sec-WebSocket-Protocol: bearer, <token>`). */
+                token?: string;
+                /** @description Resume after this change's `event_id`. */
+                last_event_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not a WebSocket upgrade request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description A page of an origin that is not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Invalid fields or parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationError"];
+                };
+            };
+            /** @description The connection cannot be upgraded */
+            426: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Over the user's or the process's WebSocket connections; Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    websocket_health: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `degraded` while the change bus is unreachable */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        connections: {
+                            local: number;
+                            total: number;
+                        };
+                        /** @enum {string} */
+                        status: "healthy" | "degraded";
+                    };
                 };
             };
             /** @description Internal error: the body carries only the request id */

@@ -308,6 +308,67 @@ pub fn document_patches(openapi: &mut OpenApi) {
     }
 }
 
+/// Documents the WebSocket gateway's two routes (`/ws`, `/ws/health`), which the gateway serves
+/// beside these handlers; the frames themselves are in the contract's WebSocket section.
+pub fn document_websocket(openapi: &mut OpenApi) {
+    let paths = [
+        (
+            "/ws",
+            json!({"get": {
+                "tags": ["websocket"],
+                "operationId": "websocket",
+                "summary": "Upgrades to the WebSocket of live changes",
+                "description": "Sends `ack`, then every change the user may see as `{type, event_id, timestamp, payload}` frames (after a replay of those since `last_event_id`). A refused token closes the socket with 1008 after the upgrade; over a connection cap the upgrade is refused with 429; a page of an origin not in `SPARC_CORS_ORIGINS` is refused with 403.",
+                "parameters": [
+                    {"name": "token", "in": "query", "required": false,
+                     "description": "The access token (or `Sec-WebSocket-Protocol: bearer, <token>`).",
+                     "schema": {"type": "string", "maxLength": 4096}},
+                    {"name": "last_event_id", "in": "query", "required": false,
+                     "description": "Resume after this change's `event_id`.",
+                     "schema": {"type": "string", "maxLength": 64}}
+                ],
+                "responses": {
+                    "101": {"description": "Switched to the WebSocket protocol"},
+                    "400": {"description": "Not a WebSocket upgrade request"},
+                    "403": {"description": "A page of an origin that is not allowed"},
+                    "426": {"description": "The connection cannot be upgraded"},
+                    "429": {"description": "Over the user's or the process's WebSocket connections"}
+                }
+            }}),
+        ),
+        (
+            "/ws/health",
+            json!({"get": {
+                "tags": ["websocket"],
+                "operationId": "websocket_health",
+                "summary": "The gateway's health and connection counts",
+                "responses": {"200": {
+                    "description": "`degraded` while the change bus is unreachable",
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["status", "connections"],
+                        "properties": {
+                            "status": {"type": "string", "enum": ["healthy", "degraded"]},
+                            "connections": {
+                                "type": "object",
+                                "required": ["local", "total"],
+                                "properties": {
+                                    "local": {"type": "integer", "minimum": 0},
+                                    "total": {"type": "integer", "minimum": 0}
+                                }
+                            }
+                        }
+                    }}}
+                }}
+            }}),
+        ),
+    ];
+    for (path, item) in paths {
+        let item = serde_json::from_value(item).expect("a valid path item");
+        openapi.paths.paths.insert(path.to_owned(), item);
+    }
+}
+
 /// Adds the error bodies and every operation's common error answers to `openapi`.
 pub fn document_errors(openapi: &mut OpenApi) {
     let components = openapi.components.get_or_insert_with(Default::default);

@@ -221,6 +221,10 @@ async fn list_agents(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
+    /// The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
+    /// by default the server generates one (UUIDv7).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub id: Option<Uuid>,
     /// Unique, 1..255 characters, trimmed, not blank.
     #[schema(schema_with = crate::openapi::name)]
     pub name: Text<255>,
@@ -283,7 +287,7 @@ async fn register_agent(
                 // Before the name is claimed, so a refusal leaves nothing to release; inside
                 // the idempotent run, so a repeated request gets its first answer back.
                 quotas::ensure_below(&app, Quota::Agents, user.user_id).await?;
-                let agent_id = Uuid::now_v7();
+                let agent_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let metadata = ctx.metadata(user.user_id.to_string());
                 claim_name(&app, &name, agent_id, &metadata).await?;
                 let command = AgentCommand::Register {

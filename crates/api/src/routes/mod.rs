@@ -91,9 +91,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// The document of the routes with what the annotations cannot say: PATCH operation ids, the
-/// error answers, and the limits every request field has.
+/// gateway's routes, the error answers, and the limits every request field has.
 fn completed(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     crate::openapi::document_patches(&mut openapi);
+    crate::openapi::document_websocket(&mut openapi);
     crate::openapi::document_errors(&mut openapi);
     crate::openapi::document_requests(&mut openapi);
     openapi

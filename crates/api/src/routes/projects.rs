@@ -77,6 +77,10 @@ fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> Option<ProjectName> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    /// The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
+    /// by default the server generates one (UUIDv7).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub id: Option<Uuid>,
     /// 1..255 characters, trimmed, not blank.
     #[schema(schema_with = crate::openapi::name)]
     pub name: Text<255>,
@@ -113,7 +117,7 @@ async fn create_project(
                 // Inside the idempotent run: a repeated request gets its first answer back
                 // even when that create filled the quota.
                 quotas::ensure_below(&app, Quota::Projects, user.user_id).await?;
-                let project_id = Uuid::now_v7();
+                let project_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let outcome = app
                     .create::<Project>(
                         &project_id.to_string(),

@@ -128,6 +128,10 @@ fn check_interval(schedule: &CronSchedule, app: &App, errors: &mut Vec<FieldErro
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
+    /// The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
+    /// by default the server generates one (UUIDv7).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub id: Option<Uuid>,
     /// 1..255 of letters, digits, `_` and `-`.
     #[schema(value_type = String, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+$", example = "code-review")]
     pub skill_name: Text<255>,
@@ -212,7 +216,7 @@ async fn create_task(
                 // Inside the idempotent run: a repeated request gets its first answer back
                 // even when that create filled the quota.
                 quotas::ensure_below(&app, Quota::Tasks, user.user_id).await?;
-                let task_id = Uuid::now_v7();
+                let task_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let outcome = app
                     .create::<Task>(
                         &task_id.to_string(),
