@@ -24,8 +24,8 @@ enum Answer {
 
 use Answer::{Empty, Json, Text};
 
-/// Every operation of API.md's Health, Auth and sessions, Scheduled tasks, Projects and Agents
-/// sections, with the status of its success answer.
+/// Every operation of API.md's Health, Auth and sessions, Scheduled tasks, Projects, Agents and
+/// Memory sections, with the status of its success answer.
 const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     // Health and operations
     ("get", "/api/v1/health", 200, Json),
@@ -75,6 +75,12 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("get", "/api/v1/agents/activity", 200, Json),
     ("get", "/ws", 101, Empty),
     ("get", "/ws/health", 200, Json),
+    // Memory
+    ("post", "/api/v1/memory/store", 201, Json),
+    ("post", "/api/v1/memory/search", 200, Json),
+    ("get", "/api/v1/memory/task/{task_id}", 200, Json),
+    ("get", "/api/v1/memory/health", 200, Json),
+    ("get", "/api/v1/memory/projects/{project_id}/summary", 200, Json),
 ];
 
 async fn document(app: &TestApp) -> Value {

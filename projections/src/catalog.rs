@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sparc_domain::agent::Agent;
 use sparc_domain::execution::Execution;
+use sparc_domain::memory::Memory;
 use sparc_domain::project::Project;
 use sparc_domain::task::Task;
 use sparc_domain::user::User;
@@ -60,6 +61,7 @@ pub const READ_MODELS: &[ReadModel] = &[
     entry::<Execution>(),
     entry::<Agent>(),
     entry::<User>(),
+    entry::<Memory>(),
 ];
 
 /// The read model called `name`.

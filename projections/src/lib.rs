@@ -13,6 +13,7 @@
 //! | [`projects`] | `projects` | project list and detail |
 //! | [`executions`] | `executions` | task executions, agent history |
 //! | [`agents`] | `agents` | the agent registry |
+//! | [`memories`] | `memories` | the memory endpoints (the Memory MCP server's fallback) |
 //! | [`users`] | `users` | login, sessions, `me` |
 //!
 //! [`catalog`] lists the read models by name; [`rebuild`] replays one into a shadow table and
@@ -36,6 +37,7 @@ pub mod catalog;
 pub mod executions;
 pub mod fault;
 pub mod isolation;
+pub mod memories;
 pub mod outbox;
 pub mod policies;
 pub mod projects;

@@ -14,6 +14,8 @@ use sparc_domain::user::Role;
 use sparc_store::testing::{PostgresTestDatabase, SqliteTestFile, postgres_test_database};
 use sparc_store::{CommandBus, Database, EventMetadata};
 
+pub mod memory_server;
+
 /// Which event store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -170,6 +172,21 @@ impl TestApp {
             _sqlite: None,
             _postgres: None,
         }
+    }
+
+    /// Stops the service and starts it again on the same database (a restart), with the test
+    /// settings adjusted by `configure`.
+    pub async fn restart_with(&mut self, configure: impl FnOnce(&mut Settings)) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        let mut settings = test_settings(&self.database_url);
+        configure(&mut settings);
+        let server = Server::start(settings)
+            .await
+            .expect("the service should start again");
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
     }
 
     /// Stops the service gracefully.

@@ -25,6 +25,7 @@ use axum::http::Method;
 use serde_json::{Value, json};
 use sparc_domain::agent::{AgentStatus, AgentType};
 use sparc_domain::execution::ExecutionStatus;
+use sparc_domain::memory::Intent;
 use sparc_domain::project::ProjectStatus;
 use sparc_domain::task::TaskStatus;
 use sparc_domain::user::Role;
@@ -86,6 +87,11 @@ pub(crate) fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> ObjectBui
         .schema_type(Type::String)
         .max_length(Some(LISTED_VALUE_MAX))
         .enum_values(Some(values.into_iter().map(str::to_owned)))
+}
+
+/// A memory entry's `intent` (and the `task_type` a search narrows to).
+pub(crate) fn intent() -> ObjectBuilder {
+    one_of(Intent::ALL.iter().map(Intent::as_str))
 }
 
 /// An account's `role`.

@@ -9,10 +9,18 @@
 //! `SPARC_MAX_IN_FLIGHT_PER_CLIENT`, `SPARC_CORS_ORIGINS`, `SPARC_TRUST_FORWARDED_FOR`, `SPARC_MAX_JSON_DEPTH`, `SPARC_MAX_JSON_BYTES`, `SPARC_REQUEST_TIMEOUT_SECONDS`,
 //! and the per-user caps `SPARC_MAX_SESSIONS_PER_USER`, `SPARC_MAX_TASKS_PER_USER`,
 //! `SPARC_MAX_PROJECTS_PER_USER`, `SPARC_MAX_AGENTS_PER_USER`,
-//! `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`). The JWT secret is not here: it is a
+//! `SPARC_MIN_SCHEDULE_INTERVAL_SECONDS`), and the Memory MCP server with its circuit breaker
+//! (`SPARC_MEMORY_MCP_COMMAND`, `SPARC_MEMORY_MCP_URL`, `SPARC_MEMORY_MCP_TOOLS`,
+//! `SPARC_MEMORY_BREAKER_FAILURES`, `SPARC_MEMORY_BREAKER_OPEN_SECONDS`,
+//! `SPARC_MEMORY_BREAKER_HALF_OPEN_SUCCESSES`, `SPARC_MEMORY_STORE_TIMEOUT_MS`,
+//! `SPARC_MEMORY_SEARCH_TIMEOUT_MS`). The JWT secret is not here: it is a
 //! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+use sparc_memory::mapping::MappingError;
+use sparc_memory::{Endpoint, MemoryConfig, Thresholds, ToolMapping};
 
 use crate::middleware::{CorsOrigins, TrustedProxies};
 
@@ -76,12 +84,56 @@ pub struct ApiSettings {
     /// Failed logins of one account allowed in a row before each further one closes its logins
     /// for twice as long (`SPARC_LOGIN_FAILURES_BEFORE_BACKOFF`, default 5; 0 turns it off).
     pub login_failures_before_backoff: u32,
+    /// A command line (run by `sh -c`) that starts the Memory MCP server, spoken to over stdio
+    /// (`SPARC_MEMORY_MCP_COMMAND`).
+    pub memory_mcp_command: Option<String>,
+    /// The Memory MCP server's streamable-HTTP URL, `http://` (`SPARC_MEMORY_MCP_URL`); used
+    /// when no command is set. With neither, memory runs on its fallback alone.
+    pub memory_mcp_url: Option<String>,
+    /// How store, search and a task's entries map onto the server's tools
+    /// (`SPARC_MEMORY_MCP_TOOLS`): `knowledge-graph` (default) or a JSON tool set, see
+    /// `sparc_memory::mapping`.
+    pub memory_mcp_tools: Option<String>,
+    /// Consecutive failed calls that open the breaker (`SPARC_MEMORY_BREAKER_FAILURES`, 3).
+    pub memory_breaker_failures: u32,
+    /// How long the breaker stays open before probing (`SPARC_MEMORY_BREAKER_OPEN_SECONDS`, 60).
+    pub memory_breaker_open_seconds: u64,
+    /// Successful half-open calls that close the breaker
+    /// (`SPARC_MEMORY_BREAKER_HALF_OPEN_SUCCESSES`, 2).
+    pub memory_breaker_half_open_successes: u32,
+    /// How long a store may take before it counts as failed (`SPARC_MEMORY_STORE_TIMEOUT_MS`,
+    /// 1000).
+    pub memory_store_timeout_ms: u64,
+    /// How long a search may take (`SPARC_MEMORY_SEARCH_TIMEOUT_MS`, 2000).
+    pub memory_search_timeout_ms: u64,
 }
 
 impl ApiSettings {
     /// [`request_timeout_seconds`](Self::request_timeout_seconds) as a duration (at least 1 s).
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.request_timeout_seconds.max(1))
+    }
+
+    /// The Memory MCP configuration these settings describe.
+    ///
+    /// # Errors
+    /// `SPARC_MEMORY_MCP_TOOLS` is neither `knowledge-graph` nor a tool set.
+    pub fn memory(&self) -> Result<MemoryConfig, MappingError> {
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let endpoint = set(&self.memory_mcp_command)
+            .map(Endpoint::Command)
+            .or_else(|| set(&self.memory_mcp_url).map(Endpoint::Url));
+        Ok(MemoryConfig {
+            endpoint,
+            mapping: ToolMapping::parse(self.memory_mcp_tools.as_deref())?,
+            thresholds: Thresholds {
+                failures_to_open: self.memory_breaker_failures.max(1),
+                open_for: Duration::from_secs(self.memory_breaker_open_seconds),
+                successes_to_close: self.memory_breaker_half_open_successes.max(1),
+            },
+            store_timeout: Duration::from_millis(self.memory_store_timeout_ms.max(1)),
+            search_timeout: Duration::from_millis(self.memory_search_timeout_ms.max(1)),
+        })
     }
 }
 
@@ -107,6 +159,14 @@ impl Default for ApiSettings {
             max_agents_per_user: 100,
             min_schedule_interval_seconds: 60,
             login_failures_before_backoff: 5,
+            memory_mcp_command: None,
+            memory_mcp_url: None,
+            memory_mcp_tools: None,
+            memory_breaker_failures: 3,
+            memory_breaker_open_seconds: 60,
+            memory_breaker_half_open_successes: 2,
+            memory_store_timeout_ms: 1000,
+            memory_search_timeout_ms: 2000,
         }
     }
 }
@@ -135,6 +195,24 @@ mod tests {
         assert_eq!(settings.max_projects_per_user, 100);
         assert_eq!(settings.max_agents_per_user, 100);
         assert_eq!(settings.min_schedule_interval_seconds, 60);
+        let memory = settings.memory().expect("the default memory settings are valid");
+        assert_eq!(memory.endpoint, None);
+        assert_eq!(memory.thresholds, Thresholds::default());
+        assert_eq!(memory.store_timeout, Duration::from_secs(1));
+        assert_eq!(memory.search_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_memory_command_wins_over_a_url() {
+        let settings = ApiSettings {
+            memory_mcp_command: Some("mcp-server-memory".into()),
+            memory_mcp_url: Some("http://127.0.0.1:9000/mcp".into()),
+            ..ApiSettings::default()
+        };
+        assert_eq!(
+            settings.memory().unwrap().endpoint,
+            Some(Endpoint::Command("mcp-server-memory".into()))
+        );
     }
 
     #[test]

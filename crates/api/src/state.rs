@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
+use sparc_memory::MemoryService;
 use sparc_projections::{Indexed, ProjectionHandle, Totals};
 use sparc_store::{
     CommandBus, CommandError, Database, EventMetadata, Generations, Outcome, Routed,
@@ -83,6 +84,8 @@ pub struct App {
     pub runtime: OnceLock<Arc<dyn RuntimeProbe>>,
     /// Creates answered before the read models had them, which the next reads wait for.
     pub answered_creates: AnsweredCreates,
+    /// The Memory MCP port (disabled until [`App::with_memory`]).
+    pub memory: Arc<MemoryService>,
 }
 
 /// The state of the router: a cheap handle on the one [`App`].
@@ -142,6 +145,7 @@ impl App {
             health_facts: Default::default(),
             logins: crate::login_guard::LoginGuard::new(settings.login_failures_before_backoff),
             answered_creates: AnsweredCreates::default(),
+            memory: Arc::new(MemoryService::disabled()),
             db,
             commands,
             projections,
@@ -149,6 +153,11 @@ impl App {
             settings,
             info,
         })
+    }
+
+    /// This state with `memory` as its Memory MCP port.
+    pub fn with_memory(self, memory: Arc<MemoryService>) -> Self {
+        Self { memory, ..self }
     }
 
     /// Runs `command` on aggregate `id` and maps a refusal to its HTTP error.
@@ -198,6 +207,17 @@ impl App {
     /// learnt without asking the database; the row is read only every `SETTLE_RECHECK`, in
     /// case another instance applied the write.
     pub async fn settle<A: Indexed>(&self, id: Uuid, version: usize) -> Result<(), ApiError> {
+        self.settle_applied::<A>(id, version).await.map(|_| ())
+    }
+
+    /// [`App::settle`], saying whether the read model showed the write in time (`false`: it
+    /// gave up waiting). For a published read model that means the change is in the outbox,
+    /// which the relay hands to the change bus.
+    pub async fn settle_applied<A: Indexed>(
+        &self,
+        id: Uuid,
+        version: usize,
+    ) -> Result<bool, ApiError> {
         self.settle_written(Written {
             table: A::TABLE,
             id,
@@ -240,11 +260,11 @@ impl App {
             .is_some_and(|applied| applied >= version as i64)
     }
 
-    /// [`App::settle`] by table name.
-    async fn settle_written(&self, written: Written) -> Result<(), ApiError> {
+    /// [`App::settle_applied`] by table name.
+    async fn settle_written(&self, written: Written) -> Result<bool, ApiError> {
         let Written { table, id, version } = written;
         if version == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let key = id.to_string();
         let mut applied = self.projections.applied(table);
@@ -253,7 +273,7 @@ impl App {
             rx.borrow_and_update();
         }
         if self.applied_here(table, &key, version) {
-            return Ok(());
+            return Ok(true);
         }
         self.projections.poke();
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
@@ -279,7 +299,7 @@ impl App {
                         rx.borrow_and_update();
                     }
                     if self.applied_here(table, &key, version) {
-                        return Ok(());
+                        return Ok(true);
                     }
                 }
                 _ = recheck.tick() => {
@@ -290,13 +310,13 @@ impl App {
                         // Perhaps applied by another instance whose change notice has not
                         // arrived yet: what this instance keeps of the read model may be stale.
                         self.pages.generations().bump(table);
-                        return Ok(());
+                        return Ok(true);
                     }
                     self.projections.poke();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(table, %id, version, "read model did not catch up in time");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! | [`task`] | `Task` | scheduling by cron in a time zone, changes, soft delete, firing a slot, run counts |
 //! | [`execution`] | `Execution` | a run of a task: start, claim by an agent, finish |
 //! | [`agent`] | `Agent` | the shared agent registry: register, update, activity, deregister |
+//! | [`memory`] | `Memory` | an entry of the agents' memory, and whether the Memory MCP server holds it |
 //! | [`reservation`] | `Reservation` | unique names (usernames, emails, agent names) claimed through optimistic concurrency |
 //!
 //! [`upcasting`] turns stored events of older schema versions into the current shape.
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod execution;
+pub mod memory;
 pub mod project;
 pub mod reservation;
 pub mod task;

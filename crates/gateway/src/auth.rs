@@ -20,6 +20,9 @@ pub struct Viewer {
     pub session_id: Uuid,
     /// Admins and auditors see every change; other users their own and the shared ones.
     pub sees_everything: bool,
+    /// Admins also get the service's operational notices (the Memory MCP circuit breaker's
+    /// changes of state).
+    pub admin: bool,
     /// When the token stops being valid; the connection is closed then unless the client sent a
     /// fresh one.
     pub expires_at: DateTime<Utc>,

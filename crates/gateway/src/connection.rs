@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chrono::Utc;
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -213,10 +213,19 @@ where
     } = subscription;
     let evicted: &Notify = evicted;
     let mut last_heard = Instant::now();
+    let mut notices = viewer.admin.then(|| shared.notices.subscribe());
     loop {
         tokio::select! {
             biased;
             _ = evicted.notified() => return Close::new(SLOW_CONSUMER, "slow consumer"),
+            notice = next_notice(&mut notices) => {
+                // A notice missed because this client lagged is gone: notices are not replayed.
+                if let Some(notice) = notice
+                    && let Err(close) = write_within(shared, tx, [notice], evicted).await
+                {
+                    return close;
+                }
+            }
             change = changes.recv() => {
                 let Some(change) = change else {
                     return Close::new(GOING_AWAY, "gateway shutting down");
@@ -252,7 +261,8 @@ where
                                 // see more or less needs a new connection.
                                 Ok(renewed)
                                     if renewed.user_id == viewer.user_id
-                                        && renewed.sees_everything == viewer.sees_everything =>
+                                        && renewed.sees_everything == viewer.sees_everything
+                                        && renewed.admin == viewer.admin =>
                                 {
                                     let expires_at = renewed.expires_at;
                                     viewer.renew(renewed);
@@ -294,6 +304,19 @@ where
                 }
             }
         }
+    }
+}
+
+/// The next operational notice for an admin's connection (never, for anyone else's); `None`
+/// when some were missed.
+async fn next_notice(notices: &mut Option<broadcast::Receiver<Message>>) -> Option<Message> {
+    match notices {
+        Some(receiver) => match receiver.recv().await {
+            Ok(notice) => Some(notice),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -382,6 +405,7 @@ mod tests {
                 user_id: id.parse().map_err(|_| AuthFailure::Rejected)?,
                 session_id: SESSION,
                 sees_everything,
+                admin: sees_everything,
                 expires_at: Utc::now() + chrono::Duration::hours(1),
             })
         }
@@ -429,6 +453,7 @@ mod tests {
             sessions: Mutex::default(),
             instance: "test".into(),
             peers: Mutex::new(HashMap::new()),
+            notices: broadcast::channel(4).0,
         });
         Fixture {
             shared,
@@ -515,6 +540,7 @@ mod tests {
             user_id: id,
             session_id: SESSION,
             sees_everything: false,
+            admin: false,
             expires_at: Utc::now() + chrono::Duration::hours(1),
         }
     }
@@ -560,6 +586,33 @@ mod tests {
             }
             ids
         }
+    }
+
+    #[tokio::test]
+    async fn an_admin_hears_operational_notices_and_a_user_does_not() {
+        let fixture = fixture(GatewayConfig::default()).await;
+        let owner = Uuid::new_v4();
+        let mut user = fixture.connect(user(owner), None);
+        let mut admin = fixture.connect(
+            Viewer {
+                sees_everything: true,
+                admin: true,
+                ..self::user(Uuid::new_v4())
+            },
+            None,
+        );
+        user.frame().await;
+        admin.frame().await;
+        crate::AdminNotices(fixture.shared.notices.clone())
+            .send("memory_circuit_breaker", json!({"from": "CLOSED", "to": "OPEN"}));
+        let notice = admin.frame().await;
+        assert_eq!(notice["type"], "memory_circuit_breaker");
+        assert_eq!(notice["event_id"], Value::Null);
+        assert_eq!(notice["payload"]["to"], "OPEN");
+        // The user's next frame is the next change, not the notice.
+        let change = fixture.committed(1, owner).await;
+        fixture.shared.hub.accept(&change).await;
+        assert_eq!(user.frame().await["type"], "task_status_update");
     }
 
     #[tokio::test]

@@ -203,6 +203,12 @@ pub fn ack(connection_id: Uuid, position: i64, ack_event_id: &str, replayed: i64
     )
 }
 
+/// An operational notice for admins (`memory_circuit_breaker`, …): no event id, since it is
+/// not a change of the log.
+pub fn notice(frame_type: &str, payload: Value) -> Message {
+    text(frame_type, None, &now(), payload)
+}
+
 /// The server's heartbeat.
 pub fn ping() -> Message {
     text("ping", None, &now(), json!({}))

@@ -33,7 +33,7 @@ use axum::extract::ws::Message;
 use futures::StreamExt as _;
 use sparc_bus::{BusError, ChangeBus, ChangeStream, Outbox, OutboxError, Presence};
 use sparc_store::Database;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -49,6 +49,8 @@ const TICKS_PER_PING: u32 = 3;
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 /// An announcement older than this no longer counts (that gateway stopped).
 const PRESENCE_STALE_AFTER: Duration = Duration::from_secs(15);
+/// Operational notices an admin's connection may fall behind by before it misses some.
+const NOTICES_QUEUED: usize = 64;
 
 /// The gateway's tunables.
 #[derive(Debug, Clone)]
@@ -138,6 +140,8 @@ pub(crate) struct Shared {
     instance: String,
     /// Other gateways' last announced connection counts.
     peers: Mutex<HashMap<String, (usize, Instant)>>,
+    /// Operational notices for the admins connected here ([`Gateway::notify_admins`]).
+    pub(crate) notices: broadcast::Sender<Message>,
 }
 
 impl Shared {
@@ -286,6 +290,7 @@ impl Gateway {
             sessions: Mutex::default(),
             instance: Uuid::new_v4().to_string(),
             peers: Mutex::default(),
+            notices: broadcast::channel(NOTICES_QUEUED).0,
         });
         let tasks = vec![
             tokio::spawn(relay_changes(hub, bus, changes, shutdown.clone())),
@@ -305,11 +310,28 @@ impl Gateway {
         self.shared.hub.connections()
     }
 
+    /// A handle that sends operational notices to the admins connected to this gateway.
+    pub fn admin_notices(&self) -> AdminNotices {
+        AdminNotices(self.shared.notices.clone())
+    }
+
     /// Live counts of this process's connections and messages that, unlike the gateway, hold
     /// nothing that refers back to whoever keeps them (the API's state keeps them for its health
     /// endpoints, while the gateway keeps the API's state for checking tokens).
     pub fn counters(&self) -> GatewayCounters {
         GatewayCounters(self.shared.hub.clone())
+    }
+}
+
+/// See [`Gateway::admin_notices`].
+#[derive(Clone)]
+pub struct AdminNotices(broadcast::Sender<Message>);
+
+impl AdminNotices {
+    /// Sends the frame `{type, event_id: null, timestamp, payload}` to every admin connected
+    /// now (notices are not stored: a client connecting later does not get it).
+    pub fn send(&self, frame_type: &str, payload: serde_json::Value) {
+        let _ = self.0.send(frames::notice(frame_type, payload));
     }
 }
 

@@ -65,10 +65,12 @@ pub async fn parked(db: &Database, name: Option<&str>) -> anyhow::Result<()> {
 /// given) and prints what happened.
 pub async fn retry(db: &Database, name: &str, position: Option<i64>) -> anyhow::Result<()> {
     let commands = Arc::new(CommandBus::new(db));
+    // Not the memory sync: it pushes through the running service's connection to its server.
+    let memory = Arc::new(sparc_memory::MemoryService::disabled());
     let consumers: Vec<_> = READ_MODELS
         .iter()
         .map(ReadModel::live)
-        .chain(crate::server::policies(db, commands))
+        .chain(crate::server::policies(db, commands, &memory))
         .collect();
     let Some(consumer) = consumers.iter().find(|c| c.name() == name) else {
         let known: Vec<&str> = consumers.iter().map(|c| c.name()).collect();

@@ -15,7 +15,10 @@ use chrono::{DateTime, Utc};
 use sparc_api::error::ApiError;
 use sparc_api::{App, RuntimeProbe, ServiceInfo};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
-use sparc_gateway::{AuthFailure, Authenticator, Gateway, GatewayConfig, GatewayCounters, Viewer};
+use sparc_gateway::{
+    AdminNotices, AuthFailure, Authenticator, Gateway, GatewayConfig, GatewayCounters, Viewer,
+};
+use sparc_memory::StateChange;
 use sparc_projections::ProjectionRunner;
 use sparc_store::outbox::CommittedBatch;
 use sparc_store::{CommandBus, Database, Generations};
@@ -66,8 +69,41 @@ pub async fn start(
         bus,
         gateway: gateway.counters(),
     }));
+    if let Some(changes) = app.memory.state_changes() {
+        tasks.push(tokio::spawn(tell_admins_of_breaker_changes(
+            changes,
+            gateway.admin_notices(),
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(relay.run(shutdown)));
     Ok((gateway.router(), tasks))
+}
+
+/// Sends each change of the Memory MCP circuit breaker's state to the admins connected here, as
+/// a `memory_circuit_breaker` frame `{from, to, at}`.
+async fn tell_admins_of_breaker_changes(
+    mut changes: broadcast::Receiver<StateChange>,
+    notices: AdminNotices,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Ok(change) => notices.send(
+                    "memory_circuit_breaker",
+                    serde_json::json!({
+                        "from": change.from.as_str(),
+                        "to": change.to.as_str(),
+                        "at": change.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    }),
+                ),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// `sparc gateway`: serves `/ws` and `/ws/health` on `settings.listen` until ctrl-c or SIGTERM.
@@ -149,6 +185,7 @@ impl Authenticator for ApiTokens {
             user_id: user.user_id,
             session_id: user.session_id,
             sees_everything: user.role.can_read_all(),
+            admin: user.role == sparc_domain::user::Role::Admin,
             expires_at,
         })
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sparc_api::{App, ServiceInfo};
+use sparc_memory::{MemoryService, MemorySync};
 use sparc_domain::task::{Task, TaskCommand};
 use sparc_projections::catalog::{READ_MODELS, ReadModel};
 use sparc_projections::policies::{ProjectCascade, TaskCommands};
@@ -24,12 +25,21 @@ use tokio::task::JoinHandle;
 use crate::config::Settings;
 use crate::keys;
 
-/// The policies the service runs beside the read models (`catalog::READ_MODELS`).
-pub fn policies(db: &Database, commands: Arc<CommandBus>) -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(ProjectCascade::new(
+/// The policies the service runs beside the read models (`catalog::READ_MODELS`); the memory
+/// sync only with a Memory MCP server to push to.
+pub fn policies(
+    db: &Database,
+    commands: Arc<CommandBus>,
+    memory: &Arc<MemoryService>,
+) -> Vec<Arc<dyn Projection>> {
+    let mut policies: Vec<Arc<dyn Projection>> = vec![Arc::new(ProjectCascade::new(
         db.clone(),
-        Arc::new(PolicyCommands(commands)),
-    ))]
+        Arc::new(PolicyCommands(commands.clone())),
+    ))];
+    if memory.enabled() {
+        policies.push(Arc::new(MemorySync::new(memory.clone(), commands)));
+    }
+    policies
 }
 
 /// The command side as the policies see it.
@@ -89,11 +99,17 @@ impl Server {
             generations.clone(),
             shutdown_rx.clone(),
         ))];
+        let memory_config = settings
+            .api
+            .memory()
+            .context("invalid Memory MCP settings")?;
+        let (memory, memory_supervisor) = MemoryService::start(memory_config, shutdown_rx.clone());
+        tasks.extend(memory_supervisor);
 
         let runner = ProjectionRunner::new(
             db.clone(),
             READ_MODELS.iter().map(ReadModel::live).collect(),
-            policies(&db, commands.clone()),
+            policies(&db, commands.clone(), &memory),
         )
         .with_poll_interval(Duration::from_millis(100))
         .with_generations(generations.clone());
@@ -120,15 +136,18 @@ impl Server {
         };
         let bus = crate::realtime::bus(&settings).await?;
         let committed = projection_handle.committed();
-        let app = Arc::new(App::new(
-            db.clone(),
-            commands,
-            projection_handle,
-            &key,
-            settings.api.clone(),
-            info,
-            generations,
-        )?);
+        let app = Arc::new(
+            App::new(
+                db.clone(),
+                commands,
+                projection_handle,
+                &key,
+                settings.api.clone(),
+                info,
+                generations,
+            )?
+            .with_memory(memory),
+        );
         let gateway = settings.gateway();
         let (realtime, realtime_tasks) = crate::realtime::start(
             &db,

@@ -35,8 +35,8 @@ pub struct AuditFilter {
     /// Only events recorded before this time.
     pub to: Option<DateTime<Utc>>,
     /// Only events of aggregates this user owns: their own `User` stream, and the tasks,
-    /// projects and executions whose read-model row names them as owner. `None`: every
-    /// aggregate.
+    /// projects, executions and memory entries whose read-model row names them as owner.
+    /// `None`: every aggregate.
     pub owner: Option<Uuid>,
     /// Only events after this point of the log: [`Checkpoint::ORIGIN`], the
     /// [`checkpoint`](RecordedEvent::checkpoint) of the last event of the previous page, or

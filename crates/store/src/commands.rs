@@ -29,6 +29,7 @@ use cqrs_es::{Aggregate, AggregateContext, AggregateError, DomainEvent, EventSto
 use hashlink::LruCache;
 use sparc_domain::agent::Agent;
 use sparc_domain::execution::Execution;
+use sparc_domain::memory::Memory;
 use sparc_domain::project::Project;
 use sparc_domain::reservation::Reservation;
 use sparc_domain::task::Task;
@@ -97,6 +98,7 @@ pub struct CommandBus {
     tasks: Arc<Lane<Task>>,
     executions: Arc<Lane<Execution>>,
     agents: Arc<Lane<Agent>>,
+    memories: Arc<Lane<Memory>>,
     reservations: Arc<Lane<Reservation>>,
     metrics: CommandMetrics,
 }
@@ -197,6 +199,7 @@ routed!(
     Task => tasks,
     Execution => executions,
     Agent => agents,
+    Memory => memories,
     Reservation => reservations,
 );
 
@@ -218,6 +221,7 @@ impl CommandBus {
             tasks: Lane::new(snapshotted(store(db, &group_commit))),
             executions: Lane::new(store(db, &group_commit)),
             agents: Lane::new(snapshotted(store(db, &group_commit))),
+            memories: Lane::new(store(db, &group_commit)),
             reservations: Lane::new(store(db, &group_commit)),
             metrics: CommandMetrics::default(),
         }

@@ -15,6 +15,7 @@ use chrono::{DateTime, DurationRound, SecondsFormat, TimeDelta, Utc};
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use sparc_domain::execution::Execution;
+use sparc_domain::memory::Memory;
 use sparc_domain::project::Project;
 use sparc_domain::task::Task;
 use sparc_domain::user::User;
@@ -573,11 +574,12 @@ fn audit_conditions(
         };
         conditions.push(format!(
             "((aggregate_type = '{user}' AND aggregate_id = {owner}) OR {tasks} OR {projects} \
-             OR {executions})",
+             OR {executions} OR {memories})",
             user = User::TYPE,
             tasks = owned(Task::TYPE, "tasks"),
             projects = owned(Project::TYPE, "projects"),
             executions = owned(Execution::TYPE, "executions"),
+            memories = owned(Memory::TYPE, "memories"),
         ));
     }
     (conditions.join(" AND "), args)

@@ -10,6 +10,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sparc_domain::agent::{Agent, AgentChanges, AgentCommand, AgentStatus, AgentType};
 use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
+use sparc_domain::memory::{Intent, MemoryEntry};
 use sparc_domain::reservation::{Reservation, ReservationCommand, reservation_id};
 use sparc_domain::task::{RunReport, Task, TaskCommand, TaskStatus};
 use sparc_domain::user::Role;
@@ -584,7 +585,10 @@ pub struct ActivityRecorded {
 
 /// An agent reports a run: `running` starts or claims an execution, a final status finishes
 /// it; the agent's status follows (running→busy, success→idle, failed/timeout→error,
-/// cancelled→idle).
+/// cancelled→idle). A finished run is also stored as a memory entry of the task (its output or
+/// error, at most 4,000 characters each). `stored_in_memory_mcp`: the Memory MCP server took
+/// that entry (otherwise it is in the fallback, to be synced); `broadcasted`: the agent's change
+/// reached the read model and so the outbox, from which it goes out to WebSocket clients.
 #[utoipa::path(post, path = "/api/v1/agents/activity", tag = "agents", request_body = ActivityReport,
     responses((status = 201, body = ActivityRecorded), (status = 400, description = "The execution belongs to another task"),
         (status = 403, description = "Not an admin or an agent"), (status = 404, description = "Unknown agent, task or execution"),
@@ -614,6 +618,11 @@ async fn report_activity(
         return Err(ApiError::Validation(errors));
     };
     agent_row(&app, body.agent_id).await?;
+    // What a finished run leaves in the memory.
+    let report = (
+        body.output.as_deref().map(str::to_owned),
+        body.error.as_deref().map(str::to_owned),
+    );
     let task = sparc_projections::tasks::get(&app.db, body.task_id)
         .await
         .map_err(ApiError::internal)?
@@ -775,7 +784,21 @@ async fn report_activity(
             None,
         )
         .await?;
-    app.settle::<Agent>(body.agent_id, agent.version).await?;
+    // The agents read model is published: once it shows the activity, the change is in the
+    // outbox, which the relay hands to the change bus (at least once).
+    let broadcasted = app
+        .settle_applied::<Agent>(body.agent_id, agent.version)
+        .await?;
+    let stored_in_memory_mcp = match run_status {
+        ExecutionStatus::Running => false,
+        finished => {
+            let entry = run_memory(&task.state, body.agent_id, execution_id, finished, &report);
+            crate::routes::memory::store_entry(&app, entry, &metadata)
+                .await?
+                .storage
+                == "memory_mcp"
+        }
+    };
     Ok((
         StatusCode::CREATED,
         Json(ActivityRecorded {
@@ -783,8 +806,8 @@ async fn report_activity(
             agent_id: body.agent_id,
             task_id: body.task_id,
             execution_id,
-            stored_in_memory_mcp: false,
-            broadcasted: false,
+            stored_in_memory_mcp,
+            broadcasted,
         }),
     )
         .into_response())
@@ -878,4 +901,46 @@ async fn activity_feed(
         activity,
         next_before,
     }))
+}
+
+/// The longest part of a run's output or error kept in its memory entry, in characters.
+const MAX_RUN_MEMORY: usize = 4000;
+
+/// The memory entry of a finished run: what it printed (or why it failed), bounded, under the
+/// task's owner and project.
+fn run_memory(
+    task: &Task,
+    agent_id: Uuid,
+    execution_id: Uuid,
+    status: ExecutionStatus,
+    report: &(Option<String>, Option<String>),
+) -> MemoryEntry {
+    let bounded = |text: &str| text.chars().take(MAX_RUN_MEMORY).collect::<String>();
+    let skill = task.skill_name.as_ref().map_or("task", |s| s.as_str());
+    let mut content = format!("{skill} run {status}");
+    if let Some(output) = report.0.as_deref().filter(|o| !o.is_empty()) {
+        content.push_str(": ");
+        content.push_str(&bounded(output));
+    }
+    if let Some(error) = report.1.as_deref().filter(|e| !e.is_empty()) {
+        content.push_str("; error: ");
+        content.push_str(&bounded(error));
+    }
+    MemoryEntry {
+        content,
+        intent: match status {
+            ExecutionStatus::Failed | ExecutionStatus::Timeout => Intent::Bugfix,
+            _ => Intent::Implementation,
+        },
+        user_id: task.user_id,
+        agent_id: Some(agent_id),
+        task_id: Some(task.id),
+        project_id: task.project_id,
+        additional_metadata: serde_json::json!({
+            "agent_id": agent_id,
+            "execution_id": execution_id,
+            "run_status": status.as_str(),
+            "description": "agent activity",
+        }),
+    }
 }

@@ -4,8 +4,9 @@
 //! (the position of the last event already read): the next page continues after that event's
 //! `(transaction_id, position)`, so paging never skips nor repeats an event, even one whose
 //! transaction committed after a later-numbered one. Admins and auditors see every event;
-//! other callers only the events of aggregates they own (their user, and the tasks, projects
-//! and executions whose owner they are). `GET /audit/verify` is for admins and auditors only.
+//! other callers only the events of aggregates they own (their user, and the tasks, projects,
+//! executions and memory entries whose owner they are). `GET /audit/verify` is for admins and
+//! auditors only.
 
 use axum::Json;
 use axum::extract::State;

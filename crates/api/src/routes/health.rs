@@ -132,7 +132,7 @@ async fn health_of(app: &AppState) -> (Health, Vec<ProjectionStatus>) {
             "disconnected"
         },
         bus,
-        memory_mcp: "disabled",
+        memory_mcp: app.memory.health().status(),
         version: env!("CARGO_PKG_VERSION"),
     };
     (health, consumers)
@@ -253,8 +253,8 @@ async fn liveness() -> Json<Alive> {
 
 /// Prometheus text exposition of the HTTP traffic (requests and latency by method, route and
 /// status), this instance's commands (by aggregate, command and outcome) and the events they
-/// recorded (by aggregate and type), the log's size, each projection's position and lag, and
-/// WebSocket connections and messages.
+/// recorded (by aggregate and type), the log's size, each projection's position and lag,
+/// WebSocket connections and messages, and the Memory MCP circuit breaker.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(
@@ -389,6 +389,7 @@ async fn metrics(
             ("{direction=\"received\"}".to_owned(), received as f64),
         ],
     );
+    memory_metrics(&mut out, &app.memory.health());
     (
         [(
             header::CONTENT_TYPE,
@@ -397,6 +398,63 @@ async fn metrics(
         out,
     )
         .into_response()
+}
+
+/// The Memory MCP circuit breaker: its state (1 for the current one), its calls by outcome, its
+/// openings, and the memory requests answered from the fallback.
+fn memory_metrics(out: &mut String, health: &sparc_memory::MemoryHealth) {
+    use sparc_memory::BreakerState;
+    gauge(
+        out,
+        "sparc_memory_mcp_breaker_state",
+        "The Memory MCP circuit breaker's state (1: current); no samples when no server is configured.",
+        &if health.enabled {
+            [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen]
+                .iter()
+                .map(|state| {
+                    (
+                        format!("{{state=\"{}\"}}", state.as_str()),
+                        f64::from(u8::from(*state == health.state)),
+                    )
+                })
+                .collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        },
+    );
+    let calls = health.breaker;
+    counter(
+        out,
+        "sparc_memory_mcp_calls_total",
+        "Calls to the Memory MCP server through the breaker, by outcome.",
+        &[
+            ("{outcome=\"success\"}".to_owned(), calls.successes as f64),
+            ("{outcome=\"failure\"}".to_owned(), (calls.failures - calls.timeouts) as f64),
+            ("{outcome=\"timeout\"}".to_owned(), calls.timeouts as f64),
+            ("{outcome=\"rejected\"}".to_owned(), calls.rejections as f64),
+        ],
+    );
+    counter(
+        out,
+        "sparc_memory_mcp_breaker_opens_total",
+        "Times the Memory MCP circuit breaker opened.",
+        &[(String::new(), calls.opens as f64)],
+    );
+    gauge(
+        out,
+        "sparc_memory_mcp_consecutive_failures",
+        "Failed calls to the Memory MCP server in a row.",
+        &[(String::new(), f64::from(calls.consecutive_failures))],
+    );
+    counter(
+        out,
+        "sparc_memory_requests_total",
+        "Memory requests, and those answered from the fallback.",
+        &[
+            ("{answered=\"all\"}".to_owned(), health.requests.total_requests as f64),
+            ("{answered=\"fallback\"}".to_owned(), health.requests.fallback_requests as f64),
+        ],
+    );
 }
 
 /// Writes one gauge family: `# HELP`, `# TYPE` and a sample per `(labels, value)`.

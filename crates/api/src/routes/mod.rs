@@ -28,12 +28,13 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod health;
+pub mod memory;
 pub mod projects;
 pub mod tasks;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sparc", description = "The v1 API of the sparc dashboard backend: scheduled tasks, projects, agents, executions, auth and sessions."),
+    info(title = "sparc", description = "The v1 API of the sparc dashboard backend: scheduled tasks, projects, agents, executions, the agents' memory, auth and sessions."),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
@@ -64,6 +65,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(tasks::routes())
         .merge(projects::routes())
         .merge(agents::routes())
+        .merge(memory::routes())
         .merge(audit::routes())
         .merge(admin::routes())
         .merge(admin_users::routes())
