@@ -16,44 +16,59 @@ use sparc_tests::{Backend, TestApp, TestUser, assert_422_at, both_backends, id_o
 
 // ----- helpers -----
 
-/// The settings of a service using `server`, whose breaker stays open 1 s.
-fn server_settings(server: &MemoryServer) -> impl FnOnce(&mut sparc::config::Settings) + use<> {
+/// How long the breaker stays open in a test whose server comes back (short, so the test sees
+/// it close), and in one whose server never behaves (long, so it stays open while the test
+/// looks).
+const REOPENS_SOON: u64 = 1;
+const STAYS_OPEN: u64 = 60;
+
+/// The settings of a service using `server`, whose breaker stays open `open_seconds`.
+fn server_settings(
+    server: &MemoryServer,
+    open_seconds: u64,
+) -> impl FnOnce(&mut sparc::config::Settings) + use<> {
     let command = server.command();
     move |settings| {
         settings.api.memory_mcp_command = Some(command);
-        settings.api.memory_breaker_open_seconds = 1;
+        settings.api.memory_breaker_open_seconds = open_seconds;
     }
 }
 
 /// Runs `body` against a service on `backend` using a server made by `make`; skips (or fails
 /// in CI) when node or the package is missing.
-async fn run_with<F, Fut>(backend: Backend, make: fn() -> Option<MemoryServer>, body: F)
-where
+async fn run_with<F, Fut>(
+    backend: Backend,
+    make: fn() -> Option<MemoryServer>,
+    open_seconds: u64,
+    body: F,
+) where
     F: FnOnce(TestApp, MemoryServer) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let Some(server) = make() else { return };
-    let Some(app) = TestApp::spawn_with(backend, server_settings(&server)).await else {
+    let Some(app) = TestApp::spawn_with(backend, server_settings(&server, open_seconds)).await
+    else {
         return;
     };
     body(app, server).await;
 }
 
-/// `with_server!(name, make, |app, server| async move { … })`: the test on both backends.
+/// `with_server!(name, make, open_seconds, |app, server| async move { … })`: the test on both
+/// backends.
 macro_rules! with_server {
-    ($name:ident, $make:expr, $body:expr) => {
+    ($name:ident, $make:expr, $open_seconds:expr, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                run_with(Backend::Postgres, $make, $body).await;
+                run_with(Backend::Postgres, $make, $open_seconds, $body).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                run_with(Backend::Sqlite, $make, $body).await;
+                run_with(Backend::Sqlite, $make, $open_seconds, $body).await;
             }
         }
     };
@@ -76,7 +91,12 @@ async fn search(app: &TestApp, user: &TestUser, body: Value) -> Value {
     let found = app
         .post("/api/v1/memory/search", &user.token, body.clone())
         .await;
-    assert_eq!(found.status, StatusCode::OK, "searching {body}: {}", found.body);
+    assert_eq!(
+        found.status,
+        StatusCode::OK,
+        "searching {body}: {}",
+        found.body
+    );
     found.body
 }
 
@@ -93,7 +113,11 @@ async fn until_connected(app: &TestApp, user: &TestUser) {
         memory_health(app, user).await["mcp_available"] == true
     })
     .await;
-    assert!(connected, "the Memory MCP server should connect: {}", memory_health(app, user).await);
+    assert!(
+        connected,
+        "the Memory MCP server should connect: {}",
+        memory_health(app, user).await
+    );
 }
 
 async fn task(app: &TestApp, owner: &TestUser, project: Option<&str>) -> String {
@@ -126,11 +150,7 @@ fn result_ids(found: &Value) -> Vec<String> {
 /// How often `name` is an entity of the server's file.
 fn held(server: &MemoryServer, id: &str) -> usize {
     let name = format!("mem:{id}");
-    server
-        .entity_names()
-        .iter()
-        .filter(|n| **n == name)
-        .count()
+    server.entity_names().iter().filter(|n| **n == name).count()
 }
 
 // ----- without a server: the fallback alone -----
@@ -192,7 +212,9 @@ both_backends!(
         assert_eq!(health["pending_sync"], 0);
         assert_eq!(health["status"], "healthy");
         assert!(health["stats"]["fallback_requests"].as_u64().unwrap() >= 4);
-        let service = app.call(reqwest::Method::GET, "/api/v1/health", None, None).await;
+        let service = app
+            .call(reqwest::Method::GET, "/api/v1/health", None, None)
+            .await;
         assert_eq!(service.body["memory_mcp"], "disabled");
     }
 );
@@ -202,8 +224,14 @@ both_backends!(
     |app: TestApp| async move {
         let alice = app.user("alice").await;
         let bad = [
-            (json!({"content": "", "intent": "research"}), json!(["body", "content"])),
-            (json!({"content": "x", "intent": "whim"}), json!(["body", "intent"])),
+            (
+                json!({"content": "", "intent": "research"}),
+                json!(["body", "content"]),
+            ),
+            (
+                json!({"content": "x", "intent": "whim"}),
+                json!(["body", "intent"]),
+            ),
             (json!({"content": "x"}), json!(["body", "intent"])),
             (
                 json!({"content": "x", "intent": "research", "additional_metadata": [1]}),
@@ -222,7 +250,10 @@ both_backends!(
             (json!({"query": ""}), json!(["body", "query"])),
             (json!({"query": "x", "limit": 0}), json!(["body", "limit"])),
             (json!({"query": "x", "limit": 51}), json!(["body", "limit"])),
-            (json!({"query": "x", "task_type": "whim"}), json!(["body", "task_type"])),
+            (
+                json!({"query": "x", "task_type": "whim"}),
+                json!(["body", "task_type"]),
+            ),
             (json!({"query": "x".repeat(1001)}), json!(["body", "query"])),
         ];
         for (body, loc) in bad_searches {
@@ -252,7 +283,10 @@ both_backends!(
         )
         .await;
         // The task's project is the entry's project.
-        assert_eq!(mine["metadata"]["project"]["project_id"], project_id.as_str());
+        assert_eq!(
+            mine["metadata"]["project"]["project_id"],
+            project_id.as_str()
+        );
         store(
             &app,
             &bob,
@@ -261,7 +295,11 @@ both_backends!(
         .await;
         for (user, expected) in [(&alice, 1), (&bob, 1), (&admin, 2), (&auditor, 2)] {
             let found = search(&app, user, json!({"query": "secret plan"})).await;
-            assert_eq!(found["total_results"], expected, "{}: {found}", user.username);
+            assert_eq!(
+                found["total_results"], expected,
+                "{}: {found}",
+                user.username
+            );
         }
         // Another user's task or project: 403, as elsewhere; an unknown one: 404.
         let foreign = app
@@ -284,8 +322,16 @@ both_backends!(
             format!("/api/v1/memory/task/{task_id}"),
             format!("/api/v1/memory/projects/{project_id}/summary"),
         ] {
-            assert_eq!(app.get(&path, &bob.token).await.status, StatusCode::FORBIDDEN, "{path}");
-            assert_eq!(app.get(&path, &admin.token).await.status, StatusCode::OK, "{path}");
+            assert_eq!(
+                app.get(&path, &bob.token).await.status,
+                StatusCode::FORBIDDEN,
+                "{path}"
+            );
+            assert_eq!(
+                app.get(&path, &admin.token).await.status,
+                StatusCode::OK,
+                "{path}"
+            );
         }
         let unknown = uuid::Uuid::new_v4();
         let missing = app
@@ -300,13 +346,21 @@ both_backends!(
             format!("/api/v1/memory/task/{unknown}"),
             format!("/api/v1/memory/projects/{unknown}/summary"),
         ] {
-            assert_eq!(app.get(&path, &alice.token).await.status, StatusCode::NOT_FOUND);
+            assert_eq!(
+                app.get(&path, &alice.token).await.status,
+                StatusCode::NOT_FOUND
+            );
         }
         // Auditors see the store in the log; bob does not see alice's.
         let audit = app
             .get("/api/v1/audit/events?aggregate_type=Memory", &auditor.token)
             .await;
-        assert_eq!(audit.body["events"].as_array().unwrap().len(), 2, "{}", audit.body);
+        assert_eq!(
+            audit.body["events"].as_array().unwrap().len(),
+            2,
+            "{}",
+            audit.body
+        );
         let audit = app
             .get("/api/v1/audit/events?aggregate_type=Memory", &bob.token)
             .await;
@@ -335,11 +389,17 @@ both_backends!(
             stored.push(id_of(&store(&app, &alice, body).await));
         }
         let summary = app
-            .get(&format!("/api/v1/memory/projects/{project_id}/summary"), &alice.token)
+            .get(
+                &format!("/api/v1/memory/projects/{project_id}/summary"),
+                &alice.token,
+            )
             .await;
         assert_eq!(summary.status, StatusCode::OK, "{}", summary.body);
         assert_eq!(summary.body["total_entries"], 12);
-        assert_eq!(summary.body["by_intent"], json!({"testing": 4, "bugfix": 8}));
+        assert_eq!(
+            summary.body["by_intent"],
+            json!({"testing": 4, "bugfix": 8})
+        );
         assert_eq!(summary.body["by_agent"][agent.to_string()], 4);
         assert_eq!(summary.body["by_agent"]["none"], 8);
         let recent: Vec<String> = summary.body["recent"]
@@ -376,6 +436,7 @@ both_backends!(
 with_server!(
     stores_reach_the_server_and_are_found_through_it,
     MemoryServer::real,
+    REOPENS_SOON,
     |app: TestApp, server: MemoryServer| async move {
         let alice = app.user("alice").await;
         until_connected(&app, &alice).await;
@@ -407,7 +468,9 @@ with_server!(
         assert_eq!(health["mcp_available"], true);
         assert_eq!(health["status"], "healthy");
         assert!(health["last_check"].is_string());
-        let service = app.call(reqwest::Method::GET, "/api/v1/health", None, None).await;
+        let service = app
+            .call(reqwest::Method::GET, "/api/v1/health", None, None)
+            .await;
         assert_eq!(service.body["memory_mcp"], "available");
     }
 );
@@ -415,12 +478,18 @@ with_server!(
 with_server!(
     a_killed_server_opens_the_breaker_the_fallback_answers_and_its_return_syncs_what_it_missed,
     MemoryServer::real,
+    REOPENS_SOON,
     |app: TestApp, server: MemoryServer| async move {
         let alice = app.user("alice").await;
         let admin = app.user_with_role("root", Role::Admin).await;
         let (mut admin_socket, _) = app.ws(&admin.token, None).await;
         until_connected(&app, &alice).await;
-        let before = store(&app, &alice, json!({"content": "before the outage", "intent": "testing"})).await;
+        let before = store(
+            &app,
+            &alice,
+            json!({"content": "before the outage", "intent": "testing"}),
+        )
+        .await;
         assert_eq!(before["storage"], "memory_mcp");
 
         server.take_down();
@@ -447,7 +516,9 @@ with_server!(
         let found = search(&app, &alice, json!({"query": "outage"})).await;
         assert_eq!(found["source"], "fallback");
         assert_eq!(found["total_results"], 4);
-        let service = app.call(reqwest::Method::GET, "/api/v1/health", None, None).await;
+        let service = app
+            .call(reqwest::Method::GET, "/api/v1/health", None, None)
+            .await;
         assert_ne!(service.body["memory_mcp"], "available");
         let metrics = app
             .request(reqwest::Method::GET, "/metrics", None)
@@ -476,7 +547,11 @@ with_server!(
             health["pending_sync"] == 0 && health["circuit_breaker_state"] == "CLOSED"
         })
         .await;
-        assert!(synced, "synced and closed: {}", memory_health(&app, &alice).await);
+        assert!(
+            synced,
+            "synced and closed: {}",
+            memory_health(&app, &alice).await
+        );
         assert!(started.elapsed() < Duration::from_secs(15));
         let names = server.entity_names();
         for id in pending.iter().chain([&id_of(&before)]) {
@@ -514,19 +589,26 @@ async fn breaker_frame(socket: &mut sparc_tests::WsClient) -> Value {
 with_server!(
     a_restart_in_the_middle_of_a_sync_repeats_nothing_and_loses_nothing,
     MemoryServer::real,
+    REOPENS_SOON,
     |mut app: TestApp, server: MemoryServer| async move {
         let alice = app.user("alice").await;
         server.take_down();
         let mut pending = Vec::new();
         for n in 0..4 {
-            let stored = store(&app, &alice, json!({"content": format!("kept {n}"), "intent": "analysis"})).await;
+            let stored = store(
+                &app,
+                &alice,
+                json!({"content": format!("kept {n}"), "intent": "analysis"}),
+            )
+            .await;
             pending.push(id_of(&stored));
         }
         app.restart_with(|_| {}).await;
         // The second entry reached the server before the crash, but its sync was not recorded.
         server.add_entity_offline(&format!("mem:{}", pending[1]), "analysis");
         server.let_up();
-        app.restart_with(server_settings(&server)).await;
+        app.restart_with(server_settings(&server, REOPENS_SOON))
+            .await;
         let (app_ref, alice_ref) = (&app, &alice);
         let synced = eventually(Duration::from_secs(20), || async move {
             memory_health(app_ref, alice_ref).await["pending_sync"] == 0
@@ -537,13 +619,19 @@ with_server!(
             assert_eq!(held(&server, id), 1, "{id}: {:?}", server.entity_names());
         }
         // Another restart pushes nothing again: each entry was marked synced once.
-        app.restart_with(server_settings(&server)).await;
+        app.restart_with(server_settings(&server, REOPENS_SOON))
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let admin = app.user_with_role("root", Role::Admin).await;
         let synced = app
             .get("/api/v1/audit/events?event_type=MemorySynced", &admin.token)
             .await;
-        assert_eq!(synced.body["events"].as_array().unwrap().len(), 4, "{}", synced.body);
+        assert_eq!(
+            synced.body["events"].as_array().unwrap().len(),
+            4,
+            "{}",
+            synced.body
+        );
         assert_eq!(memory_health(&app, &alice).await["pending_sync"], 0);
     }
 );
@@ -555,15 +643,25 @@ fn hanging() -> Option<MemoryServer> {
 with_server!(
     a_hanging_server_is_cut_off_by_the_timeouts,
     hanging,
+    STAYS_OPEN,
     |app: TestApp, server: MemoryServer| async move {
         let _running = &server;
         let alice = app.user("alice").await;
         until_connected(&app, &alice).await;
         for n in 0..3 {
             let started = Instant::now();
-            let stored = store(&app, &alice, json!({"content": format!("slow {n}"), "intent": "testing"})).await;
+            let stored = store(
+                &app,
+                &alice,
+                json!({"content": format!("slow {n}"), "intent": "testing"}),
+            )
+            .await;
             assert_eq!(stored["storage"], "fallback", "{stored}");
-            assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_millis(2500),
+                "{:?}",
+                started.elapsed()
+            );
         }
         let started = Instant::now();
         let found = search(&app, &alice, json!({"query": "slow"})).await;
@@ -595,7 +693,12 @@ async fn malformed_answers_open_the_breaker(app: TestApp) {
     until_connected(&app, &alice).await;
     for n in 0..3 {
         let started = Instant::now();
-        let stored = store(&app, &alice, json!({"content": format!("odd {n}"), "intent": "testing"})).await;
+        let stored = store(
+            &app,
+            &alice,
+            json!({"content": format!("odd {n}"), "intent": "testing"}),
+        )
+        .await;
         assert_eq!(stored["storage"], "fallback", "{stored}");
         assert!(started.elapsed() < Duration::from_millis(2500));
     }
@@ -609,6 +712,7 @@ async fn malformed_answers_open_the_breaker(app: TestApp) {
 with_server!(
     a_server_answering_lines_that_are_not_json_opens_the_breaker,
     garbage,
+    STAYS_OPEN,
     |app: TestApp, server: MemoryServer| async move {
         let _running = &server;
         malformed_answers_open_the_breaker(app).await
@@ -618,6 +722,7 @@ with_server!(
 with_server!(
     a_server_answering_results_of_the_wrong_shape_opens_the_breaker,
     wrong_shape,
+    STAYS_OPEN,
     |app: TestApp, server: MemoryServer| async move {
         let _running = &server;
         malformed_answers_open_the_breaker(app).await
@@ -627,6 +732,7 @@ with_server!(
 with_server!(
     a_server_answering_tool_text_that_is_not_json_opens_the_breaker,
     not_json,
+    STAYS_OPEN,
     |app: TestApp, server: MemoryServer| async move {
         let _running = &server;
         malformed_answers_open_the_breaker(app).await
@@ -640,7 +746,11 @@ async fn finished_run(app: &TestApp, output: &str) -> (Value, String, TestUser) 
     let service = app.user_with_role("bot", Role::Agent).await;
     let alice = app.user("alice").await;
     let agent = app
-        .post("/api/v1/agents", &service.token, json!({"name": "worker", "type": "coder"}))
+        .post(
+            "/api/v1/agents",
+            &service.token,
+            json!({"name": "worker", "type": "coder"}),
+        )
         .await;
     assert_eq!(agent.status, StatusCode::CREATED, "{}", agent.body);
     let agent_id = id_of(&agent.body);
@@ -653,7 +763,10 @@ async fn finished_run(app: &TestApp, output: &str) -> (Value, String, TestUser) 
         )
         .await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
-    assert_eq!(started.body["stored_in_memory_mcp"], false, "a start stores nothing");
+    assert_eq!(
+        started.body["stored_in_memory_mcp"], false,
+        "a start stores nothing"
+    );
     let finished = app
         .post(
             "/api/v1/agents/activity",
@@ -668,6 +781,7 @@ async fn finished_run(app: &TestApp, output: &str) -> (Value, String, TestUser) 
 with_server!(
     a_finished_run_is_stored_in_the_server_and_broadcast,
     MemoryServer::real,
+    REOPENS_SOON,
     |app: TestApp, server: MemoryServer| async move {
         let admin = app.user_with_role("root", Role::Admin).await;
         until_connected(&app, &admin).await;
@@ -683,7 +797,11 @@ with_server!(
         let entries = of_task.body["task"]["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 1);
         let content = entries[0]["content"].as_str().unwrap();
-        assert!(content.len() < 4100, "the output is bounded: {}", content.len());
+        assert!(
+            content.len() < 4100,
+            "the output is bounded: {}",
+            content.len()
+        );
         assert_eq!(held(&server, entries[0]["id"].as_str().unwrap()), 1);
         // Broadcast: the admin's socket gets the agent's activity.
         let agent_id = answer["agent_id"].as_str().unwrap().to_owned();
@@ -708,7 +826,11 @@ with_server!(
 async fn finished_run_again(app: &TestApp, alice: &TestUser) -> (Value, String, String) {
     let service = app.user_with_role("bot2", Role::Agent).await;
     let agent = app
-        .post("/api/v1/agents", &service.token, json!({"name": "worker2", "type": "coder"}))
+        .post(
+            "/api/v1/agents",
+            &service.token,
+            json!({"name": "worker2", "type": "coder"}),
+        )
         .await;
     let agent_id = id_of(&agent.body);
     let task_id = task(app, alice, None).await;

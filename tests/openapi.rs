@@ -80,7 +80,12 @@ const CONTRACT: &[(&str, &str, u16, Answer)] = &[
     ("post", "/api/v1/memory/search", 200, Json),
     ("get", "/api/v1/memory/task/{task_id}", 200, Json),
     ("get", "/api/v1/memory/health", 200, Json),
-    ("get", "/api/v1/memory/projects/{project_id}/summary", 200, Json),
+    (
+        "get",
+        "/api/v1/memory/projects/{project_id}/summary",
+        200,
+        Json,
+    ),
 ];
 
 async fn document(app: &TestApp) -> Value {

@@ -178,7 +178,9 @@ pub async fn search(
             let mut all: Vec<SqlValue> = words.iter().cloned().map(SqlValue::from).collect();
             all.append(&mut params);
             all.push(SqlValue::Int(Some(limit)));
-            bind_all!(sqlx::query_as(&sql), &all).fetch_all(pool).await?
+            bind_all!(sqlx::query_as(&sql), &all)
+                .fetch_all(pool)
+                .await?
         }
         Database::Sqlite(pool) => {
             // Each word quoted (a phrase of one word), joined with OR; bm25 is lower for better
@@ -196,7 +198,9 @@ pub async fn search(
             let mut all: Vec<SqlValue> = vec![matched.join(" OR ").into()];
             all.append(&mut params);
             all.push(SqlValue::Int(Some(limit)));
-            bind_all!(sqlx::query_as(&sql), &all).fetch_all(pool).await?
+            bind_all!(sqlx::query_as(&sql), &all)
+                .fetch_all(pool)
+                .await?
         }
     };
     rows.into_iter()

@@ -14,8 +14,9 @@ use serde_json::Value;
 
 /// The installed package's entry point.
 fn package_entry() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tools/memory-server/node_modules/@modelcontextprotocol/server-memory/dist/index.js")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../tools/memory-server/node_modules/@modelcontextprotocol/server-memory/dist/index.js",
+    )
 }
 
 /// How the fake misbehaves (see [`MemoryServer::fake`]).

@@ -58,8 +58,22 @@ enum Phase {
 
 /// Words the entries are made of, so searches find some of them.
 const WORDS: [&str; 16] = [
-    "axum", "tokio", "extractor", "router", "breaker", "circuit", "postgres", "sqlite", "search",
-    "ranking", "agent", "memory", "schedule", "cron", "project", "task",
+    "axum",
+    "tokio",
+    "extractor",
+    "router",
+    "breaker",
+    "circuit",
+    "postgres",
+    "sqlite",
+    "search",
+    "ranking",
+    "agent",
+    "memory",
+    "schedule",
+    "cron",
+    "project",
+    "task",
 ];
 
 fn content(n: u64) -> String {
@@ -115,7 +129,8 @@ where
     let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let (op, next, latencies, tally) = (op.clone(), next.clone(), latencies.clone(), tally.clone());
+        let (op, next, latencies, tally) =
+            (op.clone(), next.clone(), latencies.clone(), tally.clone());
         clients.push(tokio::spawn(async move {
             loop {
                 if until.is_some_and(|until| Instant::now() >= until) {
@@ -127,7 +142,10 @@ where
                 }
                 let start = Instant::now();
                 let answer = op(n).await?;
-                latencies.lock().await.record(start.elapsed().as_micros() as u64)?;
+                latencies
+                    .lock()
+                    .await
+                    .record(start.elapsed().as_micros() as u64)?;
                 let value = answer[key].as_str().unwrap_or("?").to_owned();
                 *tally.lock().await.entry(value).or_insert(0) += 1;
             }
@@ -163,7 +181,13 @@ async fn main() -> anyhow::Result<()> {
         let (client, api, token) = (store_client.clone(), store_api.clone(), store_token.clone());
         async move {
             let body = json!({"content": content(n), "intent": "research"});
-            post(&client, format!("{api}/api/v1/memory/store"), Some(&token), body).await
+            post(
+                &client,
+                format!("{api}/api/v1/memory/store"),
+                Some(&token),
+                body,
+            )
+            .await
         }
     })
     .await
@@ -173,14 +197,30 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let until = Instant::now() + Duration::from_secs(args.seconds);
-    let searched = run_count(args.connections, u64::MAX, Some(until), "source", move |n| {
-        let (client, api, token) = (client.clone(), api.clone(), token.clone());
-        async move {
-            let query = format!("{} {}", WORDS[(n % 16) as usize], WORDS[((n / 16) % 16) as usize]);
-            let body = json!({"query": query, "limit": 10});
-            post(&client, format!("{api}/api/v1/memory/search"), Some(&token), body).await
-        }
-    })
+    let searched = run_count(
+        args.connections,
+        u64::MAX,
+        Some(until),
+        "source",
+        move |n| {
+            let (client, api, token) = (client.clone(), api.clone(), token.clone());
+            async move {
+                let query = format!(
+                    "{} {}",
+                    WORDS[(n % 16) as usize],
+                    WORDS[((n / 16) % 16) as usize]
+                );
+                let body = json!({"query": query, "limit": 10});
+                post(
+                    &client,
+                    format!("{api}/api/v1/memory/search"),
+                    Some(&token),
+                    body,
+                )
+                .await
+            }
+        },
+    )
     .await
     .context("searching")?;
     summary("search", &searched);
@@ -188,7 +228,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn wait_sync(client: &reqwest::Client, api: &str) -> anyhow::Result<()> {
-    let token = register_and_login(client, api, &format!("sync{}", uuid::Uuid::new_v4().simple())).await?;
+    let token = register_and_login(
+        client,
+        api,
+        &format!("sync{}", uuid::Uuid::new_v4().simple()),
+    )
+    .await?;
     let started = Instant::now();
     loop {
         let health: Value = client
@@ -199,7 +244,11 @@ async fn wait_sync(client: &reqwest::Client, api: &str) -> anyhow::Result<()> {
             .json()
             .await?;
         if health["pending_sync"] == 0 && health["circuit_breaker_state"] == "CLOSED" {
-            println!("sync  pending_sync=0 after {:.2}s  {}", started.elapsed().as_secs_f64(), health["stats"]);
+            println!(
+                "sync  pending_sync=0 after {:.2}s  {}",
+                started.elapsed().as_secs_f64(),
+                health["stats"]
+            );
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(600) {

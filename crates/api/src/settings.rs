@@ -195,7 +195,9 @@ mod tests {
         assert_eq!(settings.max_projects_per_user, 100);
         assert_eq!(settings.max_agents_per_user, 100);
         assert_eq!(settings.min_schedule_interval_seconds, 60);
-        let memory = settings.memory().expect("the default memory settings are valid");
+        let memory = settings
+            .memory()
+            .expect("the default memory settings are valid");
         assert_eq!(memory.endpoint, None);
         assert_eq!(memory.thresholds, Thresholds::default());
         assert_eq!(memory.store_timeout, Duration::from_secs(1));

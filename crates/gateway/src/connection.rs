@@ -603,8 +603,10 @@ mod tests {
         );
         user.frame().await;
         admin.frame().await;
-        crate::AdminNotices(fixture.shared.notices.clone())
-            .send("memory_circuit_breaker", json!({"from": "CLOSED", "to": "OPEN"}));
+        crate::AdminNotices(fixture.shared.notices.clone()).send(
+            "memory_circuit_breaker",
+            json!({"from": "CLOSED", "to": "OPEN"}),
+        );
         let notice = admin.frame().await;
         assert_eq!(notice["type"], "memory_circuit_breaker");
         assert_eq!(notice["event_id"], Value::Null);

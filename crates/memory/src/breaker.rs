@@ -139,7 +139,11 @@ impl Mirror {
     fn set(&self, to: BreakerState) {
         let from = BreakerState::from_u8(self.state.swap(to.as_u8(), Ordering::SeqCst));
         if from != to {
-            tracing::warn!(from = from.as_str(), to = to.as_str(), "memory MCP circuit breaker changed state");
+            tracing::warn!(
+                from = from.as_str(),
+                to = to.as_str(),
+                "memory MCP circuit breaker changed state"
+            );
             let _ = self.changes.send(StateChange {
                 from,
                 to,
@@ -300,8 +304,8 @@ impl Breaker {
             self.rejections.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Rejected);
         }
-        let half_open =
-            BreakerState::from_u8(self.mirror.state.load(Ordering::SeqCst)) == BreakerState::HalfOpen;
+        let half_open = BreakerState::from_u8(self.mirror.state.load(Ordering::SeqCst))
+            == BreakerState::HalfOpen;
         let _slot = if half_open {
             if self.probe_out.swap(true, Ordering::SeqCst) {
                 self.rejections.fetch_add(1, Ordering::Relaxed);
@@ -401,7 +405,10 @@ mod tests {
         assert_eq!(refused, Err(Refusal::Rejected));
         assert!(!tried.load(Ordering::SeqCst));
         let counts = breaker.counts();
-        assert_eq!((counts.failures, counts.rejections, counts.opens), (3, 1, 1));
+        assert_eq!(
+            (counts.failures, counts.rejections, counts.opens),
+            (3, 1, 1)
+        );
     }
 
     #[tokio::test]

@@ -76,7 +76,9 @@ impl ToolCaller for McpClient {
             .current()
             .ok_or_else(|| CallError::Unavailable("not connected".to_owned()))?;
         let Value::Object(arguments) = arguments else {
-            return Err(CallError::Malformed("tool arguments must be an object".to_owned()));
+            return Err(CallError::Malformed(
+                "tool arguments must be an object".to_owned(),
+            ));
         };
         let result = peer
             .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments))
@@ -94,14 +96,20 @@ fn tool_output(result: CallToolResult) -> Result<Value, CallError> {
         .iter()
         .find_map(|block| block.as_text().map(|t| t.text.clone()));
     if result.is_error == Some(true) {
-        return Err(CallError::Tool(text.unwrap_or_else(|| "tool failed".to_owned())));
+        return Err(CallError::Tool(
+            text.unwrap_or_else(|| "tool failed".to_owned()),
+        ));
     }
     if let Some(structured) = result.structured_content {
         return Ok(structured);
     }
     let text = text.ok_or_else(|| CallError::Malformed("an empty result".to_owned()))?;
-    serde_json::from_str(&text)
-        .map_err(|_| CallError::Malformed(format!("not JSON: {}", text.chars().take(80).collect::<String>())))
+    serde_json::from_str(&text).map_err(|_| {
+        CallError::Malformed(format!(
+            "not JSON: {}",
+            text.chars().take(80).collect::<String>()
+        ))
+    })
 }
 
 /// Connects, serves until the server goes away, and starts again with back-off, until

@@ -161,7 +161,9 @@ pub enum ToolMapping {
 
 /// Why `SPARC_MEMORY_MCP_TOOLS` could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("SPARC_MEMORY_MCP_TOOLS must be `knowledge-graph` or a JSON object {{store, search, task?}} of {{tool, arguments}}: {0}")]
+#[error(
+    "SPARC_MEMORY_MCP_TOOLS must be `knowledge-graph` or a JSON object {{store, search, task?}} of {{tool, arguments}}: {0}"
+)]
 pub struct MappingError(String);
 
 impl ToolMapping {
@@ -226,7 +228,9 @@ impl ToolMapping {
                 let words = search_words(query);
                 let mut matched: HashMap<Uuid, usize> = HashMap::new();
                 for word in &words {
-                    let found = caller.call("search_nodes", json!({ "query": word })).await?;
+                    let found = caller
+                        .call("search_nodes", json!({ "query": word }))
+                        .await?;
                     for id in memory_entities(&found)? {
                         *matched.entry(id).or_default() += 1;
                     }
@@ -241,12 +245,12 @@ impl ToolMapping {
                     .collect()
             }
             ToolMapping::Tools(tools) => {
-                let variables = HashMap::from([
-                    ("query", json!(query)),
-                    ("limit", json!(limit)),
-                ]);
+                let variables = HashMap::from([("query", json!(query)), ("limit", json!(limit))]);
                 let found = caller
-                    .call(&tools.search.tool, fill(&tools.search.arguments, &variables))
+                    .call(
+                        &tools.search.tool,
+                        fill(&tools.search.arguments, &variables),
+                    )
                     .await?;
                 flat_hits(&found)?
             }
@@ -267,7 +271,10 @@ impl ToolMapping {
                 // Entries carry their task as the observation `task:<id>` (the task entity's
                 // name), which `search_nodes` finds as a substring.
                 let found = caller
-                    .call("search_nodes", json!({ "query": format!("task:{task_id}") }))
+                    .call(
+                        "search_nodes",
+                        json!({ "query": format!("task:{task_id}") }),
+                    )
                     .await?;
                 memory_entities(&found).map(Some)
             }
@@ -297,7 +304,9 @@ fn observations(record: &Record) -> Vec<String> {
         format!("user:{}", record.user_id),
         format!(
             "created: {}",
-            record.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)
+            record
+                .created_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true)
         ),
     ];
     if let Some(agent) = record.agent_id {
@@ -355,7 +364,13 @@ fn flat_hits(found: &Value) -> Result<Vec<Hit>, CallError> {
             let id = ["id", "key", "memory_id"]
                 .iter()
                 .find_map(|k| item.get(*k)?.as_str()?.parse().ok())
-                .or_else(|| item.get("metadata")?.get("memory_id")?.as_str()?.parse().ok())?;
+                .or_else(|| {
+                    item.get("metadata")?
+                        .get("memory_id")?
+                        .as_str()?
+                        .parse()
+                        .ok()
+                })?;
             let score = ["score", "similarity", "similarity_score"]
                 .iter()
                 .find_map(|k| item.get(*k)?.as_f64())
@@ -377,7 +392,11 @@ fn record_variables(record: &Record) -> HashMap<&'static str, Value> {
         ("project_id", json!(record.project_id)),
         (
             "created_at",
-            json!(record.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            json!(
+                record
+                    .created_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+            ),
         ),
         ("metadata", record.metadata.clone()),
     ])
@@ -489,7 +508,9 @@ mod tests {
                 let both = format!("mem:{}", Uuid::from_u128(1));
                 let one = format!("mem:{}", Uuid::from_u128(2));
                 Ok(match arguments["query"].as_str().unwrap() {
-                    "axum" => json!({"entities": [{"name": both}, {"name": one}, {"name": "task:x"}]}),
+                    "axum" => {
+                        json!({"entities": [{"name": both}, {"name": one}, {"name": "task:x"}]})
+                    }
                     _ => json!({"entities": [{"name": both}]}),
                 })
             },
@@ -542,16 +563,25 @@ mod tests {
         assert_eq!(calls[0].1["metadata"]["why"]["intent"], "research");
         assert_eq!(calls[0].1["note"], format!("about {}", Uuid::from_u128(3)));
         assert_eq!(calls[1].1, json!({"query": "axum", "limit": 5}));
-        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![Uuid::from_u128(2), Uuid::from_u128(1)]);
         assert_eq!(
-            mapping.task_entries(&caller, Uuid::from_u128(3)).await.unwrap(),
+            hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![Uuid::from_u128(2), Uuid::from_u128(1)]
+        );
+        assert_eq!(
+            mapping
+                .task_entries(&caller, Uuid::from_u128(3))
+                .await
+                .unwrap(),
             None
         );
     }
 
     #[test]
     fn the_setting_is_the_graph_by_default_and_refuses_nonsense() {
-        assert_eq!(ToolMapping::parse(None).unwrap(), ToolMapping::KnowledgeGraph);
+        assert_eq!(
+            ToolMapping::parse(None).unwrap(),
+            ToolMapping::KnowledgeGraph
+        );
         assert_eq!(
             ToolMapping::parse(Some("knowledge-graph")).unwrap(),
             ToolMapping::KnowledgeGraph

@@ -409,15 +409,19 @@ fn memory_metrics(out: &mut String, health: &sparc_memory::MemoryHealth) {
         "sparc_memory_mcp_breaker_state",
         "The Memory MCP circuit breaker's state (1: current); no samples when no server is configured.",
         &if health.enabled {
-            [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen]
-                .iter()
-                .map(|state| {
-                    (
-                        format!("{{state=\"{}\"}}", state.as_str()),
-                        f64::from(u8::from(*state == health.state)),
-                    )
-                })
-                .collect::<Vec<_>>()
+            [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ]
+            .iter()
+            .map(|state| {
+                (
+                    format!("{{state=\"{}\"}}", state.as_str()),
+                    f64::from(u8::from(*state == health.state)),
+                )
+            })
+            .collect::<Vec<_>>()
         } else {
             Vec::new()
         },
@@ -429,7 +433,10 @@ fn memory_metrics(out: &mut String, health: &sparc_memory::MemoryHealth) {
         "Calls to the Memory MCP server through the breaker, by outcome.",
         &[
             ("{outcome=\"success\"}".to_owned(), calls.successes as f64),
-            ("{outcome=\"failure\"}".to_owned(), (calls.failures - calls.timeouts) as f64),
+            (
+                "{outcome=\"failure\"}".to_owned(),
+                (calls.failures - calls.timeouts) as f64,
+            ),
             ("{outcome=\"timeout\"}".to_owned(), calls.timeouts as f64),
             ("{outcome=\"rejected\"}".to_owned(), calls.rejections as f64),
         ],
@@ -451,8 +458,14 @@ fn memory_metrics(out: &mut String, health: &sparc_memory::MemoryHealth) {
         "sparc_memory_requests_total",
         "Memory requests, and those answered from the fallback.",
         &[
-            ("{answered=\"all\"}".to_owned(), health.requests.total_requests as f64),
-            ("{answered=\"fallback\"}".to_owned(), health.requests.fallback_requests as f64),
+            (
+                "{answered=\"all\"}".to_owned(),
+                health.requests.total_requests as f64,
+            ),
+            (
+                "{answered=\"fallback\"}".to_owned(),
+                health.requests.fallback_requests as f64,
+            ),
         ],
     );
 }

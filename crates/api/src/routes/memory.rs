@@ -530,8 +530,15 @@ async fn task_memories(
         task: TaskMemory {
             task_id,
             project_id: task.state.project_id,
-            skill_name: task.state.skill_name.as_ref().map(|s| s.as_str().to_owned()),
-            entries: rows.iter().filter_map(|r| MemoryResult::of(r, 1.0)).collect(),
+            skill_name: task
+                .state
+                .skill_name
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
+            entries: rows
+                .iter()
+                .filter_map(|r| MemoryResult::of(r, 1.0))
+                .collect(),
             total_entries: total,
         },
         related_tasks,
@@ -553,8 +560,8 @@ pub struct MemoryStats {
 /// The memory's health.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemoryHealthAnswer {
-    /// `healthy`, or `degraded` when the Memory MCP server is configured and not available, or
-    /// the fallback is not.
+    /// `healthy`, or `degraded` when a Memory MCP server is configured and is not connected
+    /// with the breaker closed, or the fallback is unavailable.
     pub status: &'static str,
     /// `CLOSED`, `OPEN` or `HALF_OPEN`.
     #[schema(schema_with = breaker_state)]
@@ -589,7 +596,8 @@ async fn memory_health(State(app): State<AppState>, _user: AuthUser) -> Json<Mem
     } else {
         0
     };
-    let mcp_ok = !health.enabled || health.mcp_available();
+    // Healthy: no server configured, or one connected with the breaker closed.
+    let mcp_ok = matches!(health.status(), "disabled" | "available");
     Json(MemoryHealthAnswer {
         status: if mcp_ok && fallback_available {
             "healthy"
@@ -664,8 +672,7 @@ mod tests {
     fn a_fallback_answer_warns_only_when_a_server_should_have_answered() {
         assert_eq!(warning(&Unavailable::Disabled), None);
         assert!(
-            warning(&Unavailable::BreakerOpen)
-                .is_some_and(|w| w.contains("circuit breaker open"))
+            warning(&Unavailable::BreakerOpen).is_some_and(|w| w.contains("circuit breaker open"))
         );
     }
 
