@@ -557,6 +557,13 @@ mod tests {
         };
         mapping.store(&caller, &record()).await.unwrap();
         let hits = mapping.search(&caller, "axum", 5).await.unwrap();
+        assert_eq!(
+            mapping
+                .task_entries(&caller, Uuid::from_u128(3))
+                .await
+                .unwrap(),
+            None
+        );
         let calls = caller.calls.lock().unwrap();
         assert_eq!(calls[0].0, "memory_store");
         assert_eq!(calls[0].1["key"], json!(Uuid::from_u128(1)));
@@ -566,13 +573,6 @@ mod tests {
         assert_eq!(
             hits.iter().map(|h| h.id).collect::<Vec<_>>(),
             vec![Uuid::from_u128(2), Uuid::from_u128(1)]
-        );
-        assert_eq!(
-            mapping
-                .task_entries(&caller, Uuid::from_u128(3))
-                .await
-                .unwrap(),
-            None
         );
     }
 
