@@ -595,7 +595,7 @@ mod tests {
     use super::*;
     use crate::error::ApiError;
     use crate::extract::parse_json_body;
-    use crate::routes::{admin_users, agents, auth, projects, tasks};
+    use crate::routes::{admin_users, agents, auth, memory, projects, tasks};
 
     /// Whether a schema's `type` is (or, nullable, includes) `kind`.
     fn has_type(schema: &Value, kind: &str) -> bool {
@@ -681,6 +681,8 @@ mod tests {
             auth::ProfileRequest,
             auth::ChangePasswordRequest,
             admin_users::UpdateUser,
+            memory::StoreMemory,
+            memory::SearchMemories,
         );
         assert!(problems.is_empty(), "{}", problems.join("\n"));
 
