@@ -869,3 +869,54 @@ both_backends!(
         );
     }
 );
+
+// ----- another server's tools, through configuration -----
+
+both_backends!(
+    a_server_with_memory_store_and_vector_search_tools_plugs_in_through_configuration,
+    |_: &mut sparc::config::Settings| {},
+    |app: TestApp| async move {
+        let Some(server) = MemoryServer::seed_style() else {
+            return;
+        };
+        let mut app = app;
+        let command = server.command();
+        app.restart_with(move |settings| {
+            settings.api.memory_mcp_command = Some(command);
+            settings.api.memory_mcp_tools = Some(
+                json!({
+                    "store": {"tool": "memory_store", "arguments": {"key": "{{id}}", "value": "{{content}}", "metadata": "{{metadata}}"}},
+                    "search": {"tool": "vector_search", "arguments": {"query": "{{query}}", "limit": "{{limit}}"}},
+                })
+                .to_string(),
+            );
+        })
+        .await;
+        let alice = app.user("alice").await;
+        until_connected(&app, &alice).await;
+        let stored = store(
+            &app,
+            &alice,
+            json!({"content": "vector search in the seed server", "intent": "research"}),
+        )
+        .await;
+        assert_eq!(stored["storage"], "memory_mcp", "{stored}");
+        store(
+            &app,
+            &alice,
+            json!({"content": "unrelated", "intent": "research"}),
+        )
+        .await;
+        let found = search(&app, &alice, json!({"query": "seed vector"})).await;
+        assert_eq!(found["source"], "memory_mcp", "{found}");
+        assert_eq!(result_ids(&found), vec![id_of(&stored)]);
+        assert_eq!(found["results"][0]["similarity_score"], 1.0);
+        // No task tool configured: a task's entries come from the read model.
+        let alice_task = task(&app, &alice, None).await;
+        let of_task = app
+            .get(&format!("/api/v1/memory/task/{alice_task}"), &alice.token)
+            .await;
+        assert_eq!(of_task.body["source"], "fallback");
+        assert!(of_task.body.get("warning").is_none(), "{}", of_task.body);
+    }
+);

@@ -58,6 +58,29 @@ rl.createInterface({ input: process.stdin }).on('line', l => {
 });
 "#;
 
+/// A server with the seed's flat tools, `memory_store {key, value, metadata}` and
+/// `vector_search {query, limit}` (hits `{key, score}`: the share of the query's words in the
+/// value), speaking just enough MCP; for the tool mapping given as configuration.
+const SEED_STYLE: &str = r#"import rl from 'node:readline';
+const out = o => process.stdout.write(JSON.stringify(o) + '\n');
+const stored = new Map();
+const answer = (id, value) => out({ jsonrpc: '2.0', id, result: { content: [{ type: 'text', text: JSON.stringify(value) }], structuredContent: value } });
+rl.createInterface({ input: process.stdin }).on('line', l => {
+  const m = JSON.parse(l); if (m.id === undefined) return;
+  if (m.method === 'initialize') return out({ jsonrpc: '2.0', id: m.id, result: { protocolVersion: '2025-11-25', capabilities: { tools: {} }, serverInfo: { name: 'seed', version: '0' } } });
+  if (m.method !== 'tools/call') return out({ jsonrpc: '2.0', id: m.id, error: { code: -32601, message: 'no such method' } });
+  const { name, arguments: a } = m.params;
+  if (name === 'memory_store') { stored.set(a.key, a.value); return answer(m.id, { success: true, key: a.key }); }
+  if (name === 'vector_search') {
+    const words = a.query.toLowerCase().split(/\W+/).filter(w => w);
+    const results = [...stored].map(([key, value]) => ({ key, score: words.filter(w => value.toLowerCase().includes(w)).length / words.length }))
+      .filter(r => r.score > 0).sort((x, y) => y.score - x.score).slice(0, a.limit);
+    return answer(m.id, { results });
+  }
+  out({ jsonrpc: '2.0', id: m.id, result: { content: [{ type: 'text', text: 'unknown tool ' + name }], isError: true } });
+});
+"#;
+
 /// A server's directory: its wrapper script, its data file, its pid and its `down` flag.
 #[derive(Debug)]
 pub struct MemoryServer {
@@ -118,6 +141,20 @@ impl MemoryServer {
             how.mode(),
             script.display()
         ));
+        Some(server)
+    }
+
+    /// A server with the seed's `memory_store` and `vector_search` tools, or `None` when node
+    /// is not installed.
+    pub fn seed_style() -> Option<Self> {
+        if !installed() {
+            return None;
+        }
+        let server = Self::in_new_dir();
+        let script = server.dir.join("seed.mjs");
+        std::fs::write(&script, SEED_STYLE)
+            .expect("the seed-style server's script should be written");
+        server.write_wrapper(&format!("exec node '{}'", script.display()));
         Some(server)
     }
 
