@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::memory_server::{MemoryServer, Misbehaviour, eventually};
+use sparc_tests::memory_server::{HttpMemoryServer, MemoryServer, Misbehaviour, eventually};
 use sparc_tests::{Backend, TestApp, TestUser, assert_422_at, both_backends, id_of};
 
 // ----- helpers -----
@@ -918,5 +918,47 @@ both_backends!(
             .await;
         assert_eq!(of_task.body["source"], "fallback");
         assert!(of_task.body.get("warning").is_none(), "{}", of_task.body);
+    }
+);
+
+// ----- streamable HTTP -----
+
+both_backends!(
+    a_server_reached_over_streamable_http_takes_stores_and_answers_searches,
+    |_: &mut sparc::config::Settings| {},
+    |app: TestApp| async move {
+        let Some(server) = HttpMemoryServer::start() else {
+            return;
+        };
+        let mut app = app;
+        let url = server.url.clone();
+        app.restart_with(move |settings| settings.api.memory_mcp_url = Some(url))
+            .await;
+        let alice = app.user("alice").await;
+        until_connected(&app, &alice).await;
+        let stored = store(
+            &app,
+            &alice,
+            json!({"content": "streamable http transport", "intent": "research"}),
+        )
+        .await;
+        assert_eq!(stored["storage"], "memory_mcp", "{stored}");
+        let found = search(&app, &alice, json!({"query": "streamable transport"})).await;
+        assert_eq!(found["source"], "memory_mcp", "{found}");
+        assert_eq!(result_ids(&found), vec![id_of(&stored)]);
+        // Gone: the breaker opens and the fallback answers.
+        drop(server);
+        for n in 0..3 {
+            let stored = store(
+                &app,
+                &alice,
+                json!({"content": format!("after {n}"), "intent": "testing"}),
+            )
+            .await;
+            assert_eq!(stored["storage"], "fallback", "{stored}");
+        }
+        let found = search(&app, &alice, json!({"query": "streamable"})).await;
+        assert_eq!(found["source"], "fallback", "{found}");
+        assert_eq!(result_ids(&found), vec![id_of(&stored)]);
     }
 );

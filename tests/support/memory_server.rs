@@ -230,6 +230,55 @@ impl MemoryServer {
     }
 }
 
+/// A Memory MCP server over streamable HTTP (`tools/memory-server/http-server.mjs`: the
+/// knowledge-graph tools through the SDK's HTTP transport), killed when dropped.
+#[derive(Debug)]
+pub struct HttpMemoryServer {
+    child: std::process::Child,
+    /// `SPARC_MEMORY_MCP_URL` for it.
+    pub url: String,
+}
+
+impl Drop for HttpMemoryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HttpMemoryServer {
+    /// Starts it on a free port, or `None` (after saying so) when node or the package is
+    /// missing.
+    pub fn start() -> Option<Self> {
+        use std::io::BufRead as _;
+        if !installed() {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/memory-server/http-server.mjs");
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node should start the HTTP memory server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("its stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the HTTP memory server should say it listens");
+        assert_eq!(line.trim(), "listening");
+        Some(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        })
+    }
+}
+
 /// Polls `check` every 100 ms until it holds or `limit` passes; whether it held.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
