@@ -87,11 +87,6 @@ impl Scope {
     }
 }
 
-/// One entry by id.
-pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Memory>>, sqlx::Error> {
-    state_table::get(db, &id.to_string()).await
-}
-
 /// The entries with these ids that `reach` sees, in no particular order.
 pub async fn by_ids(
     db: &Database,
