@@ -169,7 +169,10 @@ export interface paths {
         /**
          * An agent reports a run: `running` starts or claims an execution, a final status finishes
          *     it; the agent's status follows (running→busy, success→idle, failed/timeout→error,
-         *     cancelled→idle).
+         *     cancelled→idle). A finished run is also stored as a memory entry of the task (its output or
+         *     error, at most 4,000 characters each). `stored_in_memory_mcp`: the Memory MCP server took
+         *     that entry (otherwise it is in the fallback, to be synced); `broadcasted`: the agent's change
+         *     reached the read model and so the outbox, from which it goes out to WebSocket clients.
          */
         post: operations["report_activity"];
         delete?: never;
@@ -436,6 +439,105 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/memory/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The circuit breaker's state and counters, whether the server and the fallback are
+         *     available, and how many entries await the server.
+         */
+        get: operations["memory_health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/memory/projects/{project_id}/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The project's entries (those the caller sees) by intent and by agent, and the newest ten. */
+        get: operations["project_summary"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/memory/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Searches the caller's entries (admins and auditors: everyone's), best first: through the
+         *     Memory MCP server when it is up, else full-text search of the read model (PostgreSQL
+         *     `tsvector`, SQLite FTS5), with `similarity_score` in 0..1.
+         */
+        post: operations["search_memories"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/memory/store": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stores an entry: in the Memory MCP server if it is up (`storage: "memory_mcp"`), and in the
+         *     log in any case, so the fallback has it (`storage: "fallback"`, `status: "degraded"` and a
+         *     warning when the server should have taken it; it is pushed there once it is back).
+         */
+        post: operations["store_memory"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/memory/task/{task_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A task's entries (those the caller sees), newest first, and with `include_related` the
+         *     other tasks of its project that have entries.
+         */
+        get: operations["task_memories"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects": {
         parameters: {
             query?: never;
@@ -619,8 +721,8 @@ export interface paths {
         /**
          * Prometheus text exposition of the HTTP traffic (requests and latency by method, route and
          *     status), this instance's commands (by aggregate, command and outcome) and the events they
-         *     recorded (by aggregate and type), the log's size, each projection's position and lag, and
-         *     WebSocket connections and messages.
+         *     recorded (by aggregate and type), the log's size, each projection's position and lag,
+         *     WebSocket connections and messages, and the Memory MCP circuit breaker.
          */
         get: operations["metrics"];
         put?: never;
@@ -982,6 +1084,66 @@ export interface components {
         LoginResponse: components["schemas"]["TokenPair"] & {
             user: components["schemas"]["UserResource"];
         };
+        /** @description The memory's health. */
+        MemoryHealthAnswer: {
+            /** @enum {string} */
+            circuit_breaker_state: "CLOSED" | "OPEN" | "HALF_OPEN";
+            fallback_available: boolean;
+            /** @description When the server was last called (`null`: never). */
+            last_check?: string | null;
+            mcp_available: boolean;
+            /**
+             * Format: int64
+             * @description Entries the server has yet to be given (0 without a server).
+             */
+            pending_sync: number;
+            stats: components["schemas"]["MemoryStats"];
+            /**
+             * @description `healthy`, or `degraded` when a Memory MCP server is configured and is not connected
+             *     with the breaker closed, or the fallback is unavailable.
+             */
+            status: string;
+        };
+        /** @description A memory entry as the endpoints show it. */
+        MemoryResult: {
+            content: string;
+            created_at?: string | null;
+            /** Format: uuid */
+            id: string;
+            /** @description WHO/WHEN/PROJECT/WHY tags and the writer's `additional_metadata`. */
+            metadata: Record<string, never>;
+            /**
+             * Format: double
+             * @description 0..1, higher is better (1 outside searches).
+             */
+            similarity_score: number;
+            /** Format: uuid */
+            task_id?: string | null;
+        };
+        /** @description The counters of `/memory/health`. */
+        MemoryStats: {
+            /** Format: int64 */
+            circuit_opens: number;
+            /** Format: int64 */
+            failed_requests: number;
+            /** Format: int64 */
+            fallback_requests: number;
+            /** Format: int64 */
+            total_requests: number;
+        };
+        /** @description The answer to a store. */
+        MemoryStored: {
+            /** Format: uuid */
+            id: string;
+            metadata: Record<string, never>;
+            /** @description `success`, or `degraded` when the Memory MCP server should have taken it and did not. */
+            status: string;
+            /** @description `memory_mcp` or `fallback`. */
+            storage: string;
+            /** Format: uuid */
+            task_id?: string | null;
+            warning?: string | null;
+        };
         /** @description `{"message": …}` answers. */
         Message: {
             message: string;
@@ -1041,6 +1203,23 @@ export interface components {
         /** @description A page of projects. */
         ProjectList: components["schemas"]["PageInfo"] & {
             projects: components["schemas"]["ProjectResource"][];
+        };
+        /** @description A project's entries at a glance. */
+        ProjectMemorySummary: {
+            /** @description Entries per agent id (`none`: written by no agent). */
+            by_agent: {
+                [key: string]: number;
+            };
+            /** @description Entries per intent. */
+            by_intent: {
+                [key: string]: number;
+            };
+            /** Format: uuid */
+            project_id: string;
+            /** @description The newest ten. */
+            recent: components["schemas"]["MemoryResult"][];
+            /** Format: int64 */
+            total_entries: number;
         };
         /** @description A project. */
         ProjectResource: {
@@ -1126,6 +1305,13 @@ export interface components {
             /** @description 3..50 of letters, digits, `_` and `-`. */
             username: string;
         };
+        /** @description Another task of the same project with entries. */
+        RelatedTask: {
+            /** Format: int64 */
+            entries: number;
+            /** Format: uuid */
+            task_id: string;
+        };
         /** @description What a retry did. */
         RetryOutcome: {
             /**
@@ -1147,6 +1333,34 @@ export interface components {
              */
             position?: number | null;
         };
+        /** @description Search results. */
+        SearchAnswer: {
+            query: string;
+            results: components["schemas"]["MemoryResult"][];
+            /** Format: double */
+            search_time_ms: number;
+            /** @description `memory_mcp` or `fallback`. */
+            source: string;
+            total_results: number;
+            warning?: string | null;
+        };
+        /** @description A search. */
+        SearchMemories: {
+            /**
+             * Format: int64
+             * @description 1..50, default 10.
+             */
+            limit?: number | null;
+            /**
+             * Format: uuid
+             * @description Only this project's entries (a project the caller may read).
+             */
+            project_id?: string | null;
+            /** @description 1..1000 characters. */
+            query: string;
+            /** @enum {string} */
+            task_type?: "implementation" | "bugfix" | "refactor" | "testing" | "documentation" | "analysis" | "planning" | "research";
+        };
         /** @description A live session. */
         SessionResource: {
             created_at: string;
@@ -1159,6 +1373,28 @@ export interface components {
             last_used_at: string;
             user_agent?: string | null;
         };
+        /** @description A new entry. */
+        StoreMemory: {
+            /**
+             * @description A JSON object, kept with the entry (`description` becomes WHY's description, `agent_id`
+             *     WHO's agent).
+             */
+            additional_metadata?: Record<string, never> | null;
+            /** @description 1..65,536 characters. */
+            content: string;
+            /** @enum {string} */
+            intent: "implementation" | "bugfix" | "refactor" | "testing" | "documentation" | "analysis" | "planning" | "research";
+            /**
+             * Format: uuid
+             * @description A project of the caller's; taken from the task when only the task is given.
+             */
+            project_id?: string | null;
+            /**
+             * Format: uuid
+             * @description A task of the caller's (admins: anyone's); the entry then belongs to the task's owner.
+             */
+            task_id?: string | null;
+        };
         /** @description The answer to a deletion. */
         TaskDeleted: {
             message: string;
@@ -1169,6 +1405,26 @@ export interface components {
         /** @description A page of tasks. */
         TaskList: components["schemas"]["PageInfo"] & {
             tasks: components["schemas"]["TaskResource"][];
+        };
+        /** @description A task's entries. */
+        TaskMemory: {
+            /** @description Newest first, at most 100. */
+            entries: components["schemas"]["MemoryResult"][];
+            /** Format: uuid */
+            project_id?: string | null;
+            skill_name?: string | null;
+            /** Format: uuid */
+            task_id: string;
+            /** Format: int64 */
+            total_entries: number;
+        };
+        /** @description The answer of `GET /memory/task/{task_id}`. */
+        TaskMemoryAnswer: {
+            related_tasks: components["schemas"]["RelatedTask"][];
+            /** @description `memory_mcp` or `fallback`. */
+            source: string;
+            task: components["schemas"]["TaskMemory"];
+            warning?: string | null;
         };
         /** @description A scheduled task. */
         TaskResource: {
@@ -4029,6 +4285,431 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Alive"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    memory_health: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemoryHealthAnswer"];
+                };
+            };
+            /** @description Missing, invalid or expired access token, or ended session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    project_summary: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectMemorySummary"];
+                };
+            };
+            /** @description Missing, invalid or expired access token, or ended session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Another user's project; Not the caller's resource, or not the caller's role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Project not found; Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Invalid fields or parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationError"];
+                };
+            };
+            /** @description Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+        };
+    };
+    search_memories: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SearchMemories"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchAnswer"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Missing, invalid or expired access token, or ended session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description The project is another user's */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Project not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Body over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Body not sent as application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Invalid fields; Invalid fields or parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationError"];
+                };
+            };
+            /** @description Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+            /** @description Overloaded: the request could not be done before its deadline, or too many wait for the same resource; nothing was changed; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    store_memory: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StoreMemory"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemoryStored"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Missing, invalid or expired access token, or ended session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description The task or project is another user's */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Task or project not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Body over 1 MiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Body not sent as application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Invalid fields; Invalid fields or parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationError"];
+                };
+            };
+            /** @description Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
+                };
+            };
+            /** @description Overloaded: the request could not be done before its deadline, or too many wait for the same resource; nothing was changed; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    task_memories: {
+        parameters: {
+            query?: {
+                /** @description List the other tasks of the task's project that have entries (default true). */
+                include_related?: boolean;
+            };
+            header?: never;
+            path: {
+                task_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskMemoryAnswer"];
+                };
+            };
+            /** @description Missing, invalid or expired access token, or ended session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Another user's task; Not the caller's resource, or not the caller's role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Task not found; Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Invalid fields or parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationError"];
+                };
+            };
+            /** @description Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
                 };
             };
             /** @description Internal error: the body carries only the request id */
