@@ -47,6 +47,16 @@ serve() { # [memory command]
 	wait_ready "http://$LISTEN/api/v1/readiness" "$WORK/serve.log"
 }
 stop_serve() { kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; }
+# Until the service reaches its Memory MCP server (the child's start takes a moment, and calls
+# before it are answered from the fallback).
+wait_available() {
+	for _ in $(seq 1 300); do
+		[ "$(curl -fsS "http://$LISTEN/api/v1/health" | jq -r .memory_mcp)" = available ] && return
+		sleep 0.1
+	done
+	echo "the Memory MCP server never became available" >&2
+	exit 1
+}
 load() { "$LOAD_BIN" --api "http://$LISTEN" --connections "$CONNECTIONS" --seconds "$DURATION" "$@"; }
 
 echo "== 1. fallback only: $ENTRIES stores, ${DURATION}s of searches, $CONNECTIONS clients"
@@ -59,6 +69,7 @@ echo "== 2. through the Memory MCP server: the same"
 recreate_database
 rm -f "$WORK/memory.jsonl"
 serve "sh $WORK/run.sh"
+wait_available
 load --entries "$ENTRIES" store-search
 stop_serve
 
