@@ -103,8 +103,9 @@ pub struct CommandBus {
     metrics: CommandMetrics,
 }
 
-/// Streams of one aggregate type whose last committed state a lane keeps at most.
-const RECENT_STREAMS: usize = 1024;
+/// Streams of one aggregate type whose last committed state a lane keeps at most: enough for
+/// the hot ones, and a bound on the memory (a task's state may carry 64 KiB of params).
+const RECENT_STREAMS: usize = 256;
 
 /// The commands of one aggregate type: its event store, the queues of its streams, and the
 /// state of the streams it committed to lately, which the next batch on such a stream brings
@@ -379,7 +380,11 @@ async fn decide_batch<A: Routed>(lane: &Lane<A>, id: &str, mut batch: Vec<Queued
             Ok(context) => context,
             Err(error) => return fail_all(batch, &error.to_string()),
         };
-        let (decided, events) = decide_each(&context, batch).await;
+        let Decided {
+            answers: decided,
+            events,
+            state,
+        } = decide_each(&context, batch).await;
         if events.is_empty() {
             lane.keep(context);
             return answer_all(decided);
@@ -389,11 +394,6 @@ async fn decide_batch<A: Routed>(lane: &Lane<A>, id: &str, mut batch: Vec<Queued
             .filter(|(_, answer)| answer.as_ref().is_ok_and(|done| !done.events.is_empty()))
             .filter_map(|(queued, _)| queued.deadline)
             .min();
-        let state = decided
-            .iter()
-            .rev()
-            .find_map(|(_, answer)| answer.as_ref().ok().map(|done| done.state.clone()))
-            .unwrap_or_else(|| context.aggregate.clone());
         let mut context = EventStoreAggregateContext {
             aggregate: state,
             ..context
@@ -453,16 +453,22 @@ async fn decide_batch<A: Routed>(lane: &Lane<A>, id: &str, mut batch: Vec<Queued
     }
 }
 
+/// What a batch's commands decided, before it commits.
+struct Decided<A: Routed> {
+    /// Each command with its answer, if the events commit.
+    answers: Vec<(Queued<A>, Answer<A>)>,
+    /// The events, each with its command's metadata.
+    events: Vec<(A::Event, HashMap<String, String>)>,
+    /// The stream's state after them.
+    state: A,
+}
+
 /// Decides each command of `batch` in order on the state of `context` and the events decided
-/// before it. Returns each command with its answer if the events commit, and the events with
-/// their commands' metadata. A command past its deadline is refused at once, undecided.
+/// before it. A command past its deadline is refused at once, undecided.
 async fn decide_each<A: Routed>(
     context: &EventStoreAggregateContext<A>,
     batch: Vec<Queued<A>>,
-) -> (
-    Vec<(Queued<A>, Answer<A>)>,
-    Vec<(A::Event, HashMap<String, String>)>,
-) {
+) -> Decided<A> {
     let now = Instant::now();
     let mut state = context.aggregate.clone();
     let mut version = context.current_sequence;
@@ -501,7 +507,11 @@ async fn decide_each<A: Routed>(
         };
         decided.push((queued, answer));
     }
-    (decided, events)
+    Decided {
+        answers: decided,
+        events,
+        state,
+    }
 }
 
 fn answer_all<A: Routed>(decided: Vec<(Queued<A>, Answer<A>)>) {
