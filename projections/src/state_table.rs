@@ -404,31 +404,43 @@ pub async fn select<A: Indexed>(
     select_with_totals(db, selection, None).await
 }
 
+/// `selection`'s condition (`1 = 1` when empty).
+fn filter_of(selection: &Selection) -> &str {
+    if selection.filter.is_empty() {
+        "1 = 1"
+    } else {
+        &selection.filter
+    }
+}
+
+/// The statement selecting `columns` of `selection`'s page of `table`, and its parameters (the
+/// selection's, then the limit and offset).
+fn page_query(table: &str, columns: &str, selection: &Selection) -> (String, Vec<SqlValue>) {
+    let n = selection.params.len();
+    let order = if selection.order_by.is_empty() {
+        "id"
+    } else {
+        &selection.order_by
+    };
+    let sql = format!(
+        "SELECT {columns} FROM {table} WHERE {} ORDER BY {order} LIMIT ${} OFFSET ${}",
+        filter_of(selection),
+        n + 1,
+        n + 2,
+    );
+    let mut params = selection.params.clone();
+    params.push(SqlValue::Int(Some(selection.limit)));
+    params.push(SqlValue::Int(Some(selection.offset)));
+    (sql, params)
+}
+
 /// The rows of `selection`'s page alone, without a total (cursor paging, and lists that show
 /// no count).
 pub async fn select_page<A: Indexed>(
     db: &Database,
     selection: &Selection,
 ) -> Result<Vec<Row<A>>, sqlx::Error> {
-    let sql = format!(
-        "SELECT version, body FROM {table} WHERE {filter} ORDER BY {order} LIMIT ${limit} OFFSET ${offset}",
-        table = A::TABLE,
-        filter = if selection.filter.is_empty() {
-            "1 = 1"
-        } else {
-            selection.filter.as_str()
-        },
-        order = if selection.order_by.is_empty() {
-            "id"
-        } else {
-            selection.order_by.as_str()
-        },
-        limit = selection.params.len() + 1,
-        offset = selection.params.len() + 2,
-    );
-    let mut params = selection.params.clone();
-    params.push(SqlValue::Int(Some(selection.limit)));
-    params.push(SqlValue::Int(Some(selection.offset)));
+    let (sql, params) = page_query(A::TABLE, "version, body", selection);
     let rows: Vec<(i64, String)> =
         on_db!(db, pool => bind_all!(sqlx::query_as(&sql), &params).fetch_all(pool).await?);
     rows.into_iter()
@@ -448,28 +460,16 @@ pub async fn select_with_totals<A: Indexed>(
     selection: &Selection,
     totals: Option<&Totals>,
 ) -> Result<(Vec<Row<A>>, i64), sqlx::Error> {
-    let filter = if selection.filter.is_empty() {
-        "1 = 1"
-    } else {
-        selection.filter.as_str()
-    };
-    let n = selection.params.len();
+    let filter = filter_of(selection);
     // The checkpoint is read by the same statement as the page: the generation of that page.
-    let page_sql = format!(
-        "SELECT version, body, (SELECT position FROM checkpoints WHERE name = '{table}') \
-         FROM {table} WHERE {filter} ORDER BY {} LIMIT ${} OFFSET ${}",
-        if selection.order_by.is_empty() {
-            "id"
-        } else {
-            selection.order_by.as_str()
-        },
-        n + 1,
-        n + 2,
-        table = A::TABLE,
+    let (page_sql, page) = page_query(
+        A::TABLE,
+        &format!(
+            "version, body, (SELECT position FROM checkpoints WHERE name = '{}')",
+            A::TABLE
+        ),
+        selection,
     );
-    let mut page = selection.params.clone();
-    page.push(SqlValue::Int(Some(selection.limit)));
-    page.push(SqlValue::Int(Some(selection.offset)));
     let rows: Vec<(i64, String, Option<i64>)> =
         on_db!(db, pool => bind_all!(sqlx::query_as(&page_sql), &page).fetch_all(pool).await?);
     // Only a page with rows carries the generation; an empty one is counted every time.
