@@ -604,6 +604,7 @@ both_backends!(
                     params: json!({}),
                     status: TaskStatus::Pending,
                     project_id: Some(project.parse().expect("a uuid")),
+                    run: sparc_domain::task::RunPolicy::default(),
                     at: chrono::Utc::now(),
                 },
                 &EventMetadata::new(alice.id.clone(), uuid::Uuid::now_v7().to_string()),

@@ -82,6 +82,7 @@ pub async fn create_task(
         params: params(n),
         status: TaskStatus::Pending,
         project_id: Some(writer.project_id),
+        run: sparc_domain::task::RunPolicy::default(),
         at: Utc::now(),
     };
     bus.create::<Task>(&task_id.to_string(), command, &metadata(writer))
@@ -105,6 +106,7 @@ pub fn event_row(template: &Template, writer: &Writer, n: u64) -> (String, Value
         status: TaskStatus::Pending,
         project_id: Some(writer.project_id),
         next_run_at: template.cron.next_after(at, &template.timezone),
+        run: sparc_domain::task::RunPolicy::default(),
         at,
     };
     let payload = serde_json::to_value(event).unwrap_or(Value::Null);

@@ -11,8 +11,15 @@ use crate::state_table::{self, Indexed, Row, Selection};
 
 impl Indexed for Execution {
     const TABLE: &'static str = "executions";
-    const COLUMNS: &'static [&'static str] =
-        &["task_id", "user_id", "agent_id", "status", "started_at"];
+    const COLUMNS: &'static [&'static str] = &[
+        "task_id",
+        "user_id",
+        "agent_id",
+        "status",
+        "started_at",
+        "skill_name",
+        "deadline",
+    ];
 
     fn columns(&self) -> Vec<SqlValue> {
         vec![
@@ -21,6 +28,8 @@ impl Indexed for Execution {
             SqlValue::Text(self.agent_id.map(|a| a.to_string())),
             SqlValue::Text(Some(self.status.as_str().to_owned())),
             self.started_at.into(),
+            SqlValue::Text(self.skill_name.as_ref().map(|s| s.to_string())),
+            self.deadline().into(),
         ]
     }
 
@@ -162,6 +171,62 @@ pub async fn activity(
             params,
             order_by: "started_at DESC, id DESC".to_owned(),
             limit: query.limit,
+            offset: 0,
+        },
+    )
+    .await
+}
+
+/// The oldest runs no agent has taken yet, of any of `skills` (`None`: of any skill), oldest
+/// first: the jobs an agent with those capabilities may claim.
+pub async fn unclaimed(
+    db: &Database,
+    skills: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<Row<Execution>>, sqlx::Error> {
+    let mut filter = "agent_id IS NULL AND status = 'running'".to_owned();
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(skills) = skills {
+        if skills.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = skills
+            .iter()
+            .map(|skill| {
+                params.push(skill.clone().into());
+                format!("${}", params.len())
+            })
+            .collect();
+        filter.push_str(&format!(" AND skill_name IN ({})", placeholders.join(", ")));
+    } else {
+        filter.push_str(" AND skill_name IS NOT NULL");
+    }
+    state_table::select_page(
+        db,
+        &Selection {
+            filter,
+            params,
+            order_by: "started_at ASC, id ASC".to_owned(),
+            limit,
+            offset: 0,
+        },
+    )
+    .await
+}
+
+/// Runs still `running` whose deadline is at or before `now`, oldest deadline first.
+pub async fn overdue(
+    db: &Database,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Row<Execution>>, sqlx::Error> {
+    state_table::select_page(
+        db,
+        &Selection {
+            filter: "status = 'running' AND deadline <= $1".to_owned(),
+            params: vec![Some(now).into()],
+            order_by: "deadline ASC".to_owned(),
+            limit,
             offset: 0,
         },
     )

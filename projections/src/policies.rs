@@ -16,6 +16,66 @@ use crate::runner::{Projection, ProjectionError};
 pub trait TaskCommands: Send + Sync {
     /// Soft-deletes a task because of `cause` (its metadata becomes the causation).
     async fn delete_task(&self, task_id: Uuid, cause: &RecordedEvent) -> Result<(), String>;
+
+    /// Records on its task that the finished execution `execution_id` is over (a no-op once
+    /// recorded).
+    async fn finish_task_run(
+        &self,
+        execution_id: Uuid,
+        cause: &RecordedEvent,
+    ) -> Result<(), String>;
+
+    /// Cancels the runs of a deleted task that no agent has taken (a no-op once cancelled).
+    async fn cancel_waiting_runs(&self, task_id: Uuid, cause: &RecordedEvent)
+    -> Result<(), String>;
+}
+
+/// Every run ends on its task, and no deleted task's job waits: an `ExecutionFinished`
+/// (reported by an agent, timed out by a scheduler, cancelled) finishes the run on its task,
+/// so a crash between the two commands never leaves a task `running` behind a finished run;
+/// a `TaskDeleted` cancels the task's runs still waiting for an agent.
+pub struct RunCompletion {
+    commands: Arc<dyn TaskCommands>,
+}
+
+impl RunCompletion {
+    /// The policy, issuing its commands through `commands`.
+    pub fn new(commands: Arc<dyn TaskCommands>) -> Self {
+        Self { commands }
+    }
+}
+
+#[async_trait]
+impl Projection for RunCompletion {
+    fn name(&self) -> &str {
+        "policy_run_completion"
+    }
+
+    fn reacts(&self) -> bool {
+        true
+    }
+
+    fn concerns(&self, event: &RecordedEvent) -> bool {
+        matches!(
+            (event.aggregate_type.as_str(), event.event_type.as_str()),
+            ("Execution", "ExecutionFinished") | ("Task", "TaskDeleted")
+        )
+    }
+
+    async fn react(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        for event in events.iter().filter(|e| self.concerns(e)) {
+            let id: Uuid = event.aggregate_id.parse().map_err(|_| {
+                ProjectionError::Command(format!("{} is not a uuid", event.aggregate_id))
+            })?;
+            let done = if event.aggregate_type == "Execution" {
+                self.commands.finish_task_run(id, event).await
+            } else {
+                self.commands.cancel_waiting_runs(id, event).await
+            };
+            done.map_err(ProjectionError::Command)?;
+        }
+        Ok(())
+    }
 }
 
 /// Deleting a project deletes every one of its tasks, each through its own `TaskDeleted`; and a

@@ -28,6 +28,7 @@ async fn schedule_tasks(db: &Database, count: usize) {
             params: json!({}),
             status: TaskStatus::Pending,
             project_id: None,
+            run: sparc_domain::task::RunPolicy::default(),
             at: chrono::Utc::now(),
         };
         commands

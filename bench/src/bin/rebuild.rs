@@ -136,6 +136,7 @@ fn generate(args: &Args) -> Vec<Row> {
                 status: TaskStatus::Pending,
                 project_id: Some(project),
                 next_run_at: Some(t0 + Duration::minutes(15)),
+                run: sparc_domain::task::RunPolicy::default(),
                 at: t0,
             },
         ));
@@ -194,6 +195,8 @@ fn generate(args: &Args) -> Vec<Row> {
                 task_id: *task_id,
                 user_id: *owner,
                 agent_id: Some(*agent),
+                skill_name: None,
+                timeout_seconds: Default::default(),
                 scheduled_for: at,
                 at,
             },

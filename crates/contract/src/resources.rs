@@ -153,6 +153,42 @@ impl From<&Execution> for ExecutionResource {
     }
 }
 
+/// A run handed to an agent: claimed by it when it was answered.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobResource {
+    pub execution_id: Uuid,
+    pub task_id: Uuid,
+    pub skill_name: String,
+    /// The task's parameters when the job was claimed.
+    #[schema(value_type = Object)]
+    pub params: Value,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// The run becomes `timeout` this long after it started.
+    pub timeout_seconds: u32,
+    /// Which hand-out of the run this is; runs are never handed out again, so always 1.
+    pub attempt: u32,
+}
+
+impl JobResource {
+    /// The job of `execution`, a run of a task whose parameters are `params`.
+    pub fn new(execution: &Execution, params: Value) -> Self {
+        Self {
+            execution_id: execution.id,
+            task_id: execution.task_id,
+            skill_name: execution
+                .skill_name
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            params,
+            scheduled_for: execution.scheduled_for,
+            timeout_seconds: execution.timeout_seconds.get(),
+            attempt: 1,
+        }
+    }
+}
+
 /// A scheduled task.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TaskResource {
@@ -176,6 +212,14 @@ pub struct TaskResource {
     pub last_run_at: Option<DateTime<Utc>>,
     pub run_count: u64,
     pub error_count: u64,
+    /// Seconds a run may take before it becomes `timeout`.
+    pub timeout_seconds: u32,
+    /// `skip` or `allow`: what a slot does while a run is still going.
+    pub overlap: String,
+    /// `once` or `none`: whether slots missed while no scheduler ran fire on recovery.
+    pub catch_up: String,
+    /// The agent on the running or the last run, once one took it.
+    pub assignee: Option<Uuid>,
     /// The aggregate's version (also the `ETag`).
     pub version: i64,
     /// The last 10 executions, newest first (detail only).
@@ -209,6 +253,10 @@ impl TaskResource {
             last_run_at: task.last_run_at,
             run_count: task.run_count,
             error_count: task.error_count,
+            timeout_seconds: task.run.timeout_seconds.get(),
+            overlap: task.run.overlap.as_str().to_owned(),
+            catch_up: task.run.catch_up.as_str().to_owned(),
+            assignee: task.assignee,
             version,
             execution_results: None,
         }

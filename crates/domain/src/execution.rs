@@ -6,7 +6,8 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::values::{Timestamp, text_enum};
+use crate::task::Task;
+use crate::values::{SkillName, TimeoutSeconds, Timestamp, text_enum};
 use crate::{DomainError, ErrorKind};
 
 /// Where a run is.
@@ -58,16 +59,25 @@ pub enum ExecutionCommand {
         user_id: Uuid,
         /// The agent already running it, if known.
         agent_id: Option<Uuid>,
+        /// The skill it runs, which decides the agents that may take it.
+        skill_name: Option<SkillName>,
+        /// How long it may take.
+        timeout_seconds: TimeoutSeconds,
         /// The slot it runs for.
         scheduled_for: Timestamp,
         /// Decision time.
         at: Timestamp,
     },
-    /// An agent reports it runs this execution.
+    /// An agent takes this execution; one that another agent took is refused.
     Claim {
         /// The agent.
         agent_id: Uuid,
         /// Decision time.
+        at: Timestamp,
+    },
+    /// The run passed its deadline without finishing (the scheduler's sweep).
+    TimeOut {
+        /// Decision time, at or after the deadline.
         at: Timestamp,
     },
     /// The run is over.
@@ -87,6 +97,29 @@ pub enum ExecutionCommand {
     },
 }
 
+impl ExecutionCommand {
+    /// Start the run `execution_id` that `task` just fired for `scheduled_for`, with the
+    /// task's skill and time limit.
+    pub fn start_of(
+        task: &Task,
+        execution_id: Uuid,
+        agent_id: Option<Uuid>,
+        scheduled_for: Timestamp,
+        at: Timestamp,
+    ) -> Self {
+        ExecutionCommand::Start {
+            execution_id,
+            task_id: task.id,
+            user_id: task.user_id,
+            agent_id,
+            skill_name: task.skill_name.clone(),
+            timeout_seconds: task.run.timeout_seconds,
+            scheduled_for,
+            at,
+        }
+    }
+}
+
 /// What happened to an execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ExecutionEvent {
@@ -100,6 +133,12 @@ pub enum ExecutionEvent {
         user_id: Uuid,
         /// The agent, if known.
         agent_id: Option<Uuid>,
+        /// The skill (absent from events recorded before runs were dispatched).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skill_name: Option<SkillName>,
+        /// Its time limit (events recorded before it was kept have the default).
+        #[serde(default)]
+        timeout_seconds: TimeoutSeconds,
         /// The slot.
         scheduled_for: Timestamp,
         /// When.
@@ -159,13 +198,22 @@ pub enum ExecutionError {
     /// A finish with status running.
     #[error("a finished execution needs a final status")]
     StatusNotFinal,
+    /// A claim of a run another agent took.
+    #[error("execution was claimed by another agent")]
+    ClaimedByAnother,
+    /// A time-out before the deadline.
+    #[error("execution has not reached its deadline")]
+    NotOverdue,
 }
 
 impl DomainError for ExecutionError {
     fn kind(&self) -> ErrorKind {
         match self {
             ExecutionError::NotFound => ErrorKind::NotFound,
-            ExecutionError::AlreadyStarted | ExecutionError::AlreadyFinished => ErrorKind::Conflict,
+            ExecutionError::AlreadyStarted
+            | ExecutionError::AlreadyFinished
+            | ExecutionError::ClaimedByAnother
+            | ExecutionError::NotOverdue => ErrorKind::Conflict,
             ExecutionError::StatusNotFinal => ErrorKind::Invalid,
         }
     }
@@ -184,6 +232,12 @@ pub struct Execution {
     pub user_id: Uuid,
     /// The agent running it.
     pub agent_id: Option<Uuid>,
+    /// The skill it runs.
+    #[serde(default)]
+    pub skill_name: Option<SkillName>,
+    /// Its time limit.
+    #[serde(default)]
+    pub timeout_seconds: TimeoutSeconds,
     /// The slot.
     pub scheduled_for: Option<Timestamp>,
     /// Start time.
@@ -219,6 +273,8 @@ impl Aggregate for Execution {
                 task_id,
                 user_id,
                 agent_id,
+                skill_name,
+                timeout_seconds,
                 scheduled_for,
                 at,
             } => {
@@ -230,16 +286,37 @@ impl Aggregate for Execution {
                     task_id,
                     user_id,
                     agent_id,
+                    skill_name,
+                    timeout_seconds,
                     scheduled_for,
                     at,
                 }
             }
             ExecutionCommand::Claim { agent_id, at } => {
                 self.running()?;
-                if self.agent_id == Some(agent_id) {
-                    return Ok(());
+                match self.agent_id {
+                    Some(current) if current == agent_id => return Ok(()),
+                    Some(_) => return Err(ExecutionError::ClaimedByAnother),
+                    None => ExecutionEvent::ExecutionClaimed { agent_id, at },
                 }
-                ExecutionEvent::ExecutionClaimed { agent_id, at }
+            }
+            ExecutionCommand::TimeOut { at } => {
+                self.running()?;
+                if self.deadline().is_none_or(|deadline| at < deadline) {
+                    return Err(ExecutionError::NotOverdue);
+                }
+                let limit = self.timeout_seconds.get();
+                ExecutionEvent::ExecutionFinished {
+                    agent_id: self.agent_id,
+                    status: ExecutionStatus::Timeout,
+                    output: None,
+                    error: Some(match self.agent_id {
+                        Some(_) => format!("not finished within {limit} s"),
+                        None => format!("no agent took the run within {limit} s"),
+                    }),
+                    duration_ms: self.measured_until(at),
+                    at,
+                }
             }
             ExecutionCommand::Finish {
                 agent_id,
@@ -253,10 +330,7 @@ impl Aggregate for Execution {
                 if !status.is_final() {
                     return Err(ExecutionError::StatusNotFinal);
                 }
-                let measured = self
-                    .started_at
-                    .map(|start| (at - start).num_milliseconds().max(0) as u64)
-                    .unwrap_or(0);
+                let measured = self.measured_until(at);
                 ExecutionEvent::ExecutionFinished {
                     agent_id: agent_id.or(self.agent_id),
                     status,
@@ -278,6 +352,8 @@ impl Aggregate for Execution {
                 task_id,
                 user_id,
                 agent_id,
+                skill_name,
+                timeout_seconds,
                 scheduled_for,
                 at,
             } => {
@@ -287,6 +363,8 @@ impl Aggregate for Execution {
                     task_id,
                     user_id,
                     agent_id,
+                    skill_name,
+                    timeout_seconds,
                     scheduled_for: Some(scheduled_for),
                     started_at: Some(at),
                     ..Execution::default()
@@ -313,6 +391,19 @@ impl Aggregate for Execution {
 }
 
 impl Execution {
+    /// When the run becomes `timeout` if it has not finished.
+    pub fn deadline(&self) -> Option<Timestamp> {
+        self.started_at
+            .map(|start| start + self.timeout_seconds.duration())
+    }
+
+    /// Milliseconds from the start to `at`.
+    fn measured_until(&self, at: Timestamp) -> u64 {
+        self.started_at
+            .map(|start| (at - start).num_milliseconds().max(0) as u64)
+            .unwrap_or(0)
+    }
+
     fn running(&self) -> Result<(), ExecutionError> {
         if !self.exists {
             Err(ExecutionError::NotFound)
@@ -341,6 +432,8 @@ mod tests {
             task_id: Uuid::from_u128(2),
             user_id: Uuid::from_u128(3),
             agent_id: None,
+            skill_name: Some(SkillName::parse("lint").unwrap()),
+            timeout_seconds: TimeoutSeconds::new(60).unwrap(),
             scheduled_for: t0(),
             at: t0(),
         }
@@ -422,5 +515,64 @@ mod tests {
             .given_no_previous_events()
             .when(finish(ExecutionStatus::Success))
             .then_expect_error(ExecutionError::NotFound);
+    }
+    #[test]
+    fn a_run_another_agent_took_cannot_be_claimed() {
+        TestFramework::<Execution>::with(())
+            .given(vec![
+                started(),
+                ExecutionEvent::ExecutionClaimed {
+                    agent_id: Uuid::from_u128(9),
+                    at: t0(),
+                },
+            ])
+            .when(ExecutionCommand::Claim {
+                agent_id: Uuid::from_u128(10),
+                at: t0(),
+            })
+            .then_expect_error(ExecutionError::ClaimedByAnother);
+    }
+
+    #[test]
+    fn an_unclaimed_run_times_out_at_its_deadline_and_not_before() {
+        TestFramework::<Execution>::with(())
+            .given(vec![started()])
+            .when(ExecutionCommand::TimeOut {
+                at: t0() + Duration::seconds(59),
+            })
+            .then_expect_error(ExecutionError::NotOverdue);
+        TestFramework::<Execution>::with(())
+            .given(vec![started()])
+            .when(ExecutionCommand::TimeOut {
+                at: t0() + Duration::seconds(60),
+            })
+            .then_expect_events(vec![ExecutionEvent::ExecutionFinished {
+                agent_id: None,
+                status: ExecutionStatus::Timeout,
+                output: None,
+                error: Some("no agent took the run within 60 s".into()),
+                duration_ms: 60_000,
+                at: t0() + Duration::seconds(60),
+            }]);
+    }
+
+    #[test]
+    fn a_finished_run_does_not_time_out() {
+        TestFramework::<Execution>::with(())
+            .given(vec![
+                started(),
+                ExecutionEvent::ExecutionFinished {
+                    agent_id: None,
+                    status: ExecutionStatus::Success,
+                    output: None,
+                    error: None,
+                    duration_ms: 5,
+                    at: t0(),
+                },
+            ])
+            .when(ExecutionCommand::TimeOut {
+                at: t0() + Duration::hours(2),
+            })
+            .then_expect_error(ExecutionError::AlreadyFinished);
     }
 }

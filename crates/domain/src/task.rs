@@ -12,7 +12,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::execution::ExecutionStatus;
-use crate::values::{CronSchedule, SkillName, TimeZoneName, Timestamp, text_enum};
+use crate::values::{
+    CatchUp, CronSchedule, Overlap, SkillName, TimeZoneName, TimeoutSeconds, Timestamp, text_enum,
+};
 use crate::{DomainError, ErrorKind};
 
 /// Where a task is in its life.
@@ -58,6 +60,25 @@ impl TaskStatus {
     }
 }
 
+/// How a task's runs behave: how long one may take, whether slots may overlap a run still
+/// going, and whether slots missed while no scheduler ran fire on recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunPolicy {
+    /// A run not finished by then becomes `timeout`.
+    #[serde(default)]
+    pub timeout_seconds: TimeoutSeconds,
+    /// What a slot does while a run is still going.
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// What becomes of missed slots.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// How long after its time a slot counts as missed (for `catch_up: none`): longer than any
+/// scheduler pass takes, shorter than the shortest schedule interval.
+pub const MISSED_AFTER_SECONDS: i64 = 60;
+
 /// The fields a `PUT /tasks/{id}` may change; `None` leaves a field as it is.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TaskChanges {
@@ -76,6 +97,15 @@ pub struct TaskChanges {
         deserialize_with = "present_or_null"
     )]
     pub project_id: Option<Option<Uuid>>,
+    /// A new run time limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<TimeoutSeconds>,
+    /// A new overlap rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<Overlap>,
+    /// A new catch-up rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUp>,
 }
 
 /// Reads a field that is present (possibly `null`) as `Some(_)`; an absent one defaults to `None`.
@@ -92,6 +122,9 @@ impl TaskChanges {
             && self.params.is_none()
             && self.status.is_none()
             && self.project_id.is_none()
+            && self.timeout_seconds.is_none()
+            && self.overlap.is_none()
+            && self.catch_up.is_none()
     }
 }
 
@@ -116,6 +149,8 @@ pub enum TaskCommand {
         status: TaskStatus,
         /// The owner's project it belongs to, if any.
         project_id: Option<Uuid>,
+        /// How its runs behave.
+        run: RunPolicy,
         /// Decision time.
         at: Timestamp,
     },
@@ -226,6 +261,9 @@ pub enum TaskEvent {
         project_id: Option<Uuid>,
         /// First due slot, if pending.
         next_run_at: Option<Timestamp>,
+        /// How its runs behave (events recorded before it was kept have the defaults).
+        #[serde(default)]
+        run: RunPolicy,
         /// When.
         at: Timestamp,
     },
@@ -282,6 +320,15 @@ pub enum TaskEvent {
         /// When.
         at: Timestamp,
     },
+    /// A slot missed while no scheduler ran did not fire (`catch_up: none`).
+    TaskSlotMissed {
+        /// The missed slot.
+        scheduled_for: Timestamp,
+        /// The next due slot, after now.
+        next_run_at: Option<Timestamp>,
+        /// When.
+        at: Timestamp,
+    },
     /// The running execution finished.
     TaskRunFinished {
         /// The execution.
@@ -316,6 +363,7 @@ impl DomainEvent for TaskEvent {
             TaskEvent::TaskDeleted { .. } => "TaskDeleted",
             TaskEvent::TaskFired { .. } => "TaskFired",
             TaskEvent::TaskRunSkipped { .. } => "TaskRunSkipped",
+            TaskEvent::TaskSlotMissed { .. } => "TaskSlotMissed",
             TaskEvent::TaskRunAssigned { .. } => "TaskRunAssigned",
             TaskEvent::TaskRunFinished { .. } => "TaskRunFinished",
         }
@@ -438,6 +486,12 @@ pub struct Task {
     /// Slots skipped in all because a run was still going.
     #[serde(default)]
     pub skipped_slots: u64,
+    /// How its runs behave.
+    #[serde(default)]
+    pub run: RunPolicy,
+    /// Earlier runs still going beside `running_execution_id` (`overlap: allow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlapping_runs: Vec<Uuid>,
 }
 
 /// Slots a finished run counts as skipped at most (a run stuck for months on a schedule of
@@ -468,6 +522,12 @@ impl Task {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether `execution_id` is one of the task's runs still going.
+    fn runs(&self, execution_id: Uuid) -> bool {
+        self.running_execution_id == Some(execution_id)
+            || self.overlapping_runs.contains(&execution_id)
     }
 
     /// The status this task will have once no run is in progress.
@@ -508,6 +568,15 @@ impl Task {
         }
         if changes.project_id == Some(self.project_id) {
             changes.project_id = None;
+        }
+        if changes.timeout_seconds == Some(self.run.timeout_seconds) {
+            changes.timeout_seconds = None;
+        }
+        if changes.overlap == Some(self.run.overlap) {
+            changes.overlap = None;
+        }
+        if changes.catch_up == Some(self.run.catch_up) {
+            changes.catch_up = None;
         }
         if changes.is_empty() {
             return Ok(vec![]);
@@ -559,7 +628,19 @@ impl Task {
         // The next slot is after now, not after the fired slot: slots missed while no scheduler
         // ran collapse into this one run.
         let next_run_at = schedule.next_after(at.max(scheduled_for), &self.timezone);
-        Ok(vec![match self.running_execution_id {
+        if self.run.catch_up == CatchUp::None
+            && (at - scheduled_for).num_seconds() > MISSED_AFTER_SECONDS
+        {
+            return Ok(vec![TaskEvent::TaskSlotMissed {
+                scheduled_for,
+                next_run_at,
+                at,
+            }]);
+        }
+        let overlapped = self
+            .running_execution_id
+            .filter(|_| self.run.overlap == Overlap::Skip);
+        Ok(vec![match overlapped {
             Some(running) => TaskEvent::TaskRunSkipped {
                 scheduled_for,
                 running_execution_id: running,
@@ -584,7 +665,7 @@ impl Task {
         at: Timestamp,
     ) -> Result<Vec<TaskEvent>, TaskError> {
         self.live()?;
-        if self.running_execution_id.is_some() {
+        if self.running_execution_id.is_some() && self.run.overlap == Overlap::Skip {
             return Err(TaskError::AlreadyRunning);
         }
         Ok(vec![TaskEvent::TaskFired {
@@ -606,7 +687,7 @@ impl Task {
         if !self.exists {
             return Err(TaskError::NotFound);
         }
-        if self.running_execution_id != Some(execution_id)
+        if !self.runs(execution_id)
             || self.assignee == Some(agent_id)
             || self.status == TaskStatus::Deleted
         {
@@ -632,10 +713,16 @@ impl Task {
         if !status.is_final() {
             return Err(TaskError::StatusNotFinal);
         }
-        if self.running_execution_id != Some(execution_id) {
+        if !self.runs(execution_id) {
             return Ok(vec![]);
         }
+        // Under `overlap: allow` the next slot was set when this run fired; it stays while the
+        // task is pending. Otherwise it is the next cron time after the finish.
+        let keeps_next_slot = self.run.overlap == Overlap::Allow
+            && self.resume_status == TaskStatus::Pending
+            && self.next_run_at.is_some();
         let next_run_at = match &self.schedule_cron {
+            _ if keeps_next_slot => self.next_run_at,
             Some(schedule) => Self::next_slot(schedule, &self.timezone, self.resume_status, at),
             None => None,
         };
@@ -696,6 +783,7 @@ impl Aggregate for Task {
                 params,
                 status,
                 project_id,
+                run,
                 at,
             } => {
                 if self.exists {
@@ -715,6 +803,7 @@ impl Aggregate for Task {
                     status,
                     project_id,
                     next_run_at,
+                    run,
                     at,
                 }]
             }
@@ -764,6 +853,7 @@ impl Aggregate for Task {
                 status,
                 project_id,
                 next_run_at,
+                run,
                 at,
             } => {
                 *self = Task {
@@ -780,6 +870,7 @@ impl Aggregate for Task {
                     next_run_at,
                     created_at: Some(at),
                     updated_at: Some(at),
+                    run,
                     ..Task::default()
                 };
             }
@@ -807,6 +898,15 @@ impl Aggregate for Task {
                 if let Some(project_id) = changes.project_id {
                     self.project_id = project_id;
                 }
+                if let Some(timeout) = changes.timeout_seconds {
+                    self.run.timeout_seconds = timeout;
+                }
+                if let Some(overlap) = changes.overlap {
+                    self.run.overlap = overlap;
+                }
+                if let Some(catch_up) = changes.catch_up {
+                    self.run.catch_up = catch_up;
+                }
                 self.next_run_at = next_run_at;
                 self.updated_at = Some(at);
             }
@@ -832,7 +932,9 @@ impl Aggregate for Task {
                 self.last_error = None;
                 self.resume_status = self.settled_status();
                 self.status = TaskStatus::Running;
-                self.running_execution_id = Some(execution_id);
+                if let Some(earlier) = self.running_execution_id.replace(execution_id) {
+                    self.overlapping_runs.push(earlier);
+                }
                 self.next_run_at = next_run_at;
                 self.last_run_at = Some(at);
                 self.updated_at = Some(at);
@@ -848,11 +950,21 @@ impl Aggregate for Task {
                 self.next_run_at = next_run_at;
                 self.updated_at = Some(at);
             }
+            TaskEvent::TaskSlotMissed {
+                scheduled_for,
+                next_run_at,
+                at,
+            } => {
+                self.last_fired_slot = Some(scheduled_for);
+                self.next_run_at = next_run_at;
+                self.updated_at = Some(at);
+            }
             TaskEvent::TaskRunAssigned { agent_id, at, .. } => {
                 self.assignee = Some(agent_id);
                 self.updated_at = Some(at);
             }
             TaskEvent::TaskRunFinished {
+                execution_id,
                 status,
                 agent_id,
                 output,
@@ -871,8 +983,14 @@ impl Aggregate for Task {
                 if status.is_error() {
                     self.error_count += 1;
                 }
-                self.status = self.resume_status;
-                self.running_execution_id = None;
+                if self.running_execution_id == Some(execution_id) {
+                    self.running_execution_id = self.overlapping_runs.pop();
+                } else {
+                    self.overlapping_runs.retain(|run| *run != execution_id);
+                }
+                if self.running_execution_id.is_none() {
+                    self.status = self.resume_status;
+                }
                 self.next_run_at = next_run_at;
                 self.updated_at = Some(at);
             }
@@ -912,6 +1030,7 @@ mod tests {
             status,
             project_id: None,
             next_run_at,
+            run: RunPolicy::default(),
             at: at(9, 0),
         }
     }
@@ -940,6 +1059,7 @@ mod tests {
                 params: json!({}),
                 status: TaskStatus::Pending,
                 project_id: None,
+                run: RunPolicy::default(),
                 at: at(9, 0),
             })
             .then_expect_events(vec![TaskEvent::TaskScheduled {
@@ -952,6 +1072,7 @@ mod tests {
                 status: TaskStatus::Pending,
                 project_id: None,
                 next_run_at: Some(at(9, 15)),
+                run: RunPolicy::default(),
                 at: at(9, 0),
             }]);
     }
@@ -969,6 +1090,7 @@ mod tests {
                 params: json!({}),
                 status: TaskStatus::Pending,
                 project_id: None,
+                run: RunPolicy::default(),
                 at: at(9, 0),
             })
             .inspect_result();
@@ -1376,5 +1498,148 @@ mod tests {
             .given_no_previous_events()
             .when(TaskCommand::Delete { at: at(10, 0) })
             .then_expect_error(TaskError::NotFound);
+    }
+    fn with_policy(run: RunPolicy) -> TaskEvent {
+        TaskEvent::TaskUpdated {
+            changes: TaskChanges {
+                timeout_seconds: Some(run.timeout_seconds),
+                overlap: Some(run.overlap),
+                catch_up: Some(run.catch_up),
+                ..Default::default()
+            },
+            next_run_at: Some(at(9, 5)),
+            at: at(9, 0),
+        }
+    }
+
+    #[test]
+    fn under_overlap_allow_a_due_slot_runs_beside_the_run_still_going() {
+        let allow = RunPolicy {
+            overlap: Overlap::Allow,
+            ..RunPolicy::default()
+        };
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/5 * * * *", TaskStatus::Pending),
+                with_policy(allow),
+                fired(100, at(9, 5), at(9, 10)),
+            ])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(101),
+                scheduled_for: at(9, 10),
+                at: at(9, 10),
+            })
+            .then_expect_events(vec![TaskEvent::TaskFired {
+                execution_id: Uuid::from_u128(101),
+                scheduled_for: at(9, 10),
+                manual: false,
+                agent_id: None,
+                next_run_at: Some(at(9, 15)),
+                at: at(9, 10),
+            }]);
+    }
+
+    #[test]
+    fn overlapping_runs_each_count_and_the_task_runs_until_the_last_finishes() {
+        let mut task = Task::default();
+        for event in [
+            scheduled("*/5 * * * *", TaskStatus::Pending),
+            with_policy(RunPolicy {
+                overlap: Overlap::Allow,
+                ..RunPolicy::default()
+            }),
+            fired(100, at(9, 5), at(9, 10)),
+            fired(101, at(9, 10), at(9, 15)),
+        ] {
+            task.apply(event);
+        }
+        let finish = |task: &Task, exec: u128, when: Timestamp| {
+            let events = task
+                .decide_finish(
+                    Uuid::from_u128(exec),
+                    ExecutionStatus::Success,
+                    RunReport::default(),
+                    when,
+                )
+                .unwrap();
+            assert_eq!(events.len(), 1, "run {exec} finishes once");
+            events
+        };
+        for event in finish(&task, 100, at(9, 11)) {
+            task.apply(event);
+        }
+        assert_eq!(task.status, TaskStatus::Running, "run 101 still goes");
+        assert_eq!(task.next_run_at, Some(at(9, 15)), "the next slot stays");
+        for event in finish(&task, 101, at(9, 12)) {
+            task.apply(event);
+        }
+        assert_eq!(task.status, TaskStatus::Pending);
+        assert_eq!(task.run_count, 2);
+        assert_eq!(task.running_execution_id, None);
+    }
+
+    #[test]
+    fn under_catch_up_none_a_slot_missed_while_no_scheduler_ran_does_not_fire() {
+        let none = RunPolicy {
+            catch_up: CatchUp::None,
+            ..RunPolicy::default()
+        };
+        TaskTest::with(())
+            .given(vec![
+                scheduled("*/5 * * * *", TaskStatus::Pending),
+                with_policy(none),
+            ])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 5),
+                at: at(10, 2),
+            })
+            .then_expect_events(vec![TaskEvent::TaskSlotMissed {
+                scheduled_for: at(9, 5),
+                next_run_at: Some(at(10, 5)),
+                at: at(10, 2),
+            }]);
+        // A slot on time still fires.
+        let on_time = TaskTest::with(())
+            .given(vec![
+                scheduled("*/5 * * * *", TaskStatus::Pending),
+                with_policy(none),
+            ])
+            .when(TaskCommand::Fire {
+                execution_id: Uuid::from_u128(100),
+                scheduled_for: at(9, 5),
+                at: at(9, 5) + chrono::Duration::seconds(2),
+            })
+            .inspect_result();
+        assert!(matches!(
+            on_time.as_deref(),
+            Ok([TaskEvent::TaskFired { .. }])
+        ));
+    }
+
+    #[test]
+    fn run_policy_changes_are_recorded_only_when_they_differ() {
+        TaskTest::with(())
+            .given(vec![scheduled("*/5 * * * *", TaskStatus::Pending)])
+            .when(TaskCommand::Update {
+                changes: TaskChanges {
+                    timeout_seconds: Some(TimeoutSeconds::default()),
+                    overlap: Some(Overlap::Skip),
+                    catch_up: Some(CatchUp::Once),
+                    ..Default::default()
+                },
+                at: at(9, 1),
+            })
+            .then_expect_events(vec![]);
+        let mut task = Task::default();
+        task.apply(scheduled("*/5 * * * *", TaskStatus::Pending));
+        task.apply(with_policy(RunPolicy {
+            timeout_seconds: TimeoutSeconds::new(30).unwrap(),
+            overlap: Overlap::Allow,
+            catch_up: CatchUp::None,
+        }));
+        assert_eq!(task.run.timeout_seconds.get(), 30);
+        assert_eq!(task.run.overlap, Overlap::Allow);
+        assert_eq!(task.run.catch_up, CatchUp::None);
     }
 }

@@ -399,6 +399,77 @@ macro_rules! text_enum {
 }
 pub(crate) use text_enum;
 
+/// How long a run may take before it becomes `timeout`: 1..=86,400 seconds, 3,600 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct TimeoutSeconds(u32);
+
+impl TimeoutSeconds {
+    /// The longest run a task may allow: a day.
+    pub const MAX: u32 = 86_400;
+
+    /// Checks the range.
+    pub fn new(seconds: i64) -> Result<Self, InvalidValue> {
+        u32::try_from(seconds)
+            .ok()
+            .filter(|s| (1..=Self::MAX).contains(s))
+            .map(Self)
+            .ok_or_else(|| invalid(format!("timeout_seconds must be 1 to {}", Self::MAX)))
+    }
+
+    /// The seconds.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The limit as a duration.
+    pub fn duration(self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.0))
+    }
+}
+
+impl Default for TimeoutSeconds {
+    fn default() -> Self {
+        Self(3_600)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeoutSeconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a due slot does while an earlier run of the task is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Overlap {
+    /// The slot is skipped and counted, not run.
+    #[default]
+    Skip,
+    /// The slot runs beside the earlier run.
+    Allow,
+}
+
+text_enum!(Overlap {
+    Skip => "skip",
+    Allow => "allow",
+});
+
+/// What becomes of slots missed while no scheduler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CatchUp {
+    /// They fire once, on recovery.
+    #[default]
+    Once,
+    /// They do not fire; the next slot after recovery does.
+    None,
+}
+
+text_enum!(CatchUp {
+    Once => "once",
+    None => "none",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sparc_api::{App, ServiceInfo};
-use sparc_domain::task::{Task, TaskCommand};
+use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
+use sparc_domain::task::{RunReport, Task, TaskCommand};
 use sparc_memory::{MemoryService, MemorySync};
 use sparc_projections::catalog::{READ_MODELS, ReadModel};
-use sparc_projections::policies::{ProjectCascade, TaskCommands};
+use sparc_projections::policies::{ProjectCascade, RunCompletion, TaskCommands};
 use sparc_projections::{Projection, ProjectionRunner};
 use sparc_store::{Chainer, CommandBus, Database, EventMetadata, Generations, RecordedEvent};
 use tokio::net::TcpListener;
@@ -32,10 +33,11 @@ pub fn policies(
     commands: Arc<CommandBus>,
     memory: &Arc<MemoryService>,
 ) -> Vec<Arc<dyn Projection>> {
-    let mut policies: Vec<Arc<dyn Projection>> = vec![Arc::new(ProjectCascade::new(
-        db.clone(),
-        Arc::new(PolicyCommands(commands.clone())),
-    ))];
+    let policy_commands = Arc::new(PolicyCommands(commands.clone()));
+    let mut policies: Vec<Arc<dyn Projection>> = vec![
+        Arc::new(ProjectCascade::new(db.clone(), policy_commands.clone())),
+        Arc::new(RunCompletion::new(policy_commands)),
+    ];
     if memory.enabled() {
         policies.push(Arc::new(MemorySync::new(memory.clone(), commands)));
     }
@@ -45,12 +47,104 @@ pub fn policies(
 /// The command side as the policies see it.
 struct PolicyCommands(Arc<CommandBus>);
 
+/// The metadata of a command a policy issues because of `cause`.
+fn caused_by(cause: &RecordedEvent) -> EventMetadata {
+    EventMetadata::from_json(&cause.metadata)
+        .map(|m| m.caused_by(cause.position.to_string()))
+        .unwrap_or_else(|_| EventMetadata::system(cause.position.to_string()))
+}
+
 #[async_trait]
 impl TaskCommands for PolicyCommands {
+    async fn finish_task_run(
+        &self,
+        execution_id: uuid::Uuid,
+        cause: &RecordedEvent,
+    ) -> Result<(), String> {
+        let (execution, _) = self
+            .0
+            .load::<Execution>(&execution_id.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !execution.exists || !execution.status.is_final() {
+            return Ok(());
+        }
+        let finished = self
+            .0
+            .execute::<Task>(
+                &execution.task_id.to_string(),
+                TaskCommand::FinishRun {
+                    execution_id,
+                    status: execution.status,
+                    report: RunReport {
+                        agent_id: execution.agent_id,
+                        output: execution.output_text,
+                        error: execution.error_text,
+                    },
+                    at: execution.ended_at.unwrap_or_else(chrono::Utc::now),
+                },
+                &caused_by(cause),
+                None,
+            )
+            .await;
+        match finished {
+            // A task that no longer runs it already recorded the end.
+            Ok(_) | Err(sparc_store::CommandError::Rejected(_)) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    async fn cancel_waiting_runs(
+        &self,
+        task_id: uuid::Uuid,
+        cause: &RecordedEvent,
+    ) -> Result<(), String> {
+        let (task, _) = self
+            .0
+            .load::<Task>(&task_id.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        let runs = task
+            .running_execution_id
+            .into_iter()
+            .chain(task.overlapping_runs.iter().copied());
+        for execution_id in runs {
+            let id = execution_id.to_string();
+            let (execution, _) = self
+                .0
+                .load::<Execution>(&id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if execution.agent_id.is_some() || execution.status.is_final() {
+                continue;
+            }
+            let cancelled = self
+                .0
+                .execute::<Execution>(
+                    &id,
+                    ExecutionCommand::Finish {
+                        agent_id: None,
+                        status: ExecutionStatus::Cancelled,
+                        output: None,
+                        error: Some("the task was deleted before an agent took the run".into()),
+                        duration_ms: None,
+                        at: chrono::Utc::now(),
+                    },
+                    &caused_by(cause),
+                    None,
+                )
+                .await;
+            match cancelled {
+                // An agent took it, or it ended, since it was read: it runs its course.
+                Ok(_) | Err(sparc_store::CommandError::Rejected(_)) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        Ok(())
+    }
+
     async fn delete_task(&self, task_id: uuid::Uuid, cause: &RecordedEvent) -> Result<(), String> {
-        let metadata = EventMetadata::from_json(&cause.metadata)
-            .map(|m| m.caused_by(cause.position.to_string()))
-            .unwrap_or_else(|_| EventMetadata::system(cause.position.to_string()));
+        let metadata = caused_by(cause);
         self.0
             .execute::<Task>(
                 &task_id.to_string(),
@@ -120,7 +214,7 @@ impl Server {
             db.clone(),
             commands.clone(),
             projection_handle.clone(),
-            Duration::from_secs(1),
+            crate::scheduler::PASS_INTERVAL,
             shutdown_rx.clone(),
         )));
 

@@ -25,6 +25,7 @@ async fn schedule(commands: &CommandBus, status: TaskStatus, at: chrono::DateTim
                 params: json!({}),
                 status,
                 project_id: None,
+                run: sparc_domain::task::RunPolicy::default(),
                 at,
             },
             &EventMetadata::new("test", "scheduler"),

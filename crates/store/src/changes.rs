@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, watch};
 
 use crate::checkpoint::{Checkpoint, PG_SAVE_CHECKPOINTS};
 use crate::db::{Database, StoreTx};
@@ -91,6 +92,8 @@ struct Inner {
     /// Bumped for every read model at once (after notices may have been missed).
     epoch: AtomicU64,
     counters: Mutex<HashMap<String, u64>>,
+    /// Woken at every bump, for readers that wait for a change rather than cache.
+    bumped: Notify,
 }
 
 impl Generations {
@@ -115,11 +118,20 @@ impl Generations {
                 counters.insert(read_model.to_owned(), 1);
             }
         }
+        drop(counters);
+        self.0.bumped.notify_waiters();
+    }
+
+    /// Wakes its waiters at the next bump of any read model (a bump before it is enabled or
+    /// first polled is missed: enable it before reading what it waits to change).
+    pub fn next_bump(&self) -> Notified<'_> {
+        self.0.bumped.notified()
     }
 
     /// Marks every read model as changed.
     fn bump_all(&self) {
         self.0.epoch.fetch_add(1, Ordering::AcqRel);
+        self.0.bumped.notify_waiters();
     }
 
     fn set_listening(&self, listening: bool) {

@@ -44,7 +44,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(report_activity, activity_feed))
 }
 
-const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
+pub(crate) const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
 const NOT_FOUND: &str = "Agent not found";
 const MAX_CAPABILITIES: usize = 100;
 /// The longest `capabilities` filter: [`MAX_CAPABILITIES`] names of 100 characters and the
@@ -56,7 +56,7 @@ const MAX_CURSOR: usize = 64;
 /// The longest `output` or `error` an agent may report for a run, in characters.
 const MAX_RUN_TEXT: usize = 65_536;
 
-async fn agent_row(app: &App, id: Uuid) -> Result<Row<Agent>, ApiError> {
+pub(crate) async fn agent_row(app: &App, id: Uuid) -> Result<Row<Agent>, ApiError> {
     sparc_projections::agents::get(&app.db, id)
         .await
         .map_err(ApiError::internal)?
@@ -707,14 +707,13 @@ async fn report_activity(
             let started = app
                 .create::<Execution>(
                     &execution_id.to_string(),
-                    ExecutionCommand::Start {
+                    ExecutionCommand::start_of(
+                        &task.state,
                         execution_id,
-                        task_id: body.task_id,
-                        user_id: task.state.user_id,
-                        agent_id: Some(body.agent_id),
-                        scheduled_for: now,
-                        at: now,
-                    },
+                        Some(body.agent_id),
+                        now,
+                        now,
+                    ),
                     &metadata,
                 )
                 .await?;

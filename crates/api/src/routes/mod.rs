@@ -28,6 +28,7 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod health;
+pub mod jobs;
 pub mod memory;
 pub mod projects;
 pub mod tasks;
@@ -65,6 +66,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(tasks::routes())
         .merge(projects::routes())
         .merge(agents::routes())
+        .merge(jobs::routes())
         .merge(memory::routes())
         .merge(audit::routes())
         .merge(admin::routes())

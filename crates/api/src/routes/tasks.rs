@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
 use sparc_domain::project::ProjectStatus;
-use sparc_domain::task::{Task, TaskChanges, TaskCommand, TaskStatus};
-use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
+use sparc_domain::task::{RunPolicy, Task, TaskChanges, TaskCommand, TaskStatus};
+use sparc_domain::values::{
+    CatchUp, CronSchedule, Overlap, SkillName, TimeZoneName, TimeoutSeconds,
+};
 use sparc_projections::tasks::{TaskQuery, TaskSort};
 use sparc_projections::{Indexed, Row};
 use utoipa::{IntoParams, ToSchema};
@@ -86,6 +88,40 @@ fn value_error(field: &str, msg: impl Into<String>) -> FieldError {
     FieldError::body(field, msg, "value_error")
 }
 
+fn overlap_values() -> utoipa::openapi::ObjectBuilder {
+    crate::openapi::one_of(Overlap::ALL.iter().map(Overlap::as_str))
+}
+
+fn catch_up_values() -> utoipa::openapi::ObjectBuilder {
+    crate::openapi::one_of(CatchUp::ALL.iter().map(CatchUp::as_str))
+}
+
+/// The run policy fields of a create or an update, parsed where sent; a bad one is added to
+/// `errors`.
+fn run_fields(
+    timeout_seconds: Option<i64>,
+    overlap: Option<&str>,
+    catch_up: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> (Option<TimeoutSeconds>, Option<Overlap>, Option<CatchUp>) {
+    let timeout_seconds = timeout_seconds.and_then(|raw| {
+        TimeoutSeconds::new(raw)
+            .map_err(|e| errors.push(value_error("timeout_seconds", e.0)))
+            .ok()
+    });
+    let overlap = overlap.and_then(|raw| {
+        Overlap::parse(raw)
+            .map_err(|e| errors.push(value_error("overlap", e.0)))
+            .ok()
+    });
+    let catch_up = catch_up.and_then(|raw| {
+        CatchUp::parse(raw)
+            .map_err(|e| errors.push(value_error("catch_up", e.0)))
+            .ok()
+    });
+    (timeout_seconds, overlap, catch_up)
+}
+
 /// `params` must be an object within the free-form limits.
 fn check_params(params: &Value, app: &App, errors: &mut Vec<FieldError>) {
     if !params.is_object() {
@@ -152,6 +188,17 @@ pub struct CreateTask {
     pub status: Option<Text<LISTED_VALUE_MAX>>,
     /// One of the caller's projects.
     pub project_id: Option<Uuid>,
+    /// Seconds a run may take before it becomes `timeout`: 1..86400 (default 3600).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_seconds: Option<i64>,
+    /// `skip` (default: a slot that would overlap a run still going is skipped and counted)
+    /// or `allow` (it runs beside it).
+    #[schema(schema_with = overlap_values)]
+    pub overlap: Option<Text<LISTED_VALUE_MAX>>,
+    /// `once` (default: slots missed while no scheduler ran fire once on recovery) or `none`
+    /// (they do not fire).
+    #[schema(schema_with = catch_up_values)]
+    pub catch_up: Option<Text<LISTED_VALUE_MAX>>,
 }
 
 /// Schedules a task. Honours `Idempotency-Key`. A user may have at most
@@ -196,6 +243,17 @@ async fn create_task(
         .params
         .unwrap_or_else(|| Value::Object(Default::default()));
     check_params(&params, &app, &mut errors);
+    let (timeout_seconds, overlap, catch_up) = run_fields(
+        body.timeout_seconds,
+        body.overlap.as_deref(),
+        body.catch_up.as_deref(),
+        &mut errors,
+    );
+    let run = RunPolicy {
+        timeout_seconds: timeout_seconds.unwrap_or_default(),
+        overlap: overlap.unwrap_or_default(),
+        catch_up: catch_up.unwrap_or_default(),
+    };
     let (Some(skill_name), Some(schedule_cron), Some(timezone), Some(status), true) =
         (skill_name, schedule, timezone, status, errors.is_empty())
     else {
@@ -229,6 +287,7 @@ async fn create_task(
                             params,
                             status,
                             project_id: body.project_id,
+                            run,
                             at: Utc::now(),
                         },
                         &ctx.metadata(user.user_id.to_string()),
@@ -415,6 +474,17 @@ pub struct UpdateTask {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Uuid>)]
     pub project_id: Option<Option<Uuid>>,
+    /// Seconds a run may take before it becomes `timeout`: 1..86400 (default 3600).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_seconds: Option<i64>,
+    /// `skip` (default: a slot that would overlap a run still going is skipped and counted)
+    /// or `allow` (it runs beside it).
+    #[schema(schema_with = overlap_values)]
+    pub overlap: Option<Text<LISTED_VALUE_MAX>>,
+    /// `once` (default: slots missed while no scheduler ran fire once on recovery) or `none`
+    /// (they do not fire).
+    #[schema(schema_with = catch_up_values)]
+    pub catch_up: Option<Text<LISTED_VALUE_MAX>>,
 }
 
 /// Changes a task; honours `If-Match`. A cron or time-zone change recomputes `next_run_at`.
@@ -436,6 +506,12 @@ async fn update_task(
     let expected = if_match(&headers)?;
     let row = task_for(&app, &user, id, true).await?;
     let mut errors = Vec::new();
+    let (timeout_seconds, overlap, catch_up) = run_fields(
+        body.timeout_seconds,
+        body.overlap.as_deref(),
+        body.catch_up.as_deref(),
+        &mut errors,
+    );
     let changes = TaskChanges {
         schedule_cron: body.schedule_cron.as_deref().and_then(|raw| {
             CronSchedule::parse(raw)
@@ -462,6 +538,9 @@ async fn update_task(
                 })
         }),
         project_id: body.project_id,
+        timeout_seconds,
+        overlap,
+        catch_up,
     };
     if let Some(params) = &body.params {
         check_params(params, &app, &mut errors);
@@ -537,7 +616,7 @@ async fn run_task(
     ctx: RequestContext,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let row = task_for(&app, &user, id, true).await?;
+    task_for(&app, &user, id, true).await?;
     let execution_id = Uuid::now_v7();
     let metadata = ctx.metadata(user.user_id.to_string());
     let now = Utc::now();
@@ -556,14 +635,7 @@ async fn run_task(
     let started = app
         .create::<Execution>(
             &execution_id.to_string(),
-            ExecutionCommand::Start {
-                execution_id,
-                task_id: id,
-                user_id: row.state.user_id,
-                agent_id: None,
-                scheduled_for: now,
-                at: now,
-            },
+            ExecutionCommand::start_of(&fired.state, execution_id, None, now, now),
             &metadata,
         )
         .await?;
