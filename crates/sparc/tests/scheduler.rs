@@ -1,17 +1,40 @@
-//! The scheduler fires a due slot exactly once however many schedulers race on it, collapses
-//! slots missed while no scheduler ran into one run, and never fires a disabled task.
+//! The scheduler fires a due slot exactly once however many schedulers race on it (in one
+//! process, and in three `sparc serve` processes on one PostgreSQL), collapses slots missed
+//! while no scheduler ran into one run, never fires a disabled task, and fires a daily task
+//! once on both days of a daylight-saving change (its clock injected).
 
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
-use sparc_domain::task::{Task, TaskCommand, TaskStatus};
-use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
+use sparc_domain::task::{RunPolicy, Task, TaskCommand, TaskStatus};
+use sparc_domain::values::{CronSchedule, Overlap, SkillName, TimeZoneName};
 use sparc_projections::catalog::read_model;
 use sparc_projections::runner::catch_up;
-use sparc_store::testing::{postgres_database, sqlite_database};
+use sparc_store::testing::{postgres_database, postgres_test_database, sqlite_database};
 use sparc_store::{CommandBus, Database, EventMetadata, LogReader};
 use uuid::Uuid;
 
+mod support;
+
 async fn schedule(commands: &CommandBus, status: TaskStatus, at: chrono::DateTime<Utc>) -> Uuid {
+    schedule_in(
+        commands,
+        "*/5 * * * *",
+        TimeZoneName::default(),
+        RunPolicy::default(),
+        status,
+        at,
+    )
+    .await
+}
+
+async fn schedule_in(
+    commands: &CommandBus,
+    cron: &str,
+    timezone: TimeZoneName,
+    run: RunPolicy,
+    status: TaskStatus,
+    at: chrono::DateTime<Utc>,
+) -> Uuid {
     let task_id = Uuid::now_v7();
     commands
         .execute::<Task>(
@@ -20,12 +43,12 @@ async fn schedule(commands: &CommandBus, status: TaskStatus, at: chrono::DateTim
                 task_id,
                 user_id: Uuid::now_v7(),
                 skill_name: SkillName::parse("lint").expect("a skill"),
-                schedule_cron: CronSchedule::parse("*/5 * * * *").expect("a cron"),
-                timezone: TimeZoneName::default(),
+                schedule_cron: CronSchedule::parse(cron).expect("a cron"),
+                timezone,
                 params: json!({}),
                 status,
                 project_id: None,
-                run: sparc_domain::task::RunPolicy::default(),
+                run,
                 at,
             },
             &EventMetadata::new("test", "scheduler"),
@@ -121,4 +144,150 @@ async fn racing_schedulers_fire_a_due_slot_exactly_once_on_postgres() {
 async fn racing_schedulers_fire_a_due_slot_exactly_once_on_sqlite() {
     let (db, _file) = sqlite_database().await;
     racing_schedulers_fire_a_due_slot_exactly_once(db).await;
+}
+
+/// A daily 02:30 task in Europe/Berlin, stepped through both days of each clock change of
+/// 2026 with the scheduler's clock injected, fires once on each: on 29 March 02:30 does not
+/// exist, on 25 October it happens twice. Overlapping runs are allowed, so a second fire on one
+/// day would show as a second run rather than a skipped slot.
+async fn a_daily_task_fires_once_on_both_clock_change_days(db: Database) {
+    let commands = CommandBus::new(&db);
+    let berlin = TimeZoneName::parse("Europe/Berlin").expect("a zone");
+    let allow = RunPolicy {
+        overlap: Overlap::Allow,
+        ..RunPolicy::default()
+    };
+    let tasks = read_model("tasks").expect("tasks");
+    for day in [(3, 29), (10, 25)] {
+        let start = Utc
+            .with_ymd_and_hms(2026, day.0, day.1 - 1, 12, 0, 0)
+            .unwrap();
+        let task_id = schedule_in(
+            &commands,
+            "30 2 * * *",
+            berlin,
+            allow,
+            TaskStatus::Pending,
+            start,
+        )
+        .await;
+        let mut now = start;
+        while now < start + Duration::hours(48) {
+            catch_up(&db, tasks.live(), 1000)
+                .await
+                .expect("the read model");
+            sparc::scheduler::fire_due(&db, &commands, now)
+                .await
+                .expect("a pass");
+            now += Duration::minutes(10);
+        }
+        let fired: Vec<_> = LogReader::new(&db)
+            .aggregate_events("Task", &task_id.to_string(), 0, 1000)
+            .await
+            .expect("the log")
+            .into_iter()
+            .filter(|e| e.event_type == "TaskFired")
+            .map(|e| e.payload["TaskFired"]["scheduled_for"].clone())
+            .collect();
+        let on_the_day: Vec<_> = fired
+            .iter()
+            .filter(|slot| {
+                slot.as_str()
+                    .is_some_and(|s| s.starts_with(&format!("2026-{:02}-{:02}", day.0, day.1)))
+            })
+            .collect();
+        assert_eq!(
+            on_the_day.len(),
+            1,
+            "the task fires once on 2026-{:02}-{:02}: {fired:?}",
+            day.0,
+            day.1
+        );
+        assert_eq!(fired.len(), 2, "and once on the day after: {fired:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_task_fires_once_on_both_clock_change_days_on_sqlite() {
+    let (db, _file) = sqlite_database().await;
+    a_daily_task_fires_once_on_both_clock_change_days(db).await;
+}
+
+/// Three `sparc serve` processes (each with its scheduler) on one PostgreSQL, with 500 tasks
+/// due in the same minute: exactly 500 runs start, one per task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_scheduler_processes_fire_500_due_tasks_exactly_once() {
+    const TASKS: usize = 500;
+    let Some(pg) = postgres_test_database().await else {
+        return;
+    };
+    let commands = CommandBus::new(&pg.database);
+    // A yearly schedule whose slot passed a minute ago: due now, and not again for a year.
+    let slot = Utc::now() - Duration::minutes(1);
+    let cron = format!(
+        "{} {} {} {} *",
+        slot.format("%M"),
+        slot.format("%H"),
+        slot.format("%d"),
+        slot.format("%m")
+    );
+    let before = slot - Duration::seconds(30);
+    let mut due = Vec::new();
+    for _ in 0..TASKS {
+        due.push(
+            schedule_in(
+                &commands,
+                &cron,
+                TimeZoneName::default(),
+                RunPolicy::default(),
+                TaskStatus::Pending,
+                before,
+            )
+            .await,
+        );
+    }
+    let env = [
+        ("DATABASE_URL", pg.url.as_str()),
+        (
+            "SPARC_JWT_SECRET",
+            "scheduler-test-signing-key-0123456789abcdef",
+        ),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut schedulers = Vec::new();
+    for _ in 0..3 {
+        schedulers.push(support::start("serve", &env, "/api/v1/readiness").await);
+    }
+    let started = |db: Database| async move {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'Execution' \
+             AND event_type = 'ExecutionStarted'",
+        )
+        .fetch_one(match &db {
+            Database::Postgres(pool) => pool,
+            Database::Sqlite(_) => unreachable!("a PostgreSQL test"),
+        })
+        .await
+        .expect("a count");
+        count as usize
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while started(pg.database.clone()).await < TASKS && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Give a late duplicate the time to show.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        started(pg.database.clone()).await,
+        TASKS,
+        "one run per due task"
+    );
+    for task_id in due.iter().step_by(50) {
+        assert_eq!(
+            fired_slots(&pg.database, *task_id).await,
+            1,
+            "task {task_id}"
+        );
+    }
+    drop(schedulers);
 }
