@@ -209,6 +209,29 @@ export interface paths {
         patch: operations["update_agent_patch"];
         trace?: never;
     };
+    "/api/v1/agents/{id}/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Takes jobs for agent `id` (role `agent` or `admin`): each run returned is claimed by it, its
+         *     execution's `agent_id` set and the agent `busy`. Only runs of a skill among the agent's
+         *     `capabilities` (or any, with `"*"`); none for an `offline` agent. The agent reports each
+         *     run through `POST /agents/activity` with its `execution_id`; one not finished within its
+         *     `timeout_seconds` becomes `timeout`.
+         */
+        get: operations["take_jobs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit/events": {
         parameters: {
             query?: never;
@@ -961,12 +984,16 @@ export interface components {
         };
         /** @description A new task. */
         CreateTask: {
+            /** @enum {string} */
+            catch_up?: "once" | "none";
             /**
              * Format: uuid
              * @description The new resource's id, if the client chooses it (a UUID not yet used: 409 otherwise);
              *     by default the server generates one (UUIDv7).
              */
             id?: string | null;
+            /** @enum {string} */
+            overlap?: "skip" | "allow";
             /**
              * @description Skill parameters: a JSON object, default `{}`, at most 32 levels deep and 64 KiB as
              *     compact JSON (the defaults of `SPARC_MAX_JSON_DEPTH` and `SPARC_MAX_JSON_BYTES`).
@@ -991,6 +1018,11 @@ export interface components {
             skill_name: string;
             /** @enum {string} */
             status?: "pending" | "completed" | "failed" | "disabled";
+            /**
+             * Format: int64
+             * @description Seconds a run may take before it becomes `timeout`: 1..86400 (default 3600).
+             */
+            timeout_seconds?: number | null;
             /**
              * @example Europe/Berlin
              * @enum {string}
@@ -1074,6 +1106,32 @@ export interface components {
             detail: string;
             /** @description The request id, to find the cause in the service's log. */
             error_id: string;
+        };
+        /** @description The jobs claimed for the agent. */
+        JobList: {
+            jobs: components["schemas"]["JobResource"][];
+        };
+        /** @description A run handed to an agent: claimed by it when it was answered. */
+        JobResource: {
+            /**
+             * Format: int32
+             * @description Which hand-out of the run this is; runs are never handed out again, so always 1.
+             */
+            attempt: number;
+            /** Format: uuid */
+            execution_id: string;
+            /** @description The task's parameters when the job was claimed. */
+            params: Record<string, never>;
+            /** Format: date-time */
+            scheduled_for?: string | null;
+            skill_name: string;
+            /** Format: uuid */
+            task_id: string;
+            /**
+             * Format: int32
+             * @description The run becomes `timeout` this long after it started.
+             */
+            timeout_seconds: number;
         };
         /** @description Credentials; no account has a longer username or password than these allow. */
         LoginRequest: {
@@ -1428,6 +1486,13 @@ export interface components {
         };
         /** @description A scheduled task. */
         TaskResource: {
+            /**
+             * Format: uuid
+             * @description The agent on the running or the last run, once one took it.
+             */
+            assignee?: string | null;
+            /** @description `once` or `none`: whether slots missed while no scheduler ran fire on recovery. */
+            catch_up: string;
             /** Format: date-time */
             created_at?: string | null;
             /** Format: int64 */
@@ -1440,6 +1505,8 @@ export interface components {
             last_run_at?: string | null;
             /** Format: date-time */
             next_run_at?: string | null;
+            /** @description `skip` or `allow`: what a slot does while a run is still going. */
+            overlap: string;
             params: Record<string, never>;
             /** Format: uuid */
             project_id?: string | null;
@@ -1449,6 +1516,11 @@ export interface components {
             skill_name: string;
             /** @description `pending`, `running`, `completed`, `failed`, `disabled` or `deleted`. */
             status: string;
+            /**
+             * Format: int32
+             * @description Seconds a run may take before it becomes `timeout`.
+             */
+            timeout_seconds: number;
             timezone: string;
             /** Format: date-time */
             updated_at?: string | null;
@@ -1490,6 +1562,10 @@ export interface components {
         };
         /** @description Fields to change (at least one); `skill_name` cannot change. */
         UpdateTask: {
+            /** @enum {string} */
+            catch_up?: "once" | "none";
+            /** @enum {string} */
+            overlap?: "skip" | "allow";
             /** @description As on creation: an object within the free-form limits. */
             params?: Record<string, never>;
             /**
@@ -1501,6 +1577,11 @@ export interface components {
             schedule_cron?: string;
             /** @enum {string} */
             status?: "pending" | "completed" | "failed" | "disabled";
+            /**
+             * Format: int64
+             * @description Seconds a run may take before it becomes `timeout`: 1..86400 (default 3600).
+             */
+            timeout_seconds?: number | null;
             /**
              * @example Europe/Berlin
              * @enum {string}
@@ -3135,6 +3216,86 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+        };
+    };
+    take_jobs: {
+        parameters: {
+            query?: {
+                /** @description Seconds to wait for a job when none is waiting: 0..30, default 0 (answer at once). */
+                wait?: number;
+                /** @description Jobs to take at most: 1..50, default 1. */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobList"];
+                };
+            };
+            /** @description Missing, invalid or expired access token, or ended session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Not an agent or admin; Not the caller's resource, or not the caller's role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Agent not found; Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description wait or limit out of range; Invalid fields or parameters */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationError"];
+                };
+            };
+            /** @description Rate limit exceeded; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorDetail"];
+                };
+            };
+            /** @description Internal error: the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InternalError"];
                 };
             };
         };
