@@ -10,7 +10,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
 use sparc_tests::memory_server::eventually;
-use sparc_tests::{Backend, TestApp, TestUser, assert_422_at, both_backends, id_of};
+use sparc_tests::{
+    Backend, NATS_URL, TestApp, TestUser, assert_422_at, both_backends, delete_nats_stream, id_of,
+    nats_namespace,
+};
 
 async fn agent(app: &TestApp, writer: &TestUser, name: &str, capabilities: Value) -> String {
     let created = app
@@ -157,7 +160,8 @@ both_backends!(
     }
 );
 
-/// Agents on `instances` poll at once for `runs` jobs; every run is handed out exactly once.
+/// Agents on `instances` poll at once, again and again, for 12 runs; every run is handed out,
+/// and to one agent only.
 async fn many_pollers_take_each_run_once(instances: &[&TestApp]) {
     let app = instances[0];
     let owner = app.user("owner").await;
@@ -176,23 +180,24 @@ async fn many_pollers_take_each_run_once(instances: &[&TestApp]) {
         .await;
         runs.insert(run_now(app, &owner, &id_of(&created)).await);
     }
+    let handed_out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
     let polls = agents.iter().enumerate().map(|(n, agent)| {
         let instance = instances[n % instances.len()];
-        let runner = runner.clone();
+        let (runner, handed_out, wanted) = (runner.clone(), handed_out.clone(), runs.len());
         async move {
-            let mut taken = Vec::new();
-            for _ in 0..3 {
-                taken.extend(jobs(instance, &runner, agent, "limit=2").await);
+            while handed_out.lock().expect("lock").len() < wanted
+                && tokio::time::Instant::now() < until
+            {
+                for job in jobs(instance, &runner, agent, "wait=1&limit=2").await {
+                    let id = job["execution_id"].as_str().expect("an id").to_owned();
+                    handed_out.lock().expect("lock").push(id);
+                }
             }
-            taken
         }
     });
-    let handed_out: Vec<String> = futures::future::join_all(polls)
-        .await
-        .into_iter()
-        .flatten()
-        .map(|job| job["execution_id"].as_str().expect("an id").to_owned())
-        .collect();
+    futures::future::join_all(polls).await;
+    let handed_out = handed_out.lock().expect("lock").clone();
     let distinct: BTreeSet<String> = handed_out.iter().cloned().collect();
     assert_eq!(
         distinct.len(),
@@ -448,3 +453,39 @@ both_backends!(
         run_now(&app, &owner, &id).await;
     }
 );
+
+/// With NATS, runs travel through the JetStream work queue: two instances, each of whose
+/// agents fetch from it, hand every run out once, and the queue is empty afterwards with every
+/// run it carried acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_travel_through_the_jetstream_work_queue() {
+    let Some(namespace) = nats_namespace(NATS_URL).await else {
+        return;
+    };
+    let configured = namespace.clone();
+    let with_nats = move |settings: &mut sparc::config::Settings| {
+        settings.nats_url = Some(NATS_URL.to_owned());
+        settings.nats_namespace = configured;
+    };
+    let Some(first) = TestApp::spawn_with(Backend::Postgres, with_nats.clone()).await else {
+        return;
+    };
+    let second = first.spawn_beside_with(with_nats).await;
+    many_pollers_take_each_run_once(&[&first, &second]).await;
+
+    let subjects = sparc_bus::Subjects::new(namespace.clone());
+    let bus = sparc_bus::NatsBus::connect(NATS_URL, subjects)
+        .await
+        .expect("NATS");
+    let stream_name = format!("{}_JOBS", namespace.to_uppercase());
+    let mut stream = bus
+        .jetstream()
+        .get_stream(&stream_name)
+        .await
+        .expect("the job stream exists");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.last_sequence, 12, "each run was queued once");
+    assert_eq!(info.state.messages, 0, "and taken off the queue");
+    let _ = bus.jetstream().delete_stream(&stream_name).await;
+    delete_nats_stream(NATS_URL, &namespace).await;
+}

@@ -160,7 +160,14 @@ impl TestApp {
     /// A second instance of the service on this one's database (a scaled-out deployment): same
     /// signing key, its own projections and caches. The database stays this app's.
     pub async fn spawn_beside(&self) -> TestApp {
-        let server = Server::start(test_settings(&self.database_url))
+        self.spawn_beside_with(|_| {}).await
+    }
+
+    /// [`TestApp::spawn_beside`] with the test settings adjusted by `configure`.
+    pub async fn spawn_beside_with(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = test_settings(&self.database_url);
+        configure(&mut settings);
+        let server = Server::start(settings)
             .await
             .expect("the second instance should start");
         TestApp {

@@ -32,6 +32,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod job_queue;
 pub mod login_guard;
 pub mod middleware;
 pub mod openapi;

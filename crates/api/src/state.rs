@@ -24,6 +24,7 @@ use crate::auth::{AuthState, Secret, SessionDirectory, TokenConfigError, TokenSe
 use crate::error::ApiError;
 use crate::error::BoxError;
 use crate::idempotency::IdempotencyStore;
+use crate::job_queue::{JobQueue, ReadModelQueue};
 use crate::pages::PageCache;
 use crate::settings::ApiSettings;
 
@@ -86,6 +87,8 @@ pub struct App {
     pub answered_creates: AnsweredCreates,
     /// The Memory MCP port (disabled until [`App::with_memory`]).
     pub memory: Arc<MemoryService>,
+    /// Where runs waiting for an agent are found (the read model until [`App::with_jobs`]).
+    pub jobs: Arc<dyn JobQueue>,
 }
 
 /// The state of the router: a cheap handle on the one [`App`].
@@ -146,6 +149,7 @@ impl App {
             logins: crate::login_guard::LoginGuard::new(settings.login_failures_before_backoff),
             answered_creates: AnsweredCreates::default(),
             memory: Arc::new(MemoryService::disabled()),
+            jobs: Arc::new(ReadModelQueue(db.clone())),
             db,
             commands,
             projections,
@@ -153,6 +157,11 @@ impl App {
             settings,
             info,
         })
+    }
+
+    /// This state with `jobs` as its job queue (the read model's unclaimed runs by default).
+    pub fn with_jobs(self, jobs: Arc<dyn JobQueue>) -> Self {
+        Self { jobs, ..self }
     }
 
     /// This state with `memory` as its Memory MCP port.

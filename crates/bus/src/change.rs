@@ -115,6 +115,11 @@ impl Subjects {
         }
     }
 
+    /// The namespace itself.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// The JetStream stream that stores changes (`SPARC_CHANGES`).
     pub fn stream(&self) -> String {
         format!(

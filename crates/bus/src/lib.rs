@@ -10,11 +10,15 @@
 //! - [`outbox`]: reading published changes back by event id, for replay and gap filling.
 //! - [`nats`]: the production bus, NATS JetStream with `Nats-Msg-Id` de-duplication.
 //! - [`in_process`]: the embedded bus, a tokio broadcast channel.
+//!
+//! Beside the changes, [`jobs`] holds the production job queue: runs waiting for an agent, in a
+//! JetStream work-queue stream.
 
 #![warn(missing_docs)]
 
 pub mod change;
 pub mod in_process;
+pub mod jobs;
 pub mod nats;
 pub mod outbox;
 pub mod relay;
@@ -26,6 +30,7 @@ use futures::stream::BoxStream;
 
 pub use change::{Change, ChangeKind, Subjects};
 pub use in_process::InProcessBus;
+pub use jobs::{FetchedJob, JobStream};
 pub use nats::NatsBus;
 pub use outbox::{Outbox, OutboxError, ReplaySize, Retained, Visibility};
 pub use relay::{Relay, RelayError};

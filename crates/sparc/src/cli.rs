@@ -288,7 +288,8 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     crate::projections::parked(&db, name.as_deref()).await?
                 }
                 ProjectionsCommand::Retry { name, position } => {
-                    crate::projections::retry(&db, &name, position).await?
+                    let jobs = crate::server::job_stream(&settings).await?;
+                    crate::projections::retry(&db, jobs, &name, position).await?
                 }
                 ProjectionsCommand::Rebuild { name, all } => {
                     crate::projections::rebuild_named(&db, name.as_deref(), all).await?

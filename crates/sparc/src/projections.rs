@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
+use sparc_bus::JobStream;
 use sparc_projections::catalog::{READ_MODELS, ReadModel, read_model};
 use sparc_projections::rebuild::{Progress, rebuild_all};
 use sparc_store::{CommandBus, Database};
@@ -62,15 +63,25 @@ pub async fn parked(db: &Database, name: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Applies the parked events of the consumer `name` again (the stream of `position` only, if
-/// given) and prints what happened.
-pub async fn retry(db: &Database, name: &str, position: Option<i64>) -> anyhow::Result<()> {
+/// given) and prints what happened; `jobs` is the deployment's job stream, for the dispatch.
+pub async fn retry(
+    db: &Database,
+    jobs: Option<JobStream>,
+    name: &str,
+    position: Option<i64>,
+) -> anyhow::Result<()> {
     let commands = Arc::new(CommandBus::new(db));
     // Not the memory sync: it pushes through the running service's connection to its server.
     let memory = Arc::new(sparc_memory::MemoryService::disabled());
     let consumers: Vec<_> = READ_MODELS
         .iter()
         .map(ReadModel::live)
-        .chain(crate::server::policies(db, commands, &memory))
+        .chain(crate::server::policies(
+            db,
+            commands,
+            &memory,
+            jobs.as_ref(),
+        ))
         .collect();
     let Some(consumer) = consumers.iter().find(|c| c.name() == name) else {
         let known: Vec<&str> = consumers.iter().map(|c| c.name()).collect();

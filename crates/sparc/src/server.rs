@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use sparc_api::job_queue::ReadModelQueue;
 use sparc_api::{App, ServiceInfo};
+use sparc_bus::{JobStream, Subjects};
 use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
 use sparc_domain::task::{RunReport, Task, TaskCommand};
 use sparc_memory::{MemoryService, MemorySync};
@@ -24,14 +26,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
+use crate::jobs::{JetStreamQueue, JobDispatch};
 use crate::keys;
 
 /// The policies the service runs beside the read models (`catalog::READ_MODELS`); the memory
-/// sync only with a Memory MCP server to push to.
+/// sync only with a Memory MCP server to push to, the job dispatch only with a job stream.
 pub fn policies(
     db: &Database,
     commands: Arc<CommandBus>,
     memory: &Arc<MemoryService>,
+    jobs: Option<&JobStream>,
 ) -> Vec<Arc<dyn Projection>> {
     let policy_commands = Arc::new(PolicyCommands(commands.clone()));
     let mut policies: Vec<Arc<dyn Projection>> = vec![
@@ -41,7 +45,21 @@ pub fn policies(
     if memory.enabled() {
         policies.push(Arc::new(MemorySync::new(memory.clone(), commands)));
     }
+    if let Some(jobs) = jobs {
+        policies.push(Arc::new(JobDispatch::new(jobs.clone())));
+    }
     policies
+}
+
+/// The job stream of a deployment with NATS (`NATS_URL`); none embedded.
+pub async fn job_stream(settings: &Settings) -> anyhow::Result<Option<JobStream>> {
+    match &settings.nats_url {
+        Some(url) => JobStream::connect(url, &Subjects::new(settings.nats_namespace.clone()))
+            .await
+            .map(Some)
+            .context("could not set up the job stream"),
+        None => Ok(None),
+    }
 }
 
 /// The command side as the policies see it.
@@ -200,10 +218,11 @@ impl Server {
         let (memory, memory_supervisor) = MemoryService::start(memory_config, shutdown_rx.clone());
         tasks.extend(memory_supervisor);
 
+        let jobs = job_stream(&settings).await?;
         let runner = ProjectionRunner::new(
             db.clone(),
             READ_MODELS.iter().map(ReadModel::live).collect(),
-            policies(&db, commands.clone(), &memory),
+            policies(&db, commands.clone(), &memory, jobs.as_ref()),
         )
         .with_poll_interval(Duration::from_millis(100))
         .with_generations(generations.clone());
@@ -240,7 +259,11 @@ impl Server {
                 info,
                 generations,
             )?
-            .with_memory(memory),
+            .with_memory(memory)
+            .with_jobs(match jobs {
+                Some(jobs) => Arc::new(JetStreamQueue(jobs)),
+                None => Arc::new(ReadModelQueue(db.clone())),
+            }),
         );
         let gateway = settings.gateway();
         let (realtime, realtime_tasks) = crate::realtime::start(

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppPath, AppQuery};
+use crate::job_queue::WaitingRun;
 use crate::resources::JobResource;
 use crate::routes::RequestContext;
 use crate::routes::agents::{WRITERS, agent_row};
@@ -138,39 +139,59 @@ async fn claim(
     metadata: &EventMetadata,
 ) -> Result<Vec<JobResource>, ApiError> {
     let skills = (!agent.capabilities.iter().any(|c| c == "*")).then_some(&agent.capabilities);
-    // More candidates than wanted: agents polling at once race for the same oldest runs.
-    let candidates = sparc_projections::executions::unclaimed(
-        &app.db,
-        skills.map(Vec::as_slice),
-        4 * limit as i64,
-    )
-    .await
-    .map_err(ApiError::internal)?;
+    let waiting = app
+        .jobs
+        .waiting(skills.map(Vec::as_slice), limit)
+        .await
+        .map_err(ApiError::internal)?;
     let mut jobs = Vec::new();
-    for run in candidates {
+    let mut waiting = waiting.into_iter();
+    for run in waiting.by_ref() {
         if jobs.len() == limit {
+            hand_back(run).await;
             break;
         }
-        if let Some(job) = claim_one(app, agent.id, run.state, metadata).await? {
-            jobs.push(job);
+        match claim_one(app, agent.id, run.execution_id, metadata).await {
+            Ok(job) => {
+                if let Some(receipt) = &run.receipt {
+                    receipt.done().await;
+                }
+                jobs.extend(job);
+            }
+            Err(error) => {
+                hand_back(run).await;
+                for rest in waiting {
+                    hand_back(rest).await;
+                }
+                return Err(error);
+            }
         }
+    }
+    for rest in waiting {
+        hand_back(rest).await;
     }
     Ok(jobs)
 }
 
-/// Claims `run` for `agent_id`; `None` when another agent (or another poll of this one) took
-/// it first, or it ended meanwhile.
+async fn hand_back(run: WaitingRun) {
+    if let Some(receipt) = run.receipt {
+        receipt.hand_back().await;
+    }
+}
+
+/// Claims run `execution_id` for `agent_id`; `None` when another agent (or another poll of
+/// this one) took it first, it ended meanwhile, or it does not exist.
 async fn claim_one(
     app: &App,
     agent_id: Uuid,
-    run: Execution,
+    execution_id: Uuid,
     metadata: &EventMetadata,
 ) -> Result<Option<JobResource>, ApiError> {
     let now = Utc::now();
     let claimed = app
         .commands
         .execute::<Execution>(
-            &run.id.to_string(),
+            &execution_id.to_string(),
             ExecutionCommand::Claim { agent_id, at: now },
             metadata,
             None,
@@ -181,6 +202,7 @@ async fn claim_one(
         Ok(_) | Err(CommandError::Rejected(_)) => return Ok(None),
         Err(error) => return Err(command_error(error)),
     };
+    let run = &claimed.state;
     let assigned = app
         .execute::<Task>(
             &run.task_id.to_string(),
