@@ -139,6 +139,10 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own: ctrl-c in a terminal (or `timeout`, or a supervisor
+        // signalling the group) reaches the worker only, which then lets the job finish
+        // within its grace period instead of seeing it killed at once.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(dir) = &skill.working_dir {
         command.current_dir(dir);
@@ -441,6 +445,25 @@ mod tests {
         command.env.insert("GREETING".to_owned(), "hi".to_owned());
         let outcome = run_for(&command, &[], Duration::from_secs(20)).await;
         assert_eq!(outcome.output, "/\nhi\n");
+    }
+
+    /// The process group (`pgrp`) and the process id in a `/proc/<pid>/stat` line.
+    fn group_and_pid(stat: &str) -> (String, String) {
+        let pid = stat.split_whitespace().next().unwrap().to_owned();
+        // After the command name in parentheses: state, parent, process group.
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        let group = after_name.split_whitespace().nth(2).unwrap().to_owned();
+        (group, pid)
+    }
+
+    #[tokio::test]
+    async fn the_command_runs_in_a_process_group_of_its_own() {
+        let outcome = run_simply(&["cat", "/proc/self/stat"]).await;
+        let (child_group, child_pid) = group_and_pid(&outcome.output);
+        let ours = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (our_group, _) = group_and_pid(&ours);
+        assert_eq!(child_group, child_pid);
+        assert_ne!(child_group, our_group);
     }
 
     #[tokio::test]
