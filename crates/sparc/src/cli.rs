@@ -1,9 +1,10 @@
 //! The command line: `sparc serve`, `sparc gateway`, `sparc migrate`, `sparc user …`,
-//! `sparc projections …`, `sparc audit …`.
+//! `sparc projections …`, `sparc audit …`, and `sparc worker`, which talks to the API only and
+//! has its own configuration file.
 
 use std::io::{BufRead, IsTerminal, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -22,11 +23,24 @@ use crate::telemetry;
 #[derive(Debug, Parser)]
 #[command(name = "sparc", version, about, long_about = None)]
 pub struct Cli {
-    /// A TOML settings file (also `SPARC_CONFIG`).
+    /// A TOML settings file (also `SPARC_CONFIG`); for `sparc worker`, the worker's file.
     #[arg(long, global = true, env = "SPARC_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Invocation,
+}
+
+/// The service's subcommands, which share its settings, and the worker, which does not.
+#[derive(Debug, Subcommand)]
+enum Invocation {
+    #[command(flatten)]
+    Service(Command),
+    /// Run the built-in worker: an agent that runs its skills' jobs as local commands.
+    ///
+    /// It logs in to the API, registers in the agent registry and takes the jobs of its skills.
+    /// `--config` names its TOML file (see deploy/worker.example.toml); the password comes from
+    /// `SPARC_WORKER_PASSWORD`. Needs no database.
+    Worker,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,14 +191,47 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 /// Parses the command line, runs it, and maps failure to exit status 1 with the error on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
+    match cli.command {
+        Invocation::Service(command) => {
+            let settings = match Settings::load(cli.config.as_deref()) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("error: invalid configuration: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            telemetry::init(settings.log_format);
+            block_on(run(command, settings))
+        }
+        Invocation::Worker => run_worker(cli.config.as_deref()),
+    }
+}
+
+/// `sparc worker`: reads the worker's file and runs until ctrl-c or SIGTERM.
+fn run_worker(file: Option<&Path>) -> ExitCode {
+    let Some(file) = file else {
+        eprintln!("error: sparc worker needs --config <worker.toml>");
+        return ExitCode::FAILURE;
+    };
+    let config = match crate::worker::config::WorkerConfig::load(file) {
+        Ok(config) => config,
         Err(error) => {
-            eprintln!("error: invalid configuration: {error}");
+            eprintln!(
+                "error: invalid worker configuration in {}: {error}",
+                file.display()
+            );
             return ExitCode::FAILURE;
         }
     };
-    telemetry::init(settings.log_format);
+    telemetry::init(config.log_format);
+    block_on(async {
+        crate::worker::run(config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Runs `work` on a multi-threaded runtime.
+fn block_on(work: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -195,7 +242,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    match runtime.block_on(work) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

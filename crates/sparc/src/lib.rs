@@ -1,7 +1,8 @@
 //! The sparc binary's library: everything that knows every concrete type.
 //!
 //! - [`audit`]: `sparc audit export`, the log as JSON lines.
-//! - [`cli`]: the subcommands (`serve`, `migrate`, `user create`, `audit verify`) and `main`.
+//! - [`cli`]: the subcommands (`serve`, `migrate`, `user create`, `audit verify`, `worker`) and
+//!   `main`.
 //! - [`config`]: the typed settings tree (defaults, then an optional TOML file, then `SPARC_…`
 //!   variables), with secrets that never print.
 //! - [`http`]: the HTTP server, with its bounds on header read time and open connections.
@@ -14,6 +15,7 @@
 //! - [`server`]: the composition root: database, projections, policies, the hash chainer, the
 //!   HTTP router, and graceful shutdown. Tests start it on port 0 through the same path as `main`.
 //! - [`telemetry`]: tracing, pretty in a terminal and JSON when configured.
+//! - [`worker`]: `sparc worker`, the built-in agent that runs skills as local commands.
 
 pub mod audit;
 pub mod cli;
@@ -26,3 +28,4 @@ pub mod realtime;
 pub mod scheduler;
 pub mod server;
 pub mod telemetry;
+pub mod worker;
