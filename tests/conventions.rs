@@ -1077,5 +1077,21 @@ both_backends!(
             "a refused registration leaves its name free: {}",
             freed.body
         );
+
+        // An agent's own id and name again (a restarted worker registering): 409, and the name
+        // stays the agent's.
+        let kept = json!({"id": Uuid::new_v4().to_string(), "name": "kept", "type": "coder"});
+        let first = app.post("/api/v1/agents", &admin.token, kept.clone()).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+        let again = app.post("/api/v1/agents", &admin.token, kept).await;
+        assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+        let other = app
+            .post(
+                "/api/v1/agents",
+                &admin.token,
+                json!({"name": "kept", "type": "coder"}),
+            )
+            .await;
+        assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.body);
     }
 );

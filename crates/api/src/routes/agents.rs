@@ -68,13 +68,14 @@ fn name_claim(name: &AgentName) -> String {
     reservation_id("agent", name.as_str())
 }
 
-/// Claims an agent name for `owner`: 409 if another agent holds it.
+/// Claims an agent name for `owner`: 409 if another agent holds it. Whether this call took it
+/// (`false`: `owner` held it already, and a failure after it must not release it).
 async fn claim_name(
     app: &App,
     name: &AgentName,
     owner: Uuid,
     metadata: &EventMetadata,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     app.execute::<Reservation>(
         &name_claim(name),
         ReservationCommand::Claim {
@@ -85,7 +86,7 @@ async fn claim_name(
         None,
     )
     .await
-    .map(|_| ())
+    .map(|outcome| !outcome.events.is_empty())
     .map_err(|e| match e {
         ApiError::Conflict(_) => ApiError::Conflict("Agent name already exists".to_owned()),
         other => other,
@@ -290,7 +291,7 @@ async fn register_agent(
                 quotas::ensure_below(&app, Quota::Agents, user.user_id).await?;
                 let agent_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let metadata = ctx.metadata(user.user_id.to_string());
-                claim_name(&app, &name, agent_id, &metadata).await?;
+                let took_name = claim_name(&app, &name, agent_id, &metadata).await?;
                 let command = AgentCommand::Register {
                     agent_id,
                     name: name.clone(),
@@ -306,7 +307,10 @@ async fn register_agent(
                 {
                     Ok(outcome) => outcome,
                     Err(error) => {
-                        release_name(&app, &name, agent_id, &metadata).await?;
+                        // An existing agent's id (409) must keep the name it holds.
+                        if took_name {
+                            release_name(&app, &name, agent_id, &metadata).await?;
+                        }
                         return Err(error);
                     }
                 };
