@@ -169,7 +169,7 @@ impl JobStream {
                 .await
                 .map_err(|e| BusError::Subscribe(Box::new(e)))?;
             while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| BusError::Subscribe(e))?;
+                let message = message.map_err(BusError::Subscribe)?;
                 let execution_id = std::str::from_utf8(&message.payload)
                     .ok()
                     .and_then(|text| text.parse().ok());

@@ -196,7 +196,7 @@ pub struct CreateTask {
     #[schema(schema_with = overlap_values)]
     pub overlap: Option<Text<LISTED_VALUE_MAX>>,
     /// `once` (default: slots missed while no scheduler ran fire once on recovery) or `none`
-    /// (they do not fire).
+    /// (they do not fire: a slot counts as missed when it is more than 60 s late).
     #[schema(schema_with = catch_up_values)]
     pub catch_up: Option<Text<LISTED_VALUE_MAX>>,
 }
@@ -482,7 +482,7 @@ pub struct UpdateTask {
     #[schema(schema_with = overlap_values)]
     pub overlap: Option<Text<LISTED_VALUE_MAX>>,
     /// `once` (default: slots missed while no scheduler ran fire once on recovery) or `none`
-    /// (they do not fire).
+    /// (they do not fire: a slot counts as missed when it is more than 60 s late).
     #[schema(schema_with = catch_up_values)]
     pub catch_up: Option<Text<LISTED_VALUE_MAX>>,
 }
