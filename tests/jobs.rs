@@ -1,6 +1,7 @@
 //! Runs reach agents, black-box on both backends: a fired run is a job that only an agent with
-//! its skill gets, exactly once however many poll at once (on one instance or two), that a long
-//! poll waits for; a run not finished in time becomes `timeout`; deleting a task cancels its
+//! its skill gets, exactly once however many poll at once (on one instance or two, through the
+//! read model or the JetStream work queue), that a long poll waits for, and whose claim the
+//! owner sees on the WebSocket; a run not finished in time becomes `timeout`; deleting a task cancels its
 //! waiting job; and the task fields that govern runs are validated and kept.
 
 use std::collections::BTreeSet;
@@ -86,6 +87,7 @@ both_backends!(
         )
         .await;
         let task_id = id_of(&created);
+        let (mut socket, _) = app.ws(&owner.token, None).await;
         let run = run_now(&app, &owner, &task_id).await;
 
         assert!(
@@ -106,7 +108,18 @@ both_backends!(
             "a claimed job is not handed out again"
         );
 
-        // The claim shows on the execution, the task and the agent.
+        // The claim shows on the owner's WebSocket, the execution, the task and the agent.
+        let (mut claimed_run, mut assigned_task) = (false, false);
+        while !(claimed_run && assigned_task) {
+            let frame = socket.change().await;
+            let payload = &frame["payload"];
+            claimed_run |= frame["type"] == "execution_update"
+                && payload["execution"]["id"] == run.as_str()
+                && payload["execution"]["agent_id"] == builder.as_str();
+            assigned_task |= frame["type"] == "task_status_update"
+                && payload["taskId"] == task_id.as_str()
+                && payload["assignee"] == builder.as_str();
+        }
         assert_eq!(
             execution(&app, &owner, &task_id, &run).await["agent_id"],
             builder.as_str()
