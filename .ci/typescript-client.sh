@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build -q -p sparc
+# The binary as the tests build it (after `cargo test --workspace`, nothing to do).
+cargo test -q --workspace --no-run
 client=clients/typescript
 ./target/debug/sparc openapi >"$client/openapi.json"
 cd "$client"

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sparc_store::testing::SqliteTestFile;
 
-mod support;
-
 const SECRET: &str = "accounts-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Sup3rSecret!";
 
@@ -86,7 +84,7 @@ async fn the_command_line_changes_roles_and_activity_while_the_server_runs() {
         ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
         ("RUST_LOG", "error"),
     ];
-    let service = support::start("serve", &env, "/api/v1/readiness").await;
+    let service = crate::support::start("serve", &env, "/api/v1/readiness").await;
     let base = service.base.as_str();
 
     let created = sparc(

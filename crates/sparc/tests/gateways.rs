@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 use sparc_store::testing::postgres_test_database;
 use tokio_tungstenite::tungstenite::Message;
 
-mod support;
-use support::{Process, start, start_on};
+use crate::support::{Process, start, start_on};
 
 const SECRET: &str = "gateways-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Sc4le0utFine!";

@@ -1,10 +1,12 @@
 //! The scheduler fires a due slot exactly once however many schedulers race on it (in one
 //! process, and in three `sparc serve` processes on one PostgreSQL), collapses slots missed
 //! while no scheduler ran into one run, never fires a disabled task, and fires a daily task
-//! once on both days of a daylight-saving change (its clock injected).
+//! once on both days of a daylight-saving change (its clock injected); a run past its deadline
+//! times out once however many schedulers sweep.
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{Duration, TimeZone, Timelike, Utc};
 use serde_json::json;
+use sparc_domain::execution::{Execution, ExecutionCommand};
 use sparc_domain::task::{RunPolicy, Task, TaskCommand, TaskStatus};
 use sparc_domain::values::{CronSchedule, Overlap, SkillName, TimeZoneName};
 use sparc_projections::catalog::read_model;
@@ -12,8 +14,6 @@ use sparc_projections::runner::catch_up;
 use sparc_store::testing::{postgres_database, postgres_test_database, sqlite_database};
 use sparc_store::{CommandBus, Database, EventMetadata, LogReader};
 use uuid::Uuid;
-
-mod support;
 
 async fn schedule(commands: &CommandBus, status: TaskStatus, at: chrono::DateTime<Utc>) -> Uuid {
     schedule_in(
@@ -223,7 +223,10 @@ async fn three_scheduler_processes_fire_500_due_tasks_exactly_once() {
     };
     let commands = CommandBus::new(&pg.database);
     // A yearly schedule whose slot passed a minute ago: due now, and not again for a year.
-    let slot = Utc::now() - Duration::minutes(1);
+    let slot = (Utc::now() - Duration::minutes(1))
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .expect("a whole minute");
     let cron = format!(
         "{} {} {} {} *",
         slot.format("%M"),
@@ -256,7 +259,7 @@ async fn three_scheduler_processes_fire_500_due_tasks_exactly_once() {
     ];
     let mut schedulers = Vec::new();
     for _ in 0..3 {
-        schedulers.push(support::start("serve", &env, "/api/v1/readiness").await);
+        schedulers.push(crate::support::start("serve", &env, "/api/v1/readiness").await);
     }
     let started = |db: Database| async move {
         let (count,): (i64,) = sqlx::query_as(
@@ -290,4 +293,65 @@ async fn three_scheduler_processes_fire_500_due_tasks_exactly_once() {
         );
     }
     drop(schedulers);
+}
+
+/// A run past its deadline times out once however many schedulers sweep at once: the
+/// execution refuses a second time-out.
+async fn racing_sweeps_time_a_run_out_once(db: Database) {
+    let commands = CommandBus::new(&db);
+    let t0 = Utc.with_ymd_and_hms(2026, 3, 2, 9, 1, 0).unwrap();
+    let task_id = schedule(&commands, TaskStatus::Pending, t0).await;
+    let (task, _) = commands
+        .load::<Task>(&task_id.to_string())
+        .await
+        .expect("the task");
+    let execution_id = Uuid::now_v7();
+    commands
+        .create::<Execution>(
+            &execution_id.to_string(),
+            ExecutionCommand::start_of(&task, execution_id, None, t0, t0),
+            &EventMetadata::new("test", "scheduler"),
+        )
+        .await
+        .expect("a run");
+    let executions = read_model("executions").expect("executions");
+    catch_up(&db, executions.live(), 1000)
+        .await
+        .expect("the read model");
+
+    let after_deadline = t0 + Duration::hours(2);
+    let sweeps: Vec<_> = (0..3)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                sparc::scheduler::time_out_overdue(&db, &CommandBus::new(&db), after_deadline).await
+            })
+        })
+        .collect();
+    let mut ended = 0;
+    for sweep in sweeps {
+        ended += sweep.await.expect("a sweep").expect("a pass");
+    }
+    assert_eq!(ended, 1, "exactly one sweep ends the run");
+    let finished = LogReader::new(&db)
+        .aggregate_events("Execution", &execution_id.to_string(), 0, 10)
+        .await
+        .expect("the log")
+        .iter()
+        .filter(|e| e.event_type == "ExecutionFinished")
+        .count();
+    assert_eq!(finished, 1, "the run ended once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_sweeps_time_a_run_out_once_on_postgres() {
+    if let Some(db) = postgres_database().await {
+        racing_sweeps_time_a_run_out_once(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_sweeps_time_a_run_out_once_on_sqlite() {
+    let (db, _file) = sqlite_database().await;
+    racing_sweeps_time_a_run_out_once(db).await;
 }

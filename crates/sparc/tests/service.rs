@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod support;
-use support::{Process, free_port};
+use crate::support::{Process, free_port};
 
 const SECRET: &str = "service-test-signing-key-0123456789abcdef";
 
@@ -142,7 +141,7 @@ async fn start(database_url: &str) -> Process {
         ("SPARC_JWT_SECRET", SECRET),
         ("RUST_LOG", "error"),
     ];
-    support::start("serve", &env, "/api/v1/readiness").await
+    crate::support::start("serve", &env, "/api/v1/readiness").await
 }
 
 async fn readiness(base: &str) -> Option<u16> {
