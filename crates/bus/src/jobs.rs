@@ -140,10 +140,14 @@ impl JobStream {
         limit: usize,
     ) -> Result<Vec<FetchedJob>, BusError> {
         let stream = self.stream().await?;
-        let skills = match skills {
-            Some(skills) => skills.to_vec(),
-            None => self.waiting_skills(&stream).await?,
-        };
+        // Only skills with jobs waiting: those come from tasks' checked skill names, while an
+        // agent's capabilities are free text that must never become a subject or a consumer.
+        let skills: Vec<String> = self
+            .waiting_skills(&stream)
+            .await?
+            .into_iter()
+            .filter(|skill| skills.is_none_or(|wanted| wanted.contains(skill)))
+            .collect();
         let mut jobs = Vec::new();
         for skill in skills {
             if jobs.len() >= limit {

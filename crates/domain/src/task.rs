@@ -75,6 +75,10 @@ pub struct RunPolicy {
     pub catch_up: CatchUp,
 }
 
+/// The most runs of one task going at once under `overlap: allow`; a slot beyond is skipped
+/// and a manual run refused, as under `skip`.
+pub const MAX_RUNS_AT_ONCE: usize = 100;
+
 /// How long after its time a slot counts as missed (for `catch_up: none`): longer than any
 /// scheduler pass takes, shorter than the shortest schedule interval.
 pub const MISSED_AFTER_SECONDS: i64 = 60;
@@ -524,6 +528,13 @@ impl Task {
         }
     }
 
+    /// Whether a new run may start beside the ones going: under `overlap: allow`, up to
+    /// [`MAX_RUNS_AT_ONCE`] (the task keeps every run going in its state, so a flood of manual
+    /// runs must not grow it without bound).
+    fn may_start_beside(&self) -> bool {
+        self.run.overlap == Overlap::Allow && 1 + self.overlapping_runs.len() < MAX_RUNS_AT_ONCE
+    }
+
     /// Whether `execution_id` is one of the task's runs still going.
     fn runs(&self, execution_id: Uuid) -> bool {
         self.running_execution_id == Some(execution_id)
@@ -639,7 +650,7 @@ impl Task {
         }
         let overlapped = self
             .running_execution_id
-            .filter(|_| self.run.overlap == Overlap::Skip);
+            .filter(|_| !self.may_start_beside());
         Ok(vec![match overlapped {
             Some(running) => TaskEvent::TaskRunSkipped {
                 scheduled_for,
@@ -665,7 +676,7 @@ impl Task {
         at: Timestamp,
     ) -> Result<Vec<TaskEvent>, TaskError> {
         self.live()?;
-        if self.running_execution_id.is_some() && self.run.overlap == Overlap::Skip {
+        if self.running_execution_id.is_some() && !self.may_start_beside() {
             return Err(TaskError::AlreadyRunning);
         }
         Ok(vec![TaskEvent::TaskFired {
@@ -1641,5 +1652,32 @@ mod tests {
         assert_eq!(task.run.timeout_seconds.get(), 30);
         assert_eq!(task.run.overlap, Overlap::Allow);
         assert_eq!(task.run.catch_up, CatchUp::None);
+    }
+
+    #[test]
+    fn under_overlap_allow_runs_at_once_are_capped() {
+        let mut task = Task::default();
+        task.apply(scheduled("*/5 * * * *", TaskStatus::Pending));
+        task.apply(with_policy(RunPolicy {
+            overlap: Overlap::Allow,
+            ..RunPolicy::default()
+        }));
+        for n in 0..MAX_RUNS_AT_ONCE as u128 {
+            let events = task
+                .decide_run_now(Uuid::from_u128(100 + n), None, at(9, 1))
+                .expect("room for another run");
+            for event in events {
+                task.apply(event);
+            }
+        }
+        assert_eq!(
+            task.decide_run_now(Uuid::from_u128(1), None, at(9, 2)),
+            Err(TaskError::AlreadyRunning)
+        );
+        let due = task.next_run_at.expect("a due slot");
+        assert!(matches!(
+            task.decide_fire(Uuid::from_u128(2), due, due).as_deref(),
+            Ok([TaskEvent::TaskRunSkipped { .. }])
+        ));
     }
 }
