@@ -22,6 +22,7 @@ mod overload;
 mod ownership;
 mod projects;
 mod quotas;
+mod reads;
 mod tasks;
 mod users;
 mod websocket;

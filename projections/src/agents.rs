@@ -6,7 +6,7 @@ use sparc_store::Database;
 use uuid::Uuid;
 
 use crate::sql::SqlValue;
-use crate::state_table::{self, Indexed, Row, Selection, Totals};
+use crate::state_table::{self, Indexed, Row, Selection, StatusFilter, Tally, Total};
 
 impl Indexed for Agent {
     const TABLE: &'static str = "agents";
@@ -35,6 +35,15 @@ impl Indexed for Agent {
     }
 
     const PUBLISHED: bool = true;
+
+    /// The registry is shared: counted only in the all-seeing cells, by type and status.
+    fn tally(&self) -> Option<Tally> {
+        self.registered.then(|| Tally {
+            owner: None,
+            group: Some(self.agent_type.as_str().to_owned()),
+            status: self.status.as_str(),
+        })
+    }
 }
 
 /// What the agent list asks for.
@@ -115,11 +124,11 @@ fn capability_pattern(capability: &str) -> String {
     pattern
 }
 
-/// A page of registered agents, most recently active first, and the total matching.
+/// A page of registered agents, most recently active first, and the total matching (from the
+/// counts, unless narrowed to capabilities).
 pub async fn list(
     db: &Database,
     query: &AgentQuery,
-    totals: &Totals,
 ) -> Result<(Vec<Row<Agent>>, i64), sqlx::Error> {
     let mut conditions = vec!["registered = 1".to_owned()];
     let mut params: Vec<SqlValue> = Vec::new();
@@ -142,7 +151,18 @@ pub async fn list(
         }
         conditions.push(format!("({})", any.join(" OR ")));
     }
-    state_table::select_with_totals(
+    let total = if query.capabilities.is_empty() {
+        Total::Counted {
+            owner: None,
+            group: query.agent_type.map(|t| t.as_str().to_owned()),
+            status: query
+                .status
+                .map_or(StatusFilter::Any, |s| StatusFilter::Only(s.as_str())),
+        }
+    } else {
+        Total::Rows
+    };
+    state_table::select_with_total(
         db,
         &Selection {
             filter: conditions.join(" AND "),
@@ -152,7 +172,7 @@ pub async fn list(
             limit: query.limit,
             offset: query.offset,
         },
-        Some(totals),
+        &total,
     )
     .await
 }

@@ -53,4 +53,4 @@ pub mod users;
 pub use cache_key::CacheKey;
 pub use runner::{Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
 pub use sql::{SqlValue, format_timestamp};
-pub use state_table::{Indexed, Row, StateTable, Totals};
+pub use state_table::{Indexed, Row, StateTable, StatusFilter, Tally, Total};

@@ -8,7 +8,7 @@
 //! leaves them for the relay ([`sparc_store::outbox`]). The rows it numbered go to the relay in
 //! process once the transaction has committed, so they are published without being read back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use sparc_store::outbox::NumberedChange;
 use sparc_store::{RecordedEvent, StoreTx};
@@ -30,14 +30,35 @@ pub struct Change {
     recorded_at: String,
 }
 
-/// The changes of one batch, in the order the read models produced them.
+/// The changes of one batch, in the order the read models produced them, and the views of the
+/// read models they moved (for caches, see [`sparc_store::Generations`]).
 #[derive(Debug, Default)]
-pub struct Outgoing(Vec<Change>);
+pub struct Outgoing {
+    changes: Vec<Change>,
+    touched: BTreeSet<String>,
+}
 
 impl Outgoing {
     /// Adds the changes of `other` after these.
     pub fn extend(&mut self, other: Outgoing) {
-        self.0.extend(other.0);
+        self.changes.extend(other.changes);
+        self.touched.extend(other.touched);
+    }
+
+    /// Records that a row of `read_model` visible to `audience` changed (whether or not it is
+    /// published): the owner's view (a [`sparc_store::changes::scope`]), or every view when
+    /// everyone sees the row.
+    pub fn touch(&mut self, read_model: &str, audience: Option<&str>) {
+        let name = match audience {
+            Some(owner) => sparc_store::changes::scope(read_model, owner),
+            None => read_model.to_owned(),
+        };
+        self.touched.insert(name);
+    }
+
+    /// The views the batch changed, to notify and bump once it commits.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.touched).into_iter().collect()
     }
 
     /// Adds the change `event` made: `state` (its JSON) of an aggregate of the read model
@@ -49,7 +70,7 @@ impl Outgoing {
         audience: Option<String>,
         state: String,
     ) {
-        self.0.push(Change {
+        self.changes.push(Change {
             transaction_id: event.transaction_id,
             position: event.position,
             kind: kind.to_owned(),
@@ -83,7 +104,7 @@ pub(crate) async fn write(
     numbering_start: Option<i64>,
 ) -> Result<Vec<NumberedChange>, ProjectionError> {
     outgoing
-        .0
+        .changes
         .sort_unstable_by_key(|change| (change.transaction_id, change.position));
     let mut last_numbered = numbering_start;
     let mut event_ids: HashMap<i64, i64> = HashMap::new();
@@ -98,10 +119,10 @@ pub(crate) async fn write(
     );
     let chunk_size = match tx {
         // One statement whatever the number of rows.
-        StoreTx::Postgres(_) => outgoing.0.len().max(1),
+        StoreTx::Postgres(_) => outgoing.changes.len().max(1),
         StoreTx::Sqlite(_) => ROWS_PER_STATEMENT,
     };
-    for chunk in outgoing.0.chunks(chunk_size) {
+    for chunk in outgoing.changes.chunks(chunk_size) {
         let written: Vec<(i64, Option<i64>)> = match tx {
             StoreTx::Postgres(tx) => {
                 let sql = insert.replace(
@@ -166,7 +187,7 @@ pub(crate) async fn write(
         );
     }
     Ok(outgoing
-        .0
+        .changes
         .into_iter()
         .filter_map(|change| {
             Some(NumberedChange {

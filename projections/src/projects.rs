@@ -1,6 +1,7 @@
 //! The `projects` read model: project states with lower-cased name and description for
-//! case-insensitive search. `tasks_count` is counted from the `tasks` table at query time, so
-//! it is always consistent with the task list.
+//! case-insensitive search. `tasks_count` is the sum of the tasks read model's counts for the
+//! project (`list_counts`, written with the task rows), so it is always consistent with the
+//! task list.
 
 use sparc_domain::project::{Project, ProjectStatus};
 use sparc_store::Database;
@@ -8,7 +9,7 @@ use uuid::Uuid;
 
 use crate::on_db;
 use crate::sql::SqlValue;
-use crate::state_table::{self, Indexed, Row, Selection, Totals};
+use crate::state_table::{self, Indexed, Row, Selection, StatusFilter, Tally, Total};
 
 impl Indexed for Project {
     const TABLE: &'static str = "projects";
@@ -36,6 +37,14 @@ impl Indexed for Project {
 
     fn audience(&self) -> Option<Uuid> {
         Some(self.user_id)
+    }
+
+    fn tally(&self) -> Option<Tally> {
+        Some(Tally {
+            owner: Some(self.user_id),
+            group: None,
+            status: self.status.as_str(),
+        })
     }
 }
 
@@ -70,7 +79,9 @@ pub struct ProjectQuery {
     pub offset: i64,
 }
 
-const TASKS_COUNT: &str = "(SELECT COUNT(*) FROM tasks WHERE tasks.project_id = projects.id AND tasks.status <> 'deleted')";
+/// A project's live tasks, from the tasks' counts (a few cells per project, not its rows).
+const TASKS_COUNT: &str = "(SELECT COALESCE(SUM(n), 0) FROM list_counts \
+    WHERE read_model = 'tasks' AND owner = '*' AND grp = projects.id AND status <> 'deleted')";
 
 /// One project by id.
 pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Project>>, sqlx::Error> {
@@ -91,11 +102,10 @@ fn like_pattern(text: &str) -> String {
     escaped
 }
 
-/// A page of projects and the total matching.
+/// A page of projects and the total matching (from the counts, unless searched).
 pub async fn list(
     db: &Database,
     query: &ProjectQuery,
-    totals: &Totals,
 ) -> Result<(Vec<Row<Project>>, i64), sqlx::Error> {
     let mut conditions = vec!["status <> 'deleted'".to_owned()];
     let mut params: Vec<SqlValue> = Vec::new();
@@ -120,7 +130,17 @@ pub async fn list(
         ProjectSort::TasksCount => TASKS_COUNT,
     };
     let direction = if query.descending { "DESC" } else { "ASC" };
-    state_table::select_with_totals(
+    let total = match query.search.as_deref().filter(|s| !s.is_empty()) {
+        Some(_) => Total::Rows,
+        None => Total::Counted {
+            owner: query.owner,
+            group: None,
+            status: query.status.map_or(StatusFilter::Except("deleted"), |s| {
+                StatusFilter::Only(s.as_str())
+            }),
+        },
+    };
+    state_table::select_with_total(
         db,
         &Selection {
             filter: conditions.join(" AND "),
@@ -129,7 +149,7 @@ pub async fn list(
             limit: query.limit,
             offset: query.offset,
         },
-        Some(totals),
+        &total,
     )
     .await
 }
@@ -158,7 +178,9 @@ pub async fn tasks_counts(
     }
     let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT project_id, COUNT(*) FROM tasks WHERE status <> 'deleted' AND project_id IN ({}) GROUP BY project_id",
+        "SELECT grp, CAST(SUM(n) AS BIGINT) FROM list_counts \
+         WHERE read_model = 'tasks' AND owner = '*' AND status <> 'deleted' AND grp IN ({}) \
+         GROUP BY grp",
         placeholders.join(", ")
     );
     let rows: Vec<(String, i64)> = on_db!(db, pool => {

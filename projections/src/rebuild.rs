@@ -117,6 +117,13 @@ pub async fn rebuild_all(
             sqlx::query(&format!("DELETE FROM {}", model.name)).execute(&mut *conn).await?;
             sqlx::query(&format!("INSERT INTO {} SELECT * FROM {table}", model.name)).execute(&mut *conn).await?;
             sqlx::query(&format!("DROP TABLE {table}")).execute(&mut *conn).await?;
+            // The shadow's list counts become the live ones, as its rows did.
+            sqlx::query("DELETE FROM list_counts WHERE read_model = $1").bind(model.name).execute(&mut *conn).await?;
+            sqlx::query("UPDATE list_counts SET read_model = $1 WHERE read_model = $2")
+                .bind(model.name)
+                .bind(table)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(
                 "INSERT INTO projection_rebuilds (name, rebuilt_at, events) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET rebuilt_at = excluded.rebuilt_at, events = excluded.events",
@@ -158,6 +165,7 @@ pub async fn differences(db: &Database, model: &ReadModel) -> Result<Vec<String>
     let ids: Vec<String> = on_tx!(&mut tx, conn => {
         let ids = sqlx::query_scalar(&sql).fetch_all(&mut *conn).await?;
         sqlx::query(&format!("DROP TABLE {check_table}")).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM list_counts WHERE read_model = $1").bind(&check_table).execute(&mut *conn).await?;
         ids
     });
     tx.delete_checkpoint(&check_table).await?;
@@ -203,6 +211,7 @@ async fn create_shadow(db: &Database, live: &str, shadow: &str) -> Result<(), Pr
         sqlx::query(&format!("CREATE TABLE {shadow} AS SELECT * FROM {live} WHERE 1 = 0")).execute(&mut *conn).await?;
         sqlx::query(&format!("CREATE UNIQUE INDEX {shadow}_id ON {shadow} (id)")).execute(&mut *conn).await?;
         sqlx::query("DELETE FROM checkpoints WHERE name = $1").bind(shadow).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM list_counts WHERE read_model = $1").bind(shadow).execute(&mut *conn).await?;
     });
     tx.commit().await?;
     Ok(())

@@ -547,14 +547,11 @@ impl Worker {
                 .zip(&batch.changed)
                 .filter_map(|(name, changed)| changed.then_some(*name))
                 .collect();
+            // The views to announce are known once the batch is applied (whose rows moved).
             let advance = Advance {
                 names: &moved,
                 to: last,
-                read_models: if self.drives_read_models {
-                    &changed
-                } else {
-                    &[]
-                },
+                read_models: &[],
             };
             // The batch that numbers its own rows saves its advance with the read of the
             // locked checkpoints (one round trip fewer); a mismatch below rolls it back.
@@ -574,19 +571,26 @@ impl Worker {
                 saved = locked;
                 continue;
             }
-            let (outgoing, parked) = self.apply(&mut tx, &batch, parked, cursor.isolate).await?;
+            let (mut outgoing, parked) =
+                self.apply(&mut tx, &batch, parked, cursor.isolate).await?;
+            let views = if self.drives_read_models {
+                changed_views(&changed, outgoing.take_touched())
+            } else {
+                Vec::new()
+            };
+            let views: Vec<&str> = views.iter().map(String::as_str).collect();
             parkings.extend(parked);
             park(&mut tx, &names, &parkings).await?;
             batch.numbered = crate::outbox::write(&mut tx, outgoing, numbering_start).await?;
-            if !level {
-                tx.save_checkpoints_and_notify(advance.names, advance.to, advance.read_models)
+            if level {
+                tx.notify_changed(&views).await?;
+            } else {
+                tx.save_checkpoints_and_notify(advance.names, advance.to, &views)
                     .await?;
             }
             tx.commit().await?;
-            if self.drives_read_models {
-                for name in &changed {
-                    self.generations.bump(name);
-                }
+            for view in &views {
+                self.generations.bump(view);
             }
             cursor.saved = Some(saved.iter().map(|at| (*at).max(last)).collect());
             cursor.passed = None;
@@ -779,6 +783,21 @@ fn publishers_level(members: &[&str], after: &[Checkpoint]) -> bool {
         Some(Some(first)) => starts.all(|start| start == Some(first)),
         _ => false,
     }
+}
+
+/// The views a batch changed, to announce: those its read models touched (an owner's rows, see
+/// [`Outgoing::touch`]), and the whole of each changed read model that touched none.
+fn changed_views(changed: &[&str], touched: Vec<String>) -> Vec<String> {
+    let mut views = touched;
+    for name in changed {
+        let touched_any = views
+            .iter()
+            .any(|view| view.split('/').next() == Some(*name));
+        if !touched_any {
+            views.push((*name).to_owned());
+        }
+    }
+    views
 }
 
 #[cfg(test)]

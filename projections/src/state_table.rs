@@ -19,7 +19,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sparc_store::{Database, RecordedEvent, StoreTx};
 
-use crate::cache_key::CacheKey;
 use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
@@ -36,9 +35,41 @@ pub trait Indexed: Aggregate + Clone {
     /// Whether changes of this read model are pushed to clients (through the outbox).
     const PUBLISHED: bool = false;
     /// The one user allowed to see this state's changes (besides admins and auditors), or
-    /// `None` when every signed-in user may.
+    /// `None` when every signed-in user may. A change of the state moves that owner's cached
+    /// lists (and the all-seeing ones), not other owners'.
     fn audience(&self) -> Option<uuid::Uuid> {
         None
+    }
+    /// The cell of `list_counts` this state is counted in, or `None` if no list shows it:
+    /// list totals are sums of cells, kept in the transaction that writes the rows.
+    fn tally(&self) -> Option<Tally> {
+        None
+    }
+}
+
+/// Where a state counts in its read model's list totals: per owner (and in the all-seeing
+/// total), per group a list filters on, per status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tally {
+    /// The owner whose lists show it; `None`: only the all-seeing lists (a shared registry).
+    pub owner: Option<uuid::Uuid>,
+    /// The group a list may be narrowed to (a task's project, an agent's type).
+    pub group: Option<String>,
+    /// Its status.
+    pub status: &'static str,
+}
+
+/// The `list_counts` owner of the all-seeing totals.
+const EVERYONE: &str = "*";
+
+impl Tally {
+    /// The `(owner, group, status)` cells this state counts in.
+    fn cells(&self) -> impl Iterator<Item = (String, String, &'static str)> + '_ {
+        let group = self.group.clone().unwrap_or_default();
+        let own = self.owner.map(|owner| owner.to_string());
+        own.into_iter()
+            .chain(std::iter::once(EVERYONE.to_owned()))
+            .map(move |owner| (owner, group.clone(), self.status))
     }
 }
 
@@ -113,11 +144,14 @@ struct Folded<A> {
     /// The state's JSON, when it was serialized for a change after the last event folded in:
     /// the row's body, not serialized a second time.
     body: Option<String>,
+    /// Where the row counted when read (`None`: no row, or not counted).
+    tally_before: Option<Tally>,
 }
 
-impl<A> Folded<A> {
+impl<A: Indexed> Folded<A> {
     fn new(state: A, version: i64) -> Self {
         Self {
+            tally_before: (version > 0).then(|| state.tally()).flatten(),
             state,
             version,
             read_at: version,
@@ -229,8 +263,84 @@ where
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
             self.upsert(tx, chunk).await?;
         }
+        let mut counts: HashMap<(String, String, &'static str), i64> = HashMap::new();
+        for (_, folded) in &changed {
+            let audience = folded.state.audience().map(|owner| owner.to_string());
+            outgoing.touch(&self.table, audience.as_deref());
+            let after = folded.state.tally();
+            if after == folded.tally_before {
+                continue;
+            }
+            for (tally, delta) in [(&folded.tally_before, -1), (&after, 1)] {
+                for cell in tally.iter().flat_map(Tally::cells) {
+                    *counts.entry(cell).or_default() += delta;
+                }
+            }
+        }
+        counts.retain(|_, delta| *delta != 0);
+        add_counts(tx, &self.table, counts).await?;
         Ok(())
     }
+}
+
+/// Adds `deltas` to the `list_counts` cells of `table`, in one statement.
+async fn add_counts(
+    tx: &mut StoreTx,
+    table: &str,
+    deltas: HashMap<(String, String, &'static str), i64>,
+) -> Result<(), sqlx::Error> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    const UPSERT: &str = "INSERT INTO list_counts (read_model, owner, grp, status, n) {rows} \
+        ON CONFLICT (read_model, owner, grp, status) DO UPDATE SET n = list_counts.n + excluded.n";
+    match tx {
+        StoreTx::Postgres(tx) => {
+            let (mut owners, mut groups, mut statuses, mut ns) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((owner, group, status), n) in deltas {
+                owners.push(owner);
+                groups.push(group);
+                statuses.push(status);
+                ns.push(n);
+            }
+            let sql = UPSERT.replace(
+                "{rows}",
+                "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[])",
+            );
+            sqlx::query(&sql)
+                .bind(table)
+                .bind(owners)
+                .bind(groups)
+                .bind(statuses)
+                .bind(ns)
+                .execute(&mut **tx)
+                .await?;
+        }
+        StoreTx::Sqlite(tx) => {
+            let deltas: Vec<_> = deltas.into_iter().collect();
+            for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+                let tuples: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        format!(
+                            "($1, ${}, ${}, ${}, ${})",
+                            4 * i + 2,
+                            4 * i + 3,
+                            4 * i + 4,
+                            4 * i + 5
+                        )
+                    })
+                    .collect();
+                let sql = UPSERT.replace("{rows}", &format!("VALUES {}", tuples.join(", ")));
+                let mut query = sqlx::query(&sql).bind(table);
+                for ((owner, group, status), n) in chunk {
+                    query = query.bind(owner).bind(group).bind(*status).bind(*n);
+                }
+                query.execute(&mut **tx).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl<A: Indexed> StateTable<A> {
@@ -366,42 +476,76 @@ pub struct Selection {
     pub offset: i64,
 }
 
-/// Remembered totals of list filters, each with the position of its read model's checkpoint
-/// when counted. A read model changes only in a transaction that also moves its checkpoint, so
-/// while the checkpoint stays put the count is still right and need not be taken again (a page
-/// query reads the checkpoint in the same statement). Bounded: its keys are [`CacheKey`]s of
-/// the filter, one size however long the filter's text, and it forgets everything when full.
-#[derive(Debug, Default)]
-pub struct Totals {
-    counted: std::sync::Mutex<HashMap<CacheKey, (i64, i64)>>,
+/// How a list's total is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Total {
+    /// Summed from the `list_counts` cells ([`Tally`]) of the owner (`None`: everyone's), the
+    /// group (if narrowed to one) and the statuses: a few rows, however many the list has.
+    Counted {
+        /// Whose rows (`None`: everyone's).
+        owner: Option<uuid::Uuid>,
+        /// Only this group's.
+        group: Option<String>,
+        /// Which statuses.
+        status: StatusFilter,
+    },
+    /// Counted over the matching rows (for filters the cells do not tell apart), through the
+    /// index that serves the filter.
+    Rows,
 }
 
-/// Filters whose totals a [`Totals`] keeps at most.
-const TOTALS_KEPT: usize = 10_000;
+/// The statuses a counted total takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// Every status.
+    Any,
+    /// Only this one.
+    Only(&'static str),
+    /// All but this one (the deleted).
+    Except(&'static str),
+}
 
-impl Totals {
-    fn get(&self, key: &CacheKey, generation: i64) -> Option<i64> {
-        let counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        counted
-            .get(key)
-            .and_then(|&(at, total)| (at == generation).then_some(total))
+/// The total of the rows of `table` that `total` describes (see [`Total::Counted`]).
+async fn counted(
+    db: &Database,
+    table: &str,
+    owner: Option<uuid::Uuid>,
+    group: Option<&str>,
+    status: StatusFilter,
+) -> Result<i64, sqlx::Error> {
+    let mut sql = "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM list_counts \
+        WHERE read_model = $1 AND owner = $2"
+        .to_owned();
+    let mut params: Vec<SqlValue> = vec![
+        table.to_owned().into(),
+        owner
+            .map_or_else(|| EVERYONE.to_owned(), |o| o.to_string())
+            .into(),
+    ];
+    if let Some(group) = group {
+        params.push(group.to_owned().into());
+        sql.push_str(&format!(" AND grp = ${}", params.len()));
     }
-
-    fn put(&self, key: CacheKey, generation: i64, total: i64) {
-        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        if counted.len() >= TOTALS_KEPT && !counted.contains_key(&key) {
-            counted.clear();
+    match status {
+        StatusFilter::Any => {}
+        StatusFilter::Only(status) => {
+            params.push(status.to_owned().into());
+            sql.push_str(&format!(" AND status = ${}", params.len()));
         }
-        counted.insert(key, (generation, total));
+        StatusFilter::Except(status) => {
+            params.push(status.to_owned().into());
+            sql.push_str(&format!(" AND status <> ${}", params.len()));
+        }
     }
+    Ok(on_db!(db, pool => bind_all!(sqlx::query_scalar(&sql), &params).fetch_one(pool).await?))
 }
 
-/// Reads a page of states and the total number matching the filter.
+/// Reads a page of states and the total number matching the filter (counted over the rows).
 pub async fn select<A: Indexed>(
     db: &Database,
     selection: &Selection,
 ) -> Result<(Vec<Row<A>>, i64), sqlx::Error> {
-    select_with_totals(db, selection, None).await
+    select_with_total(db, selection, &Total::Rows).await
 }
 
 /// `selection`'s condition (`1 = 1` when empty).
@@ -414,7 +558,9 @@ fn filter_of(selection: &Selection) -> &str {
 }
 
 /// The statement selecting `columns` of `selection`'s page of `table`, and its parameters (the
-/// selection's, then the limit and offset).
+/// selection's, then the limit and offset). The page's ids are found first, from the index that
+/// serves the filter and order (a deep offset steps over index entries, not rows), and only
+/// the page's rows are read.
 fn page_query(table: &str, columns: &str, selection: &Selection) -> (String, Vec<SqlValue>) {
     let n = selection.params.len();
     let order = if selection.order_by.is_empty() {
@@ -423,7 +569,9 @@ fn page_query(table: &str, columns: &str, selection: &Selection) -> (String, Vec
         &selection.order_by
     };
     let sql = format!(
-        "SELECT {columns} FROM {table} WHERE {} ORDER BY {order} LIMIT ${} OFFSET ${}",
+        "SELECT {columns} FROM {table} WHERE id IN \
+         (SELECT id FROM {table} WHERE {} ORDER BY {order} LIMIT ${} OFFSET ${}) \
+         ORDER BY {order}",
         filter_of(selection),
         n + 1,
         n + 2,
@@ -453,54 +601,27 @@ pub async fn select_page<A: Indexed>(
         .collect()
 }
 
-/// [`select`], taking the total from `totals` while the read model has not changed since it
-/// was counted.
-pub async fn select_with_totals<A: Indexed>(
+/// [`select`], with the total taken as `total` says.
+pub async fn select_with_total<A: Indexed>(
     db: &Database,
     selection: &Selection,
-    totals: Option<&Totals>,
+    total: &Total,
 ) -> Result<(Vec<Row<A>>, i64), sqlx::Error> {
-    let filter = filter_of(selection);
-    // The checkpoint is read by the same statement as the page: the generation of that page.
-    let (page_sql, page) = page_query(
-        A::TABLE,
-        &format!(
-            "version, body, (SELECT position FROM checkpoints WHERE name = '{}')",
-            A::TABLE
-        ),
-        selection,
-    );
-    let rows: Vec<(i64, String, Option<i64>)> =
-        on_db!(db, pool => bind_all!(sqlx::query_as(&page_sql), &page).fetch_all(pool).await?);
-    // Only a page with rows carries the generation; an empty one is counted every time.
-    let cache = totals
-        .zip(rows.first().and_then(|row| row.2))
-        .map(|(totals, generation)| {
-            let key = CacheKey::of(&format!("{}|{filter}|{:?}", A::TABLE, selection.params));
-            (totals, generation, key)
-        });
-    let remembered = cache
-        .as_ref()
-        .and_then(|(totals, generation, key)| totals.get(key, *generation));
-    let total = match remembered {
-        Some(total) => total,
-        None => {
-            let count_sql = format!("SELECT COUNT(*) FROM {} WHERE {filter}", A::TABLE);
-            let (total,): (i64,) = on_db!(db, pool => bind_all!(sqlx::query_as(&count_sql), &selection.params).fetch_one(pool).await?);
-            if let Some((totals, generation, key)) = cache {
-                totals.put(key, generation, total);
-            }
-            total
+    let rows = select_page(db, selection).await?;
+    let total = match total {
+        Total::Counted {
+            owner,
+            group,
+            status,
+        } => counted(db, A::TABLE, *owner, group.as_deref(), *status).await?,
+        Total::Rows => {
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE {}",
+                A::TABLE,
+                filter_of(selection)
+            );
+            on_db!(db, pool => bind_all!(sqlx::query_scalar(&sql), &selection.params).fetch_one(pool).await?)
         }
     };
-    let rows = rows
-        .into_iter()
-        .map(|(version, body, _)| {
-            Ok(Row {
-                state: parse_body(&body)?,
-                version,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok((rows, total))
 }

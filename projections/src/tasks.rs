@@ -6,7 +6,7 @@ use sparc_store::Database;
 use uuid::Uuid;
 
 use crate::sql::SqlValue;
-use crate::state_table::{self, Indexed, Row, Selection, Totals};
+use crate::state_table::{self, Indexed, Row, Selection, StatusFilter, Tally, Total};
 
 impl Indexed for Task {
     const TABLE: &'static str = "tasks";
@@ -36,6 +36,14 @@ impl Indexed for Task {
 
     fn audience(&self) -> Option<Uuid> {
         Some(self.user_id)
+    }
+
+    fn tally(&self) -> Option<Tally> {
+        Some(Tally {
+            owner: Some(self.user_id),
+            group: self.project_id.map(|project| project.to_string()),
+            status: self.status.as_str(),
+        })
     }
 }
 
@@ -79,12 +87,8 @@ pub async fn get(db: &Database, id: Uuid) -> Result<Option<Row<Task>>, sqlx::Err
     state_table::get(db, &id.to_string()).await
 }
 
-/// A page of tasks and the total matching.
-pub async fn list(
-    db: &Database,
-    query: &TaskQuery,
-    totals: &Totals,
-) -> Result<(Vec<Row<Task>>, i64), sqlx::Error> {
+/// A page of tasks and the total matching (from the counts, unless narrowed to a skill).
+pub async fn list(db: &Database, query: &TaskQuery) -> Result<(Vec<Row<Task>>, i64), sqlx::Error> {
     let mut conditions = Vec::new();
     let mut params = Vec::new();
     let param = |value: SqlValue, params: &mut Vec<SqlValue>| {
@@ -124,7 +128,17 @@ pub async fn list(
         TaskSort::CreatedAt => format!("created_at {direction}, id {direction}"),
         _ => format!("{column} IS NULL, {column} {direction}, id {direction}"),
     };
-    state_table::select_with_totals(
+    let total = match &query.skill_name {
+        Some(_) => Total::Rows,
+        None => Total::Counted {
+            owner: query.owner,
+            group: query.project_id.map(|project| project.to_string()),
+            status: query.status.map_or(StatusFilter::Except("deleted"), |s| {
+                StatusFilter::Only(s.as_str())
+            }),
+        },
+    };
+    state_table::select_with_total(
         db,
         &Selection {
             filter: conditions.join(" AND "),
@@ -133,7 +147,7 @@ pub async fn list(
             limit: query.limit,
             offset: query.offset,
         },
-        Some(totals),
+        &total,
     )
     .await
 }
@@ -152,7 +166,7 @@ pub async fn live_count_of(db: &Database, owner: Uuid, up_to: i64) -> Result<i64
 
 /// The live (not deleted) tasks of a project, oldest first.
 pub async fn of_project(db: &Database, project_id: Uuid) -> Result<Vec<Row<Task>>, sqlx::Error> {
-    let (rows, _) = state_table::select(
+    state_table::select_page(
         db,
         &Selection {
             filter: "project_id = $1 AND status <> 'deleted'".to_owned(),
@@ -162,8 +176,7 @@ pub async fn of_project(db: &Database, project_id: Uuid) -> Result<Vec<Row<Task>
             offset: 0,
         },
     )
-    .await?;
-    Ok(rows)
+    .await
 }
 
 /// Tasks whose next run is due at `now`, earliest first: pending ones to fire and running ones
@@ -173,7 +186,7 @@ pub async fn due(
     now: chrono::DateTime<chrono::Utc>,
     limit: i64,
 ) -> Result<Vec<Row<Task>>, sqlx::Error> {
-    let (rows, _) = state_table::select(
+    state_table::select_page(
         db,
         &Selection {
             filter:
@@ -185,6 +198,5 @@ pub async fn due(
             offset: 0,
         },
     )
-    .await?;
-    Ok(rows)
+    .await
 }

@@ -272,21 +272,33 @@ impl TestApp {
     }
 
     /// Creates a user of `role` the way `sparc user create` does, then logs in.
+    /// Refused unattempted under load (password hashing is shared by every test of the
+    /// process), it tries again for up to 10 s, as an operator would.
     pub async fn user_with_role(&self, username: &str, role: Role) -> TestUser {
         let commands = CommandBus::new(&self.db);
-        sparc_api::accounts::register_user(
-            &commands,
-            sparc_api::accounts::Registration {
-                username: username.to_owned(),
-                email: format!("{username}@example.com"),
-                password: PASSWORD.to_owned(),
-                full_name: None,
-                role,
-            },
-            &EventMetadata::new("test", uuid::Uuid::now_v7().to_string()),
-        )
-        .await
-        .expect("the user should be created");
+        for attempt in 0.. {
+            let registered = sparc_api::accounts::register_user(
+                &commands,
+                sparc_api::accounts::Registration {
+                    username: username.to_owned(),
+                    email: format!("{username}@example.com"),
+                    password: PASSWORD.to_owned(),
+                    full_name: None,
+                    role,
+                },
+                &EventMetadata::new("test", uuid::Uuid::now_v7().to_string()),
+            )
+            .await;
+            match registered {
+                Err(sparc_api::accounts::RegistrationError::Overloaded(_)) if attempt < 400 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                registered => {
+                    registered.expect("the user should be created");
+                    break;
+                }
+            }
+        }
         // The login reads the users read model, which follows the log.
         for _ in 0..200 {
             let attempt = self.try_login(username).await;

@@ -1,10 +1,11 @@
 //! Creates answered before the read models have them. A create answers as soon as its event is
-//! committed and notes here what it wrote (read model, id, version); a request through this
-//! instance that reads a read model first waits until the notes taken before it arrived are
-//! applied ([`crate::state::App::answered_creates_visible`]). So whoever reads through this
-//! instance after a create answered sees it, and a burst of creates does not wait on the read
-//! models one by one. Notes are in memory, per instance: a create through another instance is
-//! seen once a projection loop has applied it.
+//! committed and notes here what it wrote (read model, id, version, whose it is); a request
+//! through this instance that reads a read model first waits until the notes it could see,
+//! taken before it arrived, are applied ([`crate::state::App::answered_creates_visible`]). So
+//! whoever reads through this instance after a create answered sees it, a burst of creates does
+//! not wait on the read models one by one, and one user's creates never hold up another user's
+//! reads (admins and auditors, who see everything, wait for all). Notes are in memory, per
+//! instance: a create through another instance is seen once a projection loop has applied it.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -24,6 +25,15 @@ pub struct Written {
     pub id: Uuid,
     /// The version the write gave it.
     pub version: usize,
+    /// The one user (besides admins and auditors) who sees it; `None`: everyone.
+    pub audience: Option<Uuid>,
+}
+
+impl Written {
+    /// Whether `reader` (`None`: one who sees everything) could see this write.
+    fn seen_by(&self, reader: Option<Uuid>) -> bool {
+        reader.is_none() || self.audience.is_none() || self.audience == reader
+    }
 }
 
 /// The creates this instance answered and has not yet seen applied, oldest first.
@@ -39,12 +49,13 @@ struct Notes {
     pending: VecDeque<(u64, Written)>,
 }
 
-/// The notes a reader waits for: what was pending when it arrived, and up to which number.
+/// The notes a reader waits for: what it could see of what was pending when it arrived.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The creates.
     pub writes: Vec<Written>,
-    through: Option<u64>,
+    /// Their notes' numbers, ascending.
+    numbers: Vec<u64>,
 }
 
 impl AnsweredCreates {
@@ -63,24 +74,28 @@ impl AnsweredCreates {
         notes.next += 1;
     }
 
-    /// What a read arriving now must wait for (usually nothing).
-    pub fn pending(&self) -> Snapshot {
+    /// What a read by `reader` (`None`: one who sees everything) arriving now must wait for
+    /// (usually nothing).
+    pub fn pending(&self, reader: Option<Uuid>) -> Snapshot {
         let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
-        Snapshot {
-            writes: notes.pending.iter().map(|(_, w)| *w).collect(),
-            through: notes.pending.back().map(|(number, _)| *number),
-        }
+        let (numbers, writes) = notes
+            .pending
+            .iter()
+            .filter(|(_, w)| w.seen_by(reader))
+            .copied()
+            .unzip();
+        Snapshot { writes, numbers }
     }
 
     /// Forgets the notes of `snapshot`, once waited for (applied, or given up on).
     pub fn done(&self, snapshot: &Snapshot) {
-        let Some(through) = snapshot.through else {
+        if snapshot.numbers.is_empty() {
             return;
-        };
-        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
-        while notes.pending.front().is_some_and(|(n, _)| *n <= through) {
-            notes.pending.pop_front();
         }
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        notes
+            .pending
+            .retain(|(n, _)| snapshot.numbers.binary_search(n).is_err());
     }
 }
 
@@ -93,12 +108,41 @@ mod tests {
             table: "tasks",
             id: Uuid::now_v7(),
             version,
+            audience: None,
+        }
+    }
+
+    fn task_of(owner: Uuid) -> Written {
+        Written {
+            audience: Some(owner),
+            ..task(1)
         }
     }
 
     #[test]
     fn nothing_noted_is_nothing_to_wait_for() {
-        assert_eq!(AnsweredCreates::default().pending(), Snapshot::default());
+        assert_eq!(
+            AnsweredCreates::default().pending(None),
+            Snapshot::default()
+        );
+    }
+
+    #[test]
+    fn a_reader_waits_only_for_the_creates_it_could_see() {
+        let creates = AnsweredCreates::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (of_a, of_b, shared) = (task_of(a), task_of(b), task(1));
+        creates.note(of_a, |_| false);
+        creates.note(of_b, |_| false);
+        creates.note(shared, |_| false);
+        assert_eq!(creates.pending(Some(a)).writes, vec![of_a, shared]);
+        assert_eq!(creates.pending(None).writes, vec![of_a, of_b, shared]);
+        creates.done(&creates.pending(Some(a)));
+        assert_eq!(
+            creates.pending(None).writes,
+            vec![of_b],
+            "what another user's read waited for is forgotten, the rest kept"
+        );
     }
 
     #[test]
@@ -107,13 +151,13 @@ mod tests {
         let (first, second, third) = (task(1), task(1), task(1));
         creates.note(first, |_| false);
         creates.note(second, |_| false);
-        let snapshot = creates.pending();
+        let snapshot = creates.pending(None);
         assert_eq!(snapshot.writes, vec![first, second]);
         creates.note(third, |_| false);
         creates.done(&snapshot);
-        assert_eq!(creates.pending().writes, vec![third]);
-        creates.done(&creates.pending());
-        assert_eq!(creates.pending(), Snapshot::default());
+        assert_eq!(creates.pending(None).writes, vec![third]);
+        creates.done(&creates.pending(None));
+        assert_eq!(creates.pending(None), Snapshot::default());
     }
 
     #[test]
@@ -123,7 +167,7 @@ mod tests {
         creates.note(applied, |_| false);
         creates.note(pending, |_| false);
         creates.note(newest, |w| w.version == 1);
-        assert_eq!(creates.pending().writes, vec![pending, newest]);
+        assert_eq!(creates.pending(None).writes, vec![pending, newest]);
     }
 
     #[test]
@@ -134,7 +178,7 @@ mod tests {
         for _ in 0..MAX_NOTES {
             creates.note(task(1), |_| false);
         }
-        let pending = creates.pending().writes;
+        let pending = creates.pending(None).writes;
         assert_eq!(pending.len(), MAX_NOTES);
         assert!(!pending.contains(&first), "the oldest is forgotten");
     }

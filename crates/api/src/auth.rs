@@ -400,10 +400,13 @@ pub trait AuthState: Send + Sync {
     fn tokens(&self) -> &TokenService;
     /// The directory that says whether a session is live.
     fn sessions(&self) -> &dyn SessionDirectory;
-    /// Waits until the creates this instance has answered are visible to reads (see
-    /// [`crate::answered_creates`]); a state that answers no create early has nothing to wait
-    /// for.
-    fn answered_creates_visible(&self) -> impl Future<Output = Result<(), ApiError>> + Send {
+    /// Waits until the creates this instance has answered that `reader` could see (`None`: one
+    /// who sees everything) are visible to reads (see [`crate::answered_creates`]); a state
+    /// that answers no create early has nothing to wait for.
+    fn answered_creates_visible(
+        &self,
+        _reader: Option<Uuid>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
         std::future::ready(Ok(()))
     }
 }
@@ -531,7 +534,10 @@ impl<S: AuthState> FromRequestParts<S> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Author(user) = Author::from_request_parts(parts, state).await?;
         if parts.extensions.insert(AnsweredCreatesVisible).is_none() {
-            state.answered_creates_visible().await?;
+            // Only a plain user reads nothing but their own; an agent reports on anyone's
+            // tasks, so it waits for every create, as admins and auditors do.
+            let reader = (user.role == Role::User).then_some(user.user_id);
+            state.answered_creates_visible(reader).await?;
         }
         Ok(user)
     }

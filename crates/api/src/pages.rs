@@ -1,7 +1,8 @@
-//! Answers to list queries kept in memory, as the JSON bytes sent, while their read model stays
-//! at the generation they were read at ([`sparc_store::Generations`]: any change to the read
-//! model, committed by any instance, moves it). With no generation (not listening for change
-//! notices, or SQLite) nothing is kept and every list is read from the database.
+//! Answers to list queries kept in memory, as the JSON bytes sent, while the read-model views
+//! they read stay at the generation they were read at ([`sparc_store::Generations`]: a change
+//! to rows of that view, committed by any instance, moves it; one owner's writes leave other
+//! owners' lists standing). With no generation (not following change notices) nothing is kept
+//! and every list is read from the database.
 //!
 //! A list's key is its filters, which carry the client's text, so each is kept as a
 //! [`CacheKey`] (16 bytes whatever the filter), and every entry is charged its key and
@@ -68,10 +69,14 @@ impl PageCache {
         &self.generations
     }
 
-    /// The generation of `read_model` to read a page at (take it *before* reading, so a change
-    /// committed meanwhile leaves the entry stale), or `None`: do not cache.
-    pub fn generation(&self, read_model: &str) -> Option<u64> {
-        self.generations.current(read_model)
+    /// The generation of the read-model `views` a page reads, to read it at (take it *before*
+    /// reading, so a change committed meanwhile leaves the entry stale), or `None`: do not
+    /// cache. Each view's generation only grows, so their sum moves whenever one does.
+    pub fn generation(&self, views: &[&str]) -> Option<u64> {
+        views
+            .iter()
+            .map(|view| self.generations.current(view))
+            .sum()
     }
 
     /// The answer kept under `key` at `generation`, if any.

@@ -93,18 +93,18 @@ pub async fn ensure_below(app: &App, quota: Quota, user: Uuid) -> Result<(), Api
     }
     let up_to = i64::try_from(cap).unwrap_or(i64::MAX);
     let counted = quota.count(app, user, up_to).await?;
-    // Creates this instance answered that the read model may not show yet: were they all this
-    // user's, would they reach the cap? Only then is it worth waiting for them and counting
-    // again; a user clear of the cap never waits.
+    // This user's creates this instance answered that the read model may not show yet: would
+    // they reach the cap? Only then is it worth waiting for them and counting again; a user
+    // clear of the cap never waits.
     let unseen = app
         .answered_creates
-        .pending()
+        .pending(Some(user))
         .writes
         .iter()
         .filter(|written| written.table == quota.table())
         .count();
     let counted = if counted.saturating_add(unseen as i64) >= up_to && unseen > 0 {
-        app.answered_creates_visible().await?;
+        app.answered_creates_visible(Some(user)).await?;
         quota.count(app, user, up_to).await?
     } else {
         counted

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
 use sparc_memory::MemoryService;
-use sparc_projections::{Indexed, ProjectionHandle, Totals};
+use sparc_projections::{Indexed, ProjectionHandle};
 use sparc_store::{
     CommandBus, CommandError, Database, EventMetadata, Generations, Outcome, Routed,
 };
@@ -77,8 +77,6 @@ pub struct App {
     pub logins: crate::login_guard::LoginGuard,
     /// What the health checks and `/metrics` last read from the database.
     pub health_facts: crate::routes::health::HealthFacts,
-    /// List totals, reused while their read model stands still.
-    pub totals: Totals,
     /// List answers, reused while their read model stands still.
     pub pages: PageCache,
     /// The bus and gateway, once started (unset: the configured bus, no connections).
@@ -112,8 +110,11 @@ impl AuthState for AppState {
         self.sessions.as_ref()
     }
 
-    fn answered_creates_visible(&self) -> impl Future<Output = Result<(), ApiError>> + Send {
-        self.0.answered_creates_visible()
+    fn answered_creates_visible(
+        &self,
+        reader: Option<Uuid>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        self.0.answered_creates_visible(reader)
     }
 }
 
@@ -141,7 +142,6 @@ impl App {
                 live: Mutex::default(),
             }),
             idempotency: IdempotencyStore::new(db.clone()),
-            totals: Totals::default(),
             pages: PageCache::new(generations),
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
@@ -231,6 +231,7 @@ impl App {
             table: A::TABLE,
             id,
             version,
+            audience: None,
         })
         .await
     }
@@ -239,11 +240,12 @@ impl App {
     /// waiting like [`App::settle`]: every later request through this instance that reads a
     /// read model waits for it ([`App::answered_creates_visible`]), so a create answers as soon
     /// as its event is committed.
-    pub fn created<A: Indexed>(&self, id: Uuid, version: usize) {
+    pub fn created<A: Indexed>(&self, id: Uuid, version: usize, state: &A) {
         let written = Written {
             table: A::TABLE,
             id,
             version,
+            audience: state.audience(),
         };
         self.answered_creates.note(written, |w| {
             self.applied_here(w.table, &w.id.to_string(), w.version)
@@ -252,9 +254,10 @@ impl App {
     }
 
     /// Waits until the read models show the creates this instance has answered
-    /// ([`App::created`]) and not yet seen applied; usually there is nothing to wait for.
-    pub async fn answered_creates_visible(&self) -> Result<(), ApiError> {
-        let snapshot = self.answered_creates.pending();
+    /// ([`App::created`]), not yet seen applied, that `reader` could see (`None`: one who sees
+    /// everything); usually there is nothing to wait for.
+    pub async fn answered_creates_visible(&self, reader: Option<Uuid>) -> Result<(), ApiError> {
+        let snapshot = self.answered_creates.pending(reader);
         for written in &snapshot.writes {
             self.settle_written(*written).await?;
         }
@@ -271,7 +274,12 @@ impl App {
 
     /// [`App::settle_applied`] by table name.
     async fn settle_written(&self, written: Written) -> Result<bool, ApiError> {
-        let Written { table, id, version } = written;
+        let Written {
+            table,
+            id,
+            version,
+            audience,
+        } = written;
         if version == 0 {
             return Ok(true);
         }
@@ -318,7 +326,8 @@ impl App {
                     if current.is_some_and(|row_version| row_version >= version as i64) {
                         // Perhaps applied by another instance whose change notice has not
                         // arrived yet: what this instance keeps of the read model may be stale.
-                        self.pages.generations().bump(table);
+                        let view = sparc_store::changes::view(table, audience);
+                        self.pages.generations().bump(&view);
                         return Ok(true);
                     }
                     self.projections.poke();

@@ -262,6 +262,11 @@ async fn retry_parked(
     let report = sparc_projections::retry::retry(&app.db, consumer.as_ref(), position)
         .await
         .map_err(ApiError::internal)?;
+    // What the retry applied is committed: this instance's next read must not wait for the
+    // change notice to come back.
+    if report.applied > 0 {
+        app.pages.generations().bump_all();
+    }
     app.projections.poke();
     Ok(Json(RetryOutcome {
         applied: report.applied,
@@ -287,6 +292,7 @@ async fn start_rebuild(
         .ok_or_else(|| ApiError::Conflict(format!("'{name}' is already being rebuilt")))?;
     let rebuilds: Arc<Rebuilds> = app.rebuilds.clone();
     let db = app.db.clone();
+    let generations = app.pages.generations().clone();
     tokio::spawn(async move {
         let report = |p: Progress| {
             rebuilds.update(model.name, |s| {
@@ -296,6 +302,8 @@ async fn start_rebuild(
             })
         };
         let result = rebuild(&db, model, &report).await;
+        // Swapped in: the status below must not show before reads through here do.
+        generations.bump_all();
         rebuilds.update(model.name, |s| {
             s.finished_at = Some(timestamp(Utc::now()));
             match result {

@@ -204,8 +204,8 @@ async fn list_agents(
         offset,
     };
     let key = format!("{filter:?}");
-    cached_list(&app, <Agent as Indexed>::TABLE, key, async {
-        let (rows, total) = sparc_projections::agents::list(&app.db, &filter, &app.totals)
+    cached_list(&app, &[<Agent as Indexed>::TABLE], key, async {
+        let (rows, total) = sparc_projections::agents::list(&app.db, &filter)
             .await
             .map_err(ApiError::internal)?;
         Ok(AgentList {

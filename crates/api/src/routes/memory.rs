@@ -275,7 +275,7 @@ pub(crate) async fn store_entry(
             metadata,
         )
         .await?;
-    app.created::<Memory>(id, outcome.version);
+    app.created(id, outcome.version, &outcome.state);
     let (status, storage, warning) = match &pushed {
         Ok(()) => ("success", "memory_mcp", None),
         Err(Unavailable::Disabled) => ("success", "fallback", None),

@@ -213,12 +213,14 @@ pub fn with_etag(version: i64, body: impl Serialize) -> Response {
     response
 }
 
-/// A list answer: the one kept in [`App::pages`](crate::state::App::pages) under `key` while the
-/// read model `read_model` has not changed since, else the one `read` builds (then kept). `key`
-/// must name everything the answer depends on (filter, page, the caller's scope).
+/// A list answer: the one kept in [`App::pages`](crate::state::App::pages) under `key` while
+/// none of the read-model `views` it reads has changed since (see
+/// [`sparc_store::changes::view`]: the caller's part of a read model, or all of it), else the one
+/// `read` builds (then kept). `key` must name everything the answer depends on (filter, page,
+/// the caller's scope).
 pub async fn cached_list<T, F>(
     app: &crate::state::App,
-    read_model: &str,
+    views: &[&str],
     key: String,
     read: F,
 ) -> Result<Response, ApiError>
@@ -226,7 +228,7 @@ where
     T: Serialize,
     F: std::future::Future<Output = Result<T, ApiError>>,
 {
-    let generation = app.pages.generation(read_model);
+    let generation = app.pages.generation(views);
     if let Some(body) = generation.and_then(|at| app.pages.get(&key, at)) {
         return Ok(json_bytes(body));
     }

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use sparc_domain::project::{
     MAX_DESCRIPTION, Project, ProjectChanges, ProjectCommand, ProjectStatus,
 };
+use sparc_domain::task::Task;
 use sparc_domain::values::ProjectName;
-use sparc_projections::Row;
 use sparc_projections::projects::{ProjectQuery, ProjectSort};
+use sparc_projections::{Indexed, Row};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,7 +28,7 @@ use crate::quotas::{self, Quota};
 use crate::resources::{ProjectResource, TaskResource};
 use crate::routes::{
     AsOfQuery, HistoryQuery, HistoryResponse, IdempotencyKey, IfMatch, PageInfo, RequestContext,
-    history, if_match, page, parse_query_value, state_as_of, with_etag,
+    cached_list, history, if_match, page, parse_query_value, state_as_of, with_etag,
 };
 use crate::state::{App, AppState};
 
@@ -131,7 +132,7 @@ async fn create_project(
                         &ctx.metadata(user.user_id.to_string()),
                     )
                     .await?;
-                app.created::<Project>(project_id, outcome.version);
+                app.created(project_id, outcome.version, &outcome.state);
                 let resource = ProjectResource::new(&outcome.state, outcome.version as i64, 0);
                 Ok((
                     StatusCode::CREATED,
@@ -193,7 +194,7 @@ async fn list_projects(
     State(app): State<AppState>,
     user: AuthUser,
     AppQuery(query): AppQuery<ListProjects>,
-) -> Result<Json<ProjectList>, ApiError> {
+) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
     let status = parse_query_value("status", query.status.as_deref(), settable_status)?;
     let (sort, descending) = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| {
@@ -225,26 +226,34 @@ async fn list_projects(
         limit,
         offset,
     };
-    let (rows, total) = sparc_projections::projects::list(&app.db, &filter, &app.totals)
-        .await
-        .map_err(ApiError::internal)?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.state.id).collect();
-    let counts = sparc_projections::projects::tasks_counts(&app.db, &ids)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(ProjectList {
-        projects: rows
-            .iter()
-            .map(|r| {
-                ProjectResource::new(
-                    &r.state,
-                    r.version,
-                    counts.get(&r.state.id).copied().unwrap_or(0),
-                )
-            })
-            .collect(),
-        page: PageInfo::new(total, limit, offset),
-    }))
+    let key = format!("{filter:?}");
+    // A project's tasks are its owner's (`ensure_project`), so its task counts move with the
+    // owner's part of the tasks read model.
+    let projects = sparc_store::changes::view(<Project as Indexed>::TABLE, filter.owner);
+    let tasks = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
+    cached_list(&app, &[&projects, &tasks], key, async {
+        let (rows, total) = sparc_projections::projects::list(&app.db, &filter)
+            .await
+            .map_err(ApiError::internal)?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.state.id).collect();
+        let counts = sparc_projections::projects::tasks_counts(&app.db, &ids)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(ProjectList {
+            projects: rows
+                .iter()
+                .map(|r| {
+                    ProjectResource::new(
+                        &r.state,
+                        r.version,
+                        counts.get(&r.state.id).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            page: PageInfo::new(total, limit, offset),
+        })
+    })
+    .await
 }
 
 /// One project with its live tasks; with `as_of` or `version`, the state rebuilt from the log.

@@ -261,7 +261,7 @@ async fn create_task(
     };
     if let Some(project_id) = body.project_id {
         // The project may have just been created.
-        app.answered_creates_visible().await?;
+        app.answered_creates_visible(Some(user.user_id)).await?;
         ensure_project(&app, &user, user.user_id, project_id).await?;
     }
     let key = idempotency_key(&headers);
@@ -293,7 +293,7 @@ async fn create_task(
                         &ctx.metadata(user.user_id.to_string()),
                     )
                     .await?;
-                app.created::<Task>(task_id, outcome.version);
+                app.created(task_id, outcome.version, &outcome.state);
                 let resource = TaskResource::new(&outcome.state, outcome.version as i64);
                 Ok((
                     StatusCode::CREATED,
@@ -390,8 +390,9 @@ async fn list_tasks(
         offset,
     };
     let key = format!("{filter:?}");
-    cached_list(&app, <Task as Indexed>::TABLE, key, async {
-        let (rows, total) = sparc_projections::tasks::list(&app.db, &filter, &app.totals)
+    let view = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
+    cached_list(&app, &[&view], key, async {
+        let (rows, total) = sparc_projections::tasks::list(&app.db, &filter)
             .await
             .map_err(ApiError::internal)?;
         Ok(TaskList {
