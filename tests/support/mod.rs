@@ -42,8 +42,17 @@ fn test_settings(database_url: &str) -> Settings {
     settings.api.auth_rate_limit_per_minute = 0;
     settings.api.activity_rate_limit_per_minute = 0;
     settings.api.agent_create_rate_limit_per_minute = 0;
+    // Every test signs users up and in: at OWASP's cost, hashing was most of the suite's time.
+    settings.api.password_hash_memory_kib = TEST_HASH_COST.memory_kib;
+    settings.api.password_hash_passes = TEST_HASH_COST.passes;
     settings
 }
+
+/// What hashing a test user's password costs (see [`test_settings`]).
+pub const TEST_HASH_COST: sparc_api::password::HashCost = sparc_api::password::HashCost {
+    memory_kib: 64,
+    passes: 1,
+};
 
 /// A running service and a client for it.
 pub struct TestApp {
@@ -285,6 +294,7 @@ impl TestApp {
                     password: PASSWORD.to_owned(),
                     full_name: None,
                     role,
+                    hash_cost: TEST_HASH_COST,
                 },
                 &EventMetadata::new("test", uuid::Uuid::now_v7().to_string()),
             )

@@ -30,6 +30,8 @@ pub struct Registration {
     pub full_name: Option<String>,
     /// Role.
     pub role: Role,
+    /// What hashing the password costs.
+    pub hash_cost: crate::password::HashCost,
 }
 
 /// Why an account was not created.
@@ -92,15 +94,12 @@ pub async fn register_user(
         return Err(error.unwrap_or(RegistrationError::EmailTaken));
     }
     let registered = async {
-        let password_hash =
-            hash_password(registration.password)
-                .await
-                .map_err(|error| match error {
-                    PasswordError::Overloaded(overloaded) => {
-                        RegistrationError::Overloaded(overloaded)
-                    }
-                    other => RegistrationError::Failed(other.to_string()),
-                })?;
+        let password_hash = hash_password(registration.password, registration.hash_cost)
+            .await
+            .map_err(|error| match error {
+                PasswordError::Overloaded(overloaded) => RegistrationError::Overloaded(overloaded),
+                other => RegistrationError::Failed(other.to_string()),
+            })?;
         commands
             .create::<User>(
                 &user_id.to_string(),

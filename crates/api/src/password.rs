@@ -6,10 +6,12 @@
 //! requests' deadlines at most, instead of taking every core from everyone else's requests. A
 //! full queue or a passed deadline is [`PasswordError::Overloaded`], answered 503. Hashes
 //! are PHC strings (`$argon2id$v=19$m=19456,t=2,p=1$…`) with the parameters inside, so raising the
-//! cost later does not invalidate stored hashes.
+//! cost later does not invalidate stored hashes. The cost of new hashes is a setting
+//! ([`HashCost`], OWASP's minimum by default; test suites lower it, as they do with bcrypt
+//! rounds elsewhere).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, password_hash};
@@ -36,6 +38,34 @@ impl From<PasswordError> for crate::error::ApiError {
             PasswordError::Overloaded(overloaded) => Self::overloaded(overloaded),
             other => Self::internal(other),
         }
+    }
+}
+
+/// The cost of a new hash: argon2id memory and passes (one lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    /// Memory, in KiB (at least 8).
+    pub memory_kib: u32,
+    /// Passes over it (at least 1).
+    pub passes: u32,
+}
+
+impl HashCost {
+    /// OWASP's minimum for argon2id: 19 MiB, 2 passes.
+    pub const OWASP: Self = Self {
+        memory_kib: 19_456,
+        passes: 2,
+    };
+}
+
+impl HashCost {
+    /// The argon2id hasher of this cost (raised to argon2's minimum where below it).
+    fn hasher(self) -> Argon2<'static> {
+        let memory = self.memory_kib.max(argon2::Params::MIN_M_COST);
+        let passes = self.passes.max(argon2::Params::MIN_T_COST);
+        let params = argon2::Params::new(memory, passes, 1, None)
+            .expect("at least argon2's minimum memory and passes, one lane");
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
     }
 }
 
@@ -80,17 +110,17 @@ async fn on_a_core<T: Send + 'static>(
     .await?
 }
 
-/// Hashes `password` with argon2id (OWASP parameters: 19 MiB, 2 passes) and a fresh random salt.
+/// Hashes `password` with argon2id at `cost` and a fresh random salt.
 ///
 /// # Errors
 /// [`PasswordError`] only on an internal failure; callers answer 500.
-pub async fn hash_password(password: String) -> Result<String, PasswordError> {
-    on_a_core(move || hash_blocking(&password)).await
+pub async fn hash_password(password: String, cost: HashCost) -> Result<String, PasswordError> {
+    on_a_core(move || hash_blocking(&password, cost)).await
 }
 
-fn hash_blocking(password: &str) -> Result<String, PasswordError> {
+fn hash_blocking(password: &str, cost: HashCost) -> Result<String, PasswordError> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    Argon2::default()
+    cost.hasher()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(PasswordError::Hash)
@@ -99,24 +129,27 @@ fn hash_blocking(password: &str) -> Result<String, PasswordError> {
 /// Checks `password` against a stored PHC hash; `Ok(false)` on a mismatch.
 ///
 /// Pass `None` when the user does not exist: the password is then checked against a fixed dummy
-/// hash, so an unknown username takes as long as a wrong password and login timing does not tell
-/// which usernames exist. The answer is then always `false`.
+/// hash of `cost` (what new hashes cost), so an unknown username takes as long as a wrong
+/// password and login timing does not tell which usernames exist. The answer is then always
+/// `false`.
 ///
 /// # Errors
 /// [`PasswordError`] if the stored hash is malformed or the blocking task fails.
 pub async fn verify_password(
     password: String,
     hash: Option<String>,
+    cost: HashCost,
 ) -> Result<bool, PasswordError> {
     on_a_core(move || match hash {
         Some(hash) => verify_blocking(&password, &hash),
-        None => verify_blocking(&password, dummy_hash()?).map(|_| false),
+        None => verify_blocking(&password, &dummy_hash(cost)?).map(|_| false),
     })
     .await
 }
 
 fn verify_blocking(password: &str, hash: &str) -> Result<bool, PasswordError> {
     let parsed = PasswordHash::new(hash).map_err(PasswordError::Hash)?;
+    // The parameters come from the stored hash.
     match Argon2::default().verify_password(password.as_bytes(), &parsed) {
         Ok(()) => Ok(true),
         Err(password_hash::Error::Password) => Ok(false),
@@ -125,13 +158,23 @@ fn verify_blocking(password: &str, hash: &str) -> Result<bool, PasswordError> {
 }
 
 /// A hash with the current parameters, computed once, for [`verify_password`]`(_, None)`.
-fn dummy_hash() -> Result<&'static str, PasswordError> {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    if let Some(hash) = DUMMY.get() {
+fn dummy_hash(cost: HashCost) -> Result<String, PasswordError> {
+    static DUMMIES: Mutex<Vec<(HashCost, String)>> = Mutex::new(Vec::new());
+    let known = |dummies: &[(HashCost, String)]| {
+        dummies
+            .iter()
+            .find(|(of, _)| *of == cost)
+            .map(|(_, hash)| hash.clone())
+    };
+    if let Some(hash) = known(&DUMMIES.lock().unwrap_or_else(|e| e.into_inner())) {
         return Ok(hash);
     }
-    let hash = hash_blocking("not a real password; timing equaliser")?;
-    Ok(DUMMY.get_or_init(|| hash))
+    let hash = hash_blocking("not a real password; timing equaliser", cost)?;
+    let mut dummies = DUMMIES.lock().unwrap_or_else(|e| e.into_inner());
+    if known(&dummies).is_none() {
+        dummies.push((cost, hash.clone()));
+    }
+    Ok(hash)
 }
 
 /// Shortest accepted password, in characters.
@@ -170,17 +213,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_verifies_its_password_and_no_other() {
-        let hash = hash_password("Correct1horse".into())
+        let hash = hash_password("Correct1horse".into(), HashCost::OWASP)
             .await
             .expect("hashing should work");
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(
-            verify_password("Correct1horse".into(), Some(hash.clone()))
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            verify_password("Correct1horse".into(), Some(hash.clone()), HashCost::OWASP)
                 .await
                 .expect("verify")
         );
         assert!(
-            !verify_password("Correct1Horse".into(), Some(hash))
+            !verify_password("Correct1Horse".into(), Some(hash), HashCost::OWASP)
                 .await
                 .expect("verify")
         );
@@ -188,10 +234,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_password_hashes_differently_each_time() {
-        let first = hash_password("Correct1horse".into())
+        let first = hash_password("Correct1horse".into(), HashCost::OWASP)
             .await
             .expect("hashing should work");
-        let second = hash_password("Correct1horse".into())
+        let second = hash_password("Correct1horse".into(), HashCost::OWASP)
             .await
             .expect("hashing should work");
         assert_ne!(first, second);
@@ -199,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn verifying_against_no_hash_is_false() {
-        let verified = verify_password("Anything1".into(), None)
+        let verified = verify_password("Anything1".into(), None, HashCost::OWASP)
             .await
             .expect("verify");
         assert!(!verified);
@@ -207,7 +253,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_stored_hash_is_an_error_not_a_mismatch() {
-        let result = verify_password("Anything1".into(), Some("plaintext".into())).await;
+        let result = verify_password(
+            "Anything1".into(),
+            Some("plaintext".into()),
+            HashCost::OWASP,
+        )
+        .await;
         assert!(matches!(result, Err(PasswordError::Hash(_))));
     }
 

@@ -13,7 +13,8 @@
 //! (`SPARC_MEMORY_MCP_COMMAND`, `SPARC_MEMORY_MCP_URL`, `SPARC_MEMORY_MCP_TOOLS`,
 //! `SPARC_MEMORY_BREAKER_FAILURES`, `SPARC_MEMORY_BREAKER_OPEN_SECONDS`,
 //! `SPARC_MEMORY_BREAKER_HALF_OPEN_SUCCESSES`, `SPARC_MEMORY_STORE_TIMEOUT_MS`,
-//! `SPARC_MEMORY_SEARCH_TIMEOUT_MS`). The JWT secret is not here: it is a
+//! `SPARC_MEMORY_SEARCH_TIMEOUT_MS`), and the cost of new password hashes
+//! (`SPARC_PASSWORD_HASH_MEMORY_KIB`, `SPARC_PASSWORD_HASH_PASSES`). The JWT secret is not here: it is a
 //! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
 
 use std::time::Duration;
@@ -106,12 +107,25 @@ pub struct ApiSettings {
     pub memory_store_timeout_ms: u64,
     /// How long a search may take (`SPARC_MEMORY_SEARCH_TIMEOUT_MS`, 2000).
     pub memory_search_timeout_ms: u64,
+    /// Memory of each new password hash, in KiB (`SPARC_PASSWORD_HASH_MEMORY_KIB`, default
+    /// 19456: OWASP's minimum for argon2id). Lower it only for tests.
+    pub password_hash_memory_kib: u32,
+    /// Passes of each new password hash (`SPARC_PASSWORD_HASH_PASSES`, default 2).
+    pub password_hash_passes: u32,
 }
 
 impl ApiSettings {
     /// [`request_timeout_seconds`](Self::request_timeout_seconds) as a duration (at least 1 s).
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.request_timeout_seconds.max(1))
+    }
+
+    /// The cost of new password hashes.
+    pub fn password_hash_cost(&self) -> crate::password::HashCost {
+        crate::password::HashCost {
+            memory_kib: self.password_hash_memory_kib,
+            passes: self.password_hash_passes,
+        }
     }
 
     /// The Memory MCP configuration these settings describe.
@@ -167,6 +181,8 @@ impl Default for ApiSettings {
             memory_breaker_half_open_successes: 2,
             memory_store_timeout_ms: 1000,
             memory_search_timeout_ms: 2000,
+            password_hash_memory_kib: crate::password::HashCost::OWASP.memory_kib,
+            password_hash_passes: crate::password::HashCost::OWASP.passes,
         }
     }
 }

@@ -309,6 +309,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     password,
                     full_name,
                     role,
+                    hash_cost: settings.api.password_hash_cost(),
                 },
                 &metadata,
             )

@@ -69,6 +69,7 @@ async fn register(
         password: body.password.into(),
         full_name: body.full_name.map(String::from),
         role: Role::User,
+        hash_cost: app.settings.password_hash_cost(),
     };
     let user = register_user(&app.commands, registration, &ctx.metadata("anonymous"))
         .await
@@ -161,7 +162,8 @@ async fn login(
         .map_err(ApiError::internal)?;
     let hash = row.as_ref().map(|r| r.state.password_hash.clone());
     // Verified even for unknown users (against no hash), so timing does not reveal who exists.
-    let verified = verify_password(body.password.into(), hash).await?;
+    let cost = app.settings.password_hash_cost();
+    let verified = verify_password(body.password.into(), hash, cost).await?;
     let Some(row) = row.filter(|_| verified) else {
         app.logins.failed(&body.username);
         return Err(ApiError::Unauthorized(BAD_LOGIN.to_owned()));
@@ -397,9 +399,11 @@ async fn change_password(
         )]));
     }
     let row = current_user(&app, &user).await?;
+    let cost = app.settings.password_hash_cost();
     let verified = verify_password(
         body.current_password.into(),
         Some(row.state.password_hash.clone()),
+        cost,
     )
     .await?;
     if !verified {
@@ -407,7 +411,7 @@ async fn change_password(
             "Current password is incorrect".to_owned(),
         ));
     }
-    let password_hash = hash_password(body.new_password.into()).await?;
+    let password_hash = hash_password(body.new_password.into(), cost).await?;
     let outcome = app
         .execute::<User>(
             &user.user_id.to_string(),
