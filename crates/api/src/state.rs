@@ -227,13 +227,14 @@ impl App {
         id: Uuid,
         version: usize,
     ) -> Result<bool, ApiError> {
-        self.settle_written(Written {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        let written = Written {
             table: A::TABLE,
             id,
             version,
             audience: None,
-        })
-        .await
+        };
+        self.settle_written(written, deadline).await
     }
 
     /// Notes that `id` of `A` was created at `version` and pokes the projections, instead of
@@ -258,8 +259,13 @@ impl App {
     /// everything); usually there is nothing to wait for.
     pub async fn answered_creates_visible(&self, reader: Option<Uuid>) -> Result<(), ApiError> {
         let snapshot = self.answered_creates.pending(reader);
+        // One deadline for all of them: a stuck read model costs a read one wait, not one per
+        // create.
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         for written in &snapshot.writes {
-            self.settle_written(*written).await?;
+            if !self.settle_written(*written, deadline).await? {
+                break;
+            }
         }
         self.answered_creates.done(&snapshot);
         Ok(())
@@ -273,7 +279,11 @@ impl App {
     }
 
     /// [`App::settle_applied`] by table name.
-    async fn settle_written(&self, written: Written) -> Result<bool, ApiError> {
+    async fn settle_written(
+        &self,
+        written: Written,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, ApiError> {
         let Written {
             table,
             id,
@@ -293,7 +303,6 @@ impl App {
             return Ok(true);
         }
         self.projections.poke();
-        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         let mut recheck = tokio::time::interval(SETTLE_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if applied.is_some() {

@@ -2,7 +2,8 @@
 //!
 //! On Postgres an identity value is taken at INSERT but becomes visible at COMMIT, so positions
 //! commit out of order and a plain `global_position > checkpoint` reader skips events for good
-//! (see `notes/event-log-ordering.md`). [`LogReader::read_after`] returns only events whose
+//! (one that commits after a larger position was read is behind the checkpoint already).
+//! [`LogReader::read_after`] returns only events whose
 //! transaction is older than every transaction still running
 //! (`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`), ordered and checkpointed by
 //! `(transaction_id, global_position)`: any event that becomes visible later has a larger
