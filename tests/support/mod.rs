@@ -3,7 +3,8 @@
 //! SQLite file, and offers a small HTTP client with helpers to make users of any role.
 //!
 //! Postgres is looked for at 127.0.0.1:5432; when it is absent the Postgres variant of a test
-//! prints a line saying what to start and passes, unless `CI=true`, where it fails.
+//! fails, unless `SPARC_SKIP_SERVICES=1` says to skip it (see
+//! `sparc_store::testing::service_missing`).
 //! `TEST_LOG=1` shows the service's logs.
 
 use reqwest::{Method, StatusCode};
@@ -410,15 +411,12 @@ impl Response {
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 /// Settings for the service to use NATS at `url` under a namespace of its own (so tests never
-/// share a stream or a de-duplication window), or `None` (after saying so) when NATS is not
-/// running outside CI.
+/// share a stream or a de-duplication window), or `None` when NATS is not running and
+/// `SPARC_SKIP_SERVICES=1` says to skip (see `sparc_store::testing::service_missing`).
 pub async fn nats_namespace(url: &str) -> Option<String> {
     let address = url.trim_start_matches("nats://");
     if tokio::net::TcpStream::connect(address).await.is_err() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("NATS is not reachable at {url} in CI (CI=true)");
-        }
-        eprintln!("skipping: NATS is not running at {url} (start it to run this test)");
+        sparc_store::testing::service_missing(&format!("NATS at {url}"));
         return None;
     }
     Some(format!("t{}", uuid::Uuid::new_v4().simple()))

@@ -110,10 +110,7 @@ async fn nothing_more(stream: &mut ChangeStream) {
 async fn nats_bus(url: &str) -> Option<NatsBus> {
     let reachable = tokio::net::TcpStream::connect(url.trim_start_matches("nats://")).await;
     if reachable.is_err() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("NATS is not reachable at {url} in CI (CI=true)");
-        }
-        eprintln!("skipping: NATS is not running at {url} (start it to run this test)");
+        sparc_store::testing::service_missing(&format!("NATS at {url}"));
         return None;
     }
     let namespace = format!("t{}", Uuid::new_v4().simple());

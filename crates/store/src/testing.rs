@@ -8,9 +8,10 @@
 //! # let _ = (db, sqlite); }
 //! ```
 //!
-//! When PostgreSQL is not reachable the Postgres helpers print one `skipping: …` line and return
-//! `None`, so a developer without the service still runs the rest; with `CI=true` they panic,
-//! because a missing service in CI is a failure.
+//! A service a test needs (PostgreSQL, NATS) that is not there fails the test
+//! ([`service_missing`]), unless `SPARC_SKIP_SERVICES=1` says to skip the tests that need it:
+//! then the Postgres helpers return `None` and the run says once, on the terminal, what it
+//! skipped.
 //!
 //! Test databases are named `sparc_test_<unix seconds>_<uuid>`. A test process first drops the
 //! ones older than [`TEST_DATABASE_KEPT`] (and any of the older unnamed-time form), so the
@@ -38,8 +39,8 @@ pub struct PostgresTestDatabase {
     pub name: String,
 }
 
-/// A fresh, migrated Postgres database named `sparc_test_<uuid>`, or `None` (after printing
-/// why) if PostgreSQL is not running. Panics if `CI=true` and PostgreSQL is not running.
+/// A fresh, migrated Postgres database named `sparc_test_<uuid>`, or `None` if PostgreSQL is not
+/// running and `SPARC_SKIP_SERVICES=1` (else it panics: see [`service_missing`]).
 pub async fn postgres_database() -> Option<Database> {
     postgres_test_database().await.map(|t| t.database)
 }
@@ -134,11 +135,31 @@ async fn drop_stale_test_databases(admin: &mut PgConnection) {
 }
 
 fn unreachable_postgres<T>(why: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("PostgreSQL is not reachable in CI (CI=true): {why}");
-    }
-    eprintln!("skipping: PostgreSQL is not running on 127.0.0.1:5432 (start it to run this test)");
+    service_missing(&format!(
+        "PostgreSQL (SPARC_TEST_POSTGRES_URL, default 127.0.0.1:5432: {why})"
+    ));
     None
+}
+
+/// Says that `what`, a service a test needs, is missing: panics (the test fails) unless
+/// `SPARC_SKIP_SERVICES=1`; then it tells the terminal once per service (past the test
+/// harness's capture of a passing test's output), and the caller returns without testing.
+pub fn service_missing(what: &str) {
+    if std::env::var("SPARC_SKIP_SERVICES").as_deref() != Ok("1") {
+        panic!(
+            "{what} is missing: start it, or set SPARC_SKIP_SERVICES=1 to skip the tests that need it"
+        );
+    }
+    static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut told = TOLD.lock().unwrap_or_else(|e| e.into_inner());
+    if !told.iter().any(|said| said == what) {
+        told.push(what.to_owned());
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SPARC_SKIP_SERVICES=1: skipping the tests that need {what}"
+        );
+    }
 }
 
 /// `url` with its database name replaced by `name` (query parameters kept).

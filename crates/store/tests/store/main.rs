@@ -1,6 +1,6 @@
 //! Integration tests of sparc-store against real databases: SQLite in a temporary file, and the
-//! PostgreSQL running on 127.0.0.1:5432 (skipped with a message when it is not running, unless
-//! `CI=true`).
+//! PostgreSQL running on 127.0.0.1:5432 (a missing one fails the run unless
+//! `SPARC_SKIP_SERVICES=1`).
 
 mod changes;
 mod command_bus;
