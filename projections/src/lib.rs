@@ -51,6 +51,6 @@ pub mod tasks;
 pub mod users;
 
 pub use cache_key::CacheKey;
-pub use runner::{Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
+pub use runner::{CommandFailure, Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
 pub use sql::{SqlValue, format_timestamp};
 pub use state_table::{Indexed, Row, StateTable, StatusFilter, Tally, Total};

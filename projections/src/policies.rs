@@ -9,13 +9,14 @@ use async_trait::async_trait;
 use sparc_store::{Database, LogReader, RecordedEvent};
 use uuid::Uuid;
 
-use crate::runner::{Projection, ProjectionError};
+use crate::runner::{CommandFailure, Projection, ProjectionError};
 
 /// The command side the policies need, implemented by the application's command bus.
 #[async_trait]
 pub trait TaskCommands: Send + Sync {
     /// Soft-deletes a task because of `cause` (its metadata becomes the causation).
-    async fn delete_task(&self, task_id: Uuid, cause: &RecordedEvent) -> Result<(), String>;
+    async fn delete_task(&self, task_id: Uuid, cause: &RecordedEvent)
+    -> Result<(), CommandFailure>;
 
     /// Records on its task that the finished execution `execution_id` is over (a no-op once
     /// recorded).
@@ -23,11 +24,14 @@ pub trait TaskCommands: Send + Sync {
         &self,
         execution_id: Uuid,
         cause: &RecordedEvent,
-    ) -> Result<(), String>;
+    ) -> Result<(), CommandFailure>;
 
     /// Cancels the runs of a deleted task that no agent has taken (a no-op once cancelled).
-    async fn cancel_waiting_runs(&self, task_id: Uuid, cause: &RecordedEvent)
-    -> Result<(), String>;
+    async fn cancel_waiting_runs(
+        &self,
+        task_id: Uuid,
+        cause: &RecordedEvent,
+    ) -> Result<(), CommandFailure>;
 }
 
 /// Every run ends on its task, and no deleted task's job waits: an `ExecutionFinished`
@@ -65,7 +69,7 @@ impl Projection for RunCompletion {
     async fn react(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| self.concerns(e)) {
             let id: Uuid = event.aggregate_id.parse().map_err(|_| {
-                ProjectionError::Command(format!("{} is not a uuid", event.aggregate_id))
+                ProjectionError::Command(format!("{} is not a uuid", event.aggregate_id).into())
             })?;
             let done = if event.aggregate_type == "Execution" {
                 self.commands.finish_task_run(id, event).await
@@ -151,7 +155,9 @@ impl ProjectCascade {
             return Err(ProjectionError::NotReady("tasks"));
         }
         let project_id: Uuid = event.aggregate_id.parse().map_err(|_| {
-            ProjectionError::Command(format!("project id {} is not a uuid", event.aggregate_id))
+            ProjectionError::Command(
+                format!("project id {} is not a uuid", event.aggregate_id).into(),
+            )
         })?;
         for task in crate::tasks::of_project(&self.db, project_id).await? {
             self.commands
@@ -174,7 +180,7 @@ impl ProjectCascade {
             return Ok(());
         }
         let task_id: Uuid = event.aggregate_id.parse().map_err(|_| {
-            ProjectionError::Command(format!("task id {} is not a uuid", event.aggregate_id))
+            ProjectionError::Command(format!("task id {} is not a uuid", event.aggregate_id).into())
         })?;
         self.commands
             .delete_task(task_id, event)

@@ -69,10 +69,13 @@ pub enum ProjectionError {
     /// The projection depends on another one that has not reached this batch yet.
     #[error("waiting for {0} to catch up")]
     NotReady(&'static str),
-    /// A policy's command failed.
-    #[error("command failed: {0}")]
-    Command(String),
+    /// A policy's command failed (the cause is the source).
+    #[error("a policy's command failed")]
+    Command(#[source] CommandFailure),
 }
+
+/// Why a policy's command failed.
+pub type CommandFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A consumer of the log: a read model, or a policy that reacts to events.
 #[async_trait]

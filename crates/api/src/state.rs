@@ -375,7 +375,7 @@ pub fn command_error<E: DomainError>(error: CommandError<E>) -> ApiError {
             ApiError::Conflict("The resource was modified concurrently; retry".to_owned())
         }
         CommandError::Overloaded(overloaded) => ApiError::overloaded(overloaded),
-        CommandError::Store(message) => ApiError::internal(message),
+        CommandError::Store(cause) => ApiError::internal(cause),
     }
 }
 

@@ -68,7 +68,7 @@ impl MemorySync {
             .commands
             .load::<Memory>(&id)
             .await
-            .map_err(|e| ProjectionError::Command(e.to_string()))?;
+            .map_err(|e| ProjectionError::Command(e.into()))?;
         if state.synced {
             return Ok(());
         }
@@ -76,7 +76,7 @@ impl MemorySync {
             Ok(()) => {}
             // The server is up and refuses this entry: retried with back-off, not hammered.
             Err(Unavailable::Failed(CallError::Tool(message))) => {
-                return Err(ProjectionError::Command(message));
+                return Err(ProjectionError::Command(message.into()));
             }
             Err(_) => return Err(ProjectionError::NotReady("memory_mcp")),
         }
@@ -92,7 +92,7 @@ impl MemorySync {
             )
             .await
             .map(|_| ())
-            .map_err(|e| ProjectionError::Command(e.to_string()))
+            .map_err(|e| ProjectionError::Command(e.into()))
     }
 }
 

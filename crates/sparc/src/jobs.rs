@@ -78,7 +78,7 @@ impl Projection for JobDispatch {
     async fn react(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         for event in events.iter().filter(|e| self.concerns(e)) {
             let started: ExecutionEvent = serde_json::from_value(event.payload.clone())
-                .map_err(|e| ProjectionError::Command(format!("undecodable run start: {e}")))?;
+                .map_err(|e| ProjectionError::Command(e.into()))?;
             let ExecutionEvent::ExecutionStarted {
                 execution_id,
                 agent_id: None,
@@ -96,9 +96,7 @@ impl Projection for JobDispatch {
             self.jobs
                 .publish(skill.as_str(), execution_id)
                 .await
-                .map_err(|e| {
-                    ProjectionError::Command(format!("queueing run {execution_id}: {e}"))
-                })?;
+                .map_err(|e| ProjectionError::Command(e.into()))?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use sparc_domain::task::{RunReport, Task, TaskCommand};
 use sparc_memory::{MemoryService, MemorySync};
 use sparc_projections::catalog::{READ_MODELS, ReadModel};
 use sparc_projections::policies::{ProjectCascade, RunCompletion, TaskCommands};
-use sparc_projections::{Projection, ProjectionRunner};
+use sparc_projections::{CommandFailure, Projection, ProjectionRunner};
 use sparc_store::{Chainer, CommandBus, Database, EventMetadata, Generations, RecordedEvent};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -78,12 +78,12 @@ impl TaskCommands for PolicyCommands {
         &self,
         execution_id: uuid::Uuid,
         cause: &RecordedEvent,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandFailure> {
         let (execution, _) = self
             .0
             .load::<Execution>(&execution_id.to_string())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(CommandFailure::from)?;
         if !execution.exists || !execution.status.is_final() {
             return Ok(());
         }
@@ -108,7 +108,7 @@ impl TaskCommands for PolicyCommands {
         match finished {
             // A task that no longer runs it already recorded the end.
             Ok(_) | Err(sparc_store::CommandError::Rejected(_)) => Ok(()),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -116,12 +116,12 @@ impl TaskCommands for PolicyCommands {
         &self,
         task_id: uuid::Uuid,
         cause: &RecordedEvent,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandFailure> {
         let (task, _) = self
             .0
             .load::<Task>(&task_id.to_string())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(CommandFailure::from)?;
         let runs = task
             .running_execution_id
             .into_iter()
@@ -132,7 +132,7 @@ impl TaskCommands for PolicyCommands {
                 .0
                 .load::<Execution>(&id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(CommandFailure::from)?;
             if execution.agent_id.is_some() || execution.status.is_final() {
                 continue;
             }
@@ -155,13 +155,17 @@ impl TaskCommands for PolicyCommands {
             match cancelled {
                 // An agent took it, or it ended, since it was read: it runs its course.
                 Ok(_) | Err(sparc_store::CommandError::Rejected(_)) => {}
-                Err(error) => return Err(error.to_string()),
+                Err(error) => return Err(error.into()),
             }
         }
         Ok(())
     }
 
-    async fn delete_task(&self, task_id: uuid::Uuid, cause: &RecordedEvent) -> Result<(), String> {
+    async fn delete_task(
+        &self,
+        task_id: uuid::Uuid,
+        cause: &RecordedEvent,
+    ) -> Result<(), CommandFailure> {
         let metadata = caused_by(cause);
         self.0
             .execute::<Task>(
@@ -174,7 +178,7 @@ impl TaskCommands for PolicyCommands {
             )
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(CommandFailure::from)
     }
 }
 

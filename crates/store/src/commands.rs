@@ -75,9 +75,25 @@ pub enum CommandError<E: std::error::Error> {
     /// before it could commit.
     #[error("{0}")]
     Overloaded(Overloaded),
-    /// The store failed.
-    #[error("event store: {0}")]
-    Store(String),
+    /// The store failed (the cause, down to the database's error, is the source).
+    #[error("event store failed")]
+    Store(#[source] StoreFailure),
+}
+
+/// What failed in the store: shared, since one failure fails every command of a batch.
+pub type StoreFailure = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The cause of a store failure `error` reports (its message, for the variants that carry no
+/// error of their own).
+fn failure<E: std::error::Error>(error: AggregateError<E>) -> StoreFailure {
+    match error {
+        AggregateError::DatabaseConnectionError(cause)
+        | AggregateError::DeserializationError(cause)
+        | AggregateError::UnexpectedError(cause) => Arc::from(cause),
+        other => Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            other.to_string(),
+        )),
+    }
 }
 
 /// What a committed (or refused-as-no-op) command left behind.
@@ -333,9 +349,11 @@ async fn wait_for_answer<A: Routed>(
     deadline: Option<Instant>,
 ) -> Answer<A> {
     let stopped = |_| {
-        Err(CommandError::Store(
-            "the stream's worker stopped".to_owned(),
-        ))
+        Err(CommandError::Store(Arc::from(Box::<
+            dyn std::error::Error + Send + Sync,
+        >::from(
+            "the stream's worker stopped",
+        ))))
     };
     if let Some(deadline) = deadline {
         tokio::select! {
@@ -378,7 +396,7 @@ async fn decide_batch<A: Routed>(lane: &Lane<A>, id: &str, mut batch: Vec<Queued
     while !batch.is_empty() {
         let context = match lane.current(id).await {
             Ok(context) => context,
-            Err(error) => return fail_all(batch, &error.to_string()),
+            Err(error) => return fail_all(batch, failure(error)),
         };
         let Decided {
             answers: decided,
@@ -446,7 +464,13 @@ async fn decide_batch<A: Routed>(lane: &Lane<A>, id: &str, mut batch: Vec<Queued
                     in_time
                 }
                 failed => {
-                    return fail_all(decided.into_iter().map(|(q, _)| q), &failed.to_string());
+                    let cause = match failed {
+                        CommandError::Store(cause) => cause,
+                        other => Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                            other.to_string(),
+                        )),
+                    };
+                    return fail_all(decided.into_iter().map(|(q, _)| q), cause);
                 }
             },
         };
@@ -520,9 +544,9 @@ fn answer_all<A: Routed>(decided: Vec<(Queued<A>, Answer<A>)>) {
     }
 }
 
-fn fail_all<A: Routed>(batch: impl IntoIterator<Item = Queued<A>>, message: &str) {
+fn fail_all<A: Routed>(batch: impl IntoIterator<Item = Queued<A>>, failure: StoreFailure) {
     for queued in batch {
-        queued.reply(Err(CommandError::Store(message.to_owned())));
+        queued.reply(Err(CommandError::Store(failure.clone())));
     }
 }
 
@@ -567,8 +591,23 @@ fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E
         // Group commit drops an append whose deadline passed before its statement.
         AggregateError::UnexpectedError(e) => match e.downcast_ref::<Overloaded>() {
             Some(overloaded) => CommandError::Overloaded(*overloaded),
-            None => CommandError::Store(AggregateError::<E>::UnexpectedError(e).to_string()),
+            None => CommandError::Store(Arc::from(e)),
         },
-        other => CommandError::Store(other.to_string()),
+        other => CommandError::Store(failure(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_the_database_error_as_its_source() {
+        let database = sqlx::Error::PoolTimedOut;
+        let error: CommandError<std::io::Error> =
+            store_error(AggregateError::UnexpectedError(Box::new(database)));
+        assert_eq!(error.to_string(), "event store failed");
+        let source = std::error::Error::source(&error).expect("the cause is the source");
+        assert!(source.to_string().contains("pool timed out"), "{source}");
     }
 }

@@ -46,7 +46,7 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use chain::{Chainer, VerifyReport, verify};
 pub use changes::Generations;
 pub use checkpoint::Checkpoint;
-pub use commands::{CommandBus, CommandError, Outcome, Routed};
+pub use commands::{CommandBus, CommandError, Outcome, Routed, StoreFailure};
 pub use db::{Backend, Database, StoreTx, postgres_pool_options};
 pub use error::StoreError;
 pub use event_repository::EventRepository;
