@@ -151,6 +151,18 @@ pub enum AgentCommand {
     },
 }
 
+impl AgentCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "Register",
+            Self::Update { .. } => "Update",
+            Self::RecordActivity { .. } => "RecordActivity",
+            Self::Deregister { .. } => "Deregister",
+        }
+    }
+}
+
 /// What happened to an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentEvent {

@@ -98,6 +98,18 @@ pub enum ExecutionCommand {
 }
 
 impl ExecutionCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start { .. } => "Start",
+            Self::Claim { .. } => "Claim",
+            Self::TimeOut { .. } => "TimeOut",
+            Self::Finish { .. } => "Finish",
+        }
+    }
+}
+
+impl ExecutionCommand {
     /// Start the run `execution_id` that `task` just fired for `scheduled_for`, with the
     /// task's skill and time limit.
     pub fn start_of(

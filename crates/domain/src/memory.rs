@@ -78,6 +78,16 @@ pub enum MemoryCommand {
     },
 }
 
+impl MemoryCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Store { .. } => "Store",
+            Self::MarkSynced { .. } => "MarkSynced",
+        }
+    }
+}
+
 /// What happened to a memory entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MemoryEvent {

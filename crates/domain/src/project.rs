@@ -91,6 +91,17 @@ pub enum ProjectCommand {
     },
 }
 
+impl ProjectCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "Create",
+            Self::Update { .. } => "Update",
+            Self::Delete { .. } => "Delete",
+        }
+    }
+}
+
 /// What happened to a project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ProjectEvent {

@@ -34,6 +34,16 @@ pub enum ReservationCommand {
     },
 }
 
+impl ReservationCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Claim { .. } => "Claim",
+            Self::Release { .. } => "Release",
+        }
+    }
+}
+
 /// What happened to a reservation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ReservationEvent {

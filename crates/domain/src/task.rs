@@ -211,6 +211,21 @@ pub enum TaskCommand {
     },
 }
 
+impl TaskCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Schedule { .. } => "Schedule",
+            Self::Update { .. } => "Update",
+            Self::Delete { .. } => "Delete",
+            Self::Fire { .. } => "Fire",
+            Self::RunNow { .. } => "RunNow",
+            Self::Assign { .. } => "Assign",
+            Self::FinishRun { .. } => "FinishRun",
+        }
+    }
+}
+
 /// What an agent reported with a finished run. The task keeps the first
 /// [`RunReport::EXCERPT_BYTES`] of the output and the error (the execution keeps them whole).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -192,6 +192,23 @@ pub enum UserCommand {
     },
 }
 
+impl UserCommand {
+    /// The command's name (its variant), for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Register { .. } => "Register",
+            Self::UpdateProfile { .. } => "UpdateProfile",
+            Self::ChangePassword { .. } => "ChangePassword",
+            Self::ChangeRole { .. } => "ChangeRole",
+            Self::SetActive { .. } => "SetActive",
+            Self::StartSession { .. } => "StartSession",
+            Self::RefreshSession { .. } => "RefreshSession",
+            Self::RevokeSession { .. } => "RevokeSession",
+            Self::RevokeAllSessions { .. } => "RevokeAllSessions",
+        }
+    }
+}
+
 /// What happened to a user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {

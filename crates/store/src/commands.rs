@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::event_repository::EventRepository;
 use crate::event_store::Store;
 use crate::group_commit::GroupCommit;
-use crate::metrics::{CommandMetrics, CommandOutcome, command_name};
+use crate::metrics::{CommandMetrics, CommandOutcome};
 use crate::overload::{Drain, Overloaded, StreamQueues, with_deadline};
 use crate::{Database, EventMetadata};
 
@@ -193,7 +193,7 @@ pub trait Routed:
     /// The lane of this aggregate type.
     fn lane(bus: &CommandBus) -> &Arc<Lane<Self>>;
     /// The command's name, for the metrics.
-    fn command_name(command: &Self::Command) -> String;
+    fn command_name(command: &Self::Command) -> &'static str;
 }
 
 macro_rules! routed {
@@ -203,8 +203,8 @@ macro_rules! routed {
                 &bus.$field
             }
 
-            fn command_name(command: &Self::Command) -> String {
-                command_name(command)
+            fn command_name(command: &Self::Command) -> &'static str {
+                command.name()
             }
         })+
     };
@@ -250,7 +250,11 @@ impl CommandBus {
     }
 
     /// Counts a command named `name` and the events it recorded.
-    fn count<A: Routed>(&self, name: String, result: &Result<Outcome<A>, CommandError<A::Error>>) {
+    fn count<A: Routed>(
+        &self,
+        name: &'static str,
+        result: &Result<Outcome<A>, CommandError<A::Error>>,
+    ) {
         let outcome = match result {
             Ok(done) if done.events.is_empty() => CommandOutcome::Unchanged,
             Ok(done) => {

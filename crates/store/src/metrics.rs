@@ -3,7 +3,6 @@
 //! count this process alone (Prometheus sums instances).
 
 use std::collections::HashMap;
-use std::fmt::{self, Debug, Write as _};
 use std::sync::Mutex;
 
 /// How a command ended.
@@ -38,14 +37,14 @@ impl CommandOutcome {
 }
 
 /// `(aggregate type, command, outcome)` → commands.
-pub type CommandCounts = Vec<((&'static str, String, CommandOutcome), u64)>;
+pub type CommandCounts = Vec<((&'static str, &'static str, CommandOutcome), u64)>;
 /// `(aggregate type, event type)` → events.
 pub type EventCounts = Vec<((&'static str, String), u64)>;
 
 /// The counters; cheap to update from many tasks.
 #[derive(Debug, Default)]
 pub struct CommandMetrics {
-    commands: Mutex<HashMap<(&'static str, String, CommandOutcome), u64>>,
+    commands: Mutex<HashMap<(&'static str, &'static str, CommandOutcome), u64>>,
     events: Mutex<HashMap<(&'static str, String), u64>>,
 }
 
@@ -54,7 +53,7 @@ impl CommandMetrics {
     pub(crate) fn count_command(
         &self,
         aggregate: &'static str,
-        command: String,
+        command: &'static str,
         outcome: CommandOutcome,
     ) {
         let mut commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
@@ -76,7 +75,7 @@ impl CommandMetrics {
     /// The command counters, sorted.
     pub fn commands(&self) -> CommandCounts {
         let commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        let mut counts: CommandCounts = commands.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut counts: CommandCounts = commands.iter().map(|(k, v)| (*k, *v)).collect();
         counts.sort();
         counts
     }
@@ -90,64 +89,22 @@ impl CommandMetrics {
     }
 }
 
-/// The name of a command: the variant `Debug` writes first (`Schedule` of `Schedule { .. }`),
-/// without formatting the rest of it.
-pub(crate) fn command_name(command: &impl Debug) -> String {
-    /// Keeps the leading identifier and stops the formatting after it.
-    struct Leading(String);
-    impl fmt::Write for Leading {
-        fn write_str(&mut self, text: &str) -> fmt::Result {
-            let end = text
-                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .unwrap_or(text.len());
-            self.0.push_str(&text[..end]);
-            if end < text.len() {
-                Err(fmt::Error)
-            } else {
-                Ok(())
-            }
-        }
-    }
-    let mut name = Leading(String::new());
-    // Stopping early is the point: the error only says the rest was not written.
-    let _ = write!(name, "{command:?}");
-    name.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Debug)]
-    #[allow(dead_code)]
-    enum Command {
-        Schedule { params: String },
-        Delete,
-        Run(u32),
-    }
-
-    #[test]
-    fn a_command_is_named_by_its_variant() {
-        let long = Command::Schedule {
-            params: "x".repeat(10_000),
-        };
-        assert_eq!(command_name(&long), "Schedule");
-        assert_eq!(command_name(&Command::Delete), "Delete");
-        assert_eq!(command_name(&Command::Run(3)), "Run");
-    }
-
     #[test]
     fn counters_add_up_by_label() {
         let metrics = CommandMetrics::default();
-        metrics.count_command("Task", "Schedule".into(), CommandOutcome::Committed);
-        metrics.count_command("Task", "Schedule".into(), CommandOutcome::Committed);
-        metrics.count_command("Task", "Delete".into(), CommandOutcome::Rejected);
+        metrics.count_command("Task", "Schedule", CommandOutcome::Committed);
+        metrics.count_command("Task", "Schedule", CommandOutcome::Committed);
+        metrics.count_command("Task", "Delete", CommandOutcome::Rejected);
         metrics.count_events("Task", ["TaskScheduled".to_owned(), "TaskScheduled".into()]);
         assert_eq!(
             metrics.commands(),
             vec![
-                (("Task", "Delete".into(), CommandOutcome::Rejected), 1),
-                (("Task", "Schedule".into(), CommandOutcome::Committed), 2),
+                (("Task", "Delete", CommandOutcome::Rejected), 1),
+                (("Task", "Schedule", CommandOutcome::Committed), 2),
             ]
         );
         assert_eq!(

@@ -276,7 +276,7 @@ async fn metrics(
             .map(|((aggregate, command, outcome), count)| {
                 let labels = format!(
                     "{{aggregate=\"{aggregate}\",command=\"{}\",outcome=\"{}\"}}",
-                    escape_label(&command),
+                    escape_label(command),
                     outcome.as_str()
                 );
                 (labels, count as f64)
