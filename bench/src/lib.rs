@@ -142,7 +142,9 @@ where
 /// whether or not earlier calls have finished, and its latency counts from that scheduled
 /// start (so a stall shows as latency of every call it delayed, not as fewer calls). At most
 /// `max_in_flight` calls run at once; a call that finds them all busy waits, and its wait counts
-/// as latency. Calls that complete inside the measured window are counted.
+/// as latency. Calls that complete inside the measured window are counted; a call whose turn
+/// comes after it is not made (it could not count), so a service that fell far behind is not
+/// left working off the backlog after the measurement.
 pub async fn run_at_rate<F, Fut>(
     benchmark: &str,
     rate: u32,
@@ -175,6 +177,13 @@ where
             let (op, slots) = (op.clone(), slots.clone());
             calls.push(tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await;
+                if Instant::now() >= measure_until {
+                    return (
+                        scheduled,
+                        Instant::now(),
+                        Err("after the window".to_owned()),
+                    );
+                }
                 let outcome = op(n).await;
                 (scheduled, Instant::now(), outcome)
             }));

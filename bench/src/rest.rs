@@ -1,8 +1,15 @@
 //! A few calls of the sparc REST API for the load generators: JSON POSTs, registering and
-//! logging in users.
+//! logging in users, and a signed-in user's task calls ([`Session`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::workload::params;
 
 /// The password every benchmark user gets (it meets the registration policy).
 pub const PASSWORD: &str = "L0adGen-Passw0rd!";
@@ -65,4 +72,111 @@ pub async fn register_and_login(
     .await
     .with_context(|| format!("registering {username}"))?;
     login(client, api, username, PASSWORD).await
+}
+
+/// An HTTP/1.1 client keeping up to `connections` idle keep-alive connections (no gzip,
+/// `TCP_NODELAY`, a 30 s timeout per request).
+pub fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// A signed-in user's calls on one instance, shared by the calls of a phase.
+pub struct Session {
+    /// The user's own connections.
+    pub client: reqwest::Client,
+    /// Base URL of the `sparc serve` the calls go to.
+    pub api: String,
+    /// The access token.
+    pub token: String,
+}
+
+impl Session {
+    /// `POST /api/v1/tasks`: the `n`th task (a weekday cron in Europe/Paris, [`params`]).
+    pub async fn create_task(&self, n: u64) -> Result<(), String> {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/tasks", self.api))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "skill_name": "code-review",
+                "schedule_cron": "*/15 9-18 * * 1-5",
+                "timezone": "Europe/Paris",
+                "params": params(n),
+            }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(response, StatusCode::CREATED).await
+    }
+
+    /// `GET /api/v1/tasks?{query}`, the body read whole.
+    pub async fn list_tasks(&self, query: &str) -> Result<(), String> {
+        let response = self
+            .client
+            .get(format!("{}/api/v1/tasks?{query}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(response, StatusCode::OK).await
+    }
+
+    /// The `total` of the user's task list.
+    pub async fn task_total(&self) -> anyhow::Result<u64> {
+        let page: Value = self
+            .client
+            .get(format!("{}/api/v1/tasks?limit=1", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        page["total"]
+            .as_u64()
+            .context("a task list without `total`")
+    }
+}
+
+/// Creates `count` tasks as `session` over `connections` concurrent connections (tasks
+/// numbered from `first`).
+pub async fn create_tasks(
+    session: &Arc<Session>,
+    first: u64,
+    count: u64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..connections {
+        let (session, next) = (session.clone(), next.clone());
+        creators.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return Ok::<(), String>(());
+                }
+                session.create_task(first + n).await?;
+            }
+        }));
+    }
+    for creator in creators {
+        creator.await?.map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// Reads the whole body (as a client must) and checks the status.
+pub async fn expect(response: reqwest::Response, status: StatusCode) -> Result<(), String> {
+    let actual = response.status();
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    if actual == status {
+        Ok(())
+    } else {
+        Err(format!("{actual}: {}", String::from_utf8_lossy(&body)))
+    }
 }

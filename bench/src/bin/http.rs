@@ -25,15 +25,11 @@
 //! line on stderr.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-use sparc_bench::rest::register_and_login;
-use sparc_bench::workload::params;
+use sparc_bench::rest::{Session, client, create_tasks, register_and_login};
 use sparc_bench::{Report, Window, run_at_rate, run_writers};
 
 #[derive(Debug, Parser)]
@@ -65,62 +61,6 @@ struct Args {
     json: bool,
 }
 
-/// Calls of one phase share this.
-struct Target {
-    client: reqwest::Client,
-    api: String,
-    token: String,
-}
-
-impl Target {
-    async fn create_task(&self, n: u64) -> Result<(), String> {
-        let response = self
-            .client
-            .post(format!("{}/api/v1/tasks", self.api))
-            .bearer_auth(&self.token)
-            .json(&json!({
-                "skill_name": "code-review",
-                "schedule_cron": "*/15 9-18 * * 1-5",
-                "timezone": "Europe/Paris",
-                "params": params(n),
-            }))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        expect(response, StatusCode::CREATED).await
-    }
-
-    async fn list_tasks(&self) -> Result<(), String> {
-        let response = self
-            .client
-            .get(format!("{}/api/v1/tasks?limit=20", self.api))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        expect(response, StatusCode::OK).await
-    }
-}
-
-/// Reads the whole body (as a client must) and checks the status.
-async fn expect(response: reqwest::Response, status: StatusCode) -> Result<(), String> {
-    let actual = response.status();
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
-    if actual == status {
-        Ok(())
-    } else {
-        Err(format!("{actual}: {}", String::from_utf8_lossy(&body)))
-    }
-}
-
-fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     if json {
         eprintln!("{}", report.line());
@@ -142,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let http = client(args.connections)?;
     let run = chrono::Utc::now().format("%H%M%S%3f");
 
-    let creator = Arc::new(Target {
+    let creator = Arc::new(Session {
         token: register_and_login(&http, &args.api, &format!("http-create-{run}")).await?,
         client: http.clone(),
         api: args.api.clone(),
@@ -151,50 +91,27 @@ async fn main() -> anyhow::Result<()> {
     // 1. create at a fixed rate
     if args.create_rate > 0 {
         let name = format!("http create-task rate={}", args.create_rate);
-        let create = |target: Arc<Target>, n| async move { target.create_task(n).await };
+        let create = |target: Arc<Session>, n| async move { target.create_task(n).await };
         phase(&name, &args, Some(args.create_rate), &creator, create).await?;
     }
 
     // 2. create at saturation
-    let create = |target: Arc<Target>, n| async move { target.create_task(n).await };
+    let create = |target: Arc<Session>, n| async move { target.create_task(n).await };
     phase("http create-task saturation", &args, None, &creator, create).await?;
 
     // 3. seed
-    let lister = Arc::new(Target {
+    let lister = Arc::new(Session {
         token: register_and_login(&http, &args.api, &format!("http-list-{run}")).await?,
         client: http.clone(),
         api: args.api.clone(),
     });
     let started = Instant::now();
-    let created = Arc::new(AtomicU64::new(0));
-    let mut seeders = Vec::new();
-    for _ in 0..args.connections {
-        let (target, created, tasks) = (lister.clone(), created.clone(), args.tasks);
-        seeders.push(tokio::spawn(async move {
-            loop {
-                let n = created.fetch_add(1, Ordering::Relaxed) + 1;
-                if n > tasks {
-                    return Ok::<(), String>(());
-                }
-                target.create_task(n).await?;
-            }
-        }));
-    }
-    for seeder in seeders {
-        seeder.await?.map_err(anyhow::Error::msg)?;
-    }
-    let page: Value = http
-        .get(format!("{}/api/v1/tasks?limit=20", args.api))
-        .bearer_auth(&lister.token)
-        .send()
-        .await?
-        .json()
-        .await?;
+    create_tasks(&lister, 1, args.tasks, args.connections).await?;
+    let total = lister.task_total().await?;
     anyhow::ensure!(
-        page["total"] == json!(args.tasks),
-        "the list user should own {} tasks: {}",
-        args.tasks,
-        page["total"]
+        total == args.tasks,
+        "the list user should own {} tasks: {total}",
+        args.tasks
     );
     eprintln!(
         "seeded {} tasks in {:.1} s",
@@ -204,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. list at a fixed rate
     let name = format!("http list-tasks rate={}", args.rate);
-    let list = |target: Arc<Target>, _| async move { target.list_tasks().await };
+    let list = |target: Arc<Session>, _| async move { target.list_tasks("limit=20").await };
     phase(&name, &args, Some(args.rate), &lister, list).await?;
 
     // 5. list at saturation
@@ -218,11 +135,11 @@ async fn phase<F, Fut>(
     name: &str,
     args: &Args,
     rate: Option<u32>,
-    target: &Arc<Target>,
+    target: &Arc<Session>,
     call: F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(Arc<Target>, u64) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<Session>, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let window = Window {
