@@ -33,9 +33,8 @@ use crate::overload::Overloaded;
 
 /// Workers, each with at most one statement in flight on a connection of its own. Two rather
 /// than more: the fewer the workers, the more appends each statement carries and the fewer
-/// commits the database makes (0.37 instead of 0.47 per event for HTTP creates, with less CPU
-/// per create on both sides), while the second keeps appends moving when a statement waits
-/// on a row lock (see `bench/README.md`, session 17).
+/// commits the database makes, while the second keeps appends moving when a statement waits
+/// on a row lock (figures in `bench/README.md`).
 const WORKERS: usize = 2;
 
 /// Events one statement inserts at most.
