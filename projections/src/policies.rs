@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Deserialize;
+use sparc_domain::task::TaskEvent;
 use sparc_store::{Database, LogReader, RecordedEvent};
 use uuid::Uuid;
 
@@ -134,17 +136,24 @@ fn project_deleted(event: &RecordedEvent) -> bool {
 }
 
 /// The project a task event puts its task into, if any: `TaskScheduled` with a project, or
-/// `TaskUpdated` that moves it to one.
+/// `TaskUpdated` that moves it to one. The event is upcast and decoded as the aggregate would
+/// decode it (one that does not decode joins no project).
 fn project_joined(event: &RecordedEvent) -> Option<Uuid> {
-    if event.aggregate_type != "Task" {
+    if event.aggregate_type != "Task"
+        || !matches!(event.event_type.as_str(), "TaskScheduled" | "TaskUpdated")
+    {
         return None;
     }
-    let project = match event.event_type.as_str() {
-        "TaskScheduled" => &event.payload["TaskScheduled"]["project_id"],
-        "TaskUpdated" => &event.payload["TaskUpdated"]["changes"]["project_id"],
-        _ => return None,
-    };
-    project.as_str()?.parse().ok()
+    let payload = sparc_domain::upcasting::upcast_ref(
+        &event.event_type,
+        &event.event_version,
+        &event.payload,
+    );
+    match TaskEvent::deserialize(payload.as_ref()).ok()? {
+        TaskEvent::TaskScheduled { project_id, .. } => project_id,
+        TaskEvent::TaskUpdated { changes, .. } => changes.project_id.flatten(),
+        _ => None,
+    }
 }
 
 impl ProjectCascade {
@@ -212,5 +221,58 @@ impl ProjectCascade {
                 _ => return Ok(false),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::DomainEvent;
+    use sparc_domain::task::TaskChanges;
+
+    fn task_event(event: &TaskEvent) -> RecordedEvent {
+        RecordedEvent {
+            position: 1,
+            transaction_id: 0,
+            aggregate_type: "Task".to_owned(),
+            aggregate_id: Uuid::now_v7().to_string(),
+            sequence: 2,
+            event_type: event.event_type(),
+            event_version: event.event_version(),
+            payload: serde_json::to_value(event).expect("an event serializes"),
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+            hash: None,
+        }
+    }
+
+    #[test]
+    fn a_task_joins_the_project_its_decoded_event_names() {
+        let project = Uuid::now_v7();
+        let moved = |project_id| TaskEvent::TaskUpdated {
+            changes: TaskChanges {
+                project_id,
+                ..TaskChanges::default()
+            },
+            next_run_at: None,
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            project_joined(&task_event(&moved(Some(Some(project))))),
+            Some(project)
+        );
+        assert_eq!(
+            project_joined(&task_event(&moved(Some(None)))),
+            None,
+            "left its project"
+        );
+        assert_eq!(
+            project_joined(&task_event(&moved(None))),
+            None,
+            "project unchanged"
+        );
+        let mut undecodable = task_event(&moved(Some(Some(project))));
+        undecodable.payload = serde_json::json!({"TaskUpdated": {"changes": 7}});
+        assert_eq!(project_joined(&undecodable), None);
     }
 }

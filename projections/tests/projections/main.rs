@@ -1,0 +1,6 @@
+//! Integration tests of the projections against real databases, one module per area, in one
+//! binary (one link).
+
+mod fault_isolation;
+mod outbox;
+mod upcasting;
