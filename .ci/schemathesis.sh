@@ -7,14 +7,16 @@
 # Fails on any 5xx answer, any answer the document does not declare (status, content type,
 # schema), or an unhealthy pipeline afterwards. Needs PostgreSQL at 127.0.0.1:5432, python3
 # with venv, curl, jq and psql; builds the debug `sparc` binary if it is not up to date and
-# installs schemathesis into target/schemathesis-venv.
+# installs schemathesis into a virtualenv kept under ~/.cache/sparc (SPARC_CI_CACHE), reused by
+# later runs on the same machine.
 #
 #   .ci/schemathesis.sh [MAX_EXAMPLES_PER_OPERATION]   (default 50, which `.ci/run` uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 examples="${1:-50}"
-venv="$PWD/target/schemathesis-venv"
+schemathesis_version=4.32.5
+venv="${SPARC_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sparc}/schemathesis-$schemathesis_version"
 port=18090
 base="http://127.0.0.1:$port"
 database="sparc_schemathesis_$(date +%s)_$$"
@@ -33,8 +35,9 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ ! -x "$venv/bin/st" ]]; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet schemathesis==4.32.5
+    "$venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
 fi
 # Up to date after `cargo test --workspace` (then this takes a moment); never a stale binary.
 cargo build -p sparc --quiet
