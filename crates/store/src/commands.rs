@@ -285,6 +285,9 @@ impl CommandBus {
     /// Decides `command` on a new aggregate `id`, which the caller has just minted, and commits
     /// its events as the first of the stream without loading it first (one statement on
     /// Postgres). An id that is taken after all falls back to [`CommandBus::execute`].
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        aggregate = A::TYPE, command = A::command_name(&command), id
+    ))]
     pub async fn create<A: Routed>(
         &self,
         id: &str,
@@ -314,6 +317,9 @@ impl CommandBus {
     /// With `expected_version`, the stream must be at exactly that version when the command
     /// is decided (`If-Match`). A race lost to another process is decided again on the new
     /// state.
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        aggregate = A::TYPE, command = A::command_name(&command), id
+    ))]
     pub async fn execute<A: Routed>(
         &self,
         id: &str,

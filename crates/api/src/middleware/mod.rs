@@ -8,7 +8,9 @@
 //! 3. gzip compression of bodies over 1 KiB when the client accepts it: outside every layer that
 //!    rewrites bodies, so a rewritten body is never mislabelled as gzip.
 //! 4. [`request_id`]: the id exists before anything can fail, is echoed on every response, and
-//!    every 500 below is logged with it and rendered as `{"detail", "error_id"}`.
+//!    every 500 below is logged with it and rendered as `{"detail", "error_id"}`; its span
+//!    (with the id) holds every log line of the request, tower-http's `TraceLayer` (at debug:
+//!    start, end, latency) and each handler's and command's own span included.
 //! 5. [`cors`] (only with `SPARC_CORS_ORIGINS` set): preflights are answered here, before any
 //!    limit counts them, and every answer below (errors too) carries the CORS headers a browser
 //!    needs to show it to the page; a WebSocket upgrade from a page of another origin is
@@ -52,6 +54,7 @@ use futures::StreamExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
 use crate::auth::TokenService;
 use crate::error::ApiError;
@@ -101,7 +104,14 @@ pub fn apply(router: Router, settings: &ApiSettings, tokens: Arc<TokenService>) 
         )),
         None => inner,
     };
-    with_cors
+    // Inside the request id's span, so its lines carry the id; failures are logged by the
+    // error-shaping middleware, once, with their cause.
+    let traced = with_cors.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG))
+            .on_failure(()),
+    );
+    traced
         .layer(from_fn(request_id::request_id))
         .layer(compression)
         .layer(from_fn_with_state(metrics, metrics::record))

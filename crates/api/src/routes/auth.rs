@@ -58,6 +58,7 @@ pub struct RegisterRequest {
 /// Creates an account with role `user`.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = UserResource), (status = 400, description = "Username or email already registered"), (status = 422, description = "Invalid fields")))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn register(
     State(app): State<AppState>,
     ctx: RequestContext,
@@ -147,6 +148,7 @@ fn issue(
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = 401, description = "Incorrect username or password, or inactive account"),
         (status = 429, description = "Too many failed logins for this account: try again after Retry-After")))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn login(
     State(app): State<AppState>,
     ctx: RequestContext,
@@ -218,6 +220,7 @@ pub struct RefreshRequest {
 /// token that was already rotated revokes its whole session (the newest token too).
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = TokenPair), (status = 401, description = "Invalid, expired, revoked or reused refresh token")))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn refresh(
     State(app): State<AppState>,
     ctx: RequestContext,
@@ -267,6 +270,7 @@ async fn refresh(
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = Message), (status = 401, description = "Not authenticated"),
         (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn logout(
     State(app): State<AppState>,
     user: AuthUser,
@@ -313,6 +317,7 @@ async fn current_user(
 
 /// The caller's account.
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = UserResource)), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn me(State(app): State<AppState>, user: AuthUser) -> Result<Json<UserResource>, ApiError> {
     Ok(Json(UserResource::from(
         &current_user(&app, &user).await?.state,
@@ -338,6 +343,7 @@ pub struct ProfileRequest {
 #[utoipa::path(method(put, patch), path = "/api/v1/auth/me", tag = "auth", request_body = ProfileRequest,
     responses((status = 200, body = UserResource), (status = 409, description = "The account kept changing concurrently"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn update_me(
     State(app): State<AppState>,
     user: AuthUser,
@@ -385,6 +391,7 @@ pub struct ChangePasswordRequest {
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", request_body = ChangePasswordRequest,
     responses((status = 200, body = Message), (status = 400, description = "Current password is incorrect"),
         (status = 409, description = "The account kept changing concurrently"), (status = 422, description = "Weak new password")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn change_password(
     State(app): State<AppState>,
     user: AuthUser,
@@ -443,6 +450,7 @@ pub struct SessionResource {
 
 /// The caller's live sessions.
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "auth", responses((status = 200, body = [SessionResource])), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_sessions(
     State(app): State<AppState>,
     user: AuthUser,
@@ -472,6 +480,7 @@ async fn list_sessions(
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{id}", tag = "auth", params(("id" = Uuid, Path, description = "Session id")),
     responses((status = 200, body = Message), (status = 404, description = "Session not found"),
         (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn revoke_session(
     State(app): State<AppState>,
     user: AuthUser,
@@ -485,6 +494,7 @@ async fn revoke_session(
 /// Ends every session of the caller, this one included.
 #[utoipa::path(delete, path = "/api/v1/auth/sessions", tag = "auth",
     responses((status = 200, body = Message), (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn revoke_all_sessions(
     State(app): State<AppState>,
     user: AuthUser,

@@ -146,6 +146,7 @@ fn websocket_connections(app: &AppState) -> u64 {
 
 /// Overall health.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200, body = Health)))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn health(axum::extract::State(app): axum::extract::State<AppState>) -> Json<Health> {
     Json(health_of(&app).await.0)
 }
@@ -172,6 +173,7 @@ pub struct DetailedHealth {
 
 /// Health plus uptime, environment, projection lag and WebSocket connections.
 #[utoipa::path(get, path = "/api/v1/health/detailed", tag = "health", responses((status = 200, body = DetailedHealth)))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn health_detailed(
     axum::extract::State(app): axum::extract::State<AppState>,
 ) -> Json<DetailedHealth> {
@@ -207,6 +209,7 @@ pub struct NotReady {
 /// Whether the service can take traffic: 503 while the database is unreachable or migrations
 /// are pending.
 #[utoipa::path(get, path = "/api/v1/readiness", tag = "health", responses((status = 200, body = Ready), (status = 503, body = NotReady)))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn readiness(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     let reason = if !app.db.ping().await {
         Some("database unreachable")
@@ -244,6 +247,7 @@ pub struct Alive {
 
 /// Whether the process is alive.
 #[utoipa::path(get, path = "/api/v1/liveness", tag = "health", responses((status = 200, body = Alive)))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn liveness() -> Json<Alive> {
     Json(Alive {
         alive: true,
@@ -257,6 +261,7 @@ async fn liveness() -> Json<Alive> {
 /// WebSocket connections and messages, and the Memory MCP circuit breaker.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn metrics(
     axum::extract::State(app): axum::extract::State<AppState>,
     http: Option<Extension<Arc<HttpMetrics>>>,
@@ -490,6 +495,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 
 /// This document: OpenAPI 3.1, generated from the handlers.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "The OpenAPI document", body = Object)))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn openapi_document(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Response {
     Json(doc.as_ref().clone()).into_response()
 }

@@ -185,6 +185,7 @@ fn parse_intent(raw: &str, field: &str) -> Result<Intent, FieldError> {
         (status = 403, description = "The task or project is another user's"),
         (status = 404, description = "Task or project not found"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn store_memory(
     State(app): State<AppState>,
     user: AuthUser,
@@ -335,6 +336,7 @@ pub struct SearchAnswer {
         (status = 403, description = "The project is another user's"),
         (status = 404, description = "Project not found"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn search_memories(
     State(app): State<AppState>,
     user: AuthUser,
@@ -476,6 +478,7 @@ pub struct TaskMemoryAnswer {
     responses((status = 200, body = TaskMemoryAnswer),
         (status = 403, description = "Another user's task"),
         (status = 404, description = "Task not found")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn task_memories(
     State(app): State<AppState>,
     user: AuthUser,
@@ -583,6 +586,7 @@ fn breaker_state() -> utoipa::openapi::schema::ObjectBuilder {
 /// available, and how many entries await the server.
 #[utoipa::path(get, path = "/api/v1/memory/health", tag = "memory",
     responses((status = 200, body = MemoryHealthAnswer)), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn memory_health(State(app): State<AppState>, _user: AuthUser) -> Json<MemoryHealthAnswer> {
     let health = app.memory.health();
     let fallback_available = app.db.ping().await;
@@ -637,6 +641,7 @@ pub struct ProjectMemorySummary {
     responses((status = 200, body = ProjectMemorySummary),
         (status = 403, description = "Another user's project"),
         (status = 404, description = "Project not found")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn project_summary(
     State(app): State<AppState>,
     user: AuthUser,

@@ -209,6 +209,7 @@ pub struct CreateTask {
         (status = 404, description = "Project not found"),
         (status = 409, description = "The caller has reached their quota of tasks that are not deleted (SPARC_MAX_TASKS_PER_USER)"),
         (status = 422, description = "Invalid fields, or a schedule firing more often than SPARC_MIN_SCHEDULE_INTERVAL_SECONDS allows")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn create_task(
     State(app): State<AppState>,
     Author(user): Author,
@@ -357,6 +358,7 @@ pub struct TaskList {
 /// Lists the caller's tasks (everyone's for admins and auditors).
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(ListTasks),
     responses((status = 200, body = TaskList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn list_tasks(
     State(app): State<AppState>,
     user: AuthUser,
@@ -410,6 +412,7 @@ async fn list_tasks(
 /// point, rebuilt from the log.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path), AsOfQuery),
     responses((status = 200, body = TaskResource), (status = 403, description = "Not yours"), (status = 404, description = "Task not found")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn get_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -496,6 +499,7 @@ pub struct UpdateTask {
         (status = 404, description = "Task or project not found"),
         (status = 409, description = "The task is deleted, or kept changing concurrently"),
         (status = 422, description = "Invalid fields, or a schedule firing more often than SPARC_MIN_SCHEDULE_INTERVAL_SECONDS allows")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn update_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -583,6 +587,7 @@ pub struct TaskDeleted {
     params(("id" = Uuid, Path), IfMatch),
     responses((status = 200, body = TaskDeleted), (status = 404, description = "Task not found"),
         (status = 409, description = "Already deleted, or kept changing concurrently")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn delete_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -611,6 +616,7 @@ async fn delete_task(
 /// Runs a task now, outside its schedule: the run becomes a `running` execution.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/run", tag = "tasks", params(("id" = Uuid, Path)),
     responses((status = 202, body = ExecutionResource), (status = 409, description = "Already running or deleted, or kept changing concurrently")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn run_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -675,6 +681,7 @@ pub struct ExecutionList {
 /// A task's executions, newest first.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/executions", tag = "tasks", params(("id" = Uuid, Path), ListExecutions),
     responses((status = 200, body = ExecutionList)), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn task_executions(
     State(app): State<AppState>,
     user: AuthUser,
@@ -699,6 +706,7 @@ async fn task_executions(
 /// A task's events, oldest first, with their metadata.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/history", tag = "tasks", params(("id" = Uuid, Path), HistoryQuery),
     responses((status = 200, body = HistoryResponse)), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn task_history(
     State(app): State<AppState>,
     user: AuthUser,
