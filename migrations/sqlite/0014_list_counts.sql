@@ -47,3 +47,41 @@ CREATE INDEX tasks_skill ON tasks (skill_name, created_at, id);
 CREATE INDEX projects_status ON projects (status, created_at, id);
 CREATE INDEX agents_type ON agents (agent_type) WHERE registered = 1;
 CREATE INDEX agents_status ON agents (status) WHERE registered = 1;
+
+-- Substring search (projects' `search`, agents' `capabilities`) through trigram full-text
+-- tables kept by triggers (queried with GLOB, which they serve from their index).
+CREATE VIRTUAL TABLE projects_search USING fts5(
+    name_key, description_key, content = 'projects', tokenize = 'trigram case_sensitive 1'
+);
+CREATE TRIGGER projects_search_insert AFTER INSERT ON projects BEGIN
+    INSERT INTO projects_search (rowid, name_key, description_key)
+    VALUES (new.rowid, new.name_key, new.description_key);
+END;
+CREATE TRIGGER projects_search_delete AFTER DELETE ON projects BEGIN
+    INSERT INTO projects_search (projects_search, rowid, name_key, description_key)
+    VALUES ('delete', old.rowid, old.name_key, old.description_key);
+END;
+CREATE TRIGGER projects_search_update AFTER UPDATE ON projects BEGIN
+    INSERT INTO projects_search (projects_search, rowid, name_key, description_key)
+    VALUES ('delete', old.rowid, old.name_key, old.description_key);
+    INSERT INTO projects_search (rowid, name_key, description_key)
+    VALUES (new.rowid, new.name_key, new.description_key);
+END;
+INSERT INTO projects_search (projects_search) VALUES ('rebuild');
+
+CREATE VIRTUAL TABLE agents_capabilities USING fts5(
+    capabilities_key, content = 'agents', tokenize = 'trigram case_sensitive 1'
+);
+CREATE TRIGGER agents_capabilities_insert AFTER INSERT ON agents BEGIN
+    INSERT INTO agents_capabilities (rowid, capabilities_key) VALUES (new.rowid, new.capabilities_key);
+END;
+CREATE TRIGGER agents_capabilities_delete AFTER DELETE ON agents BEGIN
+    INSERT INTO agents_capabilities (agents_capabilities, rowid, capabilities_key)
+    VALUES ('delete', old.rowid, old.capabilities_key);
+END;
+CREATE TRIGGER agents_capabilities_update AFTER UPDATE ON agents BEGIN
+    INSERT INTO agents_capabilities (agents_capabilities, rowid, capabilities_key)
+    VALUES ('delete', old.rowid, old.capabilities_key);
+    INSERT INTO agents_capabilities (rowid, capabilities_key) VALUES (new.rowid, new.capabilities_key);
+END;
+INSERT INTO agents_capabilities (agents_capabilities) VALUES ('rebuild');

@@ -1,5 +1,6 @@
 //! The `agents` read model: the shared registry. Capabilities are kept as `,a,b,` text so an
-//! any-of filter is a plain `LIKE` on both backends and is applied before paging.
+//! any-of filter is a substring match (`LIKE` on Postgres, `GLOB` on SQLite, each served by a
+//! trigram index) applied before paging.
 
 use sparc_domain::agent::{Agent, AgentStatus, AgentType};
 use sparc_store::Database;
@@ -141,15 +142,31 @@ pub async fn list(
         conditions.push(format!("status = ${}", params.len()));
     }
     if !query.capabilities.is_empty() {
+        // Each backend's substring index: a trigram GIN index serves LIKE on Postgres, the
+        // `agents_capabilities` trigram table serves GLOB on SQLite.
         let mut any = Vec::new();
         for capability in &query.capabilities {
-            params.push(capability_pattern(capability).into());
-            any.push(format!(
-                "capabilities_key LIKE ${} ESCAPE '\\'",
-                params.len()
-            ));
+            match db {
+                Database::Postgres(_) => {
+                    params.push(capability_pattern(capability).into());
+                    any.push(format!(
+                        "capabilities_key LIKE ${} ESCAPE '\\'",
+                        params.len()
+                    ));
+                }
+                Database::Sqlite(_) => {
+                    params.push(crate::sql::glob_pattern(&format!(",{capability},")).into());
+                    any.push(format!(
+                        "SELECT rowid FROM agents_capabilities WHERE capabilities_key GLOB ${}",
+                        params.len()
+                    ));
+                }
+            }
         }
-        conditions.push(format!("({})", any.join(" OR ")));
+        conditions.push(match db {
+            Database::Postgres(_) => format!("({})", any.join(" OR ")),
+            Database::Sqlite(_) => format!("rowid IN ({})", any.join(" UNION ")),
+        });
     }
     let total = if query.capabilities.is_empty() {
         Total::Counted {

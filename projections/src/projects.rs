@@ -118,11 +118,24 @@ pub async fn list(
         conditions.push(format!("status = ${}", params.len()));
     }
     if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
-        params.push(like_pattern(search).into());
-        let p = params.len();
-        conditions.push(format!(
-            "(name_key LIKE ${p} ESCAPE '\\' OR description_key LIKE ${p} ESCAPE '\\')"
-        ));
+        // Each backend's substring index: trigram GIN indexes serve LIKE on Postgres, the
+        // `projects_search` trigram table serves GLOB on SQLite.
+        let condition = match db {
+            Database::Postgres(_) => {
+                params.push(like_pattern(search).into());
+                let p = params.len();
+                format!("(name_key LIKE ${p} ESCAPE '\\' OR description_key LIKE ${p} ESCAPE '\\')")
+            }
+            Database::Sqlite(_) => {
+                params.push(crate::sql::glob_pattern(&search.to_lowercase()).into());
+                let p = params.len();
+                format!(
+                    "rowid IN (SELECT rowid FROM projects_search WHERE name_key GLOB ${p} \
+                     UNION SELECT rowid FROM projects_search WHERE description_key GLOB ${p})"
+                )
+            }
+        };
+        conditions.push(condition);
     }
     let column = match query.sort {
         ProjectSort::CreatedAt => "created_at",

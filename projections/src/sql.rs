@@ -127,6 +127,24 @@ macro_rules! on_db {
     };
 }
 
+/// The GLOB pattern matching `text` anywhere, literally: `*`, `?` and `[` are bracketed.
+pub(crate) fn glob_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('*');
+    for c in text.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                pattern.push('[');
+                pattern.push(c);
+                pattern.push(']');
+            }
+            _ => pattern.push(c),
+        }
+    }
+    pattern.push('*');
+    pattern
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -158,5 +176,10 @@ mod tests {
         let b = a + chrono::Duration::milliseconds(1);
         assert_eq!(format_timestamp(a), "2026-03-02T09:00:00.000000Z");
         assert!(format_timestamp(a) < format_timestamp(b));
+    }
+
+    #[test]
+    fn a_glob_pattern_matches_its_text_literally() {
+        assert_eq!(super::glob_pattern("a*b?c[d]%_"), "*a[*]b[?]c[[]d]%_*");
     }
 }
