@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Reads while another user writes, measured with `oha` (the load tool issue 26 was measured
+# with): a fresh PostgreSQL database, the release `sparc serve`, user A owning TASKS tasks
+# (seeded by bin/reads), then for each count: A's `GET /api/v1/tasks?limit=20` by oha at
+# READ_RATE/s alone, then the same while B's `POST /api/v1/tasks` by a second oha runs at
+# WRITE_RATE/s; then the mixed phase again with B writing through a second `sparc serve` on the
+# same database. Both open loop at a fixed rate with oha's latency correction (latency from each
+# request's scheduled start). Prints one line per phase and side.
+#
+# Env: SECONDS (measured seconds per phase, default 10), TASKS (default 10000,100000),
+# READ_RATE (1000), WRITE_RATE (500), DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/sparc_bench_oha; DROPPED and recreated). Needs `oha`
+# (`cargo install oha`), psql, curl, jq.
+if printenv SECONDS >/dev/null 2>&1; then DURATION=$SECONDS; else DURATION=10; fi
+set -euo pipefail
+DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sparc_bench_oha}
+TASKS=${TASKS:-10000,100000}
+READ_RATE=${READ_RATE:-1000}
+WRITE_RATE=${WRITE_RATE:-500}
+PORT=18493
+SECOND_PORT=18494
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_database "$DATABASE_URL"
+require psql cargo curl jq oha
+IFS=', ' read -r -a TASK_COUNTS <<<"$TASKS"
+API=http://127.0.0.1:$PORT
+
+echo "== sparc reads while others write, by oha: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, ${DURATION}s per phase"
+build_release
+recreate_database
+unset NATS_URL
+prepare_sparc bench_oha
+export SPARC_MAX_IN_FLIGHT_PER_CLIENT=0
+serve() { # PORT: starts an instance; its pid in SERVED
+	SPARC_LISTEN=127.0.0.1:$1 "$SPARC_BIN" serve >>"$WORK/serve-$1.log" 2>&1 &
+	SERVED=$!
+	BACKGROUND+=("$SERVED")
+	wait_ready "http://127.0.0.1:$1/api/v1/readiness" "$WORK/serve-$1.log"
+}
+serve "$PORT"
+
+token() { # USERNAME: registers (if need be) and logs in with the benchmarks' password
+	local password='L0adGen-Passw0rd!'
+	curl -sS "$API/api/v1/auth/register" -H 'content-type: application/json' \
+		-d "$(jq -cn --arg u "$1" --arg p "$password" '{username: $u, email: ($u + "@load.test"), password: $p}')" >/dev/null
+	curl -fsS "$API/api/v1/auth/login" -H 'content-type: application/json' \
+		-d "$(jq -cn --arg u "$1" --arg p "$password" '{username: $u, password: $p}')" | jq -r .access_token
+}
+
+# oha at RATE/s for DURATION seconds; prints "served/s p50 p99 non-2xx" from its JSON.
+load() { # RATE ARGS...
+	local rate=$1
+	shift
+	oha --no-tui --output-format json -z "${DURATION}s" -q "$rate" --latency-correction -c 64 "$@" |
+		jq -r '[.summary.requestsPerSec, .latencyPercentiles.p50 * 1000, .latencyPercentiles.p99 * 1000,
+			([.statusCodeDistribution | to_entries[] | select(.key | startswith("2") | not) | .value] | add // 0)]
+			| "served/s=\(.[0] | floor)  p50=\(.[1] * 100 | round / 100)ms  p99=\(.[2] * 100 | round / 100)ms  non-2xx=\(.[3])"'
+}
+
+for tasks in "${TASK_COUNTS[@]}"; do
+	"$TARGET_DIR/release/reads" --api "$API" --tasks "$tasks" --seed-only
+	A=$(token reads-a)
+	B=$(token reads-b)
+	psql "$DATABASE_URL" -q -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
+	list=(-H "Authorization: Bearer $A" "$API/api/v1/tasks?limit=20")
+	mixed() { # INSTANCES WRITER_URL
+		local writer
+		load "$WRITE_RATE" -m POST -T application/json -H "Authorization: Bearer $B" \
+			-d '{"skill_name": "bench", "schedule_cron": "0 9 * * *"}' "$2/api/v1/tasks" >"$WORK/b.txt" &
+		writer=$!
+		echo "tasks=$tasks instances=$1 mixed      A list   at $READ_RATE/s: $(load "$READ_RATE" "${list[@]}")"
+		wait "$writer"
+		echo "tasks=$tasks instances=$1 mixed      B create at $WRITE_RATE/s: $(cat "$WORK/b.txt")"
+	}
+	echo "tasks=$tasks instances=1 write-only B create at $WRITE_RATE/s: $(load "$WRITE_RATE" \
+		-m POST -T application/json -H "Authorization: Bearer $B" \
+		-d '{"skill_name": "bench", "schedule_cron": "0 9 * * *"}' "$API/api/v1/tasks")"
+	echo "tasks=$tasks instances=1 read-only  A list   at $READ_RATE/s: $(load "$READ_RATE" "${list[@]}")"
+	mixed 1 "$API"
+	# The second instance runs only for its phase: idle, its loops would still share the cores.
+	serve "$SECOND_PORT"
+	mixed 2 "http://127.0.0.1:$SECOND_PORT"
+	kill "$SERVED"
+	wait "$SERVED" 2>/dev/null || true
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
