@@ -321,6 +321,20 @@ pub fn parse_json_body_within<T: DeserializeOwned>(
             );
         }
     }
+    // Every body is an object: serde would also read a struct from an array of its fields in
+    // order, which no client means.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::Validation(vec![FieldError::new(
+                    ["body"],
+                    "Input should be a valid dictionary or object to extract fields from",
+                    "model_attributes_type",
+                )]),
+                Err(syntax) => invalid_json(&syntax),
+            },
+        );
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().clone();
@@ -774,6 +788,16 @@ mod tests {
         let (status, body) = post_json(r#""a string""#).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(body["detail"][0]["loc"], json!(["body"]));
+        // An array of the fields in order, which serde alone would read as the struct.
+        let (status, body) = post_json(r#" ["x", 1, null] "#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["detail"][0]["loc"], json!(["body"]));
+        let (status, _) = post_json(r#" ["x", 1"#).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "still 400 when it is not JSON"
+        );
     }
 
     #[tokio::test]
