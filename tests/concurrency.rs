@@ -6,7 +6,7 @@ use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_projections::on_db;
+use sparc_store::on_backend;
 use sparc_tests::{Response, TestApp, TestUser, both_backends, id_of};
 
 async fn read(response: reqwest::Response) -> Response {
@@ -38,7 +38,7 @@ async fn new_task(app: &TestApp, user: &TestUser) -> String {
 
 /// How many events of `event_type` the log holds.
 async fn events_of_type(app: &TestApp, event_type: &str) -> i64 {
-    on_db!(&app.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = $1")
+    on_backend!(Database &app.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = $1")
         .bind(event_type)
         .fetch_one(pool)
         .await

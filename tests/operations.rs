@@ -10,13 +10,13 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sparc_domain::user::Role;
 use sparc_projections::catalog::read_model;
-use sparc_projections::on_db;
 use sparc_projections::rebuild::differences;
 use sparc_store::LogReader;
+use sparc_store::on_backend;
 use sparc_tests::{TestApp, both_backends};
 
 async fn outbox_rows(app: &TestApp) -> i64 {
-    on_db!(&app.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(pool).await.expect("a count"))
+    on_backend!(Database &app.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(pool).await.expect("a count"))
 }
 
 async fn wait_until_caught_up(app: &TestApp) {

@@ -6,10 +6,9 @@
 //! kept by triggers). Both match any of the query's words and scale the rank into 0..1.
 
 use sparc_domain::memory::{Intent, Memory};
-use sparc_store::Database;
+use sparc_store::{Database, on_backend};
 use uuid::Uuid;
 
-use crate::on_db;
 use crate::sql::{SqlValue, bind_all};
 use crate::state_table::{self, Indexed, Row, Selection};
 
@@ -261,7 +260,7 @@ pub async fn tasks_of_project(
         conditions.join(" AND "),
         params.len() + 1
     );
-    let rows: Vec<(String, i64)> = on_db!(db, pool => bind_all!(
+    let rows: Vec<(String, i64)> = on_backend!(Database db, pool => bind_all!(
         sqlx::query_as(&sql).bind(except_task.to_string()),
         &params
     )
@@ -302,11 +301,11 @@ pub async fn summary(
     let by_intent_sql = format!(
         "SELECT intent, COUNT(*) FROM memories WHERE {filter} GROUP BY intent ORDER BY intent"
     );
-    let by_intent: Vec<(Option<String>, i64)> = on_db!(db, pool => bind_all!(sqlx::query_as(&by_intent_sql), &params).fetch_all(pool).await?);
+    let by_intent: Vec<(Option<String>, i64)> = on_backend!(Database db, pool => bind_all!(sqlx::query_as(&by_intent_sql), &params).fetch_all(pool).await?);
     let by_agent_sql = format!(
         "SELECT agent_id, COUNT(*) FROM memories WHERE {filter} GROUP BY agent_id ORDER BY agent_id"
     );
-    let by_agent: Vec<(Option<String>, i64)> = on_db!(db, pool => bind_all!(sqlx::query_as(&by_agent_sql), &params).fetch_all(pool).await?);
+    let by_agent: Vec<(Option<String>, i64)> = on_backend!(Database db, pool => bind_all!(sqlx::query_as(&by_agent_sql), &params).fetch_all(pool).await?);
     let (recent, total) = state_table::select(
         db,
         &Selection {
@@ -332,7 +331,7 @@ pub async fn summary(
 /// How many entries the Memory MCP server does not hold yet.
 pub async fn pending_sync(db: &Database) -> Result<i64, sqlx::Error> {
     let sql = "SELECT COUNT(*) FROM memories WHERE synced = 0";
-    Ok(on_db!(db, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
+    Ok(on_backend!(Database db, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
 }
 
 #[cfg(test)]

@@ -4,10 +4,9 @@
 //! task list.
 
 use sparc_domain::project::{Project, ProjectStatus};
-use sparc_store::Database;
+use sparc_store::{Database, on_backend};
 use uuid::Uuid;
 
-use crate::on_db;
 use crate::sql::SqlValue;
 use crate::state_table::{self, Indexed, Row, Selection, StatusFilter, Tally, Total};
 
@@ -196,7 +195,7 @@ pub async fn tasks_counts(
          GROUP BY grp",
         placeholders.join(", ")
     );
-    let rows: Vec<(String, i64)> = on_db!(db, pool => {
+    let rows: Vec<(String, i64)> = on_backend!(Database db, pool => {
         let mut q = sqlx::query_as(&sql);
         for id in ids {
             q = q.bind(id.to_string());

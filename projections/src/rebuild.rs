@@ -11,11 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sparc_store::{Checkpoint, Database, LogReader, RecordedEvent, StoreTx, checkpoint};
+use sparc_store::{
+    Checkpoint, Database, LogReader, RecordedEvent, StoreTx, checkpoint, on_backend,
+};
 
 use crate::catalog::ReadModel;
 use crate::runner::{Projection, ProjectionError};
-use sparc_store::on_tx;
 
 /// Events per transaction: large, so each touched row is loaded and written once per batch.
 const BATCH: i64 = 50_000;
@@ -113,7 +114,7 @@ pub async fn rebuild_all(
     let live_ats = tx.lock_checkpoints(&names).await?;
     for ((model, table, shadow), live_at) in shadows.iter().zip(live_ats) {
         finish_in(&mut tx, shadow.as_ref(), at, live_at).await?;
-        on_tx!(&mut tx, conn => {
+        on_backend!(StoreTx &mut tx, conn => {
             sqlx::query(&format!("DELETE FROM {}", model.name)).execute(&mut *conn).await?;
             sqlx::query(&format!("INSERT INTO {} SELECT * FROM {table}", model.name)).execute(&mut *conn).await?;
             sqlx::query(&format!("DROP TABLE {table}")).execute(&mut *conn).await?;
@@ -162,7 +163,7 @@ pub async fn differences(db: &Database, model: &ReadModel) -> Result<Vec<String>
          UNION SELECT id FROM (SELECT id, version, body FROM {check_table} EXCEPT SELECT id, version, body FROM {live}) b \
          ORDER BY id"
     );
-    let ids: Vec<String> = on_tx!(&mut tx, conn => {
+    let ids: Vec<String> = on_backend!(StoreTx &mut tx, conn => {
         let ids = sqlx::query_scalar(&sql).fetch_all(&mut *conn).await?;
         sqlx::query(&format!("DROP TABLE {check_table}")).execute(&mut *conn).await?;
         sqlx::query("DELETE FROM list_counts WHERE read_model = $1").bind(&check_table).execute(&mut *conn).await?;
@@ -206,7 +207,7 @@ fn bounded(mut events: Vec<RecordedEvent>, limit: Checkpoint) -> Vec<RecordedEve
 /// schema for that error), so both appear at once.
 async fn create_shadow(db: &Database, live: &str, shadow: &str) -> Result<(), ProjectionError> {
     let mut tx = db.begin().await?;
-    on_tx!(&mut tx, conn => {
+    on_backend!(StoreTx &mut tx, conn => {
         sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}")).execute(&mut *conn).await?;
         sqlx::query(&format!("CREATE TABLE {shadow} AS SELECT * FROM {live} WHERE 1 = 0")).execute(&mut *conn).await?;
         sqlx::query(&format!("CREATE UNIQUE INDEX {shadow}_id ON {shadow} (id)")).execute(&mut *conn).await?;

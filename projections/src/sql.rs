@@ -1,7 +1,7 @@
 //! Small helpers for writing one SQL text that runs on both backends: `$n` placeholders (which
 //! SQLite accepts too), values limited to text and integers, timestamps as fixed-width RFC 3339
 //! text (so text order is time order on both engines), and a macro that runs a statement on
-//! whichever pool a `Database` holds (`sparc_store::on_tx!` does it for a `StoreTx`).
+//! whichever pool a `Database` holds (through `sparc_store::on_backend!`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -113,18 +113,6 @@ impl SqlColumn {
         }
         Some(columns)
     }
-}
-
-/// Runs `$body` with `$pool` bound to the pool of a `Database`, for either backend. The body is
-/// compiled once per backend, so one SQL text (with `$n` placeholders) serves both.
-#[macro_export]
-macro_rules! on_db {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            sparc_store::Database::Postgres($pool) => $body,
-            sparc_store::Database::Sqlite($pool) => $body,
-        }
-    };
 }
 
 /// The GLOB pattern matching `text` anywhere, literally: `*`, `?` and `[` are bracketed.

@@ -17,9 +17,8 @@ use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sparc_store::{Database, RecordedEvent, StoreTx};
+use sparc_store::{Database, RecordedEvent, StoreTx, on_backend};
 
-use crate::on_db;
 use crate::outbox::Outgoing;
 use crate::runner::{Projection, ProjectionError};
 use crate::sql::{SqlColumn, SqlValue, bind_all};
@@ -422,7 +421,7 @@ impl<A: Indexed> StateTable<A> {
 pub async fn get<A: Indexed>(db: &Database, id: &str) -> Result<Option<Row<A>>, sqlx::Error> {
     let sql = format!("SELECT version, body FROM {} WHERE id = $1", A::TABLE);
     let row: Option<(i64, String)> =
-        on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        on_backend!(Database db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
     row.map(|(version, body)| {
         Ok(Row {
             state: parse_body(&body)?,
@@ -436,7 +435,9 @@ pub async fn get<A: Indexed>(db: &Database, id: &str) -> Result<Option<Row<A>>, 
 /// user text), if the row exists.
 pub async fn version_of(db: &Database, table: &str, id: &str) -> Result<Option<i64>, sqlx::Error> {
     let sql = format!("SELECT version FROM {table} WHERE id = $1");
-    Ok(on_db!(db, pool => sqlx::query_scalar(&sql).bind(id).fetch_optional(pool).await?))
+    Ok(
+        on_backend!(Database db, pool => sqlx::query_scalar(&sql).bind(id).fetch_optional(pool).await?),
+    )
 }
 
 /// How many rows of `A`'s table match `filter` (a SQL condition over its columns using `$1…`
@@ -455,8 +456,7 @@ pub async fn count_up_to<A: Indexed>(
     );
     let mut bound = params.to_vec();
     bound.push(SqlValue::Int(Some(up_to)));
-    let (count,): (i64,) =
-        on_db!(db, pool => bind_all!(sqlx::query_as(&sql), &bound).fetch_one(pool).await?);
+    let (count,): (i64,) = on_backend!(Database db, pool => bind_all!(sqlx::query_as(&sql), &bound).fetch_one(pool).await?);
     Ok(count)
 }
 
@@ -537,7 +537,9 @@ async fn counted(
             sql.push_str(&format!(" AND status <> ${}", params.len()));
         }
     }
-    Ok(on_db!(db, pool => bind_all!(sqlx::query_scalar(&sql), &params).fetch_one(pool).await?))
+    Ok(
+        on_backend!(Database db, pool => bind_all!(sqlx::query_scalar(&sql), &params).fetch_one(pool).await?),
+    )
 }
 
 /// Reads a page of states and the total number matching the filter (counted over the rows).
@@ -589,8 +591,7 @@ pub async fn select_page<A: Indexed>(
     selection: &Selection,
 ) -> Result<Vec<Row<A>>, sqlx::Error> {
     let (sql, params) = page_query(A::TABLE, "version, body", selection);
-    let rows: Vec<(i64, String)> =
-        on_db!(db, pool => bind_all!(sqlx::query_as(&sql), &params).fetch_all(pool).await?);
+    let rows: Vec<(i64, String)> = on_backend!(Database db, pool => bind_all!(sqlx::query_as(&sql), &params).fetch_all(pool).await?);
     rows.into_iter()
         .map(|(version, body)| {
             Ok(Row {
@@ -620,7 +621,7 @@ pub async fn select_with_total<A: Indexed>(
                 A::TABLE,
                 filter_of(selection)
             );
-            on_db!(db, pool => bind_all!(sqlx::query_scalar(&sql), &selection.params).fetch_one(pool).await?)
+            on_backend!(Database db, pool => bind_all!(sqlx::query_scalar(&sql), &selection.params).fetch_one(pool).await?)
         }
     };
     Ok((rows, total))

@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sparc_store::{Checkpoint, Database, LogReader, checkpoint, parked};
+use sparc_store::{Checkpoint, Database, LogReader, checkpoint, on_backend, parked};
 
-use crate::on_db;
 use crate::runner::ProjectionError;
 
 /// The default stall time: a consumer is stalled when its oldest unread event is older.
@@ -50,7 +49,7 @@ pub async fn statuses(
 ) -> Result<Vec<ProjectionStatus>, ProjectionError> {
     let checkpoints = checkpoint::list(db).await?;
     let parked = parked::counts(db).await?;
-    let rebuilds: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as("SELECT name, rebuilt_at FROM projection_rebuilds").fetch_all(pool).await?);
+    let rebuilds: Vec<(String, String)> = on_backend!(Database db, pool => sqlx::query_as("SELECT name, rebuilt_at FROM projection_rebuilds").fetch_all(pool).await?);
     let reader = LogReader::new(db);
     let now = Utc::now();
     let is_shadow = |name: &str| name.ends_with("_rebuild") || name.ends_with("_check");
@@ -120,11 +119,11 @@ async fn relay_status(
     stalled_after: Duration,
 ) -> Result<Option<ProjectionStatus>, ProjectionError> {
     const RELAY: &str = "relay";
-    let published: Option<i64> = on_db!(db, pool => sqlx::query_scalar("SELECT published_seq FROM outbox_relay WHERE name = $1").bind(RELAY).fetch_optional(pool).await?);
+    let published: Option<i64> = on_backend!(Database db, pool => sqlx::query_scalar("SELECT published_seq FROM outbox_relay WHERE name = $1").bind(RELAY).fetch_optional(pool).await?);
     let Some(published) = published else {
         return Ok(None);
     };
-    let (lag_events, oldest): (i64, Option<String>) = on_db!(db, pool => sqlx::query_as(
+    let (lag_events, oldest): (i64, Option<String>) = on_backend!(Database db, pool => sqlx::query_as(
         "SELECT count(*), min(recorded_at) FROM outbox \
          WHERE published_seq IS NULL OR published_seq > $1",
     )

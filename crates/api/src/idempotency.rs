@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::Value;
-use sparc_projections::{format_timestamp, on_db};
-use sparc_store::Database;
+use sparc_projections::format_timestamp;
+use sparc_store::{Database, on_backend};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -105,7 +105,7 @@ impl IdempotencyStore {
         let expired = format_timestamp(now - chrono::Duration::hours(RETENTION_HOURS));
         let abandoned = format_timestamp(now - chrono::Duration::minutes(ABANDONED_AFTER_MINUTES));
         let now = format_timestamp(now);
-        let existing: Option<Option<(i32, Option<String>)>> = on_db!(&self.db, pool => {
+        let existing: Option<Option<(i32, Option<String>)>> = on_backend!(Database &self.db, pool => {
             sqlx::query(
                 "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 \
                  AND (created_at < $3 OR (status = 0 AND created_at < $4))",
@@ -160,7 +160,7 @@ impl IdempotencyStore {
         body: &Value,
     ) -> Result<(), sqlx::Error> {
         let body = body.to_string();
-        on_db!(&self.db, pool => {
+        on_backend!(Database &self.db, pool => {
             sqlx::query("UPDATE idempotency_keys SET status = $3, body = $4 WHERE user_id = $1 AND key = $2")
                 .bind(user)
                 .bind(key)
@@ -173,7 +173,7 @@ impl IdempotencyStore {
     }
 
     async fn release(&self, user: &str, key: &str) -> Result<(), sqlx::Error> {
-        on_db!(&self.db, pool => {
+        on_backend!(Database &self.db, pool => {
             sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status = 0")
                 .bind(user)
                 .bind(key)

@@ -4,8 +4,8 @@
 //! published, so anything a gateway has received is also readable here.
 
 use serde_json::value::RawValue;
-use sparc_store::Database;
 use sparc_store::outbox::{LAST_NUMBERED, NumberedChange};
+use sparc_store::{Database, on_backend};
 use uuid::Uuid;
 
 use crate::change::{Change, ChangeKind};
@@ -85,18 +85,6 @@ pub(crate) type ChangeRow = (
     String,
 );
 
-/// Runs `$body` with `$pool` bound to either backend's pool (one SQL text with `$n`
-/// placeholders serves both).
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            sparc_store::Database::Postgres($pool) => $body,
-            sparc_store::Database::Sqlite($pool) => $body,
-        }
-    };
-}
-pub(crate) use on_pool;
-
 /// Turns a row the read-model loop numbered (and handed over in process) into its change.
 pub(crate) fn from_numbered(row: NumberedChange) -> Result<Change, OutboxError> {
     to_change((
@@ -146,7 +134,7 @@ impl Outbox {
             "SELECT {LAST_NUMBERED}, \
              coalesce((SELECT pruned_seq FROM outbox_relay WHERE name = 'relay'), 0)"
         );
-        let (head, pruned_through): (i64, i64) = on_pool!(&self.db, pool => {
+        let (head, pruned_through): (i64, i64) = on_backend!(Database &self.db, pool => {
             sqlx::query_as(&sql).fetch_one(pool).await?
         });
         Ok(Retained {
@@ -174,7 +162,7 @@ impl Outbox {
             "SELECT count(*), coalesce(sum(size), 0) FROM (SELECT {bytes} AS size FROM outbox \
              WHERE published_seq > $1 AND published_seq <= $2 {filter} LIMIT $4) AS capped"
         );
-        let (changes, bytes): (i64, i64) = on_pool!(&self.db, pool => {
+        let (changes, bytes): (i64, i64) = on_backend!(Database &self.db, pool => {
             sqlx::query_as(&sql)
                 .bind(after)
                 .bind(through)
@@ -201,7 +189,7 @@ impl Outbox {
              WHERE published_seq > $1 AND published_seq <= $2 {filter} \
              ORDER BY published_seq LIMIT $4"
         );
-        let rows: Vec<ChangeRow> = on_pool!(&self.db, pool => {
+        let rows: Vec<ChangeRow> = on_backend!(Database &self.db, pool => {
             sqlx::query_as(&sql)
                 .bind(after)
                 .bind(through)

@@ -37,12 +37,12 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use sparc_store::outbox::{CommittedBatch, LAST_NUMBERED, NumberedChange, ROW_WAITING};
-use sparc_store::{Database, StoreError, on_tx};
+use sparc_store::{Database, StoreError, on_backend};
 use sqlx::{Connection as _, PgConnection};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, from_numbered, on_pool, to_change};
+use crate::outbox::{CHANGE_COLUMNS, ChangeRow, OutboxError, from_numbered, to_change};
 use crate::{BusError, ChangeBus, ChangeKind};
 
 /// Why a relay pass failed; the relay retries with back-off.
@@ -315,7 +315,7 @@ impl Relay {
     /// The database failed; nothing was numbered.
     pub async fn number(&self) -> Result<usize, RelayError> {
         // Usually the read-model loop has numbered everything: one look at the partial index.
-        let unnumbered: bool = on_pool!(&self.db, pool => {
+        let unnumbered: bool = on_backend!(Database &self.db, pool => {
             sqlx::query_scalar(&format!("SELECT {ROW_WAITING}"))
                 .fetch_one(pool)
                 .await?
@@ -326,7 +326,7 @@ impl Relay {
         let Some((transaction_id, position)) = self.safe_through().await? else {
             return Ok(0);
         };
-        let waiting: bool = on_pool!(&self.db, pool => {
+        let waiting: bool = on_backend!(Database &self.db, pool => {
             sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_seq IS NULL \
                  AND (transaction_id, position) <= ($1, $2))",
@@ -352,7 +352,7 @@ impl Relay {
         );
         let mut tx = self.db.begin().await?;
         tx.lock_outbox_numbering().await?;
-        let numbered = on_tx!(&mut tx, conn => sqlx::query(&numbering)
+        let numbered = on_backend!(StoreTx &mut tx, conn => sqlx::query(&numbering)
             .bind(transaction_id)
             .bind(position)
             .bind(self.batch_size)
@@ -375,7 +375,7 @@ impl Relay {
             "SELECT {CHANGE_COLUMNS} FROM outbox WHERE published_seq > $1 \
              ORDER BY published_seq LIMIT $2"
         );
-        let rows: Vec<ChangeRow> = on_pool!(&self.db, pool => {
+        let rows: Vec<ChangeRow> = on_backend!(Database &self.db, pool => {
             sqlx::query_as(&sql)
                 .bind(acknowledged)
                 .bind(self.batch_size)
@@ -426,7 +426,7 @@ impl Relay {
         if mark.acknowledged <= mark.recorded {
             return Ok(());
         }
-        on_pool!(&self.db, pool => {
+        on_backend!(Database &self.db, pool => {
             sqlx::query(
                 "INSERT INTO outbox_relay (name, published_seq, pruned_seq) VALUES ($1, $2, 0) \
                  ON CONFLICT (name) DO UPDATE SET published_seq = CASE \
@@ -455,7 +455,7 @@ impl Relay {
         let acknowledged = self.acknowledged_through().await?;
         let mut deleted = 0;
         loop {
-            let through: Option<i64> = on_pool!(&self.db, pool => {
+            let through: Option<i64> = on_backend!(Database &self.db, pool => {
                 sqlx::query_scalar(
                     "SELECT max(published_seq) FROM (SELECT published_seq FROM outbox \
                      WHERE published_seq <= $1 AND recorded_at < $2 \
@@ -473,7 +473,7 @@ impl Relay {
             let mut tx = self.db.begin().await?;
             let delete = "DELETE FROM outbox WHERE published_seq <= $1";
             let record = "UPDATE outbox_relay SET pruned_seq = $1 WHERE name = $2";
-            deleted += on_tx!(&mut tx, conn => {
+            deleted += on_backend!(StoreTx &mut tx, conn => {
                 let rows = sqlx::query(delete).bind(through).execute(&mut *conn).await?;
                 sqlx::query(record)
                     .bind(through)
@@ -488,7 +488,7 @@ impl Relay {
 
     /// The last event id the bus acknowledged (0 before the first).
     async fn acknowledged_through(&self) -> Result<i64, RelayError> {
-        Ok(on_pool!(&self.db, pool => {
+        Ok(on_backend!(Database &self.db, pool => {
             sqlx::query_scalar::<_, i64>("SELECT published_seq FROM outbox_relay WHERE name = $1")
                 .bind(RELAY)
                 .fetch_optional(pool)
@@ -501,7 +501,7 @@ impl Relay {
     /// none yet.
     async fn safe_through(&self) -> Result<Option<(i64, i64)>, RelayError> {
         let names: Vec<&str> = ChangeKind::ALL.iter().map(|k| k.read_model()).collect();
-        let checkpoints: Vec<(i64, i64)> = on_pool!(&self.db, pool => {
+        let checkpoints: Vec<(i64, i64)> = on_backend!(Database &self.db, pool => {
             sqlx::query_as(
                 "SELECT transaction_id, position FROM checkpoints WHERE name IN ($1, $2, $3, $4)",
             )

@@ -1,6 +1,6 @@
 //! Connecting to the database (PostgreSQL or SQLite, chosen by the URL), applying the embedded
 //! migrations, readiness probes, and [`StoreTx`], a transaction on either backend (with
-//! [`on_tx!`](crate::on_tx) to run one statement text on whichever it holds).
+//! [`on_backend!`](crate::on_backend) to run one statement text on whichever it holds).
 
 use std::fmt;
 use std::path::Path;
@@ -251,11 +251,20 @@ impl StoreTx {
     }
 }
 
-/// Runs `$body` with `$conn` bound to the connection inside a [`StoreTx`], for either backend:
-/// the body is compiled once per backend, so one SQL text (with `$n` placeholders) serves both.
+/// Runs `$body` once per backend, so one SQL text (with `$n` placeholders) serves both: the
+/// body is compiled for each. The first word names what is matched:
+///
+/// - `on_backend!(Database db, pool => body)`: `pool` is the backend's connection pool;
+/// - `on_backend!(StoreTx tx, conn => body)`: `conn` is the connection inside the transaction.
 #[macro_export]
-macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
+macro_rules! on_backend {
+    (Database $db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Database::Postgres($pool) => $body,
+            $crate::Database::Sqlite($pool) => $body,
+        }
+    };
+    (StoreTx $tx:expr, $conn:ident => $body:expr) => {
         match $tx {
             $crate::StoreTx::Postgres(tx) => {
                 let $conn = &mut **tx;

@@ -121,7 +121,7 @@ impl StoreTx {
             }
             _ => {
                 let checkpoints = self.read_locked_checkpoints(names).await?;
-                let numbering_start: Option<i64> = crate::on_tx!(self, conn => {
+                let numbering_start: Option<i64> = crate::on_backend!(StoreTx self, conn => {
                     sqlx::query_scalar(&format!("SELECT {}", numbering_start()))
                         .fetch_one(&mut *conn)
                         .await?

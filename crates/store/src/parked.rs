@@ -101,7 +101,7 @@ impl StoreTx {
              ON CONFLICT (consumer, global_position) DO UPDATE SET error = excluded.error, \
              last_seen = {now}, attempts = parked_events.attempts + 1"
         );
-        crate::on_tx!(self, conn => {
+        crate::on_backend!(StoreTx self, conn => {
             sqlx::query(&sql)
                 .bind(consumer)
                 .bind(event.position)
@@ -119,7 +119,7 @@ impl StoreTx {
 
     /// Deletes the parked event of `consumer` at `position` (applied after all).
     pub async fn unpark(&mut self, consumer: &str, position: i64) -> Result<(), StoreError> {
-        crate::on_tx!(self, conn => {
+        crate::on_backend!(StoreTx self, conn => {
             sqlx::query("DELETE FROM parked_events WHERE consumer = $1 AND global_position = $2")
                 .bind(consumer)
                 .bind(position)
@@ -164,7 +164,7 @@ impl StoreTx {
     /// Hands the parked events of `from` (a rebuild's shadow) to `to` (the live read model it
     /// replaces), dropping those `to` had: the rebuild tried every event again.
     pub async fn move_parked(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
-        crate::on_tx!(self, conn => {
+        crate::on_backend!(StoreTx self, conn => {
             sqlx::query("DELETE FROM parked_events WHERE consumer = $1")
                 .bind(to)
                 .execute(&mut *conn)
@@ -180,7 +180,7 @@ impl StoreTx {
 
     /// Deletes every parked event of `consumer` (a scratch copy of a read model, dropped).
     pub async fn forget_parked(&mut self, consumer: &str) -> Result<(), StoreError> {
-        crate::on_tx!(self, conn => {
+        crate::on_backend!(StoreTx self, conn => {
             sqlx::query("DELETE FROM parked_events WHERE consumer = $1")
                 .bind(consumer)
                 .execute(conn)
@@ -208,7 +208,7 @@ impl StoreTx {
     }
 
     async fn raw(&mut self, sql: &'static str) -> Result<(), StoreError> {
-        crate::on_tx!(self, conn => {
+        crate::on_backend!(StoreTx self, conn => {
             sqlx::query(sql).execute(conn).await?;
         });
         Ok(())

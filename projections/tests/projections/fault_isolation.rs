@@ -11,12 +11,12 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sparc_domain::task::{Task, TaskChanges, TaskCommand};
 use sparc_projections::catalog::READ_MODELS;
-use sparc_projections::on_db;
 use sparc_projections::outbox::Outgoing;
 use sparc_projections::retry::retry;
 use sparc_projections::runner::catch_up;
 use sparc_projections::status::{STALLED_AFTER, statuses};
 use sparc_projections::{Projection, ProjectionError, ProjectionRunner};
+use sparc_store::on_backend;
 use sparc_store::testing::{postgres_database, sqlite_database};
 use sparc_store::{CommandBus, Database, EventMetadata, LogReader, RecordedEvent, StoreTx, parked};
 use uuid::Uuid;
@@ -36,7 +36,7 @@ async fn insert_event(
         Database::Sqlite(_) => sql.to_owned(),
     };
     let metadata = json!({"actor": "test", "request_id": "fault-isolation"}).to_string();
-    on_db!(db, pool => sqlx::query(&sql)
+    on_backend!(Database db, pool => sqlx::query(&sql)
         .bind(aggregate_type)
         .bind(aggregate_id)
         .bind(sequence)
@@ -91,7 +91,7 @@ impl Projection for EveryEvent {
         _outgoing: &mut Outgoing,
     ) -> Result<(), ProjectionError> {
         for event in events {
-            sparc_store::on_tx!(tx, conn => {
+            sparc_store::on_backend!(StoreTx tx, conn => {
                 sqlx::query("INSERT INTO every_event (position) VALUES ($1)")
                     .bind(event.position)
                     .execute(conn)
@@ -103,12 +103,13 @@ impl Projection for EveryEvent {
 }
 
 async fn execute(db: &Database, sql: &str) {
-    on_db!(db, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
+    on_backend!(Database db, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
         .expect("the statement should run");
 }
 
 async fn scalar(db: &Database, sql: &str) -> i64 {
-    on_db!(db, pool => sqlx::query_scalar(sql).fetch_one(pool).await).expect("the query should run")
+    on_backend!(Database db, pool => sqlx::query_scalar(sql).fetch_one(pool).await)
+        .expect("the query should run")
 }
 
 /// Waits until every consumer named has read the whole log.
@@ -287,7 +288,7 @@ impl Projection for Widgets {
                     });
                 }
             };
-            sparc_store::on_tx!(tx, conn => {
+            sparc_store::on_backend!(StoreTx tx, conn => {
                 sqlx::query(
                     "INSERT INTO widgets (id, names, applied) VALUES ($1, $2, 1) \
                      ON CONFLICT (id) DO UPDATE SET names = widgets.names || ',' || excluded.names, \
@@ -325,7 +326,8 @@ async fn wait_until_readable(db: &Database) {
 
 async fn widget(db: &Database, id: &str) -> (String, i64) {
     let sql = format!("SELECT names, applied FROM widgets WHERE id = '{id}'");
-    on_db!(db, pool => sqlx::query_as(&sql).fetch_one(pool).await).expect("the widget's row")
+    on_backend!(Database db, pool => sqlx::query_as(&sql).fetch_one(pool).await)
+        .expect("the widget's row")
 }
 
 async fn after_a_fix_a_retry_applies_the_parked_stream_in_order_once(db: Database) {
