@@ -41,6 +41,7 @@ pub mod memories;
 pub mod outbox;
 pub mod policies;
 pub mod projects;
+pub mod queries;
 pub mod rebuild;
 pub mod retry;
 pub mod runner;
@@ -51,6 +52,7 @@ pub mod tasks;
 pub mod users;
 
 pub use cache_key::CacheKey;
+pub use queries::ReadModels;
 pub use runner::{CommandFailure, Projection, ProjectionError, ProjectionHandle, ProjectionRunner};
 pub use sql::{SqlValue, format_timestamp};
 pub use state_table::{Indexed, Row, StateTable, StatusFilter, Tally, Total};

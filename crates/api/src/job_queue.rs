@@ -5,7 +5,7 @@
 //! a command on the run's own stream, decides who takes it.
 
 use async_trait::async_trait;
-use sparc_store::Database;
+use sparc_projections::ReadModels;
 use uuid::Uuid;
 
 /// A run waiting for an agent.
@@ -38,7 +38,7 @@ pub trait JobQueue: Send + Sync {
 }
 
 /// The embedded queue: the executions read model's unclaimed runs.
-pub struct ReadModelQueue(pub Database);
+pub struct ReadModelQueue(pub ReadModels);
 
 #[async_trait]
 impl JobQueue for ReadModelQueue {
@@ -48,8 +48,7 @@ impl JobQueue for ReadModelQueue {
         limit: usize,
     ) -> Result<Vec<WaitingRun>, Box<dyn std::error::Error + Send + Sync>> {
         // More than wanted: agents polling at once race for the same oldest runs.
-        let runs =
-            sparc_projections::executions::unclaimed(&self.0, skills, 4 * limit as i64).await?;
+        let runs = self.0.unclaimed_runs(skills, 4 * limit as i64).await?;
         Ok(runs
             .into_iter()
             .map(|run| WaitingRun {

@@ -13,8 +13,13 @@
 //! - [`middleware`]: request id, security headers, client IP, rate limits, body limit, gzip,
 //!   error shaping and the 404/405 fallbacks; [`middleware::apply`] stacks them.
 //! - [`settings`]: [`settings::ApiSettings`], the tunables of the HTTP layer.
-//! - [`state`]: [`state::App`], what every handler reaches: database, command bus, projections.
+//! - [`state`]: [`state::App`], what every handler reaches: command bus, read models
+//!   ([`sparc_projections::ReadModels`]), projections; and settling writes.
 //! - [`routes`]: one module per resource and [`routes::router`], which assembles the service.
+//! - [`services`]: the application layer: workflows of several commands (a task's runs, an
+//!   agent's activity), free of HTTP, tested given/when/then on SQLite.
+//! - [`unsettled`]: a command's result together with the writes the read models must show
+//!   before the request answers ([`unsettled::Unsettled`], `#[must_use]`).
 //! - [`openapi`]: the error answers every operation of the OpenAPI document gains.
 //! - [`resources`]: the contract's resources as they appear on the wire (from `sparc-contract`,
 //!   shared with the WebSocket gateway).
@@ -41,8 +46,10 @@ pub mod password;
 pub mod quotas;
 pub use sparc_contract::resources;
 pub mod routes;
+pub mod services;
 pub mod settings;
 pub mod state;
+pub mod unsettled;
 
 pub use routes::router;
 pub use state::{App, RuntimeProbe, ServiceInfo};

@@ -72,13 +72,9 @@ impl Quota {
     /// How many `user` has, counted no further than `up_to`.
     async fn count(self, app: &App, user: Uuid, up_to: i64) -> Result<i64, ApiError> {
         let counted = match self {
-            Quota::Tasks => sparc_projections::tasks::live_count_of(&app.db, user, up_to).await,
-            Quota::Projects => {
-                sparc_projections::projects::live_count_of(&app.db, user, up_to).await
-            }
-            Quota::Agents => {
-                sparc_projections::agents::registered_count_of(&app.db, user, up_to).await
-            }
+            Quota::Tasks => app.reads.live_tasks_of(user, up_to).await,
+            Quota::Projects => app.reads.live_projects_of(user, up_to).await,
+            Quota::Agents => app.reads.registered_agents_of(user, up_to).await,
         };
         counted.map_err(ApiError::internal)
     }

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
 use sparc_memory::MemoryService;
-use sparc_projections::{Indexed, ProjectionHandle};
+use sparc_projections::{Indexed, ProjectionHandle, ReadModels};
 use sparc_store::{
     CommandBus, CommandError, Database, EventMetadata, Generations, Outcome, Routed,
 };
@@ -27,6 +27,7 @@ use crate::idempotency::IdempotencyStore;
 use crate::job_queue::{JobQueue, ReadModelQueue};
 use crate::pages::PageCache;
 use crate::settings::ApiSettings;
+use crate::unsettled::{self, Unsettled};
 
 /// Facts about the running service for the health endpoints.
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ pub trait RuntimeProbe: Send + Sync {
 pub struct App {
     /// The database (event store and read models).
     pub db: Database,
+    /// The questions a request may ask of the read models.
+    pub reads: ReadModels,
     /// The command side.
     pub commands: Arc<CommandBus>,
     /// Pokes the projections and waits for them.
@@ -149,7 +152,8 @@ impl App {
             logins: crate::login_guard::LoginGuard::new(settings.login_failures_before_backoff),
             answered_creates: AnsweredCreates::default(),
             memory: Arc::new(MemoryService::disabled()),
-            jobs: Arc::new(ReadModelQueue(db.clone())),
+            jobs: Arc::new(ReadModelQueue(ReadModels::new(db.clone()))),
+            reads: ReadModels::new(db.clone()),
             db,
             commands,
             projections,
@@ -169,85 +173,72 @@ impl App {
         Self { memory, ..self }
     }
 
-    /// Runs `command` on aggregate `id` and maps a refusal to its HTTP error.
+    /// Runs `command` on aggregate `id` of `A` ([`unsettled::execute`]): the outcome is had
+    /// once the read model shows it.
+    ///
+    /// # Errors
+    /// The command's refusal as its HTTP error ([`command_error`]).
     pub async fn execute<A>(
         &self,
-        id: &str,
+        id: Uuid,
         command: A::Command,
         metadata: &EventMetadata,
         expected_version: Option<usize>,
-    ) -> Result<Outcome<A>, ApiError>
+    ) -> Result<Unsettled<Outcome<A>>, ApiError>
     where
-        A: Routed,
+        A: Routed + Indexed,
         A::Command: Clone,
         A::Error: DomainError,
     {
-        self.commands
-            .execute::<A>(id, command, metadata, expected_version)
-            .await
-            .map_err(command_error)
+        unsettled::execute(&self.commands, id, command, metadata, expected_version).await
     }
 
-    /// Runs `command` on a new aggregate `id` the handler has just minted, without loading it
-    /// first ([`CommandBus::create`]), and maps a refusal to its HTTP error.
+    /// Runs `command` on a new aggregate `id` of `A` the handler has just minted
+    /// ([`unsettled::create`]).
+    ///
+    /// # Errors
+    /// The command's refusal as its HTTP error ([`command_error`]).
     pub async fn create<A>(
         &self,
-        id: &str,
+        id: Uuid,
         command: A::Command,
         metadata: &EventMetadata,
-    ) -> Result<Outcome<A>, ApiError>
+    ) -> Result<Unsettled<Outcome<A>>, ApiError>
     where
-        A: Routed,
+        A: Routed + Indexed,
         A::Command: Clone,
         A::Error: DomainError,
     {
-        self.commands
-            .create::<A>(id, command, metadata)
-            .await
-            .map_err(command_error)
+        unsettled::create(&self.commands, id, command, metadata).await
     }
 
-    /// Waits until the read model of `A` holds `id` at `version` or later, so the next read by
-    /// this client sees the write. Gives up quietly after a timeout: the write is committed
-    /// either way, only the read may lag.
+    /// Waits until the read models hold every write at its version or later, so the next read
+    /// by this client sees them; `false` if it gave up waiting (after `SETTLE_TIMEOUT` for all
+    /// of them: the writes are committed either way, only reads may lag). A write to a user
+    /// also drops what this instance remembered of that user's live sessions, so a revoked
+    /// session fails its very next request here.
     ///
     /// This process's projections announce every batch they commit and remember which streams
     /// they applied lately ([`ProjectionHandle::applied_version`]), so a write applied here is
     /// learnt without asking the database; the row is read only every `SETTLE_RECHECK`, in
     /// case another instance applied the write.
-    pub async fn settle<A: Indexed>(&self, id: Uuid, version: usize) -> Result<(), ApiError> {
-        self.settle_applied::<A>(id, version).await.map(|_| ())
-    }
-
-    /// [`App::settle`], saying whether the read model showed the write in time (`false`: it
-    /// gave up waiting). For a published read model that means the change is in the outbox,
-    /// which the relay hands to the change bus.
-    pub async fn settle_applied<A: Indexed>(
-        &self,
-        id: Uuid,
-        version: usize,
-    ) -> Result<bool, ApiError> {
+    pub async fn settle_writes(&self, writes: &[Written]) -> Result<bool, ApiError> {
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-        let written = Written {
-            table: A::TABLE,
-            id,
-            version,
-            audience: None,
-        };
-        self.settle_written(written, deadline).await
+        let mut in_time = true;
+        for written in writes {
+            in_time = in_time && self.settle_written(*written, deadline).await?;
+            if written.table == <User as Indexed>::TABLE {
+                self.sessions.forget(written.id);
+            }
+        }
+        Ok(in_time)
     }
 
-    /// Notes that `id` of `A` was created at `version` and pokes the projections, instead of
-    /// waiting like [`App::settle`]: every later request through this instance that reads a
-    /// read model waits for it ([`App::answered_creates_visible`]), so a create answers as soon
-    /// as its event is committed.
-    pub fn created<A: Indexed>(&self, id: Uuid, version: usize, state: &A) {
-        let written = Written {
-            table: A::TABLE,
-            id,
-            version,
-            audience: state.audience(),
-        };
+    /// Notes a create answered before the read models have it and pokes the projections:
+    /// every later read through this instance that could see it waits for it
+    /// ([`App::answered_creates_visible`]), so a create answers as soon as its event is
+    /// committed.
+    pub(crate) fn note_created(&self, written: Written) {
         self.answered_creates.note(written, |w| {
             self.applied_here(w.table, &w.id.to_string(), w.version)
         });
@@ -255,7 +246,7 @@ impl App {
     }
 
     /// Waits until the read models show the creates this instance has answered
-    /// ([`App::created`]), not yet seen applied, that `reader` could see (`None`: one who sees
+    /// ([`Unsettled::answered`]), not yet seen applied, that `reader` could see (`None`: one who sees
     /// everything); usually there is nothing to wait for.
     pub async fn answered_creates_visible(&self, reader: Option<Uuid>) -> Result<(), ApiError> {
         let snapshot = self.answered_creates.pending(reader);
@@ -278,7 +269,7 @@ impl App {
             .is_some_and(|applied| applied >= version as i64)
     }
 
-    /// [`App::settle_applied`] by table name.
+    /// Waits for one write until `deadline` (`false`: it gave up).
     async fn settle_written(
         &self,
         written: Written,
@@ -329,7 +320,7 @@ impl App {
                     }
                 }
                 _ = recheck.tick() => {
-                    let current = sparc_projections::state_table::version_of(&self.db, table, &key)
+                    let current = self.reads.row_version(table, &key)
                         .await
                         .map_err(ApiError::internal)?;
                     if current.is_some_and(|row_version| row_version >= version as i64) {
@@ -347,16 +338,6 @@ impl App {
                 }
             }
         }
-    }
-}
-
-impl App {
-    /// [`App::settle`] for a write to a user, which then forgets the sessions of that user this
-    /// instance remembered as live, so a revoked session fails its very next request here.
-    pub async fn settle_user(&self, user_id: Uuid, version: usize) -> Result<(), ApiError> {
-        self.settle::<User>(user_id, version).await?;
-        self.sessions.forget(user_id);
-        Ok(())
     }
 }
 

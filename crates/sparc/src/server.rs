@@ -19,7 +19,7 @@ use sparc_domain::task::{RunReport, Task, TaskCommand};
 use sparc_memory::{MemoryService, MemorySync};
 use sparc_projections::catalog::{READ_MODELS, ReadModel};
 use sparc_projections::policies::{ProjectCascade, RunCompletion, TaskCommands};
-use sparc_projections::{CommandFailure, Projection, ProjectionRunner};
+use sparc_projections::{CommandFailure, Projection, ProjectionRunner, ReadModels};
 use sparc_store::{Chainer, CommandBus, Database, EventMetadata, Generations, RecordedEvent};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -266,7 +266,7 @@ impl Server {
             .with_memory(memory)
             .with_jobs(match jobs {
                 Some(jobs) => Arc::new(JetStreamQueue(jobs)),
-                None => Arc::new(ReadModelQueue(db.clone())),
+                None => Arc::new(ReadModelQueue(ReadModels::new(db.clone()))),
             }),
         );
         let gateway = settings.gateway();

@@ -23,6 +23,7 @@ use crate::openapi::LISTED_VALUE_MAX;
 use crate::resources::UserResource;
 use crate::routes::{PageInfo, RequestContext, page, parse_query_value};
 use crate::state::AppState;
+use crate::unsettled::Writes;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -66,17 +67,16 @@ async fn list_users(
     user.require_admin()?;
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
     let role = parse_query_value("role", query.role.as_deref(), Role::parse)?;
-    let (rows, total) = sparc_projections::users::list(
-        &app.db,
-        &UserQuery {
+    let (rows, total) = app
+        .reads
+        .users(&UserQuery {
             role,
             is_active: query.is_active,
             limit,
             offset,
-        },
-    )
-    .await
-    .map_err(ApiError::internal)?;
+        })
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(UserList {
         users: rows
             .iter()
@@ -134,11 +134,11 @@ async fn update_user(
         ));
     }
     let metadata = ctx.metadata(admin.user_id.to_string());
-    let key = id.to_string();
-    let mut outcome = app.execute::<User>(&key, first, &metadata, None).await?;
+    let mut writes = Writes::default();
+    let mut outcome = writes.take(app.execute::<User>(id, first, &metadata, None).await?);
     for command in commands {
-        outcome = app.execute::<User>(&key, command, &metadata, None).await?;
+        outcome = writes.take(app.execute::<User>(id, command, &metadata, None).await?);
     }
-    app.settle_user(id, outcome.version).await?;
+    let outcome = writes.owed_for(outcome).settled(&app).await?;
     Ok(Json(UserResource::from(&outcome.state)).into_response())
 }

@@ -9,16 +9,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sparc_domain::agent::{Agent, AgentChanges, AgentCommand, AgentStatus, AgentType};
-use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
-use sparc_domain::memory::{Intent, MemoryEntry};
-use sparc_domain::reservation::{Reservation, ReservationCommand, reservation_id};
-use sparc_domain::task::{RunReport, Task, TaskCommand, TaskStatus};
+use sparc_domain::execution::{Execution, ExecutionStatus};
 use sparc_domain::user::Role;
 use sparc_domain::values::AgentName;
 use sparc_projections::agents::AgentQuery;
 use sparc_projections::executions::{ActivityCursor, ActivityQuery};
 use sparc_projections::{Indexed, Row};
-use sparc_store::EventMetadata;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -35,6 +31,7 @@ use crate::routes::{
     IdempotencyKey, IfMatch, PageInfo, RequestContext, cached_list, if_match, page,
     parse_query_value, with_etag,
 };
+use crate::services::{agent_activity, agent_registry};
 use crate::state::{App, AppState};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -57,59 +54,12 @@ const MAX_CURSOR: usize = 64;
 const MAX_RUN_TEXT: usize = 65_536;
 
 pub(crate) async fn agent_row(app: &App, id: Uuid) -> Result<Row<Agent>, ApiError> {
-    sparc_projections::agents::get(&app.db, id)
+    app.reads
+        .agent(id)
         .await
         .map_err(ApiError::internal)?
         .filter(|row| row.state.registered)
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))
-}
-
-fn name_claim(name: &AgentName) -> String {
-    reservation_id("agent", name.as_str())
-}
-
-/// Claims an agent name for `owner`: 409 if another agent holds it. Whether this call took it
-/// (`false`: `owner` held it already, and a failure after it must not release it).
-async fn claim_name(
-    app: &App,
-    name: &AgentName,
-    owner: Uuid,
-    metadata: &EventMetadata,
-) -> Result<bool, ApiError> {
-    app.execute::<Reservation>(
-        &name_claim(name),
-        ReservationCommand::Claim {
-            owner,
-            at: Utc::now(),
-        },
-        metadata,
-        None,
-    )
-    .await
-    .map(|outcome| !outcome.events.is_empty())
-    .map_err(|e| match e {
-        ApiError::Conflict(_) => ApiError::Conflict("Agent name already exists".to_owned()),
-        other => other,
-    })
-}
-
-async fn release_name(
-    app: &App,
-    name: &AgentName,
-    owner: Uuid,
-    metadata: &EventMetadata,
-) -> Result<(), ApiError> {
-    app.execute::<Reservation>(
-        &name_claim(name),
-        ReservationCommand::Release {
-            owner,
-            at: Utc::now(),
-        },
-        metadata,
-        None,
-    )
-    .await
-    .map(|_| ())
 }
 
 fn check_capabilities(capabilities: &[Text<100>], errors: &mut Vec<FieldError>) {
@@ -206,7 +156,9 @@ async fn list_agents(
     };
     let key = format!("{filter:?}");
     cached_list(&app, &[<Agent as Indexed>::TABLE], key, async {
-        let (rows, total) = sparc_projections::agents::list(&app.db, &filter)
+        let (rows, total) = app
+            .reads
+            .agents(&filter)
             .await
             .map_err(ApiError::internal)?;
         Ok(AgentList {
@@ -257,30 +209,8 @@ async fn register_agent(
     AppJson(body): AppJson<RegisterAgent>,
 ) -> Result<Response, ApiError> {
     user.require_role(WRITERS)?;
-    let mut errors = Vec::new();
-    let name = AgentName::parse(&body.name)
-        .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
-        .ok();
-    let agent_type = parse_field(
-        "type",
-        Some(body.agent_type.as_str()),
-        AgentType::parse,
-        &mut errors,
-    );
-    let status = parse_field(
-        "status",
-        Some(body.status.as_deref().unwrap_or("idle")),
-        AgentStatus::parse,
-        &mut errors,
-    );
-    let capabilities = body.capabilities.unwrap_or_default();
-    check_capabilities(&capabilities, &mut errors);
-    let (Some(name), Some(agent_type), Some(status), true) =
-        (name, agent_type, status, errors.is_empty())
-    else {
-        return Err(ApiError::Validation(errors));
-    };
-    let capabilities: Vec<String> = capabilities.into_iter().map(String::from).collect();
+    let agent_id = body.id.unwrap_or_else(Uuid::now_v7);
+    let (register, name) = body.checked(agent_id, user.user_id)?;
     let key = idempotency_key(&headers);
     app.idempotency
         .run(
@@ -291,32 +221,12 @@ async fn register_agent(
                 // Before the name is claimed, so a refusal leaves nothing to release; inside
                 // the idempotent run, so a repeated request gets its first answer back.
                 quotas::ensure_below(&app, Quota::Agents, user.user_id).await?;
-                let agent_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let metadata = ctx.metadata(user.user_id.to_string());
-                let took_name = claim_name(&app, &name, agent_id, &metadata).await?;
-                let command = AgentCommand::Register {
-                    agent_id,
-                    name: name.clone(),
-                    agent_type,
-                    capabilities,
-                    status,
-                    registered_by: user.user_id,
-                    at: Utc::now(),
-                };
-                let outcome = match app
-                    .create::<Agent>(&agent_id.to_string(), command, &metadata)
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(error) => {
-                        // An existing agent's id (409) must keep the name it holds.
-                        if took_name {
-                            release_name(&app, &name, agent_id, &metadata).await?;
-                        }
-                        return Err(error);
-                    }
-                };
-                app.settle::<Agent>(agent_id, outcome.version).await?;
+                let outcome =
+                    agent_registry::register(&app.commands, agent_id, register, &name, &metadata)
+                        .await?
+                        .settled(&app)
+                        .await?;
                 let resource = AgentResource::new(&outcome.state, outcome.version as i64);
                 Ok((
                     StatusCode::CREATED,
@@ -325,6 +235,50 @@ async fn register_agent(
             },
         )
         .await
+}
+
+impl RegisterAgent {
+    /// The `Register` command of agent `agent_id` for `registered_by`, and the name it takes;
+    /// or 422 with every invalid field.
+    fn checked(
+        self,
+        agent_id: Uuid,
+        registered_by: Uuid,
+    ) -> Result<(AgentCommand, AgentName), ApiError> {
+        let mut errors = Vec::new();
+        let name = AgentName::parse(&self.name)
+            .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
+            .ok();
+        let agent_type = parse_field(
+            "type",
+            Some(self.agent_type.as_str()),
+            AgentType::parse,
+            &mut errors,
+        );
+        let status = parse_field(
+            "status",
+            Some(self.status.as_deref().unwrap_or("idle")),
+            AgentStatus::parse,
+            &mut errors,
+        );
+        let capabilities = self.capabilities.unwrap_or_default();
+        check_capabilities(&capabilities, &mut errors);
+        let (Some(name), Some(agent_type), Some(status), true) =
+            (name, agent_type, status, errors.is_empty())
+        else {
+            return Err(ApiError::Validation(errors));
+        };
+        let register = AgentCommand::Register {
+            agent_id,
+            name: name.clone(),
+            agent_type,
+            capabilities: capabilities.into_iter().map(String::from).collect(),
+            status,
+            registered_by,
+            at: Utc::now(),
+        };
+        Ok((register, name))
+    }
 }
 
 /// Detail options.
@@ -370,7 +324,9 @@ async fn get_agent(
         )]));
     }
     let row = agent_row(&app, id).await?;
-    let history = sparc_projections::executions::of_agent(&app.db, id, None, history_limit)
+    let history = app
+        .reads
+        .executions_of_agent(id, None, history_limit)
         .await
         .map_err(ApiError::internal)?;
     let sees_all = user.role.can_read_all() || user.role == Role::Agent;
@@ -378,35 +334,14 @@ async fn get_agent(
         None
     } else {
         Some(
-            sparc_projections::executions::of_agent(&app.db, id, Some(user.user_id), history_limit)
+            app.reads
+                .executions_of_agent(id, Some(user.user_id), history_limit)
                 .await
                 .map_err(ApiError::internal)?,
         )
     };
     let visible = own.as_ref().unwrap_or(&history);
-    let finished: Vec<&Execution> = history
-        .iter()
-        .map(|r| &r.state)
-        .filter(|e| e.status.is_final())
-        .collect();
-    let success_rate = if finished.is_empty() {
-        0.0
-    } else {
-        finished
-            .iter()
-            .filter(|e| e.status == ExecutionStatus::Success)
-            .count() as f64
-            / finished.len() as f64
-    };
-    let avg_duration_ms = if finished.is_empty() {
-        0.0
-    } else {
-        finished
-            .iter()
-            .map(|e| e.duration_ms.unwrap_or(0) as f64)
-            .sum::<f64>()
-            / finished.len() as f64
-    };
+    let (success_rate, avg_duration_ms) = run_statistics(&history);
     Ok(with_etag(
         row.version,
         AgentDetail {
@@ -419,6 +354,29 @@ async fn get_agent(
             avg_duration_ms,
         },
     ))
+}
+
+/// The successful share of the finished runs of `history` (0..1) and their mean duration in
+/// milliseconds; both 0 without a finished run.
+fn run_statistics(history: &[Row<Execution>]) -> (f64, f64) {
+    let finished: Vec<&Execution> = history
+        .iter()
+        .map(|r| &r.state)
+        .filter(|e| e.status.is_final())
+        .collect();
+    if finished.is_empty() {
+        return (0.0, 0.0);
+    }
+    let count = finished.len() as f64;
+    let succeeded = finished
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Success)
+        .count() as f64;
+    let total_ms: f64 = finished
+        .iter()
+        .map(|e| e.duration_ms.unwrap_or(0) as f64)
+        .sum();
+    (succeeded / count, total_ms / count)
 }
 
 /// Fields to change (at least one).
@@ -453,77 +411,61 @@ async fn update_agent(
     user.require_role(WRITERS)?;
     let expected = if_match(&headers)?;
     let row = agent_row(&app, id).await?;
-    let mut errors = Vec::new();
-    let name = body.name.as_deref().and_then(|raw| {
-        AgentName::parse(raw)
-            .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
-            .ok()
-    });
-    let agent_type = parse_field(
-        "type",
-        body.agent_type.as_deref(),
-        AgentType::parse,
-        &mut errors,
-    );
-    let status = parse_field(
-        "status",
-        body.status.as_deref(),
-        AgentStatus::parse,
-        &mut errors,
-    );
-    if let Some(capabilities) = &body.capabilities {
-        check_capabilities(capabilities, &mut errors);
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let changes = body.checked()?;
     let metadata = ctx.metadata(user.user_id.to_string());
-    // A new name needs its reservation; a change of case only keeps the one the agent holds.
-    let renamed = name.clone().filter(|n| {
-        row.state
-            .name
-            .as_ref()
-            .is_none_or(|old| name_claim(n) != name_claim(old))
-    });
-    if let Some(new_name) = &renamed {
-        claim_name(&app, new_name, id, &metadata).await?;
-    }
-    let changes = AgentChanges {
-        name,
-        agent_type,
-        capabilities: body
-            .capabilities
-            .map(|all| all.into_iter().map(String::from).collect()),
-        status,
-    };
-    let outcome = match app
-        .execute::<Agent>(
-            &id.to_string(),
-            AgentCommand::Update {
-                changes,
-                at: Utc::now(),
-            },
-            &metadata,
-            expected,
-        )
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            if let Some(new_name) = &renamed {
-                release_name(&app, new_name, id, &metadata).await?;
-            }
-            return Err(error);
-        }
-    };
-    if let (Some(_), Some(old)) = (&renamed, &row.state.name) {
-        release_name(&app, old, id, &metadata).await?;
-    }
-    app.settle::<Agent>(id, outcome.version).await?;
+    let outcome = agent_registry::update(
+        &app.commands,
+        &row.state,
+        changes,
+        expected,
+        &metadata,
+        Utc::now(),
+    )
+    .await?
+    .settled(&app)
+    .await?;
     Ok(with_etag(
         outcome.version as i64,
         AgentResource::new(&outcome.state, outcome.version as i64),
     ))
+}
+
+impl UpdateAgent {
+    /// The changes asked for, or 422 with every invalid field.
+    fn checked(self) -> Result<AgentChanges, ApiError> {
+        let mut errors = Vec::new();
+        let name = self.name.as_deref().and_then(|raw| {
+            AgentName::parse(raw)
+                .map_err(|e| errors.push(FieldError::body("name", e.0, "value_error")))
+                .ok()
+        });
+        let agent_type = parse_field(
+            "type",
+            self.agent_type.as_deref(),
+            AgentType::parse,
+            &mut errors,
+        );
+        let status = parse_field(
+            "status",
+            self.status.as_deref(),
+            AgentStatus::parse,
+            &mut errors,
+        );
+        if let Some(capabilities) = &self.capabilities {
+            check_capabilities(capabilities, &mut errors);
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(AgentChanges {
+            name,
+            agent_type,
+            capabilities: self
+                .capabilities
+                .map(|all| all.into_iter().map(String::from).collect()),
+            status,
+        })
+    }
 }
 
 /// Deregisters an agent (admins and agents): it goes offline, leaves the list and frees its
@@ -543,18 +485,10 @@ async fn deregister_agent(
     let expected = if_match(&headers)?;
     let row = agent_row(&app, id).await?;
     let metadata = ctx.metadata(user.user_id.to_string());
-    let outcome = app
-        .execute::<Agent>(
-            &id.to_string(),
-            AgentCommand::Deregister { at: Utc::now() },
-            &metadata,
-            expected,
-        )
+    agent_registry::deregister(&app.commands, &row.state, expected, &metadata, Utc::now())
+        .await?
+        .settled(&app)
         .await?;
-    if let Some(name) = &row.state.name {
-        release_name(&app, name, id, &metadata).await?;
-    }
-    app.settle::<Agent>(id, outcome.version).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -610,216 +544,66 @@ async fn report_activity(
     AppJson(body): AppJson<ActivityReport>,
 ) -> Result<Response, ApiError> {
     user.require_role(WRITERS)?;
-    let mut errors = Vec::new();
-    let run_status = parse_field(
-        "status",
-        Some(body.status.as_str()),
-        ExecutionStatus::parse,
-        &mut errors,
-    );
-    if body.duration_ms.is_some_and(|d| d < 0) {
-        errors.push(FieldError::body(
-            "duration_ms",
-            "duration_ms must be 0 or more",
-            "greater_than_equal",
-        ));
-    }
-    let Some(run_status) = run_status.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
-    agent_row(&app, body.agent_id).await?;
-    // What a finished run leaves in the memory.
-    let report = (
-        body.output.as_deref().map(str::to_owned),
-        body.error.as_deref().map(str::to_owned),
-    );
-    let task = sparc_projections::tasks::get(&app.db, body.task_id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound("Task not found".to_owned()))?;
+    let report = body.checked()?;
+    let (agent_id, task_id) = (report.agent_id, report.task_id);
     let metadata = ctx.metadata(user.user_id.to_string());
-    let now = Utc::now();
-    let (task_state, _) = app
-        .commands
-        .load::<Task>(&body.task_id.to_string())
-        .await
-        .map_err(crate::state::command_error)?;
-    let execution_id = body.execution_id.or(task_state.running_execution_id);
-    // Every check comes before the first command, so a refused report changes nothing.
-    let existing = match execution_id {
-        Some(execution_id) => {
-            let (execution, _) = app
-                .commands
-                .load::<Execution>(&execution_id.to_string())
-                .await
-                .map_err(crate::state::command_error)?;
-            if execution.exists && execution.task_id != body.task_id {
-                return Err(ApiError::BadRequest(
-                    "The execution belongs to another task".to_owned(),
-                ));
-            }
-            execution.exists.then_some(execution_id)
-        }
-        None => None,
-    };
-    let execution_id = match (run_status, existing) {
-        (ExecutionStatus::Running, Some(execution_id)) => {
-            let claimed = app
-                .execute::<Execution>(
-                    &execution_id.to_string(),
-                    ExecutionCommand::Claim {
-                        agent_id: body.agent_id,
-                        at: now,
-                    },
-                    &metadata,
-                    None,
-                )
-                .await?;
-            app.settle::<Execution>(execution_id, claimed.version)
-                .await?;
-            let assigned = app
-                .execute::<Task>(
-                    &body.task_id.to_string(),
-                    TaskCommand::Assign {
-                        execution_id,
-                        agent_id: body.agent_id,
-                        at: now,
-                    },
-                    &metadata,
-                    None,
-                )
-                .await?;
-            app.settle::<Task>(body.task_id, assigned.version).await?;
-            execution_id
-        }
-        (ExecutionStatus::Running, None) => {
-            // The task fired for this execution but it has not started yet: start it. Else a
-            // new run, under the agent's execution id if it chose one: the task fires first
-            // (409 if it already runs another execution), then the execution starts.
-            let already_fired =
-                execution_id.is_some() && execution_id == task_state.running_execution_id;
-            let execution_id = execution_id.unwrap_or_else(Uuid::now_v7);
-            if !already_fired {
-                let fired = app
-                    .execute::<Task>(
-                        &body.task_id.to_string(),
-                        TaskCommand::RunNow {
-                            execution_id,
-                            agent_id: Some(body.agent_id),
-                            at: now,
-                        },
-                        &metadata,
-                        None,
-                    )
-                    .await?;
-                app.settle::<Task>(body.task_id, fired.version).await?;
-            }
-            let started = app
-                .create::<Execution>(
-                    &execution_id.to_string(),
-                    ExecutionCommand::start_of(
-                        &task.state,
-                        execution_id,
-                        Some(body.agent_id),
-                        now,
-                        now,
-                    ),
-                    &metadata,
-                )
-                .await?;
-            app.settle::<Execution>(execution_id, started.version)
-                .await?;
-            execution_id
-        }
-        (_, None) => {
-            return Err(ApiError::NotFound(match body.execution_id {
-                Some(_) => "Execution not found".to_owned(),
-                None => "No running execution for this task".to_owned(),
-            }));
-        }
-        (status, Some(execution_id)) => {
-            let finished = app
-                .execute::<Execution>(
-                    &execution_id.to_string(),
-                    ExecutionCommand::Finish {
-                        agent_id: Some(body.agent_id),
-                        status,
-                        output: body.output.clone().map(String::from),
-                        error: body.error.clone().map(String::from),
-                        duration_ms: body.duration_ms.map(|d| d as u64),
-                        at: now,
-                    },
-                    &metadata,
-                    None,
-                )
-                .await?;
-            app.settle::<Execution>(execution_id, finished.version)
-                .await?;
-            // Finishing the run of a task deleted meanwhile must not bring the task back: the
-            // domain's `TaskRunFinished` restores the status the task had before the run.
-            if task_state.status != TaskStatus::Deleted {
-                let task = app
-                    .execute::<Task>(
-                        &body.task_id.to_string(),
-                        TaskCommand::FinishRun {
-                            execution_id,
-                            status,
-                            report: RunReport {
-                                agent_id: Some(body.agent_id),
-                                output: body.output.map(String::from),
-                                error: body.error.map(String::from),
-                            },
-                            at: now,
-                        },
-                        &metadata,
-                        None,
-                    )
-                    .await?;
-                app.settle::<Task>(body.task_id, task.version).await?;
-            }
-            execution_id
-        }
-    };
-    let agent = app
-        .execute::<Agent>(
-            &body.agent_id.to_string(),
-            AgentCommand::RecordActivity {
-                task_id: body.task_id,
-                execution_id,
-                run_status,
-                at: now,
-            },
-            &metadata,
-            None,
-        )
-        .await?;
+    let recorded = agent_activity::report(&app.commands, report, &metadata, Utc::now()).await?;
     // The agents read model is published: once it shows the activity, the change is in the
     // outbox, which the relay hands to the change bus (at least once).
-    let broadcasted = app
-        .settle_applied::<Agent>(body.agent_id, agent.version)
-        .await?;
-    let stored_in_memory_mcp = match run_status {
-        ExecutionStatus::Running => false,
-        finished => {
-            let entry = run_memory(&task.state, body.agent_id, execution_id, finished, &report);
+    let (recorded, broadcasted) = recorded.settled_in_time(&app).await?;
+    let stored_in_memory_mcp = match recorded.memory {
+        Some(entry) => {
             crate::routes::memory::store_entry(&app, entry, &metadata)
                 .await?
                 .storage
                 == "memory_mcp"
         }
+        None => false,
     };
     Ok((
         StatusCode::CREATED,
         Json(ActivityRecorded {
             status: "success",
-            agent_id: body.agent_id,
-            task_id: body.task_id,
-            execution_id,
+            agent_id,
+            task_id,
+            execution_id: recorded.execution_id,
             stored_in_memory_mcp,
             broadcasted,
         }),
     )
         .into_response())
+}
+
+impl ActivityReport {
+    /// The report as the workflow takes it, or 422 with every invalid field.
+    fn checked(self) -> Result<agent_activity::Report, ApiError> {
+        let mut errors = Vec::new();
+        let status = parse_field(
+            "status",
+            Some(self.status.as_str()),
+            ExecutionStatus::parse,
+            &mut errors,
+        );
+        if self.duration_ms.is_some_and(|d| d < 0) {
+            errors.push(FieldError::body(
+                "duration_ms",
+                "duration_ms must be 0 or more",
+                "greater_than_equal",
+            ));
+        }
+        let Some(status) = status.filter(|_| errors.is_empty()) else {
+            return Err(ApiError::Validation(errors));
+        };
+        Ok(agent_activity::Report {
+            agent_id: self.agent_id,
+            task_id: self.task_id,
+            execution_id: self.execution_id,
+            status,
+            output: self.output.map(String::from),
+            error: self.error.map(String::from),
+            duration_ms: self.duration_ms.map(|d| d as u64),
+        })
+    }
 }
 
 /// Activity feed filters and page.
@@ -885,7 +669,9 @@ async fn activity_feed(
         before,
         limit: limit + 1,
     };
-    let mut runs = sparc_projections::executions::activity(&app.db, &feed)
+    let mut runs = app
+        .reads
+        .activity(&feed)
         .await
         .map_err(ApiError::internal)?;
     let more = runs.len() as i64 > limit;
@@ -893,7 +679,9 @@ async fn activity_feed(
     let mut agents: Vec<Uuid> = runs.iter().filter_map(|run| run.state.agent_id).collect();
     agents.sort_unstable();
     agents.dedup();
-    let names = sparc_projections::agents::names_of(&app.db, &agents)
+    let names = app
+        .reads
+        .agent_names(&agents)
         .await
         .map_err(ApiError::internal)?;
     let next_before = more
@@ -911,46 +699,4 @@ async fn activity_feed(
         activity,
         next_before,
     }))
-}
-
-/// The longest part of a run's output or error kept in its memory entry, in characters.
-const MAX_RUN_MEMORY: usize = 4000;
-
-/// The memory entry of a finished run: what it printed (or why it failed), bounded, under the
-/// task's owner and project.
-fn run_memory(
-    task: &Task,
-    agent_id: Uuid,
-    execution_id: Uuid,
-    status: ExecutionStatus,
-    report: &(Option<String>, Option<String>),
-) -> MemoryEntry {
-    let bounded = |text: &str| text.chars().take(MAX_RUN_MEMORY).collect::<String>();
-    let skill = task.skill_name.as_ref().map_or("task", |s| s.as_str());
-    let mut content = format!("{skill} run {status}");
-    if let Some(output) = report.0.as_deref().filter(|o| !o.is_empty()) {
-        content.push_str(": ");
-        content.push_str(&bounded(output));
-    }
-    if let Some(error) = report.1.as_deref().filter(|e| !e.is_empty()) {
-        content.push_str("; error: ");
-        content.push_str(&bounded(error));
-    }
-    MemoryEntry {
-        content,
-        intent: match status {
-            ExecutionStatus::Failed | ExecutionStatus::Timeout => Intent::Bugfix,
-            _ => Intent::Implementation,
-        },
-        user_id: task.user_id,
-        agent_id: Some(agent_id),
-        task_id: Some(task.id),
-        project_id: task.project_id,
-        additional_metadata: serde_json::json!({
-            "agent_id": agent_id,
-            "execution_id": execution_id,
-            "run_status": status.as_str(),
-            "description": "agent activity",
-        }),
-    }
 }

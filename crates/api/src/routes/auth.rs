@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sparc_domain::user::{ProfileChanges, Role, User, UserCommand, UserEvent};
-use sparc_store::Outcome;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,6 +22,7 @@ use crate::password::{MAX_PASSWORD_CHARS, hash_password, password_policy, verify
 use crate::resources::{Message, UserResource};
 use crate::routes::RequestContext;
 use crate::state::{App, AppState};
+use crate::unsettled::Unsettled;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -87,7 +87,9 @@ async fn register(
             RegistrationError::Overloaded(overloaded) => ApiError::overloaded(overloaded),
             RegistrationError::Failed(message) => ApiError::internal(message),
         })?;
-    app.settle_user(user.state.id, user.version).await?;
+    let user = Unsettled::of_outcome(user.state.id, user)
+        .settled(&app)
+        .await?;
     Ok((StatusCode::CREATED, Json(UserResource::from(&user.state))).into_response())
 }
 
@@ -159,7 +161,9 @@ async fn login(
             retry_after_secs: wait.as_secs_f64().ceil() as u64,
         });
     }
-    let row = sparc_projections::users::by_username(&app.db, &body.username)
+    let row = app
+        .reads
+        .user_by_username(&body.username)
         .await
         .map_err(ApiError::internal)?;
     let hash = row.as_ref().map(|r| r.state.password_hash.clone());
@@ -180,7 +184,7 @@ async fn login(
     let (session_id, refresh_jti) = (Uuid::now_v7(), Uuid::new_v4());
     let outcome = app
         .execute::<User>(
-            &user_id.to_string(),
+            user_id,
             UserCommand::StartSession {
                 session_id,
                 refresh_jti,
@@ -199,7 +203,7 @@ async fn login(
             ApiError::Conflict(_) => ApiError::Unauthorized("User account is inactive".to_owned()),
             other => other,
         })?;
-    app.settle_user(user_id, outcome.version).await?;
+    let outcome = outcome.settled(&app).await?;
     let tokens = issue(&app, &outcome.state, session_id, refresh_jti)?;
     Ok(Json(LoginResponse {
         user: UserResource::from(&outcome.state),
@@ -231,9 +235,9 @@ async fn refresh(
         .decode_refresh(&body.refresh_token)
         .map_err(|_| ApiError::Unauthorized(BAD_REFRESH.to_owned()))?;
     let new_jti = Uuid::new_v4();
-    let outcome: Outcome<User> = app
+    let outcome = app
         .execute::<User>(
-            &claims.sub.to_string(),
+            claims.sub,
             UserCommand::RefreshSession {
                 session_id: claims.sid,
                 presented_jti: claims.jti,
@@ -251,7 +255,7 @@ async fn refresh(
             ApiError::Internal(_) | ApiError::Overloaded { .. } => error,
             _ => ApiError::Unauthorized(BAD_REFRESH.to_owned()),
         })?;
-    app.settle_user(claims.sub, outcome.version).await?;
+    let outcome = outcome.settled(&app).await?;
     if outcome
         .events
         .iter()
@@ -293,7 +297,7 @@ async fn end_session(
 ) -> Result<(), ApiError> {
     let outcome = app
         .execute::<User>(
-            &user.user_id.to_string(),
+            user.user_id,
             UserCommand::RevokeSession {
                 session_id,
                 at: Utc::now(),
@@ -302,14 +306,15 @@ async fn end_session(
             None,
         )
         .await?;
-    app.settle_user(user.user_id, outcome.version).await
+    outcome.settled(app).await.map(drop)
 }
 
 async fn current_user(
     app: &App,
     user: &AuthUser,
 ) -> Result<sparc_projections::Row<User>, ApiError> {
-    sparc_projections::users::get(&app.db, user.user_id)
+    app.reads
+        .user(user.user_id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound("User not found".to_owned()))
@@ -360,7 +365,7 @@ async fn update_me(
     check.finish()?;
     let outcome = app
         .execute::<User>(
-            &user.user_id.to_string(),
+            user.user_id,
             UserCommand::UpdateProfile {
                 changes: ProfileChanges {
                     full_name: body.full_name.map(String::from),
@@ -373,7 +378,7 @@ async fn update_me(
             None,
         )
         .await?;
-    app.settle_user(user.user_id, outcome.version).await?;
+    let outcome = outcome.settled(&app).await?;
     Ok(Json(UserResource::from(&outcome.state)))
 }
 
@@ -419,19 +424,19 @@ async fn change_password(
         ));
     }
     let password_hash = hash_password(body.new_password.into(), cost).await?;
-    let outcome = app
-        .execute::<User>(
-            &user.user_id.to_string(),
-            UserCommand::ChangePassword {
-                password_hash,
-                keep_session: Some(user.session_id),
-                at: Utc::now(),
-            },
-            &ctx.metadata(user.user_id.to_string()),
-            None,
-        )
-        .await?;
-    app.settle_user(user.user_id, outcome.version).await?;
+    app.execute::<User>(
+        user.user_id,
+        UserCommand::ChangePassword {
+            password_hash,
+            keep_session: Some(user.session_id),
+            at: Utc::now(),
+        },
+        &ctx.metadata(user.user_id.to_string()),
+        None,
+    )
+    .await?
+    .settled(&app)
+    .await?;
     Ok(Json(Message::new("Password changed successfully")))
 }
 
@@ -500,14 +505,14 @@ async fn revoke_all_sessions(
     user: AuthUser,
     ctx: RequestContext,
 ) -> Result<Json<Message>, ApiError> {
-    let outcome = app
-        .execute::<User>(
-            &user.user_id.to_string(),
-            UserCommand::RevokeAllSessions { at: Utc::now() },
-            &ctx.metadata(user.user_id.to_string()),
-            None,
-        )
-        .await?;
-    app.settle_user(user.user_id, outcome.version).await?;
+    app.execute::<User>(
+        user.user_id,
+        UserCommand::RevokeAllSessions { at: Utc::now() },
+        &ctx.metadata(user.user_id.to_string()),
+        None,
+    )
+    .await?
+    .settled(&app)
+    .await?;
     Ok(Json(Message::new("All sessions revoked successfully")))
 }

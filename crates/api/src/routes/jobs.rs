@@ -14,10 +14,8 @@ use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use sparc_domain::agent::{Agent, AgentCommand, AgentStatus};
-use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
-use sparc_domain::task::{Task, TaskCommand};
-use sparc_store::{CommandError, EventMetadata};
+use sparc_domain::agent::{Agent, AgentStatus};
+use sparc_store::EventMetadata;
 use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,7 +29,8 @@ use crate::job_queue::WaitingRun;
 use crate::resources::JobResource;
 use crate::routes::RequestContext;
 use crate::routes::agents::{WRITERS, agent_row};
-use crate::state::{App, AppState, command_error};
+use crate::services::task_runs;
+use crate::state::{App, AppState};
 
 /// The longest long poll, in seconds.
 const MAX_WAIT_SECONDS: u64 = 30;
@@ -188,49 +187,10 @@ async fn claim_one(
     execution_id: Uuid,
     metadata: &EventMetadata,
 ) -> Result<Option<JobResource>, ApiError> {
-    let now = Utc::now();
-    let claimed = app
-        .commands
-        .execute::<Execution>(
-            &execution_id.to_string(),
-            ExecutionCommand::Claim { agent_id, at: now },
-            metadata,
-            None,
-        )
-        .await;
-    let claimed = match claimed {
-        Ok(outcome) if !outcome.events.is_empty() => outcome,
-        Ok(_) | Err(CommandError::Rejected(_)) => return Ok(None),
-        Err(error) => return Err(command_error(error)),
+    let claimed = task_runs::claim(&app.commands, agent_id, execution_id, metadata, Utc::now());
+    let Some(claimed) = claimed.await? else {
+        return Ok(None);
     };
-    let run = &claimed.state;
-    let assigned = app
-        .execute::<Task>(
-            &run.task_id.to_string(),
-            TaskCommand::Assign {
-                execution_id: run.id,
-                agent_id,
-                at: now,
-            },
-            metadata,
-            None,
-        )
-        .await?;
-    app.execute::<Agent>(
-        &agent_id.to_string(),
-        AgentCommand::RecordActivity {
-            task_id: run.task_id,
-            execution_id: run.id,
-            run_status: ExecutionStatus::Running,
-            at: now,
-        },
-        metadata,
-        None,
-    )
-    .await?;
-    app.settle::<Execution>(run.id, claimed.version).await?;
-    Ok(Some(JobResource::new(
-        &claimed.state,
-        assigned.state.params.clone(),
-    )))
+    let claimed = claimed.settled(app).await?;
+    Ok(Some(JobResource::new(&claimed.execution, claimed.params)))
 }

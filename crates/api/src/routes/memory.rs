@@ -143,7 +143,9 @@ async fn writable_task(
     user: &AuthUser,
     id: Uuid,
 ) -> Result<Row<sparc_domain::task::Task>, ApiError> {
-    let task = sparc_projections::tasks::get(&app.db, id)
+    let task = app
+        .reads
+        .task(id)
         .await
         .map_err(ApiError::internal)?
         .filter(|t| t.state.status != TaskStatus::Deleted)
@@ -159,7 +161,9 @@ async fn project(
     id: Uuid,
     write: bool,
 ) -> Result<Row<sparc_domain::project::Project>, ApiError> {
-    let project = sparc_projections::projects::get(&app.db, id)
+    let project = app
+        .reads
+        .project(id)
         .await
         .map_err(ApiError::internal)?
         .filter(|p| p.state.status != ProjectStatus::Deleted)
@@ -264,19 +268,18 @@ pub(crate) async fn store_entry(
     let pushed = app.memory.store(&Record::of(id, &entry, at)).await;
     let tags = sparc_memory::tags(&entry, at);
     let task_id = entry.task_id;
-    let outcome = app
-        .create::<Memory>(
-            &id.to_string(),
-            MemoryCommand::Store {
-                memory_id: id,
-                entry,
-                in_memory_mcp: pushed.is_ok(),
-                at,
-            },
-            metadata,
-        )
-        .await?;
-    app.created(id, outcome.version, &outcome.state);
+    app.create::<Memory>(
+        id,
+        MemoryCommand::Store {
+            memory_id: id,
+            entry,
+            in_memory_mcp: pushed.is_ok(),
+            at,
+        },
+        metadata,
+    )
+    .await?
+    .answered(app);
     let (status, storage, warning) = match &pushed {
         Ok(()) => ("success", "memory_mcp", None),
         Err(Unavailable::Disabled) => ("success", "fallback", None),
@@ -383,7 +386,9 @@ async fn search_memories(
         Ok(hits) => {
             let hits: Vec<_> = hits.into_iter().take(MAX_SERVER_HITS).collect();
             let ids: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
-            let rows = sparc_projections::memories::by_ids(&app.db, &ids, scope.reach)
+            let rows = app
+                .reads
+                .memories(&ids, scope.reach)
                 .await
                 .map_err(ApiError::internal)?;
             let mut by_id: HashMap<Uuid, Row<Memory>> =
@@ -413,7 +418,9 @@ async fn search_memories(
             (results, "memory_mcp", None)
         }
         Err(why) => {
-            let ranked = sparc_projections::memories::search(&app.db, query, scope, limit)
+            let ranked = app
+                .reads
+                .search_memories(query, scope, limit)
                 .await
                 .map_err(ApiError::internal)?;
             let results: Vec<MemoryResult> = ranked
@@ -485,7 +492,9 @@ async fn task_memories(
     AppPath(task_id): AppPath<Uuid>,
     AppQuery(query): AppQuery<TaskMemoryQuery>,
 ) -> Result<Response, ApiError> {
-    let task = sparc_projections::tasks::get(&app.db, task_id)
+    let task = app
+        .reads
+        .task(task_id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound("Task not found".to_owned()))?;
@@ -493,17 +502,20 @@ async fn task_memories(
     let reach = reach(&user);
     let (mut rows, total, source, warning) = match app.memory.task_entries(task_id).await {
         Ok(ids) => {
-            let rows = sparc_projections::memories::by_ids(&app.db, &ids, reach)
+            let rows = app
+                .reads
+                .memories(&ids, reach)
                 .await
                 .map_err(ApiError::internal)?;
             let total = rows.len() as i64;
             (rows, total, "memory_mcp", None)
         }
         Err(why) => {
-            let (rows, total) =
-                sparc_projections::memories::of_task(&app.db, task_id, reach, MAX_TASK_ENTRIES)
-                    .await
-                    .map_err(ApiError::internal)?;
+            let (rows, total) = app
+                .reads
+                .memories_of_task(task_id, reach, MAX_TASK_ENTRIES)
+                .await
+                .map_err(ApiError::internal)?;
             (rows, total, "fallback", warning(&why))
         }
     };
@@ -515,18 +527,14 @@ async fn task_memories(
     });
     rows.truncate(MAX_TASK_ENTRIES as usize);
     let related_tasks = match (query.include_related.unwrap_or(true), task.state.project_id) {
-        (true, Some(project_id)) => sparc_projections::memories::tasks_of_project(
-            &app.db,
-            project_id,
-            task_id,
-            reach,
-            MAX_RELATED,
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|(task_id, entries)| RelatedTask { task_id, entries })
-        .collect(),
+        (true, Some(project_id)) => app
+            .reads
+            .memories_of_project_tasks(project_id, task_id, reach, MAX_RELATED)
+            .await
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .map(|(task_id, entries)| RelatedTask { task_id, entries })
+            .collect(),
         _ => Vec::new(),
     };
     Ok(Json(TaskMemoryAnswer {
@@ -591,7 +599,8 @@ async fn memory_health(State(app): State<AppState>, _user: AuthUser) -> Json<Mem
     let health = app.memory.health();
     let fallback_available = app.db.ping().await;
     let pending_sync = if health.enabled && fallback_available {
-        sparc_projections::memories::pending_sync(&app.db)
+        app.reads
+            .memories_pending_sync()
             .await
             .unwrap_or_else(|error| {
                 tracing::warn!(%error, "could not count the entries awaiting the memory server");
@@ -648,7 +657,9 @@ async fn project_summary(
     AppPath(project_id): AppPath<Uuid>,
 ) -> Result<Response, ApiError> {
     project(&app, &user, project_id, false).await?;
-    let summary = sparc_projections::memories::summary(&app.db, project_id, reach(&user))
+    let summary = app
+        .reads
+        .memory_summary(project_id, reach(&user))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(ProjectMemorySummary {

@@ -48,7 +48,9 @@ async fn project_for(
     id: Uuid,
     write: bool,
 ) -> Result<Row<Project>, ApiError> {
-    let row = sparc_projections::projects::get(&app.db, id)
+    let row = app
+        .reads
+        .project(id)
         .await
         .map_err(ApiError::internal)?
         .filter(|row| row.state.status != ProjectStatus::Deleted)
@@ -62,7 +64,9 @@ async fn project_for(
 }
 
 async fn tasks_count(app: &App, id: Uuid) -> Result<i64, ApiError> {
-    let counts = sparc_projections::projects::tasks_counts(&app.db, &[id])
+    let counts = app
+        .reads
+        .tasks_counts(&[id])
         .await
         .map_err(ApiError::internal)?;
     Ok(counts.get(&id).copied().unwrap_or(0))
@@ -122,7 +126,7 @@ async fn create_project(
                 let project_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let outcome = app
                     .create::<Project>(
-                        &project_id.to_string(),
+                        project_id,
                         ProjectCommand::Create {
                             project_id,
                             user_id: user.user_id,
@@ -132,8 +136,8 @@ async fn create_project(
                         },
                         &ctx.metadata(user.user_id.to_string()),
                     )
-                    .await?;
-                app.created(project_id, outcome.version, &outcome.state);
+                    .await?
+                    .answered(&app);
                 let resource = ProjectResource::new(&outcome.state, outcome.version as i64, 0);
                 Ok((
                     StatusCode::CREATED,
@@ -234,11 +238,15 @@ async fn list_projects(
     let projects = sparc_store::changes::view(<Project as Indexed>::TABLE, filter.owner);
     let tasks = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
     cached_list(&app, &[&projects, &tasks], key, async {
-        let (rows, total) = sparc_projections::projects::list(&app.db, &filter)
+        let (rows, total) = app
+            .reads
+            .projects(&filter)
             .await
             .map_err(ApiError::internal)?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.state.id).collect();
-        let counts = sparc_projections::projects::tasks_counts(&app.db, &ids)
+        let counts = app
+            .reads
+            .tasks_counts(&ids)
             .await
             .map_err(ApiError::internal)?;
         Ok(ProjectList {
@@ -277,7 +285,9 @@ async fn get_project(
     } else {
         (row.state, row.version)
     };
-    let tasks = sparc_projections::tasks::of_project(&app.db, id)
+    let tasks = app
+        .reads
+        .tasks_of_project(id)
         .await
         .map_err(ApiError::internal)?;
     let mut resource = ProjectResource::new(&state, version, tasks.len() as i64);
@@ -359,7 +369,7 @@ async fn update_project(
     };
     let outcome = app
         .execute::<Project>(
-            &id.to_string(),
+            id,
             ProjectCommand::Update {
                 changes,
                 at: Utc::now(),
@@ -367,8 +377,9 @@ async fn update_project(
             &ctx.metadata(user.user_id.to_string()),
             expected,
         )
+        .await?
+        .settled(&app)
         .await?;
-    app.settle::<Project>(id, outcome.version).await?;
     let count = tasks_count(&app, id).await?;
     Ok(with_etag(
         outcome.version as i64,
@@ -390,15 +401,15 @@ async fn delete_project(
 ) -> Result<StatusCode, ApiError> {
     let expected = if_match(&headers)?;
     project_for(&app, &user, id, true).await?;
-    let outcome = app
-        .execute::<Project>(
-            &id.to_string(),
-            ProjectCommand::Delete { at: Utc::now() },
-            &ctx.metadata(user.user_id.to_string()),
-            expected,
-        )
-        .await?;
-    app.settle::<Project>(id, outcome.version).await?;
+    app.execute::<Project>(
+        id,
+        ProjectCommand::Delete { at: Utc::now() },
+        &ctx.metadata(user.user_id.to_string()),
+        expected,
+    )
+    .await?
+    .settled(&app)
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -412,7 +423,9 @@ async fn project_history(
     AppPath(id): AppPath<Uuid>,
     AppQuery(query): AppQuery<HistoryQuery>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
-    let row = sparc_projections::projects::get(&app.db, id)
+    let row = app
+        .reads
+        .project(id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))?;

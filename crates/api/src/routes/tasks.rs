@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sparc_domain::execution::{Execution, ExecutionCommand, ExecutionStatus};
+use sparc_domain::execution::{Execution, ExecutionStatus};
 use sparc_domain::project::ProjectStatus;
 use sparc_domain::task::{RunPolicy, Task, TaskChanges, TaskCommand, TaskStatus};
 use sparc_domain::values::{
@@ -34,6 +34,7 @@ use crate::routes::{
     cached_list, double_option, history, if_match, page, parse_query_value, state_as_of,
     state_until, with_etag,
 };
+use crate::services::task_runs;
 use crate::state::{App, AppState};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -54,7 +55,9 @@ pub(crate) async fn task_for(
     id: Uuid,
     write: bool,
 ) -> Result<Row<Task>, ApiError> {
-    let row = sparc_projections::tasks::get(&app.db, id)
+    let row = app
+        .reads
+        .task(id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound(NOT_FOUND.to_owned()))?;
@@ -73,7 +76,9 @@ async fn ensure_project(
     owner: Uuid,
     project_id: Uuid,
 ) -> Result<(), ApiError> {
-    let project = sparc_projections::projects::get(&app.db, project_id)
+    let project = app
+        .reads
+        .project(project_id)
         .await
         .map_err(ApiError::internal)?
         .filter(|p| p.state.status != ProjectStatus::Deleted)
@@ -278,7 +283,7 @@ async fn create_task(
                 let task_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let outcome = app
                     .create::<Task>(
-                        &task_id.to_string(),
+                        task_id,
                         TaskCommand::Schedule {
                             task_id,
                             user_id: user.user_id,
@@ -293,8 +298,8 @@ async fn create_task(
                         },
                         &ctx.metadata(user.user_id.to_string()),
                     )
-                    .await?;
-                app.created(task_id, outcome.version, &outcome.state);
+                    .await?
+                    .answered(&app);
                 let resource = TaskResource::new(&outcome.state, outcome.version as i64);
                 Ok((
                     StatusCode::CREATED,
@@ -394,9 +399,7 @@ async fn list_tasks(
     let key = format!("{filter:?}");
     let view = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
     cached_list(&app, &[&view], key, async {
-        let (rows, total) = sparc_projections::tasks::list(&app.db, &filter)
-            .await
-            .map_err(ApiError::internal)?;
+        let (rows, total) = app.reads.tasks(&filter).await.map_err(ApiError::internal)?;
         Ok(TaskList {
             tasks: rows
                 .iter()
@@ -429,7 +432,9 @@ async fn get_task(
         let executions = executions_as_of(&app, id, moment).await?;
         (past.state, past.version, executions)
     } else {
-        let (executions, _) = sparc_projections::executions::of_task(&app.db, id, None, 10, 0)
+        let (executions, _) = app
+            .reads
+            .executions_of_task(id, None, 10, 0)
             .await
             .map_err(ApiError::internal)?;
         let executions = executions.into_iter().map(|e| e.state).collect();
@@ -447,7 +452,9 @@ async fn executions_as_of(
     task_id: Uuid,
     moment: DateTime<Utc>,
 ) -> Result<Vec<Execution>, ApiError> {
-    let started = sparc_projections::executions::of_task_started_by(&app.db, task_id, moment, 10)
+    let started = app
+        .reads
+        .executions_of_task_started_by(task_id, moment, 10)
         .await
         .map_err(ApiError::internal)?;
     let mut executions = Vec::with_capacity(started.len());
@@ -558,7 +565,7 @@ async fn update_task(
     }
     let outcome = app
         .execute::<Task>(
-            &id.to_string(),
+            id,
             TaskCommand::Update {
                 changes,
                 at: Utc::now(),
@@ -566,8 +573,9 @@ async fn update_task(
             &ctx.metadata(user.user_id.to_string()),
             expected,
         )
+        .await?
+        .settled(&app)
         .await?;
-    app.settle::<Task>(id, outcome.version).await?;
     Ok(with_etag(
         outcome.version as i64,
         TaskResource::new(&outcome.state, outcome.version as i64),
@@ -597,15 +605,15 @@ async fn delete_task(
 ) -> Result<Json<TaskDeleted>, ApiError> {
     let expected = if_match(&headers)?;
     task_for(&app, &user, id, true).await?;
-    let outcome = app
-        .execute::<Task>(
-            &id.to_string(),
-            TaskCommand::Delete { at: Utc::now() },
-            &ctx.metadata(user.user_id.to_string()),
-            expected,
-        )
-        .await?;
-    app.settle::<Task>(id, outcome.version).await?;
+    app.execute::<Task>(
+        id,
+        TaskCommand::Delete { at: Utc::now() },
+        &ctx.metadata(user.user_id.to_string()),
+        expected,
+    )
+    .await?
+    .settled(&app)
+    .await?;
     Ok(Json(TaskDeleted {
         message: "Task successfully deleted",
         task_id: id,
@@ -624,31 +632,18 @@ async fn run_task(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<Response, ApiError> {
     task_for(&app, &user, id, true).await?;
-    let execution_id = Uuid::now_v7();
     let metadata = ctx.metadata(user.user_id.to_string());
-    let now = Utc::now();
-    let fired = app
-        .execute::<Task>(
-            &id.to_string(),
-            TaskCommand::RunNow {
-                execution_id,
-                agent_id: None,
-                at: now,
-            },
-            &metadata,
-            None,
-        )
-        .await?;
-    let started = app
-        .create::<Execution>(
-            &execution_id.to_string(),
-            ExecutionCommand::start_of(&fired.state, execution_id, None, now, now),
-            &metadata,
-        )
-        .await?;
-    app.settle::<Task>(id, fired.version).await?;
-    app.settle::<Execution>(execution_id, started.version)
-        .await?;
+    let started = task_runs::run_now(
+        &app.commands,
+        id,
+        Uuid::now_v7(),
+        None,
+        &metadata,
+        Utc::now(),
+    )
+    .await?
+    .settled(&app)
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ExecutionResource::from(&started.state)),
@@ -691,7 +686,9 @@ async fn task_executions(
     task_for(&app, &user, id, false).await?;
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
     let status = parse_query_value("status", query.status.as_deref(), ExecutionStatus::parse)?;
-    let (rows, total) = sparc_projections::executions::of_task(&app.db, id, status, limit, offset)
+    let (rows, total) = app
+        .reads
+        .executions_of_task(id, status, limit, offset)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(ExecutionList {
