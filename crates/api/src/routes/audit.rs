@@ -73,6 +73,25 @@ pub struct AuditEventPage {
     pub next_after_position: i64,
 }
 
+/// Where a page after log position `after_position` starts (0: the beginning), or 422 if no
+/// event has that position.
+async fn checkpoint_after(reader: &LogReader, after_position: i64) -> Result<Checkpoint, ApiError> {
+    if after_position == 0 {
+        return Ok(Checkpoint::ORIGIN);
+    }
+    reader
+        .checkpoint_of(after_position)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::Validation(vec![FieldError::query(
+                "after_position",
+                "after_position must be the position of an event",
+                "value_error",
+            )])
+        })
+}
+
 /// Events of the log in log order, filtered; a caller other than an admin or auditor gets only
 /// the events of their own aggregates. Page with `after_position`.
 #[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit", params(AuditQuery),
@@ -106,21 +125,7 @@ async fn audit_events(
         return Err(ApiError::Validation(errors));
     }
     let reader = LogReader::new(&app.db);
-    let after = if after_position == 0 {
-        Checkpoint::ORIGIN
-    } else {
-        reader
-            .checkpoint_of(after_position)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::Validation(vec![FieldError::query(
-                    "after_position",
-                    "after_position must be the position of an event",
-                    "value_error",
-                )])
-            })?
-    };
+    let after = checkpoint_after(&reader, after_position).await?;
     let filter = AuditFilter {
         aggregate_type: query.aggregate_type.map(String::from),
         aggregate_id: query.aggregate_id.map(String::from),

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sparc_domain::memory::{Intent, Memory, MemoryCommand, MemoryEntry};
 use sparc_domain::project::ProjectStatus;
 use sparc_domain::task::TaskStatus;
-use sparc_memory::{Record, Unavailable};
+use sparc_memory::{Hit, Record, Unavailable};
 use sparc_projections::Row;
 use sparc_projections::memories::{Reach, Scope};
 use utoipa::{IntoParams, ToSchema};
@@ -181,6 +181,45 @@ fn parse_intent(raw: &str, field: &str) -> Result<Intent, FieldError> {
     Intent::parse(raw).map_err(|e| FieldError::body(field, e.0, "enum"))
 }
 
+impl StoreMemory {
+    /// The entry's intent and its `additional_metadata` (an object, `{}` by default), or 422
+    /// with every invalid field.
+    fn checked(&self, app: &App) -> Result<(Intent, Value), ApiError> {
+        let mut errors = Vec::new();
+        if self.content.is_empty() {
+            errors.push(FieldError::body(
+                "content",
+                "String should have at least 1 character",
+                "string_too_short",
+            ));
+        }
+        let intent = parse_intent(&self.intent, "intent")
+            .map_err(|e| errors.push(e))
+            .ok();
+        let additional = self
+            .additional_metadata
+            .clone()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        if !additional.is_object() {
+            errors.push(FieldError::body(
+                "additional_metadata",
+                "additional_metadata must be an object",
+                "dict_type",
+            ));
+        } else if let Err(error) = check_free_form(
+            "additional_metadata",
+            &additional,
+            JsonLimits::from_settings(&app.settings),
+        ) {
+            errors.push(error);
+        }
+        let (Some(intent), true) = (intent, errors.is_empty()) else {
+            return Err(ApiError::Validation(errors));
+        };
+        Ok((intent, additional))
+    }
+}
+
 /// Stores an entry: in the Memory MCP server if it is up (`storage: "memory_mcp"`), and in the
 /// log in any case, so the fallback has it (`storage: "fallback"`, `status: "degraded"` and a
 /// warning when the server should have taken it; it is pushed there once it is back).
@@ -196,36 +235,7 @@ async fn store_memory(
     ctx: RequestContext,
     AppJson(body): AppJson<StoreMemory>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    if body.content.is_empty() {
-        errors.push(FieldError::body(
-            "content",
-            "String should have at least 1 character",
-            "string_too_short",
-        ));
-    }
-    let intent = parse_intent(&body.intent, "intent")
-        .map_err(|e| errors.push(e))
-        .ok();
-    let additional = body
-        .additional_metadata
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    if !additional.is_object() {
-        errors.push(FieldError::body(
-            "additional_metadata",
-            "additional_metadata must be an object",
-            "dict_type",
-        ));
-    } else if let Err(error) = check_free_form(
-        "additional_metadata",
-        &additional,
-        JsonLimits::from_settings(&app.settings),
-    ) {
-        errors.push(error);
-    }
-    let (Some(intent), true) = (intent, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
+    let (intent, additional) = body.checked(&app)?;
     let mut owner = user.user_id;
     let mut project_id = body.project_id;
     if let Some(task_id) = body.task_id {
@@ -331,6 +341,80 @@ pub struct SearchAnswer {
     pub warning: Option<String>,
 }
 
+impl SearchMemories {
+    /// The result limit and the intent to narrow to, or 422 with every invalid field.
+    fn checked(&self) -> Result<(i64, Option<Intent>), ApiError> {
+        let mut errors = Vec::new();
+        if self.query.trim().is_empty() {
+            errors.push(FieldError::body(
+                "query",
+                "String should have at least 1 character that is not white space",
+                "string_too_short",
+            ));
+        }
+        let limit = self.limit.unwrap_or(10);
+        if !(1..=50).contains(&limit) {
+            errors.push(FieldError::body(
+                "limit",
+                "limit must be between 1 and 50",
+                "value_error",
+            ));
+        }
+        let intent = self
+            .task_type
+            .as_deref()
+            .map(|raw| parse_intent(raw, "task_type"))
+            .transpose()
+            .map_err(|e| errors.push(e))
+            .ok()
+            .flatten();
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok((limit, intent))
+    }
+}
+
+/// The Memory MCP server's `hits` the caller may see within `scope`, best first, at most
+/// `limit`: each as the log recorded it.
+async fn in_scope(
+    app: &App,
+    hits: Vec<Hit>,
+    scope: &Scope,
+    limit: i64,
+) -> Result<Vec<MemoryResult>, ApiError> {
+    let hits: Vec<_> = hits.into_iter().take(MAX_SERVER_HITS).collect();
+    let ids: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
+    let rows = app
+        .reads
+        .memories(&ids, scope.reach)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut by_id: HashMap<Uuid, Row<Memory>> = rows.into_iter().map(|r| (r.state.id, r)).collect();
+    let mut results: Vec<(MemoryResult, Option<chrono::DateTime<Utc>>)> = hits
+        .iter()
+        .filter_map(|hit| {
+            let row = by_id.remove(&hit.id)?;
+            let entry = row.state.entry.as_ref()?;
+            let in_scope = scope.project_id.is_none_or(|p| entry.project_id == Some(p))
+                && scope.intent.is_none_or(|i| entry.intent == i);
+            let created = row.state.created_at;
+            in_scope.then(|| MemoryResult::of(&row, hit.score).map(|r| (r, created)))?
+        })
+        .collect();
+    // Best first; equal scores, newest first.
+    results.sort_by(|(a, at), (b, bt)| {
+        b.similarity_score
+            .total_cmp(&a.similarity_score)
+            .then(bt.cmp(at))
+    });
+    Ok(results
+        .into_iter()
+        .take(limit as usize)
+        .map(|(r, _)| r)
+        .collect())
+}
+
 /// Searches the caller's entries (admins and auditors: everyone's), best first: through the
 /// Memory MCP server when it is up, else full-text search of the read model (PostgreSQL
 /// `tsvector`, SQLite FTS5), with `similarity_score` in 0..1.
@@ -346,33 +430,7 @@ async fn search_memories(
     AppJson(body): AppJson<SearchMemories>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut errors = Vec::new();
-    if body.query.trim().is_empty() {
-        errors.push(FieldError::body(
-            "query",
-            "String should have at least 1 character that is not white space",
-            "string_too_short",
-        ));
-    }
-    let limit = body.limit.unwrap_or(10);
-    if !(1..=50).contains(&limit) {
-        errors.push(FieldError::body(
-            "limit",
-            "limit must be between 1 and 50",
-            "value_error",
-        ));
-    }
-    let intent = body
-        .task_type
-        .as_deref()
-        .map(|raw| parse_intent(raw, "task_type"))
-        .transpose()
-        .map_err(|e| errors.push(e))
-        .ok()
-        .flatten();
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let (limit, intent) = body.checked()?;
     if let Some(project_id) = body.project_id {
         project(&app, &user, project_id, false).await?;
     }
@@ -383,40 +441,11 @@ async fn search_memories(
     };
     let query = body.query.as_str();
     let (results, source, warning) = match app.memory.search(query, limit as usize).await {
-        Ok(hits) => {
-            let hits: Vec<_> = hits.into_iter().take(MAX_SERVER_HITS).collect();
-            let ids: Vec<Uuid> = hits.iter().map(|h| h.id).collect();
-            let rows = app
-                .reads
-                .memories(&ids, scope.reach)
-                .await
-                .map_err(ApiError::internal)?;
-            let mut by_id: HashMap<Uuid, Row<Memory>> =
-                rows.into_iter().map(|r| (r.state.id, r)).collect();
-            let mut results: Vec<(MemoryResult, Option<chrono::DateTime<Utc>>)> = hits
-                .iter()
-                .filter_map(|hit| {
-                    let row = by_id.remove(&hit.id)?;
-                    let entry = row.state.entry.as_ref()?;
-                    let in_scope = scope.project_id.is_none_or(|p| entry.project_id == Some(p))
-                        && scope.intent.is_none_or(|i| entry.intent == i);
-                    let created = row.state.created_at;
-                    in_scope.then(|| MemoryResult::of(&row, hit.score).map(|r| (r, created)))?
-                })
-                .collect();
-            // Best first; equal scores, newest first.
-            results.sort_by(|(a, at), (b, bt)| {
-                b.similarity_score
-                    .total_cmp(&a.similarity_score)
-                    .then(bt.cmp(at))
-            });
-            let results: Vec<MemoryResult> = results
-                .into_iter()
-                .take(limit as usize)
-                .map(|(r, _)| r)
-                .collect();
-            (results, "memory_mcp", None)
-        }
+        Ok(hits) => (
+            in_scope(&app, hits, &scope, limit).await?,
+            "memory_mcp",
+            None,
+        ),
         Err(why) => {
             let ranked = app
                 .reads
@@ -478,28 +507,13 @@ pub struct TaskMemoryAnswer {
     pub warning: Option<String>,
 }
 
-/// A task's entries (those the caller sees), newest first, and with `include_related` the
-/// other tasks of its project that have entries.
-#[utoipa::path(get, path = "/api/v1/memory/task/{task_id}", tag = "memory",
-    params(("task_id" = Uuid, Path), TaskMemoryQuery),
-    responses((status = 200, body = TaskMemoryAnswer),
-        (status = 403, description = "Another user's task"),
-        (status = 404, description = "Task not found")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
-async fn task_memories(
-    State(app): State<AppState>,
-    user: AuthUser,
-    AppPath(task_id): AppPath<Uuid>,
-    AppQuery(query): AppQuery<TaskMemoryQuery>,
-) -> Result<Response, ApiError> {
-    let task = app
-        .reads
-        .task(task_id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound("Task not found".to_owned()))?;
-    user.ensure_can_read(task.state.user_id)?;
-    let reach = reach(&user);
+/// A task's entries within `reach`, newest first (at most `MAX_TASK_ENTRIES`), their total,
+/// and where they came from: the Memory MCP server, or the fallback with the reason.
+async fn entries_of_task(
+    app: &App,
+    task_id: Uuid,
+    reach: Reach,
+) -> Result<(Vec<Row<Memory>>, i64, &'static str, Option<String>), ApiError> {
     let (mut rows, total, source, warning) = match app.memory.task_entries(task_id).await {
         Ok(ids) => {
             let rows = app
@@ -526,15 +540,51 @@ async fn task_memories(
             .then(b.state.id.cmp(&a.state.id))
     });
     rows.truncate(MAX_TASK_ENTRIES as usize);
+    Ok((rows, total, source, warning))
+}
+
+/// The other tasks of project `project_id` with entries within `reach`, and how many each has.
+async fn related_tasks(
+    app: &App,
+    project_id: Uuid,
+    task_id: Uuid,
+    reach: Reach,
+) -> Result<Vec<RelatedTask>, ApiError> {
+    Ok(app
+        .reads
+        .memories_of_project_tasks(project_id, task_id, reach, MAX_RELATED)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|(task_id, entries)| RelatedTask { task_id, entries })
+        .collect())
+}
+
+/// A task's entries (those the caller sees), newest first, and with `include_related` the
+/// other tasks of its project that have entries.
+#[utoipa::path(get, path = "/api/v1/memory/task/{task_id}", tag = "memory",
+    params(("task_id" = Uuid, Path), TaskMemoryQuery),
+    responses((status = 200, body = TaskMemoryAnswer),
+        (status = 403, description = "Another user's task"),
+        (status = 404, description = "Task not found")), security(("bearer" = [])))]
+#[tracing::instrument(level = "debug", skip_all)]
+async fn task_memories(
+    State(app): State<AppState>,
+    user: AuthUser,
+    AppPath(task_id): AppPath<Uuid>,
+    AppQuery(query): AppQuery<TaskMemoryQuery>,
+) -> Result<Response, ApiError> {
+    let task = app
+        .reads
+        .task(task_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound("Task not found".to_owned()))?;
+    user.ensure_can_read(task.state.user_id)?;
+    let reach = reach(&user);
+    let (rows, total, source, warning) = entries_of_task(&app, task_id, reach).await?;
     let related_tasks = match (query.include_related.unwrap_or(true), task.state.project_id) {
-        (true, Some(project_id)) => app
-            .reads
-            .memories_of_project_tasks(project_id, task_id, reach, MAX_RELATED)
-            .await
-            .map_err(ApiError::internal)?
-            .into_iter()
-            .map(|(task_id, entries)| RelatedTask { task_id, entries })
-            .collect(),
+        (true, Some(project_id)) => related_tasks(&app, project_id, task_id, reach).await?,
         _ => Vec::new(),
     };
     Ok(Json(TaskMemoryAnswer {

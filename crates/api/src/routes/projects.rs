@@ -192,6 +192,43 @@ pub struct ProjectList {
     pub page: PageInfo,
 }
 
+impl ListProjects {
+    /// The list this query asks `user` for, or 422.
+    fn filter(self, user: &AuthUser) -> Result<ProjectQuery, ApiError> {
+        let (limit, offset) = page(self.limit, self.offset, 20, 100)?;
+        let status = parse_query_value("status", self.status.as_deref(), settable_status)?;
+        let (sort, descending) = parse_query_value("sort_by", self.sort_by.as_deref(), |raw| {
+            let (descending, field) = raw.strip_prefix('-').map_or((false, raw), |f| (true, f));
+            PROJECT_SORTS
+                .iter()
+                .find(|(name, _)| *name == field)
+                .map(|&(_, sort)| (sort, descending))
+                .ok_or("sort_by must be one of: created_at, -created_at, name, -name, tasks_count, -tasks_count")
+        })?
+        .unwrap_or((ProjectSort::CreatedAt, true));
+        if self
+            .search
+            .as_ref()
+            .is_some_and(|s| s.chars().count() > 255)
+        {
+            return Err(ApiError::Validation(vec![FieldError::query(
+                "search",
+                "search must be at most 255 characters",
+                "string_too_long",
+            )]));
+        }
+        Ok(ProjectQuery {
+            owner: (!user.role.can_read_all()).then_some(user.user_id),
+            search: self.search,
+            status,
+            sort,
+            descending,
+            limit,
+            offset,
+        })
+    }
+}
+
 /// Lists the caller's projects (everyone's for admins and auditors); deleted ones never.
 #[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(ListProjects),
     responses((status = 200, body = ProjectList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
@@ -201,37 +238,8 @@ async fn list_projects(
     user: AuthUser,
     AppQuery(query): AppQuery<ListProjects>,
 ) -> Result<Response, ApiError> {
-    let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
-    let status = parse_query_value("status", query.status.as_deref(), settable_status)?;
-    let (sort, descending) = parse_query_value("sort_by", query.sort_by.as_deref(), |raw| {
-        let (descending, field) = raw.strip_prefix('-').map_or((false, raw), |f| (true, f));
-        PROJECT_SORTS
-            .iter()
-            .find(|(name, _)| *name == field)
-            .map(|&(_, sort)| (sort, descending))
-            .ok_or("sort_by must be one of: created_at, -created_at, name, -name, tasks_count, -tasks_count")
-    })?
-    .unwrap_or((ProjectSort::CreatedAt, true));
-    if query
-        .search
-        .as_ref()
-        .is_some_and(|s| s.chars().count() > 255)
-    {
-        return Err(ApiError::Validation(vec![FieldError::query(
-            "search",
-            "search must be at most 255 characters",
-            "string_too_long",
-        )]));
-    }
-    let filter = ProjectQuery {
-        owner: (!user.role.can_read_all()).then_some(user.user_id),
-        search: query.search,
-        status,
-        sort,
-        descending,
-        limit,
-        offset,
-    };
+    let filter = query.filter(&user)?;
+    let (limit, offset) = (filter.limit, filter.offset);
     let key = format!("{filter:?}");
     // A project's tasks are its owner's (`ensure_project`), so its task counts move with the
     // owner's part of the tasks read model.

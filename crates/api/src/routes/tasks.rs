@@ -206,6 +206,70 @@ pub struct CreateTask {
     pub catch_up: Option<Text<LISTED_VALUE_MAX>>,
 }
 
+impl CreateTask {
+    /// The new task's id (the client's, or a fresh one) and its `Schedule` command for
+    /// `user_id`; or 422 with every invalid field.
+    fn checked(self, app: &App, user_id: Uuid) -> Result<(Uuid, TaskCommand), ApiError> {
+        let mut errors = Vec::new();
+        let skill_name = SkillName::parse(&self.skill_name)
+            .map_err(|e| errors.push(value_error("skill_name", e.0)))
+            .ok();
+        let schedule = CronSchedule::parse(&self.schedule_cron)
+            .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
+            .ok();
+        if let Some(schedule) = &schedule {
+            check_interval(schedule, app, &mut errors);
+        }
+        let timezone = TimeZoneName::parse(self.timezone.as_deref().unwrap_or("UTC"))
+            .map_err(|e| errors.push(value_error("timezone", e.0)))
+            .ok();
+        let status = TaskStatus::parse(self.status.as_deref().unwrap_or("pending"))
+            .ok()
+            .filter(|s| s.is_settable())
+            .or_else(|| {
+                errors.push(value_error(
+                    "status",
+                    "status must be one of: pending, completed, failed, disabled",
+                ));
+                None
+            });
+        let params = self
+            .params
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        check_params(&params, app, &mut errors);
+        let (timeout_seconds, overlap, catch_up) = run_fields(
+            self.timeout_seconds,
+            self.overlap.as_deref(),
+            self.catch_up.as_deref(),
+            &mut errors,
+        );
+        let run = RunPolicy {
+            timeout_seconds: timeout_seconds.unwrap_or_default(),
+            overlap: overlap.unwrap_or_default(),
+            catch_up: catch_up.unwrap_or_default(),
+        };
+        let (Some(skill_name), Some(schedule_cron), Some(timezone), Some(status), true) =
+            (skill_name, schedule, timezone, status, errors.is_empty())
+        else {
+            return Err(ApiError::Validation(errors));
+        };
+        let task_id = self.id.unwrap_or_else(Uuid::now_v7);
+        let schedule = TaskCommand::Schedule {
+            task_id,
+            user_id,
+            skill_name,
+            schedule_cron,
+            timezone,
+            params,
+            status,
+            project_id: self.project_id,
+            run,
+            at: Utc::now(),
+        };
+        Ok((task_id, schedule))
+    }
+}
+
 /// Schedules a task. Honours `Idempotency-Key`. A user may have at most
 /// `SPARC_MAX_TASKS_PER_USER` (default 1,000) tasks that are not deleted.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
@@ -222,50 +286,9 @@ async fn create_task(
     headers: HeaderMap,
     AppJson(body): AppJson<CreateTask>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    let skill_name = SkillName::parse(&body.skill_name)
-        .map_err(|e| errors.push(value_error("skill_name", e.0)))
-        .ok();
-    let schedule = CronSchedule::parse(&body.schedule_cron)
-        .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
-        .ok();
-    if let Some(schedule) = &schedule {
-        check_interval(schedule, &app, &mut errors);
-    }
-    let timezone = TimeZoneName::parse(body.timezone.as_deref().unwrap_or("UTC"))
-        .map_err(|e| errors.push(value_error("timezone", e.0)))
-        .ok();
-    let status = TaskStatus::parse(body.status.as_deref().unwrap_or("pending"))
-        .ok()
-        .filter(|s| s.is_settable())
-        .or_else(|| {
-            errors.push(value_error(
-                "status",
-                "status must be one of: pending, completed, failed, disabled",
-            ));
-            None
-        });
-    let params = body
-        .params
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    check_params(&params, &app, &mut errors);
-    let (timeout_seconds, overlap, catch_up) = run_fields(
-        body.timeout_seconds,
-        body.overlap.as_deref(),
-        body.catch_up.as_deref(),
-        &mut errors,
-    );
-    let run = RunPolicy {
-        timeout_seconds: timeout_seconds.unwrap_or_default(),
-        overlap: overlap.unwrap_or_default(),
-        catch_up: catch_up.unwrap_or_default(),
-    };
-    let (Some(skill_name), Some(schedule_cron), Some(timezone), Some(status), true) =
-        (skill_name, schedule, timezone, status, errors.is_empty())
-    else {
-        return Err(ApiError::Validation(errors));
-    };
-    if let Some(project_id) = body.project_id {
+    let project_id = body.project_id;
+    let (task_id, schedule) = body.checked(&app, user.user_id)?;
+    if let Some(project_id) = project_id {
         // The project may have just been created.
         app.answered_creates_visible(Some(user.user_id)).await?;
         ensure_project(&app, &user, user.user_id, project_id).await?;
@@ -280,24 +303,8 @@ async fn create_task(
                 // Inside the idempotent run: a repeated request gets its first answer back
                 // even when that create filled the quota.
                 quotas::ensure_below(&app, Quota::Tasks, user.user_id).await?;
-                let task_id = body.id.unwrap_or_else(Uuid::now_v7);
                 let outcome = app
-                    .create::<Task>(
-                        task_id,
-                        TaskCommand::Schedule {
-                            task_id,
-                            user_id: user.user_id,
-                            skill_name,
-                            schedule_cron,
-                            timezone,
-                            params,
-                            status,
-                            project_id: body.project_id,
-                            run,
-                            at: Utc::now(),
-                        },
-                        &ctx.metadata(user.user_id.to_string()),
-                    )
+                    .create::<Task>(task_id, schedule, &ctx.metadata(user.user_id.to_string()))
                     .await?
                     .answered(&app);
                 let resource = TaskResource::new(&outcome.state, outcome.version as i64);
@@ -498,6 +505,56 @@ pub struct UpdateTask {
     pub catch_up: Option<Text<LISTED_VALUE_MAX>>,
 }
 
+impl UpdateTask {
+    /// The changes asked for, or 422 with every invalid field.
+    fn checked(&self, app: &App) -> Result<TaskChanges, ApiError> {
+        let mut errors = Vec::new();
+        let (timeout_seconds, overlap, catch_up) = run_fields(
+            self.timeout_seconds,
+            self.overlap.as_deref(),
+            self.catch_up.as_deref(),
+            &mut errors,
+        );
+        let changes = TaskChanges {
+            schedule_cron: self.schedule_cron.as_deref().and_then(|raw| {
+                CronSchedule::parse(raw)
+                    .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
+                    .ok()
+                    .inspect(|schedule| check_interval(schedule, app, &mut errors))
+            }),
+            timezone: self.timezone.as_deref().and_then(|raw| {
+                TimeZoneName::parse(raw)
+                    .map_err(|e| errors.push(value_error("timezone", e.0)))
+                    .ok()
+            }),
+            params: self.params.clone(),
+            status: self.status.as_deref().and_then(|raw| {
+                TaskStatus::parse(raw)
+                    .ok()
+                    .filter(|s| s.is_settable())
+                    .or_else(|| {
+                        errors.push(value_error(
+                            "status",
+                            "status must be one of: pending, completed, failed, disabled",
+                        ));
+                        None
+                    })
+            }),
+            project_id: self.project_id,
+            timeout_seconds,
+            overlap,
+            catch_up,
+        };
+        if let Some(params) = &self.params {
+            check_params(params, app, &mut errors);
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(changes)
+    }
+}
+
 /// Changes a task; honours `If-Match`. A cron or time-zone change recomputes `next_run_at`.
 #[utoipa::path(method(put, patch), path = "/api/v1/tasks/{id}", tag = "tasks", request_body = UpdateTask,
     params(("id" = Uuid, Path), IfMatch),
@@ -517,49 +574,7 @@ async fn update_task(
 ) -> Result<Response, ApiError> {
     let expected = if_match(&headers)?;
     let row = task_for(&app, &user, id, true).await?;
-    let mut errors = Vec::new();
-    let (timeout_seconds, overlap, catch_up) = run_fields(
-        body.timeout_seconds,
-        body.overlap.as_deref(),
-        body.catch_up.as_deref(),
-        &mut errors,
-    );
-    let changes = TaskChanges {
-        schedule_cron: body.schedule_cron.as_deref().and_then(|raw| {
-            CronSchedule::parse(raw)
-                .map_err(|e| errors.push(value_error("schedule_cron", e.0)))
-                .ok()
-                .inspect(|schedule| check_interval(schedule, &app, &mut errors))
-        }),
-        timezone: body.timezone.as_deref().and_then(|raw| {
-            TimeZoneName::parse(raw)
-                .map_err(|e| errors.push(value_error("timezone", e.0)))
-                .ok()
-        }),
-        params: body.params.clone(),
-        status: body.status.as_deref().and_then(|raw| {
-            TaskStatus::parse(raw)
-                .ok()
-                .filter(|s| s.is_settable())
-                .or_else(|| {
-                    errors.push(value_error(
-                        "status",
-                        "status must be one of: pending, completed, failed, disabled",
-                    ));
-                    None
-                })
-        }),
-        project_id: body.project_id,
-        timeout_seconds,
-        overlap,
-        catch_up,
-    };
-    if let Some(params) = &body.params {
-        check_params(params, &app, &mut errors);
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    let changes = body.checked(&app)?;
     if let Some(Some(project_id)) = changes.project_id {
         ensure_project(&app, &user, row.state.user_id, project_id).await?;
     }
