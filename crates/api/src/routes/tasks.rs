@@ -391,7 +391,7 @@ async fn list_tasks(
         limit,
         offset,
     };
-    let key = format!("{filter:?}");
+    let key = crate::pages::ListKey::Tasks(&filter);
     let view = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
     cached_list(&app, &[&view], key, async {
         let (rows, total) = sparc_projections::tasks::list(&app.db, &filter)
