@@ -48,7 +48,7 @@ impl Indexed for Agent {
 }
 
 /// What the agent list asks for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct AgentQuery {
     /// Only this type.
     pub agent_type: Option<AgentType>,

@@ -19,7 +19,7 @@
 //! [`catalog`] lists the read models by name; [`rebuild`] replays one into a shadow table and
 //! swaps it in without downtime, or compares a live one with a fresh replay.
 //!
-//! [`cache_key`] gives the in-memory caches of list answers and totals keys of one size,
+//! [`cache_key`] gives the in-memory cache of list answers keys of one size,
 //! whatever text their filters carry.
 //!
 //! [`outbox`] carries the changes of the published read models to the `outbox` table.

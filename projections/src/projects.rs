@@ -48,7 +48,7 @@ impl Indexed for Project {
 }
 
 /// The orders the project list offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ProjectSort {
     /// By creation time.
     #[default]
@@ -60,7 +60,7 @@ pub enum ProjectSort {
 }
 
 /// What the project list asks for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ProjectQuery {
     /// Only this owner's (`None`: everyone's).
     pub owner: Option<Uuid>,

@@ -48,7 +48,7 @@ impl Indexed for Task {
 }
 
 /// The orders the task list offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TaskSort {
     /// By creation time (the default).
     #[default]
@@ -62,7 +62,7 @@ pub enum TaskSort {
 }
 
 /// What the task list asks for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TaskQuery {
     /// Only this owner's tasks (`None`: everyone's, for admins and auditors).
     pub owner: Option<Uuid>,

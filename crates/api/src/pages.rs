@@ -4,32 +4,50 @@
 //! owners' lists standing). With no generation (not following change notices) nothing is kept
 //! and every list is read from the database.
 //!
-//! A list's key is its filters, which carry the client's text, so each is kept as a
-//! [`CacheKey`] (16 bytes whatever the filter), and every entry is charged its key and
-//! bookkeeping as well as its body against the budget: many small answers to long filters
-//! cannot grow the cache past it.
+//! A list's key is its filters ([`ListKey`]), which carry the client's text, so each is kept as
+//! a [`CacheKey`] (16 bytes whatever the filter), and every entry is charged its key and
+//! bookkeeping as well as its body against a byte budget. The entries live in a
+//! [`moka`] cache, which evicts the least useful ones past that budget and forgets those
+//! nobody has asked for in a while.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use sparc_projections::CacheKey;
+use sparc_projections::agents::AgentQuery;
+use sparc_projections::projects::ProjectQuery;
+use sparc_projections::tasks::TaskQuery;
 use sparc_store::Generations;
 
-/// Bytes of answers kept at most, keys and bookkeeping included (all are forgotten when the
-/// next would pass it).
-const BYTES_KEPT: usize = 64 << 20;
+/// Bytes of answers kept at most, keys and bookkeeping included.
+const BYTES_KEPT: u64 = 64 << 20;
 
 /// What an entry costs besides its body: its key, its generation, the body's handle and the
-/// map's own share of a slot, rounded up.
-const ENTRY_OVERHEAD: usize = 96;
+/// cache's own bookkeeping, rounded up.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// How long an answer nobody asks for is kept: one whose view has moved on is never served
+/// again, and one for a filter nobody repeats only takes room.
+const IDLE_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// The list an answer belongs to, with everything its filter says (the caller's scope
+/// included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKey<'a> {
+    /// `GET /api/v1/tasks`.
+    Tasks(&'a TaskQuery),
+    /// `GET /api/v1/projects`.
+    Projects(&'a ProjectQuery),
+    /// `GET /api/v1/agents`.
+    Agents(&'a AgentQuery),
+}
 
 /// The cache; see the module documentation.
 #[derive(Debug)]
 pub struct PageCache {
     generations: Generations,
-    budget: usize,
-    pages: Mutex<Pages>,
+    /// Each answer with the generation it was read at.
+    pages: moka::sync::Cache<CacheKey, (u64, Bytes)>,
 }
 
 impl Default for PageCache {
@@ -38,15 +56,9 @@ impl Default for PageCache {
     }
 }
 
-#[derive(Debug, Default)]
-struct Pages {
-    by_key: HashMap<CacheKey, (u64, Bytes)>,
-    bytes: usize,
-}
-
 /// What keeping `body` costs the budget.
-fn cost(body: &Bytes) -> usize {
-    body.len() + ENTRY_OVERHEAD
+fn cost(body: &Bytes) -> u32 {
+    u32::try_from(body.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 impl PageCache {
@@ -56,11 +68,14 @@ impl PageCache {
     }
 
     /// [`PageCache::new`] keeping at most `budget` bytes.
-    fn with_budget(generations: Generations, budget: usize) -> Self {
+    fn with_budget(generations: Generations, budget: u64) -> Self {
         Self {
             generations,
-            budget,
-            pages: Mutex::default(),
+            pages: moka::sync::Cache::builder()
+                .max_capacity(budget)
+                .weigher(|_, (_, body): &(u64, Bytes)| cost(body))
+                .time_to_idle(IDLE_FOR)
+                .build(),
         }
     }
 
@@ -80,35 +95,23 @@ impl PageCache {
     }
 
     /// The answer kept under `key` at `generation`, if any.
-    pub fn get(&self, key: impl AsRef<str>, generation: u64) -> Option<Bytes> {
-        let key = CacheKey::of(key.as_ref());
-        let pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        pages
-            .by_key
-            .get(&key)
+    pub fn get(&self, key: ListKey<'_>, generation: u64) -> Option<Bytes> {
+        self.pages
+            .get(&CacheKey::of(&key))
             .filter(|(at, _)| *at == generation)
-            .map(|(_, body)| body.clone())
+            .map(|(_, body)| body)
     }
 
     /// Keeps `body` under `key`, read at `generation`.
-    pub fn put(&self, key: impl AsRef<str>, generation: u64, body: Bytes) {
-        let key = CacheKey::of(key.as_ref());
-        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        if pages.bytes + cost(&body) > self.budget {
-            pages.by_key.clear();
-            pages.bytes = 0;
-        }
-        pages.bytes += cost(&body);
-        if let Some((_, old)) = pages.by_key.insert(key, (generation, body)) {
-            pages.bytes -= cost(&old);
-        }
+    pub fn put(&self, key: ListKey<'_>, generation: u64, body: Bytes) {
+        self.pages.insert(CacheKey::of(&key), (generation, body));
     }
 
     /// Entries kept and the bytes they are charged.
     #[cfg(test)]
-    fn usage(&self) -> (usize, usize) {
-        let pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        (pages.by_key.len(), pages.bytes)
+    fn usage(&self) -> (u64, u64) {
+        self.pages.run_pending_tasks();
+        (self.pages.entry_count(), self.pages.weighted_size())
     }
 }
 
@@ -116,23 +119,58 @@ impl PageCache {
 mod tests {
     use super::*;
 
+    fn skill(name: String) -> TaskQuery {
+        TaskQuery {
+            skill_name: Some(name),
+            ..TaskQuery::default()
+        }
+    }
+
+    const OVERHEAD: u64 = ENTRY_OVERHEAD as u64;
+
     #[test]
     fn a_long_filter_costs_no_more_than_a_short_one() {
         let cache = PageCache::with_budget(Generations::default(), 1 << 20);
-        let long = format!("TaskQuery {{ skill_name: {:?} }}", "x".repeat(100_000));
-        cache.put(&long, 1, Bytes::from_static(b"[]"));
-        assert_eq!(cache.usage(), (1, 2 + ENTRY_OVERHEAD));
-        assert_eq!(cache.get(&long, 1), Some(Bytes::from_static(b"[]")));
-        assert_eq!(cache.get(&long, 2), None, "another generation");
-        assert_eq!(cache.get("TaskQuery { skill_name: \"x\" }", 1), None);
+        let long = skill("x".repeat(100_000));
+        cache.put(ListKey::Tasks(&long), 1, Bytes::from_static(b"[]"));
+        assert_eq!(cache.usage(), (1, 2 + OVERHEAD));
+        assert_eq!(
+            cache.get(ListKey::Tasks(&long), 1),
+            Some(Bytes::from_static(b"[]"))
+        );
+        assert_eq!(
+            cache.get(ListKey::Tasks(&long), 2),
+            None,
+            "another generation"
+        );
+        assert_eq!(cache.get(ListKey::Tasks(&skill("x".into())), 1), None);
+    }
+
+    #[test]
+    fn lists_with_the_same_filter_values_are_kept_apart() {
+        let cache = PageCache::with_budget(Generations::default(), 1 << 20);
+        cache.put(
+            ListKey::Projects(&ProjectQuery::default()),
+            1,
+            Bytes::from_static(b"projects"),
+        );
+        assert_eq!(cache.get(ListKey::Agents(&AgentQuery::default()), 1), None);
+        assert_eq!(
+            cache.get(ListKey::Projects(&ProjectQuery::default()), 1),
+            Some(Bytes::from_static(b"projects"))
+        );
     }
 
     #[test]
     fn keys_count_in_the_budget_so_empty_answers_cannot_grow_it_without_bound() {
-        let budget = 10 * ENTRY_OVERHEAD;
+        let budget = 10 * OVERHEAD;
         let cache = PageCache::with_budget(Generations::default(), budget);
         for i in 0..1000 {
-            cache.put(format!("filter {i}"), 1, Bytes::new());
+            cache.put(
+                ListKey::Tasks(&skill(format!("filter {i}"))),
+                1,
+                Bytes::new(),
+            );
             let (entries, bytes) = cache.usage();
             assert!(
                 bytes <= budget && entries <= 10,
@@ -144,8 +182,9 @@ mod tests {
     #[test]
     fn replacing_an_entry_charges_only_the_new_body() {
         let cache = PageCache::with_budget(Generations::default(), 1 << 20);
-        cache.put("k", 1, Bytes::from_static(b"old answer"));
-        cache.put("k", 2, Bytes::from_static(b"new"));
-        assert_eq!(cache.usage(), (1, 3 + ENTRY_OVERHEAD));
+        let key = skill("k".into());
+        cache.put(ListKey::Tasks(&key), 1, Bytes::from_static(b"old answer"));
+        cache.put(ListKey::Tasks(&key), 2, Bytes::from_static(b"new"));
+        assert_eq!(cache.usage(), (1, 3 + OVERHEAD));
     }
 }

@@ -1,8 +1,6 @@
 //! Value types that parse their input: once constructed they are valid, so aggregates and
 //! projections never re-check them. Parse errors carry a message safe to show to users.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -82,11 +80,17 @@ impl SkillName {
     }
 }
 
-string_value!(
-    /// A standard 5-field cron expression (minute hour day-of-month month day-of-week), with
-    /// ranges, lists, steps and names such as `MON`.
-    CronSchedule
-);
+/// A standard 5-field cron expression (minute hour day-of-month month day-of-week), with
+/// ranges, lists, steps and names such as `MON`.
+///
+/// The expression is parsed once, when the value is made or deserialized, and the parsed
+/// schedule is kept beside its text (shared by clones) for every next run time asked of it.
+/// Equality, order, hashing and serialization are those of the text.
+#[derive(Clone)]
+pub struct CronSchedule {
+    text: String,
+    parsed: Arc<croner::Cron>,
+}
 
 impl CronSchedule {
     /// Parses and validates a 5-field cron expression.
@@ -97,17 +101,27 @@ impl CronSchedule {
                 "schedule_cron must be a 5-field cron expression (minute hour day-of-month month day-of-week)",
             ));
         }
-        let normalized = trimmed.split_whitespace().collect::<Vec<_>>().join(" ");
-        parsed_cron(&normalized).map_err(|e| invalid(format!("invalid cron expression: {e}")))?;
-        Ok(Self(normalized))
+        let text = trimmed.split_whitespace().collect::<Vec<_>>().join(" ");
+        let parsed = croner::Cron::new(&text)
+            .parse()
+            .map_err(|e| invalid(format!("invalid cron expression: {e}")))?;
+        Ok(Self {
+            text,
+            parsed: Arc::new(parsed),
+        })
+    }
+
+    /// The value as text.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The first time strictly after `after` at which the schedule fires in `zone`, in UTC.
     /// `None` only for expressions that can never fire (such as 31 February).
     pub fn next_after(&self, after: Timestamp, zone: &TimeZoneName) -> Option<Timestamp> {
-        let cron = parsed_cron(&self.0).ok()?;
         let local = after.with_timezone(&zone.tz());
-        cron.find_next_occurrence(&local, false)
+        self.parsed
+            .find_next_occurrence(&local, false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
@@ -121,8 +135,7 @@ impl CronSchedule {
     /// first of the next, the firing days taken from [`CALENDAR_CYCLE_DAYS`] of the calendar.
     /// A 5-field expression fires at whole minutes, so never less than a minute apart.
     pub fn shortest_interval(&self) -> Option<chrono::Duration> {
-        let cron = parsed_cron(&self.0).ok()?;
-        let pattern = &cron.pattern;
+        let pattern = &self.parsed.pattern;
         let minutes_of_day: Vec<i64> = (0..24u32)
             .filter(|&h| pattern.hour_match(h).unwrap_or(false))
             .flat_map(|h| {
@@ -136,7 +149,8 @@ impl CronSchedule {
             .windows(2)
             .map(|pair| pair[1] - pair[0])
             .min();
-        let across_days = closest_firing_days(&cron).map(|days| days * 24 * 60 - last + first);
+        let across_days =
+            closest_firing_days(&self.parsed).map(|days| days * 24 * 60 - last + first);
         let shortest = match (within_a_day, across_days) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
@@ -178,28 +192,55 @@ fn closest_firing_days(cron: &croner::Cron) -> Option<i64> {
     closest
 }
 
-/// Distinct cron expressions each thread keeps parsed (all are dropped when it is full).
-const PARSED_CRONS_KEPT: usize = 1024;
-
-/// `expression` parsed, from this thread's cache when it was parsed before: tasks share few
-/// distinct schedules, and parsing one was the costliest step of folding a task's events
-/// (every fold of a stored schedule validates it, and every next run time needs it).
-fn parsed_cron(expression: &str) -> Result<Arc<croner::Cron>, croner::errors::CronError> {
-    thread_local! {
-        static PARSED: RefCell<HashMap<String, Arc<croner::Cron>>> = RefCell::default();
+impl fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CronSchedule").field(&self.text).finish()
     }
-    PARSED.with(|parsed| {
-        if let Some(cron) = parsed.borrow().get(expression) {
-            return Ok(Arc::clone(cron));
-        }
-        let cron = Arc::new(croner::Cron::new(expression).parse()?);
-        let mut parsed = parsed.borrow_mut();
-        if parsed.len() >= PARSED_CRONS_KEPT {
-            parsed.clear();
-        }
-        parsed.insert(expression.to_owned(), Arc::clone(&cron));
-        Ok(cron)
-    })
+}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for CronSchedule {}
+
+impl std::hash::Hash for CronSchedule {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl PartialOrd for CronSchedule {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CronSchedule {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl Serialize for CronSchedule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An IANA time zone name such as `Europe/Berlin`; `UTC` by default.

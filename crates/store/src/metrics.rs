@@ -1,9 +1,14 @@
 //! What this process's command bus did, for `/metrics`: commands by aggregate, command and
 //! outcome, and the events they recorded by aggregate and event type. Counters only grow and
-//! count this process alone (Prometheus sums instances).
+//! count this bus alone (Prometheus sums instances); [`CommandMetrics::register`] adds them to
+//! the registry a scrape encodes.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::fmt::{self, Write};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,16 +41,32 @@ impl CommandOutcome {
     }
 }
 
-/// `(aggregate type, command, outcome)` → commands.
-pub type CommandCounts = Vec<((&'static str, &'static str, CommandOutcome), u64)>;
-/// `(aggregate type, event type)` → events.
-pub type EventCounts = Vec<((&'static str, String), u64)>;
+impl EncodeLabelValue for CommandOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// The labels of `sparc_commands_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CommandLabels {
+    aggregate: &'static str,
+    command: &'static str,
+    outcome: CommandOutcome,
+}
+
+/// The labels of `sparc_events_recorded_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    aggregate: &'static str,
+    event_type: String,
+}
 
 /// The counters; cheap to update from many tasks.
 #[derive(Debug, Default)]
 pub struct CommandMetrics {
-    commands: Mutex<HashMap<(&'static str, &'static str, CommandOutcome), u64>>,
-    events: Mutex<HashMap<(&'static str, String), u64>>,
+    commands: Family<CommandLabels, Counter>,
+    events: Family<EventLabels, Counter>,
 }
 
 impl CommandMetrics {
@@ -56,8 +77,13 @@ impl CommandMetrics {
         command: &'static str,
         outcome: CommandOutcome,
     ) {
-        let mut commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        *commands.entry((aggregate, command, outcome)).or_default() += 1;
+        self.commands
+            .get_or_create(&CommandLabels {
+                aggregate,
+                command,
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts recorded events of an `aggregate`, by type.
@@ -66,32 +92,36 @@ impl CommandMetrics {
         aggregate: &'static str,
         event_types: impl IntoIterator<Item = String>,
     ) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         for event_type in event_types {
-            *events.entry((aggregate, event_type)).or_default() += 1;
+            self.events
+                .get_or_create(&EventLabels {
+                    aggregate,
+                    event_type,
+                })
+                .inc();
         }
     }
 
-    /// The command counters, sorted.
-    pub fn commands(&self) -> CommandCounts {
-        let commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
-        let mut counts: CommandCounts = commands.iter().map(|(k, v)| (*k, *v)).collect();
-        counts.sort();
-        counts
-    }
-
-    /// The event counters, sorted.
-    pub fn events(&self) -> EventCounts {
-        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let mut counts: EventCounts = events.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        counts.sort();
-        counts
+    /// Adds `sparc_commands_total` and `sparc_events_recorded_total` to `registry` (the same
+    /// counters, not copies).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sparc_commands",
+            "Commands this instance ran, by aggregate, command and outcome",
+            self.commands.clone(),
+        );
+        registry.register(
+            "sparc_events_recorded",
+            "Events this instance's commands recorded, by aggregate and event type",
+            self.events.clone(),
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::prometheus_text::encode;
 
     #[test]
     fn counters_add_up_by_label() {
@@ -100,16 +130,21 @@ mod tests {
         metrics.count_command("Task", "Schedule", CommandOutcome::Committed);
         metrics.count_command("Task", "Delete", CommandOutcome::Rejected);
         metrics.count_events("Task", ["TaskScheduled".to_owned(), "TaskScheduled".into()]);
-        assert_eq!(
-            metrics.commands(),
-            vec![
-                (("Task", "Delete", CommandOutcome::Rejected), 1),
-                (("Task", "Schedule", CommandOutcome::Committed), 2),
-            ]
-        );
-        assert_eq!(
-            metrics.events(),
-            vec![(("Task", "TaskScheduled".into()), 2)]
-        );
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("a String takes any text");
+        for sample in [
+            r#"sparc_commands_total{aggregate="Task",command="Schedule",outcome="committed"} 2"#,
+            r#"sparc_commands_total{aggregate="Task",command="Delete",outcome="rejected"} 1"#,
+            r#"sparc_events_recorded_total{aggregate="Task",event_type="TaskScheduled"} 2"#,
+            "# TYPE sparc_commands_total counter",
+            "# HELP sparc_events_recorded_total Events this instance's commands recorded, by aggregate and event type.",
+        ] {
+            assert!(
+                text.lines().any(|line| line == sample),
+                "{sample} in:\n{text}"
+            );
+        }
     }
 }

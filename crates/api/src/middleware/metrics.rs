@@ -1,113 +1,79 @@
 //! HTTP traffic metrics for `GET /metrics`: a request counter and a latency histogram per
-//! method, route and status, rendered in the Prometheus text format by [`HttpMetrics::render`].
+//! method, route and status, which [`HttpMetrics::register`] adds to the registry a scrape
+//! encodes.
 //!
 //! The route label is the matched route template (`/api/v1/tasks/{id}`), never the raw path, so
 //! ids cannot blow up the number of series; requests that match no route count as `unmatched`,
-//! and methods outside the usual set as `other`. One registry per router (not a process global),
-//! so several services in one process (tests) keep separate counts.
+//! and methods outside the usual set as `other`. One set of counters per router (not a process
+//! global), so several services in one process (tests) keep separate counts.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// `(method, route, status)`.
-type SeriesKey = (&'static str, String, u16);
-
-#[derive(Debug, Default, Clone)]
-struct Series {
-    count: u64,
-    sum_seconds: f64,
-    /// Per bucket, the requests at or under its bound (not cumulative; rendering sums them).
-    buckets: [u64; BUCKETS.len()],
+/// The labels of both HTTP series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
 }
 
 /// The HTTP series of one router.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HttpMetrics {
-    series: Mutex<BTreeMap<SeriesKey, Series>>,
+    requests: Family<HttpLabels, Counter>,
+    durations: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+        }
+    }
 }
 
 impl HttpMetrics {
     fn observe(&self, method: &'static str, route: String, status: u16, seconds: f64) {
-        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = series.entry((method, route, status)).or_default();
-        entry.count += 1;
-        entry.sum_seconds += seconds;
-        if let Some(bucket) = BUCKETS.iter().position(|&bound| seconds <= bound) {
-            entry.buckets[bucket] += 1;
-        }
-    }
-
-    /// Appends `sparc_http_requests_total` and `sparc_http_request_duration_seconds` in the
-    /// Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        let series = self
-            .series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let labels = |(method, route, status): &SeriesKey| {
-            format!(
-                "method=\"{method}\",route=\"{}\",status=\"{status}\"",
-                escape_label(route)
-            )
+        let labels = HttpLabels {
+            method,
+            route,
+            status,
         };
-        let _ = writeln!(
-            out,
-            "# HELP sparc_http_requests_total HTTP requests answered, by method, route and status.\n\
-             # TYPE sparc_http_requests_total counter"
-        );
-        for (key, s) in &series {
-            let _ = writeln!(
-                out,
-                "sparc_http_requests_total{{{}}} {}",
-                labels(key),
-                s.count
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sparc_http_request_duration_seconds Time to answer HTTP requests, by method, route and status.\n\
-             # TYPE sparc_http_request_duration_seconds histogram"
-        );
-        for (key, s) in &series {
-            let labels = labels(key);
-            let mut cumulative = 0;
-            for (bound, count) in BUCKETS.iter().zip(s.buckets) {
-                cumulative += count;
-                let _ = writeln!(
-                    out,
-                    "sparc_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "sparc_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
-                 sparc_http_request_duration_seconds_sum{{{labels}}} {}\n\
-                 sparc_http_request_duration_seconds_count{{{labels}}} {}",
-                s.count, s.sum_seconds, s.count
-            );
-        }
+        self.requests.get_or_create(&labels).inc();
+        self.durations.get_or_create(&labels).observe(seconds);
     }
-}
 
-/// Escapes a Prometheus label value (`\`, `"` and newlines).
-pub fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    /// Adds `sparc_http_requests_total` and `sparc_http_request_duration_seconds` to
+    /// `registry` (the same series, not copies).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sparc_http_requests",
+            "HTTP requests answered, by method, route and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "sparc_http_request_duration_seconds",
+            "Time to answer HTTP requests, by method, route and status",
+            self.durations.clone(),
+        );
+    }
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -171,8 +137,11 @@ mod tests {
                 .expect("valid");
             app.clone().oneshot(request).await.expect("infallible");
         }
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
         let mut out = String::new();
-        metrics.render(&mut out);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("a String takes any text");
         assert!(
             out.contains(
                 r#"sparc_http_requests_total{method="GET",route="/tasks/{id}",status="200"} 2"#
@@ -190,10 +159,5 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("/tasks/1"), "{out}");
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

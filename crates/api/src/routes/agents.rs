@@ -154,7 +154,7 @@ async fn list_agents(
         limit,
         offset,
     };
-    let key = format!("{filter:?}");
+    let key = crate::pages::ListKey::Agents(&filter);
     cached_list(&app, &[<Agent as Indexed>::TABLE], key, async {
         let (rows, total) = app
             .reads

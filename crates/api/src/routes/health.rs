@@ -1,12 +1,19 @@
 //! Health, readiness and liveness (no auth), Prometheus metrics, and the OpenAPI document.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{SecondsFormat, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{Atomic, ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sparc_projections::ProjectionError;
 use sparc_projections::status::ProjectionStatus;
@@ -15,7 +22,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::middleware::metrics::{HttpMetrics, escape_label};
+use crate::error::ApiError;
+use crate::middleware::metrics::HttpMetrics;
 use crate::routes::admin::ConsumerStatus;
 use crate::state::AppState;
 
@@ -259,6 +267,11 @@ async fn liveness() -> Json<Alive> {
 /// status), this instance's commands (by aggregate, command and outcome) and the events they
 /// recorded (by aggregate and type), the log's size, each projection's position and lag,
 /// WebSocket connections and messages, and the Memory MCP circuit breaker.
+///
+/// Each scrape encodes a registry of its own: the instance's counters (the router's HTTP
+/// series, the command bus's counts) registered as they are, beside gauges and counters set
+/// from the facts read for this scrape. Nothing is process-global, so services sharing a
+/// process (tests) never mix their counts.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 #[tracing::instrument(level = "debug", skip_all)]
@@ -266,231 +279,235 @@ async fn metrics(
     axum::extract::State(app): axum::extract::State<AppState>,
     http: Option<Extension<Arc<HttpMetrics>>>,
 ) -> Response {
-    let mut out = String::new();
+    let mut registry = Registry::default();
     if let Some(Extension(http)) = http {
-        http.render(&mut out);
+        http.register(&mut registry);
     }
-    let commands = app.commands.metrics();
-    counter(
-        &mut out,
-        "sparc_commands_total",
-        "Commands this instance ran, by aggregate, command and outcome.",
-        &commands
-            .commands()
-            .into_iter()
-            .map(|((aggregate, command, outcome), count)| {
-                let labels = format!(
-                    "{{aggregate=\"{aggregate}\",command=\"{}\",outcome=\"{}\"}}",
-                    escape_label(command),
-                    outcome.as_str()
-                );
-                (labels, count as f64)
-            })
-            .collect::<Vec<_>>(),
-    );
-    counter(
-        &mut out,
-        "sparc_events_recorded_total",
-        "Events this instance's commands recorded, by aggregate and event type.",
-        &commands
-            .events()
-            .into_iter()
-            .map(|((aggregate, event_type), count)| {
-                let labels = format!(
-                    "{{aggregate=\"{aggregate}\",event_type=\"{}\"}}",
-                    escape_label(&event_type)
-                );
-                (labels, count as f64)
-            })
-            .collect::<Vec<_>>(),
-    );
+    app.commands.metrics().register(&mut registry);
     match app.health_facts.log(&app).await {
         Ok(stats) => {
-            gauge(
-                &mut out,
+            registry.register(
                 "sparc_log_events",
-                "Events in the log.",
-                &[(String::new(), stats.events as f64)],
+                "Events in the log",
+                ConstGauge::new(stats.events),
             );
-            gauge(
-                &mut out,
+            registry.register(
                 "sparc_log_last_position",
-                "Global position of the newest event.",
-                &[(String::new(), stats.last_position as f64)],
+                "Global position of the newest event",
+                ConstGauge::new(stats.last_position),
             );
         }
         Err(error) => tracing::warn!(%error, "log statistics unavailable for /metrics"),
     }
     match app.health_facts.statuses(&app).await {
-        Ok(statuses) => {
-            let label = |name: &str| format!("{{projection=\"{}\"}}", escape_label(name));
-            let series = |value: fn(&ProjectionStatus) -> f64| {
-                statuses
-                    .iter()
-                    .map(|s| (label(&s.name), value(s)))
-                    .collect::<Vec<_>>()
-            };
-            gauge(
-                &mut out,
-                "sparc_projection_position",
-                "Global position of the last event a projection applied.",
-                &series(|s| s.position as f64),
-            );
-            gauge(
-                &mut out,
-                "sparc_projection_lag_events",
-                "Committed events a projection has not applied yet.",
-                &series(|s| s.lag_events as f64),
-            );
-            gauge(
-                &mut out,
-                "sparc_projection_lag_seconds",
-                "Age of the oldest event a projection has not applied yet.",
-                &series(|s| s.lag_seconds),
-            );
-            gauge(
-                &mut out,
-                "sparc_projection_parked_events",
-                "Events a consumer of the log could not apply and parked.",
-                &series(|s| s.parked as f64),
-            );
-            let statuses_by_state: Vec<(String, f64)> = statuses
-                .iter()
-                .flat_map(|s| {
-                    ["live", "rebuilding", "degraded", "stalled"].map(|state| {
-                        let labels = format!(
-                            "{{projection=\"{}\",status=\"{state}\"}}",
-                            escape_label(&s.name)
-                        );
-                        (labels, f64::from(u8::from(s.status == state)))
-                    })
-                })
-                .collect();
-            gauge(
-                &mut out,
-                "sparc_projection_status",
-                "1 for a consumer's current status (live, rebuilding, degraded, stalled), else 0.",
-                &statuses_by_state,
-            );
-        }
+        Ok(statuses) => projection_metrics(&mut registry, &statuses),
         Err(error) => tracing::warn!(%error, "projection status unavailable for /metrics"),
     }
-    gauge(
-        &mut out,
+    registry.register(
         "sparc_websocket_connections",
-        "Open WebSocket connections.",
-        &[(String::new(), websocket_connections(&app) as f64)],
+        "Open WebSocket connections",
+        ConstGauge::new(websocket_connections(&app)),
     );
     let (sent, received) = app
         .runtime
         .get()
         .map_or((0, 0), |probe| probe.websocket_messages());
-    counter(
-        &mut out,
-        "sparc_websocket_messages_total",
-        "WebSocket messages sent to and received from clients.",
-        &[
-            ("{direction=\"sent\"}".to_owned(), sent as f64),
-            ("{direction=\"received\"}".to_owned(), received as f64),
-        ],
+    registry.register(
+        "sparc_websocket_messages",
+        "WebSocket messages sent to and received from clients",
+        counters(
+            [("sent", sent), ("received", received)]
+                .map(|(direction, count)| (DirectionLabels { direction }, count)),
+        ),
     );
-    memory_metrics(&mut out, &app.memory.health());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        out,
-    )
-        .into_response()
+    memory_metrics(&mut registry, &app.memory.health());
+    let mut out = String::new();
+    match prometheus_text::encode(&mut out, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
+            )],
+            out,
+        )
+            .into_response(),
+        Err(error) => ApiError::internal(error).into_response(),
+    }
+}
+
+/// The labels of the per-projection series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProjectionLabels {
+    projection: String,
+}
+
+/// The labels of `sparc_projection_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProjectionStatusLabels {
+    projection: String,
+    status: &'static str,
+}
+
+/// The labels of `sparc_websocket_messages_total`: `sent` or `received`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// The labels of `sparc_memory_mcp_breaker_state`: `CLOSED`, `OPEN` or `HALF_OPEN`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BreakerStateLabels {
+    state: &'static str,
+}
+
+/// The labels of `sparc_memory_mcp_calls_total`: `success`, `failure`, `timeout` or
+/// `rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallOutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The labels of `sparc_memory_requests_total`: `all` or `fallback`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AnsweredLabels {
+    answered: &'static str,
+}
+
+/// A gauge family with one sample per `(labels, value)`.
+fn gauges<L, N, A>(samples: impl IntoIterator<Item = (L, N)>) -> Family<L, Gauge<N, A>>
+where
+    L: Clone + Eq + std::hash::Hash,
+    Gauge<N, A>: Default,
+    A: Atomic<N>,
+{
+    let family = Family::<L, Gauge<N, A>>::default();
+    for (labels, value) in samples {
+        family.get_or_create(&labels).set(value);
+    }
+    family
+}
+
+/// A counter family with one sample per `(labels, count)`, from counts kept elsewhere.
+fn counters<L>(samples: impl IntoIterator<Item = (L, u64)>) -> Family<L, Counter>
+where
+    L: Clone + Eq + std::hash::Hash,
+{
+    let family = Family::<L, Counter>::default();
+    for (labels, count) in samples {
+        family.get_or_create(&labels).inc_by(count);
+    }
+    family
+}
+
+/// Each consumer of the log: its position, its lag in events and seconds, its parked events,
+/// and its status (1 for the current one).
+fn projection_metrics(registry: &mut Registry, statuses: &[ProjectionStatus]) {
+    let series = |value: fn(&ProjectionStatus) -> i64| -> Family<ProjectionLabels, Gauge> {
+        gauges(statuses.iter().map(|s| {
+            let labels = ProjectionLabels {
+                projection: s.name.clone(),
+            };
+            (labels, value(s))
+        }))
+    };
+    registry.register(
+        "sparc_projection_position",
+        "Global position of the last event a projection applied",
+        series(|s| s.position),
+    );
+    registry.register(
+        "sparc_projection_lag_events",
+        "Committed events a projection has not applied yet",
+        series(|s| s.lag_events),
+    );
+    registry.register(
+        "sparc_projection_lag_seconds",
+        "Age of the oldest event a projection has not applied yet",
+        gauges::<_, f64, AtomicU64>(statuses.iter().map(|s| {
+            let labels = ProjectionLabels {
+                projection: s.name.clone(),
+            };
+            (labels, s.lag_seconds)
+        })),
+    );
+    registry.register(
+        "sparc_projection_parked_events",
+        "Events a consumer of the log could not apply and parked",
+        series(|s| s.parked),
+    );
+    registry.register(
+        "sparc_projection_status",
+        "1 for a consumer's current status (live, rebuilding, degraded, stalled), else 0",
+        gauges::<_, i64, AtomicI64>(statuses.iter().flat_map(|s| {
+            ["live", "rebuilding", "degraded", "stalled"].map(|status| {
+                let labels = ProjectionStatusLabels {
+                    projection: s.name.clone(),
+                    status,
+                };
+                (labels, i64::from(s.status == status))
+            })
+        })),
+    );
 }
 
 /// The Memory MCP circuit breaker: its state (1 for the current one), its calls by outcome, its
 /// openings, and the memory requests answered from the fallback.
-fn memory_metrics(out: &mut String, health: &sparc_memory::MemoryHealth) {
+fn memory_metrics(registry: &mut Registry, health: &sparc_memory::MemoryHealth) {
     use sparc_memory::BreakerState;
-    gauge(
-        out,
+    let states = if health.enabled {
+        vec![
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ]
+    } else {
+        Vec::new()
+    };
+    registry.register(
         "sparc_memory_mcp_breaker_state",
-        "The Memory MCP circuit breaker's state (1: current); no samples when no server is configured.",
-        &if health.enabled {
-            [
-                BreakerState::Closed,
-                BreakerState::Open,
-                BreakerState::HalfOpen,
-            ]
-            .iter()
-            .map(|state| {
-                (
-                    format!("{{state=\"{}\"}}", state.as_str()),
-                    f64::from(u8::from(*state == health.state)),
-                )
-            })
-            .collect::<Vec<_>>()
-        } else {
-            Vec::new()
-        },
+        "The Memory MCP circuit breaker's state (1: current); no samples when no server is configured",
+        gauges::<_, i64, AtomicI64>(states.into_iter().map(|state| {
+            let labels = BreakerStateLabels {
+                state: state.as_str(),
+            };
+            (labels, i64::from(state == health.state))
+        })),
     );
     let calls = health.breaker;
-    counter(
-        out,
-        "sparc_memory_mcp_calls_total",
-        "Calls to the Memory MCP server through the breaker, by outcome.",
-        &[
-            ("{outcome=\"success\"}".to_owned(), calls.successes as f64),
-            (
-                "{outcome=\"failure\"}".to_owned(),
-                (calls.failures - calls.timeouts) as f64,
-            ),
-            ("{outcome=\"timeout\"}".to_owned(), calls.timeouts as f64),
-            ("{outcome=\"rejected\"}".to_owned(), calls.rejections as f64),
-        ],
+    registry.register(
+        "sparc_memory_mcp_calls",
+        "Calls to the Memory MCP server through the breaker, by outcome",
+        counters(
+            [
+                ("success", calls.successes),
+                ("failure", calls.failures - calls.timeouts),
+                ("timeout", calls.timeouts),
+                ("rejected", calls.rejections),
+            ]
+            .map(|(outcome, count)| (CallOutcomeLabels { outcome }, count)),
+        ),
     );
-    counter(
-        out,
-        "sparc_memory_mcp_breaker_opens_total",
-        "Times the Memory MCP circuit breaker opened.",
-        &[(String::new(), calls.opens as f64)],
+    registry.register(
+        "sparc_memory_mcp_breaker_opens",
+        "Times the Memory MCP circuit breaker opened",
+        ConstCounter::new(calls.opens),
     );
-    gauge(
-        out,
+    registry.register(
         "sparc_memory_mcp_consecutive_failures",
-        "Failed calls to the Memory MCP server in a row.",
-        &[(String::new(), f64::from(calls.consecutive_failures))],
+        "Failed calls to the Memory MCP server in a row",
+        ConstGauge::new(i64::from(calls.consecutive_failures)),
     );
-    counter(
-        out,
-        "sparc_memory_requests_total",
-        "Memory requests, and those answered from the fallback.",
-        &[
-            (
-                "{answered=\"all\"}".to_owned(),
-                health.requests.total_requests as f64,
-            ),
-            (
-                "{answered=\"fallback\"}".to_owned(),
-                health.requests.fallback_requests as f64,
-            ),
-        ],
+    registry.register(
+        "sparc_memory_requests",
+        "Memory requests, and those answered from the fallback",
+        counters(
+            [
+                ("all", health.requests.total_requests),
+                ("fallback", health.requests.fallback_requests),
+            ]
+            .map(|(answered, count)| (AnsweredLabels { answered }, count)),
+        ),
     );
-}
-
-/// Writes one gauge family: `# HELP`, `# TYPE` and a sample per `(labels, value)`.
-fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
-    family(out, name, "gauge", help, samples);
-}
-
-/// Writes one counter family (`name` ends in `_total`).
-fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
-    family(out, name, "counter", help, samples);
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    use std::fmt::Write;
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
-    }
 }
 
 /// This document: OpenAPI 3.1, generated from the handlers.

@@ -221,7 +221,7 @@ pub fn with_etag(version: i64, body: impl Serialize) -> Response {
 pub async fn cached_list<T, F>(
     app: &crate::state::App,
     views: &[&str],
-    key: String,
+    key: crate::pages::ListKey<'_>,
     read: F,
 ) -> Result<Response, ApiError>
 where
@@ -229,7 +229,7 @@ where
     F: std::future::Future<Output = Result<T, ApiError>>,
 {
     let generation = app.pages.generation(views);
-    if let Some(body) = generation.and_then(|at| app.pages.get(&key, at)) {
+    if let Some(body) = generation.and_then(|at| app.pages.get(key, at)) {
         return Ok(json_bytes(body));
     }
     let body =

@@ -240,7 +240,7 @@ async fn list_projects(
 ) -> Result<Response, ApiError> {
     let filter = query.filter(&user)?;
     let (limit, offset) = (filter.limit, filter.offset);
-    let key = format!("{filter:?}");
+    let key = crate::pages::ListKey::Projects(&filter);
     // A project's tasks are its owner's (`ensure_project`), so its task counts move with the
     // owner's part of the tasks read model.
     let projects = sparc_store::changes::view(<Project as Indexed>::TABLE, filter.owner);

@@ -403,7 +403,7 @@ async fn list_tasks(
         limit,
         offset,
     };
-    let key = format!("{filter:?}");
+    let key = crate::pages::ListKey::Tasks(&filter);
     let view = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
     cached_list(&app, &[&view], key, async {
         let (rows, total) = app.reads.tasks(&filter).await.map_err(ApiError::internal)?;
