@@ -96,7 +96,7 @@ for who in user admin; do
     # Run from the scratch directory, where schemathesis leaves its cache (`.schemathesis/`).
     # For the admin, also the jobs long poll: given an agent that exists (the admin can make
     # one), it holds each request up to its `wait`, 30 s, past the request timeout and for
-    # minutes in all; tests/jobs.rs covers it (the user's run still gets its 403s).
+    # minutes in all; crates/sparc/tests/jobs.rs covers it (the user's run still gets its 403s).
     extra=()
     [ "$who" = admin ] && extra=(--exclude-name 'GET /api/v1/agents/{id}/jobs')
     (cd "$work" && "$venv/bin/st" run "$base/api/openapi.json" \

@@ -84,7 +84,7 @@ async fn the_command_line_changes_roles_and_activity_while_the_server_runs() {
         ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
         ("RUST_LOG", "error"),
     ];
-    let service = crate::support::start("serve", &env, "/api/v1/readiness").await;
+    let service = crate::support::process::start("serve", &env, "/api/v1/readiness").await;
     let base = service.base.as_str();
 
     let created = sparc(

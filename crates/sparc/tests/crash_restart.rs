@@ -14,7 +14,7 @@ use sparc_projections::rebuild::differences;
 use sparc_store::testing::{SqliteTestFile, postgres_test_database};
 use sparc_store::{Database, LogReader};
 
-use crate::support::Process;
+use crate::support::process::Process;
 
 const SECRET: &str = "crash-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Crash3dButFine";
@@ -28,7 +28,7 @@ async fn start(database_url: &str) -> Process {
         ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
         ("RUST_LOG", "warn"),
     ];
-    crate::support::start("serve", &env, "/api/v1/readiness").await
+    crate::support::process::start("serve", &env, "/api/v1/readiness").await
 }
 
 /// What the clients were told was stored: (aggregate type, id, version).

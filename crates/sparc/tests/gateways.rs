@@ -8,16 +8,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 use sparc_store::testing::postgres_test_database;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Process, start, start_on};
+use crate::support::process::{Process, start, start_on};
+use crate::support::{NATS_URL, WsClient, delete_nats_stream, nats_namespace};
 
 const SECRET: &str = "gateways-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "Sc4le0utFine!";
-const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> Value {
     let mut request = reqwest::Client::new()
@@ -71,11 +69,8 @@ async fn create_task(base: &str, token: &str, skill: &str) -> String {
     task["id"].as_str().expect("a task id").to_owned()
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Connects to `gateway` and returns the socket and the ack.
-async fn connect(gateway: &Process, token: &str, last_event_id: Option<i64>) -> (Socket, Value) {
+async fn connect(gateway: &Process, token: &str, last_event_id: Option<i64>) -> (WsClient, Value) {
     let mut url = format!(
         "{}/ws?token={token}",
         gateway.base.replacen("http://", "ws://", 1)
@@ -83,34 +78,16 @@ async fn connect(gateway: &Process, token: &str, last_event_id: Option<i64>) -> 
     if let Some(last) = last_event_id {
         url.push_str(&format!("&last_event_id={last}"));
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("the upgrade should succeed");
-    let ack = frame(&mut socket).await;
+    let mut socket = WsClient::connect(&url).await;
+    let ack = socket.change().await;
     assert_eq!(ack["type"], "ack");
     (socket, ack)
 }
 
-async fn frame(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the connection stays open")
-            .expect("a readable frame");
-        if let Message::Text(text) = message {
-            let frame: Value = serde_json::from_str(&text).expect("JSON");
-            if frame["type"] != "ping" {
-                return frame;
-            }
-        }
-    }
-}
-
 /// The next task change on `socket`: (task id, event id).
-async fn task_change(socket: &mut Socket) -> (String, i64) {
-    assert_eq!(frame(socket).await["type"], "task_status_update");
-    let full = frame(socket).await;
+async fn task_change(socket: &mut WsClient) -> (String, i64) {
+    assert_eq!(socket.change().await["type"], "task_status_update");
+    let full = socket.change().await;
     assert_eq!(full["type"], "task_updated");
     let id = full["payload"]["task"]["id"]
         .as_str()
@@ -135,17 +112,12 @@ async fn total_connections(gateway: &Process) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_deliver_each_change_to_its_users_and_resume_across_gateways() {
-    if tokio::net::TcpStream::connect("127.0.0.1:4222")
-        .await
-        .is_err()
-    {
-        sparc_store::testing::service_missing(&format!("NATS at {NATS_URL}"));
+    let Some(namespace) = nats_namespace(NATS_URL).await else {
         return;
-    }
+    };
     let Some(database) = postgres_test_database().await else {
         return;
     };
-    let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
     let env = [
         ("DATABASE_URL", database.url.as_str()),
         ("NATS_URL", NATS_URL),
@@ -299,9 +271,5 @@ async fn three_gateways_deliver_each_change_to_its_users_and_resume_across_gatew
     assert_eq!(other_tab, missed);
     assert_eq!(task_change(&mut alice_on_2).await, live);
     drop((bob_on_1, auditor_on_2, alice_on_1, alice_back));
-    let subjects = sparc_bus::Subjects::new(namespace);
-    let bus = sparc_bus::NatsBus::connect(NATS_URL, subjects.clone())
-        .await
-        .expect("a NATS client");
-    let _ = bus.jetstream().delete_stream(subjects.stream()).await;
+    delete_nats_stream(NATS_URL, &namespace).await;
 }

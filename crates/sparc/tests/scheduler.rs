@@ -259,7 +259,7 @@ async fn three_scheduler_processes_fire_500_due_tasks_exactly_once() {
     ];
     let mut schedulers = Vec::new();
     for _ in 0..3 {
-        schedulers.push(crate::support::start("serve", &env, "/api/v1/readiness").await);
+        schedulers.push(crate::support::process::start("serve", &env, "/api/v1/readiness").await);
     }
     let started = |db: Database| async move {
         let (count,): (i64,) = sqlx::query_as(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Process, free_port};
+use crate::support::process::{Process, free_port};
 
 const SECRET: &str = "service-test-signing-key-0123456789abcdef";
 
@@ -141,7 +141,7 @@ async fn start(database_url: &str) -> Process {
         ("SPARC_JWT_SECRET", SECRET),
         ("RUST_LOG", "error"),
     ];
-    crate::support::start("serve", &env, "/api/v1/readiness").await
+    crate::support::process::start("serve", &env, "/api/v1/readiness").await
 }
 
 async fn readiness(base: &str) -> Option<u16> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sparc_store::testing::postgres_test_database;
 
-use crate::support::Process;
+use crate::support::process::Process;
 
 const SECRET: &str = "worker-test-signing-key-0123456789abcdef";
 const PASSWORD: &str = "W0rkerPassw0rd";
@@ -27,7 +27,7 @@ async fn service() -> Option<(Process, String)> {
         ("SPARC_AUTH_RATE_LIMIT_PER_MINUTE", "0"),
         ("RUST_LOG", "warn"),
     ];
-    let service = crate::support::start("serve", &env, "/api/v1/readiness").await;
+    let service = crate::support::process::start("serve", &env, "/api/v1/readiness").await;
     let created = Command::new(env!("CARGO_BIN_EXE_sparc"))
         .args(["user", "create", "--username", "runner", "--email"])
         .arg("runner@example.com")

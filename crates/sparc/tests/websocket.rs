@@ -5,12 +5,12 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Value, json};
-use sparc_domain::user::Role;
-use sparc_tests::{
+use crate::support::{
     Backend, NATS_URL, TestApp, TestUser, WsClient, both_backends, delete_nats_stream,
     nats_namespace,
 };
+use serde_json::{Value, json};
+use sparc_domain::user::Role;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 /// A cron that never fires during a test (the scheduler would add run frames).

@@ -3,10 +3,10 @@
 //! firing more often than the minimum interval (422 at `schedule_cron`), and list filters of
 //! bounded length (422 at the parameter). On both backends, each with a small cap of its own.
 
+use crate::support::{Backend, Response, TestApp, TestUser, assert_422_at, both_backends, id_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Backend, Response, TestApp, TestUser, assert_422_at, both_backends, id_of};
 
 /// Asserts a 409 whose `detail` names the quota.
 #[track_caller]

@@ -5,10 +5,10 @@
 //! field has a maximum length; `avatar_url` is http(s); `offset` is bounded. What is accepted
 //! reads back exactly as sent, and a refused request leaves the service working.
 
+use crate::support::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of};
 use uuid::Uuid;
 
 /// A JSON request whose body is sent byte for byte (`json!` cannot write a repeated key, a

@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support::{PASSWORD, Response, TestApp, TestUser, both_backends, read};
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::{User, UserCommand};
 use sparc_store::{CommandBus, EventMetadata};
-use sparc_tests::{PASSWORD, Response, TestApp, TestUser, both_backends};
 use uuid::Uuid;
 
 /// The signing key `TestApp` configures.
@@ -77,18 +77,6 @@ fn assert_unauthorized(response: &Response, what: &str) {
         "{what}: {}",
         response.body
     );
-}
-
-/// A raw reqwest answer as a [`Response`].
-async fn read(response: reqwest::Response) -> Response {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap_or_default();
-    Response {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
 }
 
 async fn register(app: &TestApp, body: Value) -> Response {

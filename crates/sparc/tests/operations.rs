@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{TestApp, both_backends};
 use reqwest::StatusCode;
 use serde_json::json;
 use sparc_domain::user::Role;
@@ -13,7 +14,6 @@ use sparc_projections::catalog::read_model;
 use sparc_projections::rebuild::differences;
 use sparc_store::LogReader;
 use sparc_store::on_backend;
-use sparc_tests::{TestApp, both_backends};
 
 async fn outbox_rows(app: &TestApp) -> i64 {
     on_backend!(Database &app.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(pool).await.expect("a count"))

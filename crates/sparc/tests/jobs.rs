@@ -7,14 +7,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-use sparc_domain::user::Role;
-use sparc_tests::memory_server::eventually;
-use sparc_tests::{
+use crate::support::memory_server::eventually;
+use crate::support::{
     Backend, NATS_URL, TestApp, TestUser, assert_422_at, both_backends, delete_nats_stream, id_of,
     nats_namespace,
 };
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sparc_domain::user::Role;
 
 async fn agent(app: &TestApp, writer: &TestUser, name: &str, capabilities: Value) -> String {
     let created = app

@@ -1,9 +1,9 @@
 //! Health and operations endpoints (no auth), black-box on both backends: the shapes of
 //! `/health`, `/health/detailed`, `/readiness` and `/liveness`.
 
+use crate::support::{Response, TestApp, both_backends};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use sparc_tests::{Response, TestApp, both_backends};
 
 async fn anonymous_get(app: &TestApp, path: &str) -> Response {
     app.call(Method::GET, path, None, None).await

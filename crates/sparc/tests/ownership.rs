@@ -3,10 +3,10 @@
 //! own resources, an auditor reads everything and writes nothing, and an admin reads and writes
 //! everything.
 
+use crate::support::{Response, TestApp, TestUser, both_backends, id_of, ids};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, both_backends, id_of, ids};
 
 const FORBIDDEN: &str = "You do not have permission to access this resource";
 const UNKNOWN: &str = "0190a1b2-0000-7000-8000-000000000000";

@@ -18,6 +18,7 @@ use std::fmt;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::support::{Backend, PASSWORD, TestApp, TestUser, id_of};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::strategy::{BoxedStrategy, Union};
@@ -25,7 +26,6 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Backend, PASSWORD, TestApp, TestUser, id_of};
 
 /// Cases per endpoint: enough for every kind of value to come up on each run, few enough that
 /// a debug build runs the file in well under a minute per backend.

@@ -2,27 +2,12 @@
 //! guards writes with the version that `ETag` reports, and `Idempotency-Key` makes a repeated
 //! create answer the first answer without recording a second event.
 
+use crate::support::{Response, TestApp, TestUser, both_backends, id_of, send};
 use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
 use sparc_store::on_backend;
-use sparc_tests::{Response, TestApp, TestUser, both_backends, id_of};
-
-async fn read(response: reqwest::Response) -> Response {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap_or_default();
-    Response {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
-
-async fn send(builder: reqwest::RequestBuilder) -> Response {
-    read(builder.send().await.expect("the service should answer")).await
-}
 
 async fn new_task(app: &TestApp, user: &TestUser) -> String {
     let created = app

@@ -2,9 +2,9 @@
 //! cost. Password hashing is gated per process: the burst makes the other tests' registrations
 //! wait (the test support retries one refused).
 
+use crate::support::{Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
-use sparc_tests::{Backend, TestApp};
 
 async fn with_one_second_deadlines(backend: Backend) -> Option<TestApp> {
     TestApp::spawn_with(backend, |settings| {

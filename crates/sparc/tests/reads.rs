@@ -3,10 +3,10 @@
 //! counts beside the rows) is the number of rows its pages walk, under every filter, after
 //! creates, status changes, moves between projects and deletes, and after a rebuild.
 
+use crate::support::{TestApp, TestUser, both_backends, id_of, ids, sorted};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{TestApp, TestUser, both_backends, id_of, ids, sorted};
 
 async fn task(app: &TestApp, user: &TestUser, skill: &str, project: Option<&str>) -> String {
     let mut body = json!({"skill_name": skill, "schedule_cron": "0 9 * * *"});

@@ -3,28 +3,13 @@
 //! last executions, updates, soft deletion, manual runs and their executions, reads as of a
 //! version or a time, and the task's history with its metadata.
 
+use crate::support::{TestApp, TestUser, assert_422_at, both_backends, id_of, ids, send, sorted};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc, Weekday};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of, ids, sorted};
 
 // ----- helpers -----
-
-async fn read(response: reqwest::Response) -> Response {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap_or_default();
-    Response {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
-
-async fn send(builder: reqwest::RequestBuilder) -> Response {
-    read(builder.send().await.expect("the service should answer")).await
-}
 
 /// Creates a task and returns it, asserting 201.
 async fn create_task(app: &TestApp, user: &TestUser, body: Value) -> Value {
@@ -1355,7 +1340,7 @@ both_backends!(
 /// instance has answered (and keeps in memory) shows a task created through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_one_instance_keeps_shows_a_task_created_through_another_instance() {
-    let Some(first) = TestApp::spawn(sparc_tests::Backend::Postgres).await else {
+    let Some(first) = TestApp::spawn(crate::support::Backend::Postgres).await else {
         return;
     };
     let second = first.spawn_beside().await;

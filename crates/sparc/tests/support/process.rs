@@ -1,6 +1,5 @@
-//! What the tests of the `sparc` binary share: a `sparc` process on a free port, started and
-//! waited for until it answers, and killed when dropped (so a failed assertion leaves nothing
-//! running).
+//! The real `sparc` binary as a process: started on a free port, waited for until it answers,
+//! and killed when dropped (so a failed assertion leaves nothing running).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -4,13 +4,13 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::{TestApp, TestUser, both_backends};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc::audit::{ExportOptions, export, export_to};
 use sparc_domain::user::Role;
 use sparc_store::LogReader;
-use sparc_tests::{TestApp, TestUser, both_backends};
 
 /// Every event `token` may see that `query` selects, walked page by page (`limit` per page).
 async fn walk(app: &TestApp, token: &str, query: &str, limit: u32) -> Vec<Value> {
@@ -415,7 +415,7 @@ both_backends!(
 /// paging past it would never see the earlier one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_never_skips_an_event_whose_transaction_commits_late() {
-    let Some(app) = TestApp::spawn(sparc_tests::Backend::Postgres).await else {
+    let Some(app) = TestApp::spawn(crate::support::Backend::Postgres).await else {
         return;
     };
     let admin = app.user_with_role("root", Role::Admin).await;

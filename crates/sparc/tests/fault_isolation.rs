@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::{TestApp, TestUser, both_backends, id_of};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
 use sparc_store::Database;
-use sparc_tests::{TestApp, TestUser, both_backends, id_of};
 
 /// `{"a":{"a":…1…}}`, `depth` objects deep.
 fn nested(depth: usize) -> Value {
@@ -395,7 +395,7 @@ fn stall_after_a_second(settings: &mut sparc::config::Settings) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_makes_no_progress_is_reported_stalled_on_postgres() {
     if let Some(app) =
-        TestApp::spawn_with(sparc_tests::Backend::Postgres, stall_after_a_second).await
+        TestApp::spawn_with(crate::support::Backend::Postgres, stall_after_a_second).await
     {
         a_consumer_that_makes_no_progress_is_reported_stalled(app).await;
     }
@@ -403,7 +403,8 @@ async fn a_consumer_that_makes_no_progress_is_reported_stalled_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_makes_no_progress_is_reported_stalled_on_sqlite() {
-    if let Some(app) = TestApp::spawn_with(sparc_tests::Backend::Sqlite, stall_after_a_second).await
+    if let Some(app) =
+        TestApp::spawn_with(crate::support::Backend::Sqlite, stall_after_a_second).await
     {
         a_consumer_that_makes_no_progress_is_reported_stalled(app).await;
     }

@@ -3,30 +3,14 @@
 //! gzip for large responses, and what browsers on other origins need: CORS for the listed
 //! origins only, the `Origin` check of WebSocket upgrades, and `PATCH` wherever `PUT` updates.
 
+use crate::support::{PASSWORD, Response, TestApp, both_backends, send};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::{Role, User, UserCommand};
 use sparc_domain::values::{Email, Username};
 use sparc_store::{CommandBus, EventMetadata, LogReader};
-use sparc_tests::{PASSWORD, Response, TestApp, both_backends};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
-
-/// A raw reqwest answer as a [`Response`].
-async fn read(response: reqwest::Response) -> Response {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap_or_default();
-    Response {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
-
-async fn send(builder: reqwest::RequestBuilder) -> Response {
-    read(builder.send().await.expect("the service should answer")).await
-}
 
 /// A JSON-typed request with `body` sent as is.
 async fn post_raw(app: &TestApp, path: &str, body: impl Into<reqwest::Body>) -> Response {
@@ -942,19 +926,19 @@ both_backends!(
         let other = app.user("patched").await;
         let changes = [
             (
-                format!("/api/v1/tasks/{}", sparc_tests::id_of(&task.body)),
+                format!("/api/v1/tasks/{}", crate::support::id_of(&task.body)),
                 json!({"schedule_cron": "*/7 * * * *"}),
                 "schedule_cron",
                 json!("*/7 * * * *"),
             ),
             (
-                format!("/api/v1/projects/{}", sparc_tests::id_of(&project.body)),
+                format!("/api/v1/projects/{}", crate::support::id_of(&project.body)),
                 json!({"description": "via PATCH"}),
                 "description",
                 json!("via PATCH"),
             ),
             (
-                format!("/api/v1/agents/{}", sparc_tests::id_of(&agent.body)),
+                format!("/api/v1/agents/{}", crate::support::id_of(&agent.body)),
                 json!({"capabilities": ["rust"]}),
                 "capabilities",
                 json!(["rust"]),
@@ -993,7 +977,7 @@ both_backends!(
             }
         }
 
-        let path = format!("/api/v1/tasks/{}", sparc_tests::id_of(&task.body));
+        let path = format!("/api/v1/tasks/{}", crate::support::id_of(&task.body));
         let stale = send(
             app.request(Method::PATCH, &path, Some(&admin.token))
                 .header("if-match", "\"1\"")

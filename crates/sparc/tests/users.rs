@@ -2,10 +2,10 @@
 //! list and its filters, a role change and a deactivation (each ending the account's sessions),
 //! and every way a change is refused.
 
+use crate::support::{TestApp, assert_422_at, both_backends};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{TestApp, assert_422_at, both_backends};
 
 const USERS: &str = "/api/v1/admin/users";
 

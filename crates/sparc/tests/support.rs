@@ -1,9 +1,11 @@
-//! Test support for the black-box tests: [`TestApp::spawn`] starts the whole service (the same
+//! What the integration tests share. [`TestApp::spawn`] starts the whole service (the same
 //! `Server` that `sparc serve` runs) on 127.0.0.1:0 over a fresh Postgres database or a fresh
-//! SQLite file, and offers a small HTTP client with helpers to make users of any role.
+//! SQLite file, and offers a small HTTP client with helpers to make users of any role;
+//! [`process`] starts the real `sparc` binary instead; [`memory_server`] runs the Memory MCP
+//! server the memory tests talk to.
 //!
-//! Postgres is looked for at 127.0.0.1:5432; when it is absent the Postgres variant of a test
-//! fails, unless `SPARC_SKIP_SERVICES=1` says to skip it (see
+//! Postgres is looked for at 127.0.0.1:5432 and NATS at 127.0.0.1:4222; when one is absent the
+//! tests that need it fail, unless `SPARC_SKIP_SERVICES=1` says to skip them (see
 //! `sparc_store::testing::service_missing`).
 //! `TEST_LOG=1` shows the service's logs.
 
@@ -16,6 +18,7 @@ use sparc_store::testing::{PostgresTestDatabase, SqliteTestFile, postgres_test_d
 use sparc_store::{CommandBus, Database, EventMetadata};
 
 pub mod memory_server;
+pub mod process;
 
 /// Which event store a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +93,9 @@ pub const PASSWORD: &str = "Sup3rSecret!";
 /// Runs a test body against each backend: `both_backends!(name, |app| async move { … })`
 /// defines `name::postgres` and `name::sqlite`; `both_backends!(name, |settings| …, |app| …)`
 /// first changes the service's settings.
-#[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:expr) => {
-        $crate::both_backends!($name, |_: &mut sparc::config::Settings| {}, $body);
+        $crate::support::both_backends!($name, |_: &mut sparc::config::Settings| {}, $body);
     };
     ($name:ident, $configure:expr, $body:expr) => {
         mod $name {
@@ -102,8 +104,11 @@ macro_rules! both_backends {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(app) =
-                    $crate::TestApp::spawn_with($crate::Backend::Postgres, $configure).await
+                if let Some(app) = $crate::support::TestApp::spawn_with(
+                    $crate::support::Backend::Postgres,
+                    $configure,
+                )
+                .await
                 {
                     ($body)(app).await;
                 }
@@ -111,8 +116,11 @@ macro_rules! both_backends {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(app) =
-                    $crate::TestApp::spawn_with($crate::Backend::Sqlite, $configure).await
+                if let Some(app) = $crate::support::TestApp::spawn_with(
+                    $crate::support::Backend::Sqlite,
+                    $configure,
+                )
+                .await
                 {
                     ($body)(app).await;
                 }
@@ -120,6 +128,7 @@ macro_rules! both_backends {
         }
     };
 }
+pub(crate) use both_backends;
 
 impl TestApp {
     /// Starts the service on `backend` with rate limits off; `None` when Postgres is absent
@@ -239,7 +248,7 @@ impl TestApp {
         if let Some(body) = body {
             builder = builder.json(&body);
         }
-        Response::from(builder.send().await.expect("the service should answer")).await
+        send(builder).await
     }
 
     /// `GET path` with a token.
@@ -383,19 +392,24 @@ pub struct Response {
     pub body: Value,
 }
 
-impl Response {
-    async fn from(response: reqwest::Response) -> Self {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.unwrap_or_default();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Self {
-            status,
-            headers,
-            body,
-        }
-    }
+/// Sends a request built by the test (raw bodies, extra headers) and reads the answer whole.
+pub async fn send(builder: reqwest::RequestBuilder) -> Response {
+    read(builder.send().await.expect("the service should answer")).await
+}
 
+/// Reads a raw answer whole.
+pub async fn read(response: reqwest::Response) -> Response {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap_or_default();
+    Response {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+impl Response {
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -531,15 +545,6 @@ impl WsClient {
                 return frame;
             }
         }
-    }
-
-    /// The next `count` change frames.
-    pub async fn changes(&mut self, count: usize) -> Vec<Value> {
-        let mut frames = Vec::with_capacity(count);
-        for _ in 0..count {
-            frames.push(self.change().await);
-        }
-        frames
     }
 
     /// Sends a text frame.

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::support::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of, ids};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{Response, TestApp, TestUser, assert_422_at, both_backends, id_of, ids};
 
 // ----- helpers -----
 

@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::memory_server::{HttpMemoryServer, MemoryServer, Misbehaviour, eventually};
+use crate::support::{Backend, TestApp, TestUser, assert_422_at, both_backends, id_of};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::memory_server::{HttpMemoryServer, MemoryServer, Misbehaviour, eventually};
-use sparc_tests::{Backend, TestApp, TestUser, assert_422_at, both_backends, id_of};
 
 // ----- helpers -----
 
@@ -577,7 +577,7 @@ with_server!(
 );
 
 /// The next `memory_circuit_breaker` frame (changes and pings skipped).
-async fn breaker_frame(socket: &mut sparc_tests::WsClient) -> Value {
+async fn breaker_frame(socket: &mut crate::support::WsClient) -> Value {
     loop {
         let frame = socket.frame_within(Duration::from_secs(20)).await;
         if frame["type"] == "memory_circuit_breaker" {

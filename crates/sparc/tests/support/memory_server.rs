@@ -15,7 +15,7 @@ use serde_json::Value;
 /// The installed package's entry point.
 fn package_entry() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "../tools/memory-server/node_modules/@modelcontextprotocol/server-memory/dist/index.js",
+        "../../tools/memory-server/node_modules/@modelcontextprotocol/server-memory/dist/index.js",
     )
 }
 
@@ -259,7 +259,7 @@ impl HttpMemoryServer {
             .expect("a free port")
             .port();
         let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/memory-server/http-server.mjs");
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/memory-server/http-server.mjs");
         let mut child = std::process::Command::new("node")
             .arg(script)
             .env("PORT", port.to_string())

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use crate::support::{Backend, TestApp, id_of};
 use reqwest::StatusCode;
 use serde_json::json;
 use sparc_store::Database;
-use sparc_tests::{Backend, TestApp, id_of};
 
 /// Holds the event log's write lock for `hold` (appends wait; reads go on), from a connection
 /// of its own.
@@ -130,7 +130,7 @@ async fn concurrent_changes_of_one_stream_all_commit(app: TestApp) {
     assert_eq!(read.body["version"], 61, "{}", read.body);
 }
 
-sparc_tests::both_backends!(
+crate::support::both_backends!(
     concurrent_changes_of_one_stream_take_turns_and_all_commit,
     concurrent_changes_of_one_stream_all_commit
 );

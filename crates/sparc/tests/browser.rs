@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{Backend, TestApp};
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
 use serde_json::{Value, json};
-use sparc_tests::{Backend, TestApp};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
@@ -80,7 +80,7 @@ window.run = async (api, username, password) => {
 
 /// The built client (`clients/typescript/dist/index.js`), built first when missing.
 async fn client_module() -> Option<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/typescript");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/typescript");
     let built = dir.join("dist/index.js");
     if !built.exists() {
         for args in [

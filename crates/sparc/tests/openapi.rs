@@ -5,10 +5,10 @@
 //! with malformed JSON or with a text body is documented with its body; the values it lists for
 //! a field or a list filter are the ones the service accepts.
 
+use crate::support::{TestApp, both_backends};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sparc_domain::user::Role;
-use sparc_tests::{TestApp, both_backends};
 use uuid::Uuid;
 
 /// What the contract says a successful answer carries.

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::{TestApp, TestUser, WsClient, both_backends};
 use serde_json::{Value, json};
-use sparc_tests::{TestApp, TestUser, WsClient, both_backends};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::{TestApp, TestUser, assert_422_at, both_backends, id_of, ids, sorted};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sparc_domain::task::{Task, TaskCommand, TaskStatus};
 use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
 use sparc_store::{CommandBus, EventMetadata};
-use sparc_tests::{TestApp, TestUser, assert_422_at, both_backends, id_of, ids, sorted};
 
 // ----- helpers -----
 
