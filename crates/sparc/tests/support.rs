@@ -271,16 +271,33 @@ impl TestApp {
         self.call(Method::DELETE, path, Some(token), None).await
     }
 
-    /// Registers a user through the API and logs in.
+    /// Registers a user through the API and logs in. Refused unattempted under load (503, as
+    /// password hashing is shared by every test of the process), it tries again for up to 10 s,
+    /// as a client honouring `Retry-After` would.
     pub async fn user(&self, username: &str) -> TestUser {
-        let registered = self
+        let body = json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD});
+        let mut registered = self
             .call(
                 Method::POST,
                 "/api/v1/auth/register",
                 None,
-                Some(json!({"username": username, "email": format!("{username}@example.com"), "password": PASSWORD})),
+                Some(body.clone()),
             )
             .await;
+        for _ in 0..400 {
+            if registered.status != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            registered = self
+                .call(
+                    Method::POST,
+                    "/api/v1/auth/register",
+                    None,
+                    Some(body.clone()),
+                )
+                .await;
+        }
         assert_eq!(
             registered.status,
             StatusCode::CREATED,

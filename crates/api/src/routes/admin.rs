@@ -135,7 +135,7 @@ impl From<sparc_projections::status::ProjectionStatus> for ConsumerStatus {
 /// Every consumer's position, lag, parked events and status.
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "admin",
     responses((status = 200, body = [ConsumerStatus]), (status = 403, description = "Not an admin")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn list_projections(
     State(app): State<AppState>,
     user: AuthUser,
@@ -196,7 +196,7 @@ fn consumer(
 /// The events a consumer of the log could not apply and went past, with their errors.
 #[utoipa::path(get, path = "/api/v1/admin/projections/{name}/parked", tag = "admin", params(("name" = String, Path)),
     responses((status = 200, body = ParkedEvents), (status = 403, description = "Not an admin"), (status = 404, description = "Unknown consumer")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn list_parked(
     State(app): State<AppState>,
     user: AuthUser,
@@ -248,7 +248,7 @@ pub struct RetryOutcome {
 #[utoipa::path(post, path = "/api/v1/admin/projections/{name}/parked/retry", tag = "admin", params(("name" = String, Path)),
     request_body(content = RetryParked, description = "Optional: `{}` or no body retries every parked stream"),
     responses((status = 200, body = RetryOutcome), (status = 403, description = "Not an admin"), (status = 404, description = "Unknown consumer")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn retry_parked(
     State(app): State<AppState>,
     user: AuthUser,
@@ -281,7 +281,7 @@ async fn retry_parked(
 /// rebuilt copy has caught up, then the two swap.
 #[utoipa::path(post, path = "/api/v1/admin/projections/{name}/rebuild", tag = "admin", params(("name" = String, Path)),
     responses((status = 202, body = RebuildStarted), (status = 404, description = "Unknown read model"), (status = 409, description = "Already rebuilding")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn start_rebuild(
     State(app): State<AppState>,
     user: AuthUser,
@@ -332,7 +332,7 @@ async fn start_rebuild(
 /// The progress of the latest rebuild of a read model.
 #[utoipa::path(get, path = "/api/v1/admin/projections/{name}/rebuild", tag = "admin", params(("name" = String, Path)),
     responses((status = 200, body = RebuildStatus), (status = 404, description = "No rebuild of that read model")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn rebuild_status(
     State(app): State<AppState>,
     user: AuthUser,

@@ -58,7 +58,7 @@ pub struct UserList {
 /// Lists every account (admins only), ordered by username.
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(ListUsers),
     responses((status = 200, body = UserList), (status = 403, description = "Not an admin"), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn list_users(
     State(app): State<AppState>,
     user: AuthUser,
@@ -102,7 +102,7 @@ pub struct UpdateUser {
 #[utoipa::path(method(put, patch), path = "/api/v1/admin/users/{id}", tag = "admin", params(("id" = Uuid, Path)), request_body = UpdateUser,
     responses((status = 200, body = UserResource), (status = 400, description = "No fields to update, or the admin's own account"), (status = 403, description = "Not an admin"), (status = 404, description = "User not found"),
         (status = 409, description = "The account kept changing concurrently"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(admin = %admin.user_id, %id))]
 async fn update_user(
     State(app): State<AppState>,
     admin: AuthUser,

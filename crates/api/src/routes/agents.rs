@@ -200,7 +200,7 @@ pub struct RegisterAgent {
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterAgent, params(IdempotencyKey),
     responses((status = 201, body = AgentResource), (status = 403, description = "Not an admin or an agent"),
         (status = 409, description = "Name taken, or the caller has reached their quota of registered agents (SPARC_MAX_AGENTS_PER_USER)")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn register_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -308,7 +308,7 @@ pub struct AgentDetail {
 /// `history_limit` executions whoever owns them.
 #[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), AgentDetailQuery),
     responses((status = 200, body = AgentDetail), (status = 404, description = "Agent not found")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn get_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -399,7 +399,7 @@ pub struct UpdateAgent {
     responses((status = 200, body = AgentResource), (status = 400, description = "No fields to update"),
         (status = 403, description = "Not an admin or an agent"), (status = 404, description = "Agent not found"),
         (status = 409, description = "Name taken, or the agent kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn update_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -473,7 +473,7 @@ impl UpdateAgent {
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path), IfMatch),
     responses((status = 204, description = "Deregistered"), (status = 403, description = "Not an admin or an agent"),
         (status = 404, description = "Agent not found"), (status = 409, description = "The agent kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn deregister_agent(
     State(app): State<AppState>,
     user: AuthUser,
@@ -536,7 +536,7 @@ pub struct ActivityRecorded {
     responses((status = 201, body = ActivityRecorded), (status = 400, description = "The execution belongs to another task"),
         (status = 403, description = "Not an admin or an agent"), (status = 404, description = "Unknown agent, task or execution"),
         (status = 409, description = "The execution already finished, the task runs another or is deleted")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn report_activity(
     State(app): State<AppState>,
     user: AuthUser,
@@ -654,7 +654,7 @@ fn parse_cursor(raw: &str) -> Result<ActivityCursor, ApiError> {
 /// the runs of their own tasks; admins and auditors see all.
 #[utoipa::path(get, path = "/api/v1/agents/activity", tag = "agents", params(ActivityFeedQuery),
     responses((status = 200, body = ActivityFeed), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn activity_feed(
     State(app): State<AppState>,
     user: AuthUser,

@@ -96,7 +96,7 @@ async fn checkpoint_after(reader: &LogReader, after_position: i64) -> Result<Che
 /// the events of their own aggregates. Page with `after_position`.
 #[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditEventPage), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn audit_events(
     State(app): State<AppState>,
     user: AuthUser,
@@ -181,7 +181,7 @@ pub struct ChainVerification {
 /// Recomputes the log's hash chain end to end (admins and auditors).
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
     responses((status = 200, body = ChainVerification), (status = 403, description = "Not an admin or auditor")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn verify_chain(
     State(app): State<AppState>,
     user: AuthUser,

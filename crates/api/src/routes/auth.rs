@@ -274,7 +274,7 @@ async fn refresh(
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = Message), (status = 401, description = "Not authenticated"),
         (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn logout(
     State(app): State<AppState>,
     user: AuthUser,
@@ -322,7 +322,7 @@ async fn current_user(
 
 /// The caller's account.
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = UserResource)), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn me(State(app): State<AppState>, user: AuthUser) -> Result<Json<UserResource>, ApiError> {
     Ok(Json(UserResource::from(
         &current_user(&app, &user).await?.state,
@@ -348,7 +348,7 @@ pub struct ProfileRequest {
 #[utoipa::path(method(put, patch), path = "/api/v1/auth/me", tag = "auth", request_body = ProfileRequest,
     responses((status = 200, body = UserResource), (status = 409, description = "The account kept changing concurrently"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn update_me(
     State(app): State<AppState>,
     user: AuthUser,
@@ -396,7 +396,7 @@ pub struct ChangePasswordRequest {
 #[utoipa::path(post, path = "/api/v1/auth/change-password", tag = "auth", request_body = ChangePasswordRequest,
     responses((status = 200, body = Message), (status = 400, description = "Current password is incorrect"),
         (status = 409, description = "The account kept changing concurrently"), (status = 422, description = "Weak new password")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn change_password(
     State(app): State<AppState>,
     user: AuthUser,
@@ -455,7 +455,7 @@ pub struct SessionResource {
 
 /// The caller's live sessions.
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "auth", responses((status = 200, body = [SessionResource])), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn list_sessions(
     State(app): State<AppState>,
     user: AuthUser,
@@ -485,7 +485,7 @@ async fn list_sessions(
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{id}", tag = "auth", params(("id" = Uuid, Path, description = "Session id")),
     responses((status = 200, body = Message), (status = 404, description = "Session not found"),
         (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn revoke_session(
     State(app): State<AppState>,
     user: AuthUser,
@@ -499,7 +499,7 @@ async fn revoke_session(
 /// Ends every session of the caller, this one included.
 #[utoipa::path(delete, path = "/api/v1/auth/sessions", tag = "auth",
     responses((status = 200, body = Message), (status = 409, description = "The account kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn revoke_all_sessions(
     State(app): State<AppState>,
     user: AuthUser,

@@ -72,7 +72,7 @@ pub struct JobList {
     responses((status = 200, body = JobList), (status = 403, description = "Not an agent or admin"),
         (status = 404, description = "Agent not found"), (status = 422, description = "wait or limit out of range")),
     security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn take_jobs(
     State(app): State<AppState>,
     user: AuthUser,

@@ -228,7 +228,7 @@ impl StoreMemory {
         (status = 403, description = "The task or project is another user's"),
         (status = 404, description = "Task or project not found"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn store_memory(
     State(app): State<AppState>,
     user: AuthUser,
@@ -423,7 +423,7 @@ async fn in_scope(
         (status = 403, description = "The project is another user's"),
         (status = 404, description = "Project not found"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn search_memories(
     State(app): State<AppState>,
     user: AuthUser,
@@ -567,7 +567,7 @@ async fn related_tasks(
     responses((status = 200, body = TaskMemoryAnswer),
         (status = 403, description = "Another user's task"),
         (status = 404, description = "Task not found")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %task_id))]
 async fn task_memories(
     State(app): State<AppState>,
     user: AuthUser,
@@ -700,7 +700,7 @@ pub struct ProjectMemorySummary {
     responses((status = 200, body = ProjectMemorySummary),
         (status = 403, description = "Another user's project"),
         (status = 404, description = "Project not found")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %project_id))]
 async fn project_summary(
     State(app): State<AppState>,
     user: AuthUser,

@@ -100,7 +100,7 @@ pub struct CreateProject {
     responses((status = 201, body = ProjectResource),
         (status = 409, description = "The caller has reached their quota of projects that are not deleted (SPARC_MAX_PROJECTS_PER_USER)"),
         (status = 422, description = "Invalid fields")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn create_project(
     State(app): State<AppState>,
     Author(user): Author,
@@ -232,7 +232,7 @@ impl ListProjects {
 /// Lists the caller's projects (everyone's for admins and auditors); deleted ones never.
 #[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(ListProjects),
     responses((status = 200, body = ProjectList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn list_projects(
     State(app): State<AppState>,
     user: AuthUser,
@@ -277,7 +277,7 @@ async fn list_projects(
 /// One project with its live tasks; with `as_of` or `version`, the state rebuilt from the log.
 #[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), AsOfQuery),
     responses((status = 200, body = ProjectResource), (status = 404, description = "Project not found")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn get_project(
     State(app): State<AppState>,
     user: AuthUser,
@@ -338,7 +338,7 @@ pub struct UpdateProject {
 #[utoipa::path(method(put, patch), path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), IfMatch), request_body = UpdateProject,
     responses((status = 200, body = ProjectResource), (status = 400, description = "No fields to update"),
         (status = 409, description = "The project kept changing concurrently"), (status = 422, description = "Invalid or unknown fields")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn update_project(
     State(app): State<AppState>,
     user: AuthUser,
@@ -399,7 +399,7 @@ async fn update_project(
 #[utoipa::path(delete, path = "/api/v1/projects/{id}", tag = "projects", params(("id" = Uuid, Path), IfMatch),
     responses((status = 204, description = "Deleted"), (status = 404, description = "Project not found"),
         (status = 409, description = "The project kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn delete_project(
     State(app): State<AppState>,
     user: AuthUser,
@@ -424,7 +424,7 @@ async fn delete_project(
 /// A project's events, oldest first, with their metadata.
 #[utoipa::path(get, path = "/api/v1/projects/{id}/history", tag = "projects", params(("id" = Uuid, Path), HistoryQuery),
     responses((status = 200, body = HistoryResponse)), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn project_history(
     State(app): State<AppState>,
     user: AuthUser,

@@ -278,7 +278,7 @@ impl CreateTask {
         (status = 404, description = "Project not found"),
         (status = 409, description = "The caller has reached their quota of tasks that are not deleted (SPARC_MAX_TASKS_PER_USER)"),
         (status = 422, description = "Invalid fields, or a schedule firing more often than SPARC_MIN_SCHEDULE_INTERVAL_SECONDS allows")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn create_task(
     State(app): State<AppState>,
     Author(user): Author,
@@ -370,7 +370,7 @@ pub struct TaskList {
 /// Lists the caller's tasks (everyone's for admins and auditors).
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(ListTasks),
     responses((status = 200, body = TaskList), (status = 422, description = "Invalid query")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id))]
 async fn list_tasks(
     State(app): State<AppState>,
     user: AuthUser,
@@ -422,7 +422,7 @@ async fn list_tasks(
 /// point, rebuilt from the log.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path), AsOfQuery),
     responses((status = 200, body = TaskResource), (status = 403, description = "Not yours"), (status = 404, description = "Task not found")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn get_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -563,7 +563,7 @@ impl UpdateTask {
         (status = 404, description = "Task or project not found"),
         (status = 409, description = "The task is deleted, or kept changing concurrently"),
         (status = 422, description = "Invalid fields, or a schedule firing more often than SPARC_MIN_SCHEDULE_INTERVAL_SECONDS allows")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn update_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -610,7 +610,7 @@ pub struct TaskDeleted {
     params(("id" = Uuid, Path), IfMatch),
     responses((status = 200, body = TaskDeleted), (status = 404, description = "Task not found"),
         (status = 409, description = "Already deleted, or kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn delete_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -639,7 +639,7 @@ async fn delete_task(
 /// Runs a task now, outside its schedule: the run becomes a `running` execution.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/run", tag = "tasks", params(("id" = Uuid, Path)),
     responses((status = 202, body = ExecutionResource), (status = 409, description = "Already running or deleted, or kept changing concurrently")), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn run_task(
     State(app): State<AppState>,
     user: AuthUser,
@@ -691,7 +691,7 @@ pub struct ExecutionList {
 /// A task's executions, newest first.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/executions", tag = "tasks", params(("id" = Uuid, Path), ListExecutions),
     responses((status = 200, body = ExecutionList)), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn task_executions(
     State(app): State<AppState>,
     user: AuthUser,
@@ -718,7 +718,7 @@ async fn task_executions(
 /// A task's events, oldest first, with their metadata.
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/history", tag = "tasks", params(("id" = Uuid, Path), HistoryQuery),
     responses((status = 200, body = HistoryResponse)), security(("bearer" = [])))]
-#[tracing::instrument(level = "debug", skip_all)]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.user_id, %id))]
 async fn task_history(
     State(app): State<AppState>,
     user: AuthUser,
