@@ -6,10 +6,8 @@
 //!   FastAPI-compatible bodies (`{"detail": …}`, 422 field lists, 500 with `error_id`).
 //! - [`extract`]: [`extract::AppJson`], [`extract::AppQuery`], [`extract::AppPath`], whose
 //!   failures are `ApiError`s, and [`extract::Validator`] for collecting field errors.
-//! - [`auth`]: JWTs ([`auth::TokenService`]), roles, the [`auth::AuthUser`] /
-//!   [`auth::Author`] / [`auth::MaybeAuthUser`] extractors and the [`auth::SessionDirectory`]
-//!   port they consult.
-//! - [`password`]: argon2id hashing off the async runtime, and the password policy.
+//! - [`auth`]: roles, the [`auth::AuthUser`] / [`auth::Author`] / [`auth::MaybeAuthUser`]
+//!   extractors over `sparc_accounts`'s tokens and session directory, and the 401 answers.
 //! - [`middleware`]: request id, security headers, client IP, rate limits, body limit, gzip,
 //!   error shaping and the 404/405 fallbacks; [`middleware::apply`] stacks them.
 //! - [`settings`]: [`settings::ApiSettings`], the tunables of the HTTP layer.
@@ -23,26 +21,21 @@
 //! - [`openapi`]: the error answers every operation of the OpenAPI document gains.
 //! - [`resources`]: the contract's resources as they appear on the wire (from `sparc-contract`,
 //!   shared with the WebSocket gateway).
-//! - [`accounts`]: account creation, shared by registration and `sparc user create`.
 //! - [`idempotency`]: replaying the first answer of a repeated `Idempotency-Key`.
-//! - [`login_guard`]: failed logins back off per account.
 //! - [`pages`]: list answers kept in memory while their read model stands still.
 //! - [`quotas`]: per-user caps on live tasks, projects and registered agents.
 //! - [`answered_creates`]: creates answered before the read models have them, which the next
 //!   reads through this instance wait for.
 
-pub mod accounts;
 pub mod answered_creates;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod job_queue;
-pub mod login_guard;
 pub mod middleware;
 pub mod openapi;
 pub mod pages;
-pub mod password;
 pub mod quotas;
 pub use sparc_contract::resources;
 pub mod routes;

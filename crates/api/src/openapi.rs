@@ -59,14 +59,14 @@ pub(crate) fn name() -> ObjectBuilder {
         .pattern(Some(format!(r"^[^\u0000]*[^\u0000{TRIMMED}][^\u0000]*$")))
 }
 
-/// A new password ([`crate::password::password_policy`]): 8..128 characters with an upper-case
+/// A new password ([`sparc_accounts::password::password_policy`]): 8..128 characters with an upper-case
 /// letter, a lower-case letter and a digit. The pattern asks for ASCII letters; the service
 /// takes any cased letter.
 pub(crate) fn new_password() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .min_length(Some(crate::password::MIN_PASSWORD_CHARS))
-        .max_length(Some(crate::password::MAX_PASSWORD_CHARS))
+        .min_length(Some(sparc_accounts::password::MIN_PASSWORD_CHARS))
+        .max_length(Some(sparc_accounts::password::MAX_PASSWORD_CHARS))
         .pattern(Some(
             r"^(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=[^0-9]*[0-9])[^\u0000]*$",
         ))

@@ -15,11 +15,13 @@
 //! `SPARC_MEMORY_BREAKER_HALF_OPEN_SUCCESSES`, `SPARC_MEMORY_STORE_TIMEOUT_MS`,
 //! `SPARC_MEMORY_SEARCH_TIMEOUT_MS`), and the cost of new password hashes
 //! (`SPARC_PASSWORD_HASH_MEMORY_KIB`, `SPARC_PASSWORD_HASH_PASSES`). The JWT secret is not here: it is a
-//! [`crate::auth::Secret`] handed to [`crate::auth::TokenService::new`].
+//! [`sparc_accounts::tokens::Secret`] handed to [`sparc_accounts::tokens::TokenService::new`].
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sparc_accounts::password::HashCost;
+use sparc_accounts::tokens::TokenLifetimes;
 use sparc_memory::mapping::MappingError;
 use sparc_memory::{Endpoint, MemoryConfig, Thresholds, ToolMapping};
 
@@ -120,9 +122,17 @@ impl ApiSettings {
         std::time::Duration::from_secs(self.request_timeout_seconds.max(1))
     }
 
+    /// How long new tokens live.
+    pub fn token_lifetimes(&self) -> TokenLifetimes {
+        TokenLifetimes {
+            access_token_minutes: self.access_token_minutes,
+            refresh_token_days: self.refresh_token_days,
+        }
+    }
+
     /// The cost of new password hashes.
-    pub fn password_hash_cost(&self) -> crate::password::HashCost {
-        crate::password::HashCost {
+    pub fn password_hash_cost(&self) -> HashCost {
+        HashCost {
             memory_kib: self.password_hash_memory_kib,
             passes: self.password_hash_passes,
         }
@@ -181,8 +191,8 @@ impl Default for ApiSettings {
             memory_breaker_half_open_successes: 2,
             memory_store_timeout_ms: 1000,
             memory_search_timeout_ms: 2000,
-            password_hash_memory_kib: crate::password::HashCost::OWASP.memory_kib,
-            password_hash_passes: crate::password::HashCost::OWASP.passes,
+            password_hash_memory_kib: HashCost::OWASP.memory_kib,
+            password_hash_passes: HashCost::OWASP.passes,
         }
     }
 }

@@ -3,12 +3,13 @@
 //! client that got 2xx reads its own write: a change waits until the read model shows it; a
 //! create answers at once and the next reads wait ([`App::answered_creates_visible`]).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use sparc_accounts::login_guard::LoginGuard;
+use sparc_accounts::sessions::{ReadModelSessions, SessionDirectory};
+use sparc_accounts::tokens::{Secret, TokenConfigError, TokenService};
 use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
 use sparc_memory::MemoryService;
@@ -16,13 +17,11 @@ use sparc_projections::{Indexed, ProjectionHandle, ReadModels};
 use sparc_store::{
     CommandBus, CommandError, Database, EventMetadata, Generations, Outcome, Routed,
 };
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::answered_creates::{AnsweredCreates, Written};
-use crate::auth::{AuthState, Secret, SessionDirectory, TokenConfigError, TokenService};
+use crate::auth::AuthState;
 use crate::error::ApiError;
-use crate::error::BoxError;
 use crate::idempotency::IdempotencyStore;
 use crate::job_queue::{JobQueue, ReadModelQueue};
 use crate::pages::PageCache;
@@ -77,7 +76,7 @@ pub struct App {
     /// Rebuilds started through the admin API.
     pub rebuilds: Arc<crate::routes::admin::Rebuilds>,
     /// Failed logins per account, and the backoff they earn.
-    pub logins: crate::login_guard::LoginGuard,
+    pub logins: LoginGuard,
     /// What the health checks and `/metrics` last read from the database.
     pub health_facts: crate::routes::health::HealthFacts,
     /// List answers, reused while their read model stands still.
@@ -137,19 +136,21 @@ impl App {
         info: ServiceInfo,
         generations: Generations,
     ) -> Result<Self, TokenConfigError> {
-        let tokens = Arc::new(TokenService::from_settings(signing_key, &settings)?);
+        let tokens = Arc::new(TokenService::from_lifetimes(
+            signing_key,
+            settings.token_lifetimes(),
+        )?);
         Ok(Self {
-            sessions: Arc::new(UserSessions {
-                db: db.clone(),
-                users: projections.applied(<User as Indexed>::TABLE),
-                live: Mutex::default(),
-            }),
+            sessions: Arc::new(ReadModelSessions::new(
+                db.clone(),
+                projections.applied(<User as Indexed>::TABLE),
+            )),
             idempotency: IdempotencyStore::new(db.clone()),
             pages: PageCache::new(generations),
             runtime: OnceLock::new(),
             rebuilds: Arc::default(),
             health_facts: Default::default(),
-            logins: crate::login_guard::LoginGuard::new(settings.login_failures_before_backoff),
+            logins: LoginGuard::new(settings.login_failures_before_backoff),
             answered_creates: AnsweredCreates::default(),
             memory: Arc::new(MemoryService::disabled()),
             jobs: Arc::new(ReadModelQueue(ReadModels::new(db.clone()))),
@@ -357,94 +358,5 @@ pub fn command_error<E: DomainError>(error: CommandError<E>) -> ApiError {
         }
         CommandError::Overloaded(overloaded) => ApiError::overloaded(overloaded),
         CommandError::Store(cause) => ApiError::internal(cause),
-    }
-}
-
-/// Session liveness from the `users` read model, remembering sessions found live.
-///
-/// A remembered answer holds while the `users` projection of this process has committed no
-/// batch since (any change to any user forgets them all) and for at most `LIVE_SESSION_TTL`:
-/// a session revoked through this instance stops working at once, one revoked through another
-/// instance (whose runner applied the change) within that bound. Sessions found dead are not
-/// remembered.
-struct UserSessions {
-    db: Database,
-    users: Option<watch::Receiver<u64>>,
-    live: Mutex<HashMap<(Uuid, Uuid), (u64, Instant)>>,
-}
-
-/// How long a session found live is believed without asking the read model again.
-const LIVE_SESSION_TTL: Duration = Duration::from_secs(1);
-/// Sessions remembered at most (all are forgotten when full).
-const LIVE_SESSIONS_KEPT: usize = 100_000;
-
-impl UserSessions {
-    fn users_batch(&self) -> Option<u64> {
-        self.users.as_ref().map(|rx| *rx.borrow())
-    }
-
-    fn remembered(&self, key: (Uuid, Uuid), batch: u64) -> bool {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.get(&key)
-            .is_some_and(|&(at, since)| at == batch && since.elapsed() < LIVE_SESSION_TTL)
-    }
-
-    fn remember(&self, key: (Uuid, Uuid), batch: u64) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if live.len() >= LIVE_SESSIONS_KEPT {
-            live.clear();
-        }
-        live.insert(key, (batch, Instant::now()));
-    }
-}
-
-impl SessionDirectory for UserSessions {
-    fn is_active(&self, user_id: Uuid, session_id: Uuid) -> BoxFuture<'_, Result<bool, BoxError>> {
-        Box::pin(async move {
-            let key = (user_id, session_id);
-            // Read before the row, so a change committed meanwhile makes the answer stale.
-            let batch = self.users_batch();
-            if batch.is_some_and(|batch| self.remembered(key, batch)) {
-                return Ok(true);
-            }
-            let row = sparc_projections::users::get(&self.db, user_id).await?;
-            let live = row.is_some_and(|row| row.state.session_is_live(session_id, Utc::now()));
-            if let (true, Some(batch)) = (live, batch) {
-                self.remember(key, batch);
-            }
-            Ok(live)
-        })
-    }
-
-    /// One read of the `users` read model per user, however many sessions each has.
-    fn ended(
-        &self,
-        sessions: Vec<(Uuid, Uuid)>,
-    ) -> BoxFuture<'_, Result<HashSet<(Uuid, Uuid)>, BoxError>> {
-        Box::pin(async move {
-            let mut by_user: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-            for (user_id, session_id) in sessions {
-                by_user.entry(user_id).or_default().push(session_id);
-            }
-            let now = Utc::now();
-            let mut ended = HashSet::new();
-            for (user_id, session_ids) in by_user {
-                let row = sparc_projections::users::get(&self.db, user_id).await?;
-                for session_id in session_ids {
-                    if !row
-                        .as_ref()
-                        .is_some_and(|row| row.state.session_is_live(session_id, now))
-                    {
-                        ended.insert((user_id, session_id));
-                    }
-                }
-            }
-            Ok(ended)
-        })
-    }
-
-    fn forget(&self, user_id: Uuid) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|&(user, _), _| user != user_id);
     }
 }

@@ -1,8 +1,9 @@
 //! Who is connected: the [`Authenticator`] port through which the gateway checks access tokens.
 //!
 //! The gateway does not know how tokens are signed or where sessions live; the composition root
-//! implements this port with the REST API's token service and session directory, so a token is
-//! accepted on the WebSocket exactly when it would be accepted over HTTP.
+//! implements this port with the token service and session directory of `sparc-accounts`, the
+//! ones the REST API checks, so a token is accepted on the WebSocket exactly when it would be
+//! accepted over HTTP.
 
 use std::collections::HashSet;
 

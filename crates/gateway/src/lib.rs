@@ -6,7 +6,8 @@
 //! it left off, because event ids are the outbox's gap-free numbering and the outbox is the
 //! replay source.
 //!
-//! - [`auth`]: the [`Authenticator`] port (the composition root plugs in the API's tokens).
+//! - [`auth`]: the [`Authenticator`] port (the composition root plugs in the token and session
+//!   checks of `sparc-accounts`).
 //! - [`frames`]: the frames of the contract, rendered once per change.
 //! - `hub`: the one bus subscription per process, in order and without gaps, fanned out to
 //!   bounded per-connection queues.
@@ -315,9 +316,8 @@ impl Gateway {
         AdminNotices(self.shared.notices.clone())
     }
 
-    /// Live counts of this process's connections and messages that, unlike the gateway, hold
-    /// nothing that refers back to whoever keeps them (the API's state keeps them for its health
-    /// endpoints, while the gateway keeps the API's state for checking tokens).
+    /// Live counts of this process's connections and messages, without the gateway's tasks and
+    /// channels (the API's state keeps them for its health endpoints).
     pub fn counters(&self) -> GatewayCounters {
         GatewayCounters(self.shared.hub.clone())
     }

@@ -301,9 +301,9 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             let password = read_password()?;
             let commands = sparc_store::CommandBus::new(&db);
             let metadata = EventMetadata::new("cli", uuid::Uuid::now_v7().to_string());
-            let user = sparc_api::accounts::register_user(
+            let user = sparc_accounts::registration::register_user(
                 &commands,
-                sparc_api::accounts::Registration {
+                sparc_accounts::registration::Registration {
                     username,
                     email,
                     password,

@@ -8,7 +8,7 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-pub use sparc_api::auth::Secret;
+pub use sparc_accounts::tokens::Secret;
 use sparc_api::settings::ApiSettings;
 
 /// The default embedded database: a SQLite file created on first start.

@@ -3,7 +3,8 @@
 //! `sparc serve` runs the relay and mounts the gateway on its own listener ([`start`]);
 //! `sparc gateway` runs only a gateway ([`run_gateway`]), any number of them behind a load
 //! balancer, sharing nothing but NATS and reading the database only to replay. The gateway
-//! checks tokens through the API's own token service and session directory ([`ApiTokens`]).
+//! checks tokens as the API does, through the accounts crate's token service and session
+//! directory ([`AccountTokens`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,17 +12,18 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use axum::Router;
-use chrono::{DateTime, Utc};
-use sparc_api::error::ApiError;
-use sparc_api::{App, RuntimeProbe, ServiceInfo};
+use chrono::DateTime;
+use sparc_accounts::caller::authenticate;
+use sparc_accounts::sessions::{ReadModelSessions, SessionDirectory};
+use sparc_accounts::tokens::{AuthError, TokenService};
+use sparc_api::{App, RuntimeProbe};
 use sparc_bus::{ChangeBus, InProcessBus, NatsBus, Relay, Subjects};
 use sparc_gateway::{
     AdminNotices, AuthFailure, Authenticator, Gateway, GatewayConfig, GatewayCounters, Viewer,
 };
 use sparc_memory::StateChange;
-use sparc_projections::ProjectionRunner;
+use sparc_store::Database;
 use sparc_store::outbox::CommittedBatch;
-use sparc_store::{CommandBus, Database, Generations};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -57,14 +59,16 @@ pub async fn start(
     let (gateway, mut tasks) = Gateway::start(
         db,
         bus.clone(),
-        Arc::new(ApiTokens(app.clone())),
+        Arc::new(AccountTokens {
+            tokens: app.tokens.clone(),
+            sessions: app.sessions.clone(),
+        }),
         config,
         shutdown.clone(),
     )
     .await
     .context("could not start the WebSocket gateway")?;
-    // Set once here, right after both exist; a second set cannot happen. The probe must not
-    // hold the gateway itself: it holds `app` (for tokens), and `app` would then never drop.
+    // Set once here, right after both exist; a second set cannot happen.
     let _ = app.runtime.set(Arc::new(Runtime {
         bus,
         gateway: gateway.counters(),
@@ -118,27 +122,21 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
     if db.pending_migrations().await? {
         bail!("the database has pending migrations: run `sparc migrate` first");
     }
-    let info = ServiceInfo {
-        environment: settings.environment.clone(),
-        bus: "connected",
-        started_at: Utc::now(),
-        stall_after: settings.projection_stall_after(),
-    };
-    // The gateway checks tokens exactly as the API does, through an `App` that serves no routes.
-    let app = Arc::new(App::new(
-        db.clone(),
-        Arc::new(CommandBus::new(&db)),
-        ProjectionRunner::new(db.clone(), Vec::new(), Vec::new()).handle(),
+    // The gateway checks tokens exactly as the API does. No projection runs here, so every
+    // session check reads the `users` read model.
+    let tokens = Arc::new(TokenService::from_lifetimes(
         &key,
-        settings.api.clone(),
-        info,
-        Generations::default(),
+        settings.api.token_lifetimes(),
     )?);
+    let sessions = Arc::new(ReadModelSessions::new(db.clone(), None));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (gateway, tasks) = Gateway::start(
         &db,
         bus(&settings).await?,
-        Arc::new(ApiTokens(app.clone())),
+        Arc::new(AccountTokens {
+            tokens: tokens.clone(),
+            sessions,
+        }),
         settings.gateway(),
         shutdown_rx,
     )
@@ -149,7 +147,7 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("could not listen on {}", settings.listen))?;
     tracing::info!(addr = %settings.listen, "gateway listening");
     // The same middleware as `sparc serve` puts around `/ws`: rate limits, request ids, headers.
-    let router = sparc_api::middleware::apply(gateway.router(), &settings.api, app.tokens.clone());
+    let router = sparc_api::middleware::apply(gateway.router(), &settings.api, tokens);
     crate::http::serve(listener, router, settings.http_limits(), shutdown_signal()).await;
     tracing::info!("shutting down");
     let _ = shutdown.send(true);
@@ -159,23 +157,27 @@ pub async fn run_gateway(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gateway's [`Authenticator`]: the API's access-token and session checks.
-pub struct ApiTokens(pub Arc<App>);
+/// The gateway's [`Authenticator`]: the access-token and session checks of the API.
+pub struct AccountTokens {
+    /// Checks the tokens.
+    pub tokens: Arc<TokenService>,
+    /// Says whether their sessions are live.
+    pub sessions: Arc<dyn SessionDirectory>,
+}
 
 #[async_trait]
-impl Authenticator for ApiTokens {
+impl Authenticator for AccountTokens {
     async fn authenticate(&self, token: &str) -> Result<Viewer, AuthFailure> {
-        let app = &self.0;
-        let user = sparc_api::auth::authenticate(&app.tokens, app.sessions.as_ref(), token)
+        let user = authenticate(&self.tokens, self.sessions.as_ref(), token)
             .await
             .map_err(|error| match error {
-                ApiError::Unauthorized(_) => AuthFailure::Rejected,
-                other => {
-                    tracing::warn!(error = %other, "could not check a WebSocket token");
+                AuthError::Unavailable(cause) => {
+                    tracing::warn!(error = %cause, "could not check a WebSocket token");
                     AuthFailure::Unavailable
                 }
+                _ => AuthFailure::Rejected,
             })?;
-        let expires_at = app
+        let expires_at = self
             .tokens
             .decode_access(token)
             .ok()
@@ -194,7 +196,7 @@ impl Authenticator for ApiTokens {
         &self,
         sessions: Vec<(Uuid, Uuid)>,
     ) -> Result<HashSet<(Uuid, Uuid)>, AuthFailure> {
-        self.0.sessions.ended(sessions).await.map_err(|error| {
+        self.sessions.ended(sessions).await.map_err(|error| {
             tracing::warn!(%error, "could not check WebSocket sessions");
             AuthFailure::Unavailable
         })

@@ -12,7 +12,7 @@ async fn with_one_second_deadlines(backend: Backend) -> Option<TestApp> {
         // The burst is about the hashing gate, not the cap on one client's requests.
         settings.api.max_in_flight_per_client = 0;
         // Hashes as costly as a deployment's, which the cores cannot keep up with.
-        let cost = sparc_api::password::HashCost::OWASP;
+        let cost = sparc_accounts::password::HashCost::OWASP;
         settings.api.password_hash_memory_kib = cost.memory_kib;
         settings.api.password_hash_passes = cost.passes;
     })

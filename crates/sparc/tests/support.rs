@@ -53,7 +53,7 @@ fn test_settings(database_url: &str) -> Settings {
 }
 
 /// What hashing a test user's password costs (see [`test_settings`]).
-pub const TEST_HASH_COST: sparc_api::password::HashCost = sparc_api::password::HashCost {
+pub const TEST_HASH_COST: sparc_accounts::password::HashCost = sparc_accounts::password::HashCost {
     memory_kib: 64,
     passes: 1,
 };
@@ -313,9 +313,9 @@ impl TestApp {
     pub async fn user_with_role(&self, username: &str, role: Role) -> TestUser {
         let commands = CommandBus::new(&self.db);
         for attempt in 0.. {
-            let registered = sparc_api::accounts::register_user(
+            let registered = sparc_accounts::registration::register_user(
                 &commands,
-                sparc_api::accounts::Registration {
+                sparc_accounts::registration::Registration {
                     username: username.to_owned(),
                     email: format!("{username}@example.com"),
                     password: PASSWORD.to_owned(),
@@ -327,7 +327,9 @@ impl TestApp {
             )
             .await;
             match registered {
-                Err(sparc_api::accounts::RegistrationError::Overloaded(_)) if attempt < 400 => {
+                Err(sparc_accounts::registration::RegistrationError::Overloaded(_))
+                    if attempt < 400 =>
+                {
                     tokio::time::sleep(std::time::Duration::from_millis(25)).await;
                 }
                 registered => {

@@ -51,12 +51,12 @@ use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use futures::StreamExt;
+use sparc_accounts::tokens::TokenService;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
-use crate::auth::TokenService;
 use crate::error::ApiError;
 use crate::settings::ApiSettings;
 

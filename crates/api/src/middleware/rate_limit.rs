@@ -41,10 +41,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sparc_accounts::tokens::TokenService;
 use uuid::Uuid;
 
 use super::client_ip::ClientIp;
-use crate::auth::{TokenService, VerifiedClaims, bearer_token};
+use crate::auth::{VerifiedClaims, bearer_token};
 use crate::error::ApiError;
 use crate::settings::ApiSettings;
 

@@ -8,17 +8,20 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use sparc_accounts::password::{
+    MAX_PASSWORD_CHARS, hash_password, password_policy, verify_password,
+};
+use sparc_accounts::registration::{MAX_FULL_NAME, Registration, RegistrationError, register_user};
+use sparc_accounts::tokens::IssuedToken;
 use sparc_domain::user::{ProfileChanges, Role, User, UserCommand, UserEvent};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::accounts::{MAX_FULL_NAME, Registration, RegistrationError, register_user};
-use crate::auth::{AuthUser, IssuedToken};
+use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, Text, Validator, is_http_url};
-use crate::password::{MAX_PASSWORD_CHARS, hash_password, password_policy, verify_password};
 use crate::resources::{Message, UserResource};
 use crate::routes::RequestContext;
 use crate::state::{App, AppState};

@@ -32,15 +32,6 @@ pub enum PasswordError {
     Overloaded(#[from] Overloaded),
 }
 
-impl From<PasswordError> for crate::error::ApiError {
-    fn from(error: PasswordError) -> Self {
-        match error {
-            PasswordError::Overloaded(overloaded) => Self::overloaded(overloaded),
-            other => Self::internal(other),
-        }
-    }
-}
-
 /// The cost of a new hash: argon2id memory and passes (one lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashCost {

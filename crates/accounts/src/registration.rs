@@ -12,7 +12,7 @@ use sparc_domain::values::{Email, Username};
 use sparc_store::{CommandBus, CommandError, EventMetadata, Outcome};
 use uuid::Uuid;
 
-use crate::password::{PasswordError, hash_password, password_policy};
+use crate::password::{HashCost, PasswordError, hash_password, password_policy};
 
 /// The longest display name.
 pub const MAX_FULL_NAME: usize = 100;
@@ -31,7 +31,7 @@ pub struct Registration {
     /// Role.
     pub role: Role,
     /// What hashing the password costs.
-    pub hash_cost: crate::password::HashCost,
+    pub hash_cost: HashCost,
 }
 
 /// Why an account was not created.
