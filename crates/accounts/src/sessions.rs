@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use moka::sync::Cache;
+use sparc_projections::ReadModels;
 use sparc_store::Database;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -59,7 +60,7 @@ pub trait SessionDirectory: Send + Sync {
 /// instance (whose runner applied the change) within that bound. Sessions found dead are not
 /// remembered, and without a projection in this process (a standalone gateway) nothing is.
 pub struct ReadModelSessions {
-    db: Database,
+    reads: ReadModels,
     users: Option<watch::Receiver<u64>>,
     /// The `users` batch at which each (user, session) was found live. Keyed per session so
     /// each expires on its own; [`SessionDirectory::forget`] drops a user's with an
@@ -77,7 +78,7 @@ impl ReadModelSessions {
     /// process's `users` projection commits (`None` without one: every check reads the row).
     pub fn new(db: Database, users_batches: Option<watch::Receiver<u64>>) -> Self {
         Self {
-            db,
+            reads: ReadModels::new(db),
             users: users_batches,
             live: Cache::builder()
                 .max_capacity(LIVE_SESSIONS_KEPT)
@@ -109,7 +110,7 @@ impl SessionDirectory for ReadModelSessions {
             if batch.is_some_and(|batch| self.live.get(&key) == Some(batch)) {
                 return Ok(true);
             }
-            let row = sparc_projections::users::get(&self.db, user_id).await?;
+            let row = self.reads.user(user_id).await?;
             let live = row.is_some_and(|row| row.state.session_is_live(session_id, Utc::now()));
             if let (true, Some(batch)) = (live, batch) {
                 self.live.insert(key, batch);
@@ -131,7 +132,7 @@ impl SessionDirectory for ReadModelSessions {
             let now = Utc::now();
             let mut ended = HashSet::new();
             for (user_id, session_ids) in by_user {
-                let row = sparc_projections::users::get(&self.db, user_id).await?;
+                let row = self.reads.user(user_id).await?;
                 for session_id in session_ids {
                     if !row
                         .as_ref()
