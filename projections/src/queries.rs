@@ -18,10 +18,12 @@ use crate::agents::AgentQuery;
 use crate::executions::ActivityQuery;
 use crate::memories::{Ranked, Reach, Scope, Summary};
 use crate::projects::ProjectQuery;
+use crate::runner::ProjectionError;
 use crate::state_table::Row;
+use crate::status::ProjectionStatus;
 use crate::tasks::TaskQuery;
 use crate::users::UserQuery;
-use crate::{agents, executions, memories, projects, state_table, tasks, users};
+use crate::{agents, executions, memories, projects, state_table, status, tasks, users};
 
 /// What a read-model question answers: its rows, or the database's error.
 pub type QueryResult<T> = Result<T, sqlx::Error>;
@@ -36,6 +38,15 @@ impl ReadModels {
     /// The read models kept in `db`.
     pub fn new(db: Database) -> Self {
         Self { db }
+    }
+
+    /// How far every consumer of the log has come; one that waits longer than `stalled_after`
+    /// for an event counts as stalled.
+    pub async fn consumer_statuses(
+        &self,
+        stalled_after: std::time::Duration,
+    ) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        status::statuses(&self.db, stalled_after).await
     }
 
     /// The version of row `id` of read model `table`, if it has the row.

@@ -141,7 +141,9 @@ async fn list_projections(
     user: AuthUser,
 ) -> Result<Json<Vec<ConsumerStatus>>, ApiError> {
     user.require_admin()?;
-    let statuses = sparc_projections::status::statuses(&app.db, app.info.stall_after)
+    let statuses = app
+        .reads
+        .consumer_statuses(app.info.stall_after)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(

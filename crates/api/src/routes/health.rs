@@ -96,10 +96,7 @@ impl<T: Clone> OncePerInterval<T> {
 impl HealthFacts {
     async fn statuses(&self, app: &AppState) -> Result<Vec<ProjectionStatus>, ProjectionError> {
         self.statuses
-            .get(sparc_projections::status::statuses(
-                &app.db,
-                app.info.stall_after,
-            ))
+            .get(app.reads.consumer_statuses(app.info.stall_after))
             .await
     }
 
@@ -267,11 +264,6 @@ async fn liveness() -> Json<Alive> {
 /// status), this instance's commands (by aggregate, command and outcome) and the events they
 /// recorded (by aggregate and type), the log's size, each projection's position and lag,
 /// WebSocket connections and messages, and the Memory MCP circuit breaker.
-///
-/// Each scrape encodes a registry of its own: the instance's counters (the router's HTTP
-/// series, the command bus's counts) registered as they are, beside gauges and counters set
-/// from the facts read for this scrape. Nothing is process-global, so services sharing a
-/// process (tests) never mix their counts.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 #[tracing::instrument(level = "debug", skip_all)]
@@ -279,6 +271,8 @@ async fn metrics(
     axum::extract::State(app): axum::extract::State<AppState>,
     http: Option<Extension<Arc<HttpMetrics>>>,
 ) -> Response {
+    // This scrape's own registry over the instance's counters: nothing is process-global, so
+    // services sharing a process (tests) never mix their counts.
     let mut registry = Registry::default();
     if let Some(Extension(http)) = http {
         http.register(&mut registry);
