@@ -4,8 +4,10 @@
 # (seeded by bin/reads), then for each count: A's `GET /api/v1/tasks?limit=20` by oha at
 # READ_RATE/s alone, then the same while B's `POST /api/v1/tasks` by a second oha runs at
 # WRITE_RATE/s; then the mixed phase again with B writing through a second `sparc serve` on the
-# same database. Both open loop at a fixed rate with oha's latency correction (latency from each
-# request's scheduled start). Prints one line per phase and side.
+# same database (`instances=2`), after a phase with B writing through the first instance while
+# the second runs idle beside it (`instances=2-idle`). Both open loop at a fixed rate with oha's
+# latency correction (latency from each request's scheduled start). Prints one line per phase
+# and side.
 #
 # Env: SECONDS (measured seconds per phase, default 10), TASKS (default 10000,100000),
 # READ_RATE (1000), WRITE_RATE (500), DATABASE_URL (default
@@ -80,6 +82,9 @@ for tasks in "${TASK_COUNTS[@]}"; do
 	mixed 1 "$API"
 	# The second instance runs only for its phase: idle, its loops would still share the cores.
 	serve "$SECOND_PORT"
+	# B through the first instance while the second runs beside it: what a second process costs
+	# by being there, apart from taking B's writes.
+	mixed 2-idle "$API"
 	mixed 2 "http://127.0.0.1:$SECOND_PORT"
 	kill "$SERVED"
 	wait "$SERVED" 2>/dev/null || true
