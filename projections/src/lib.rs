@@ -37,6 +37,7 @@ pub mod catalog;
 pub mod executions;
 pub mod fault;
 pub mod isolation;
+mod leadership;
 pub mod memories;
 pub mod outbox;
 pub mod policies;

@@ -10,7 +10,9 @@
 //! nothing for it without a transaction and saves how far it read at least every second.
 //!
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
-//! interval (other processes may write too). Each projection counts the batches that changed it
+//! interval (other processes may write too). With several instances on one PostgreSQL database
+//! each loop runs in one of them and stands by in the others ([`crate::leadership`]); a poke of
+//! a loop led elsewhere wakes the instance that leads it. Each projection counts the batches that changed it
 //! ([`ProjectionHandle::applied`]) and remembers the streams it applied lately, so a writer
 //! waiting to read its own write learns it without asking the database. A batch of the read
 //! models also goes to the outbox relay once committed ([`ProjectionHandle::committed`]: the
@@ -32,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use crate::fault::Fault;
 use crate::isolation::{self, Parking};
+use crate::leadership::Leadership;
 use crate::outbox::Outgoing;
 
 /// How long a policy loop waits after a poke, or after a batch that did not fill up, before
@@ -181,6 +184,9 @@ impl Announcer {
 #[derive(Clone)]
 pub struct ProjectionHandle {
     wakers: Arc<[Arc<Notify>]>,
+    leadership: Leadership,
+    /// Each loop's members' names, by loop.
+    members: Arc<[Vec<String>]>,
     committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
     consumers: Arc<[Arc<dyn Projection>]>,
@@ -191,11 +197,29 @@ pub struct ProjectionHandle {
 const COMMITTED_BACKLOG: usize = 1024;
 
 impl ProjectionHandle {
-    /// Wakes every projection loop now instead of at its next poll.
+    /// Wakes every projection loop now instead of at its next poll, here or in the instance
+    /// that runs it.
     pub fn poke(&self) {
-        for waker in self.wakers.iter() {
-            waker.notify_one();
+        let mut led_elsewhere = false;
+        for (index, waker) in self.wakers.iter().enumerate() {
+            if self.leadership.leads(index) {
+                waker.notify_one();
+            } else {
+                led_elsewhere = true;
+            }
         }
+        if led_elsewhere {
+            self.leadership.wake_others();
+        }
+    }
+
+    /// Whether the loop of the projection `name` runs in this instance now (so that
+    /// [`applied`](Self::applied) hears of its batches).
+    pub fn runs_here(&self, name: &str) -> bool {
+        self.members
+            .iter()
+            .position(|names| names.iter().any(|member| member == name))
+            .is_some_and(|index| self.leadership.leads(index))
     }
 
     /// A receiver of every batch of the read models that changed one of them, once committed
@@ -236,6 +260,7 @@ pub struct ProjectionRunner {
     /// to [`Generations`]).
     loops: Vec<(Vec<Arc<dyn Projection>>, bool)>,
     wakers: Arc<[Arc<Notify>]>,
+    leadership: Leadership,
     generations: Generations,
     committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
@@ -263,10 +288,12 @@ impl ProjectionRunner {
         }
         loops.extend(policies.into_iter().map(|policy| (vec![policy], false)));
         let wakers: Arc<[Arc<Notify>]> = loops.iter().map(|_| Arc::new(Notify::new())).collect();
+        let leadership = Leadership::new(loops.len(), matches!(db, Database::Sqlite(_)));
         Self {
             db,
             loops,
             wakers,
+            leadership,
             generations: Generations::default(),
             committed: broadcast::channel(COMMITTED_BACKLOG).0,
             announcers: Arc::new(announcers),
@@ -298,6 +325,8 @@ impl ProjectionRunner {
     pub fn handle(&self) -> ProjectionHandle {
         ProjectionHandle {
             wakers: self.wakers.clone(),
+            leadership: self.leadership.clone(),
+            members: self.loop_members().into(),
             committed: self.committed.clone(),
             announcers: self.announcers.clone(),
             consumers: self
@@ -308,12 +337,33 @@ impl ProjectionRunner {
         }
     }
 
-    /// Spawns the loops; they stop when `shutdown` turns true.
-    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    /// Each loop's members' names, by loop.
+    fn loop_members(&self) -> Vec<Vec<String>> {
         self.loops
             .iter()
-            .zip(self.wakers.iter())
-            .map(|((members, read_models), waker)| {
+            .map(|(members, _)| {
+                members
+                    .iter()
+                    .map(|member| member.name().to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Spawns the loops, and on PostgreSQL the task that decides which of them run in this
+    /// instance; they stop when `shutdown` turns true.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Database::Postgres(pool) = &self.db {
+            tasks.push(tokio::spawn(self.leadership.clone().hold(
+                pool.clone(),
+                self.loop_members(),
+                self.wakers.clone(),
+                shutdown.clone(),
+            )));
+        }
+        let loops = self.loops.iter().zip(self.wakers.iter()).enumerate().map(
+            |(index, ((members, read_models), waker))| {
                 let worker = Worker {
                     db: self.db.clone(),
                     reader: reader_for(&self.db, members),
@@ -324,14 +374,17 @@ impl ProjectionRunner {
                 };
                 let signals = Signals {
                     waker: waker.clone(),
+                    led: self.leadership.follow(index),
                     committed: self.committed.clone(),
                     announcers: self.announcers.clone(),
                 };
                 let poll = self.poll_interval;
                 let shutdown = shutdown.clone();
                 tokio::spawn(worker.run(signals, poll, shutdown))
-            })
-            .collect()
+            },
+        );
+        tasks.extend(loops);
+        tasks
     }
 }
 
@@ -381,6 +434,8 @@ fn reader_for(db: &Database, members: &[Arc<dyn Projection>]) -> LogReader {
 /// How a loop is woken and announces its batches.
 struct Signals {
     waker: Arc<Notify>,
+    /// Whether this instance runs the loop now (see [`crate::leadership`]).
+    led: watch::Receiver<bool>,
     committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
 }
@@ -425,7 +480,21 @@ impl Worker {
         };
         let mut failures = 0u32;
         let lingers = !self.drives_read_models;
+        let mut led = signals.led;
         while !*shutdown.borrow() {
+            if !*led.borrow_and_update() {
+                // Another instance runs the loop and moves its checkpoints meanwhile.
+                cursor.forget();
+                tokio::select! {
+                    changed = led.changed() => {
+                        if changed.is_err() {
+                            let _ = shutdown.changed().await;
+                        }
+                    }
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             match self.step(&mut cursor).await {
                 Ok(None) => {
                     failures = 0;

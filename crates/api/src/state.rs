@@ -286,7 +286,12 @@ impl App {
             return Ok(true);
         }
         let key = id.to_string();
-        let mut applied = self.projections.applied(table);
+        // Batches applied here are announced; those applied by the instance that runs the
+        // loop show in the read model, with a change notice that bumps a generation.
+        let mut applied = self
+            .projections
+            .applied(table)
+            .filter(|_| self.projections.runs_here(table));
         if let Some(rx) = applied.as_mut() {
             // Everything announced up to this value is already among the recent streams.
             rx.borrow_and_update();
@@ -297,11 +302,30 @@ impl App {
         self.projections.poke();
         let mut recheck = tokio::time::interval(SETTLE_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if applied.is_some() {
-            // The first read waits a recheck interval; without local projections it is now.
-            recheck.tick().await;
-        }
+        recheck.tick().await;
+        // Without local announcements the first read is now, else after a recheck interval.
+        let mut read_now = applied.is_none();
+        let generations = self.pages.generations();
         loop {
+            let bumped = generations.next_bump();
+            tokio::pin!(bumped);
+            // Enabled before the read, so that a change notice arriving during it still wakes.
+            bumped.as_mut().enable();
+            if read_now {
+                let current = self
+                    .reads
+                    .row_version(table, &key)
+                    .await
+                    .map_err(ApiError::internal)?;
+                if current.is_some_and(|row_version| row_version >= version as i64) {
+                    // Perhaps applied by another instance whose change notice has not
+                    // arrived yet: what this instance keeps of the read model may be stale.
+                    generations.bump(&sparc_store::changes::view(table, audience));
+                    return Ok(true);
+                }
+                self.projections.poke();
+            }
+            let announced_here = applied.is_some();
             let changed = async {
                 match applied.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -310,8 +334,9 @@ impl App {
             };
             tokio::select! {
                 ok = changed => {
+                    read_now = false;
                     if !ok {
-                        // The runner stopped: only rechecks are left.
+                        // The runner stopped: only reads are left.
                         applied = None;
                     } else if let Some(rx) = applied.as_mut() {
                         rx.borrow_and_update();
@@ -320,19 +345,8 @@ impl App {
                         return Ok(true);
                     }
                 }
-                _ = recheck.tick() => {
-                    let current = self.reads.row_version(table, &key)
-                        .await
-                        .map_err(ApiError::internal)?;
-                    if current.is_some_and(|row_version| row_version >= version as i64) {
-                        // Perhaps applied by another instance whose change notice has not
-                        // arrived yet: what this instance keeps of the read model may be stale.
-                        let view = sparc_store::changes::view(table, audience);
-                        self.pages.generations().bump(&view);
-                        return Ok(true);
-                    }
-                    self.projections.poke();
-                }
+                _ = recheck.tick() => read_now = true,
+                _ = &mut bumped, if !announced_here => read_now = true,
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(table, %id, version, "read model did not catch up in time");
                     return Ok(false);

@@ -2,5 +2,6 @@
 //! binary (one link).
 
 mod fault_isolation;
+mod leadership;
 mod outbox;
 mod upcasting;

@@ -1,0 +1,185 @@
+//! Which instance runs each projection loop. Several instances may serve one PostgreSQL
+//! database; each loop runs in one of them at a time and stands by in the others, so a batch is
+//! read, decoded and applied once, not once per instance. An instance leads a loop while it
+//! holds the loop's session advisory lock on a connection of its own; a standby tries for the
+//! lock every second and takes the loop over when the holder's connection ends (the process
+//! stopped or died).
+//!
+//! Leading decides only who does the work: the checkpoint locks keep every batch applied once
+//! whoever runs it, so two instances that both believe they lead a loop (a lost connection not
+//! noticed yet) only repeat each other's reads.
+//!
+//! A standby's writers still want their writes applied at once: a poke of a loop led elsewhere
+//! becomes a notice on [`WAKE_CHANNEL`], which the leading instance turns into a poke of its
+//! loops. On SQLite the one serving process leads every loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use tokio::sync::{Notify, watch};
+
+/// The channel on which a standby asks the leading instances to look at the log now.
+pub const WAKE_CHANNEL: &str = "sparc_projection_wake";
+
+/// How often a standby tries for the locks of the loops it does not lead, and how soon it
+/// connects again after losing its connection.
+const TRY_EVERY: Duration = Duration::from_secs(1);
+
+/// The advisory lock key of the loop of `members` (their names in any order).
+fn loop_key(members: &[impl AsRef<str>]) -> String {
+    let mut names: Vec<&str> = members.iter().map(AsRef::as_ref).collect();
+    names.sort_unstable();
+    format!("sparc.projection-loop.{}", names.join(","))
+}
+
+/// Whether this instance leads each loop, and the way to wake the instances that lead the
+/// others.
+#[derive(Clone)]
+pub(crate) struct Leadership {
+    led: Arc<[watch::Sender<bool>]>,
+    wake_others: Arc<Notify>,
+}
+
+impl Leadership {
+    /// For `loops` loops, leading none until [`spawn`](Self::spawn) takes their locks (leading
+    /// all of them at once if `sole`: the one process of a SQLite database).
+    pub(crate) fn new(loops: usize, sole: bool) -> Self {
+        Self {
+            led: (0..loops).map(|_| watch::Sender::new(sole)).collect(),
+            wake_others: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Whether this instance runs loop `index` now.
+    pub(crate) fn leads(&self, index: usize) -> bool {
+        *self.led[index].borrow()
+    }
+
+    /// Follows whether this instance runs loop `index`.
+    pub(crate) fn follow(&self, index: usize) -> watch::Receiver<bool> {
+        self.led[index].subscribe()
+    }
+
+    /// Asks the instances leading the loops this one does not to look at the log now.
+    pub(crate) fn wake_others(&self) {
+        self.wake_others.notify_one();
+    }
+
+    /// Takes and holds the locks of the loops of `members` on `pool`'s server until `shutdown`,
+    /// poking a loop's `waker` when another instance asks. Nothing to do on SQLite.
+    pub(crate) async fn hold(
+        self,
+        pool: PgPool,
+        members: Vec<Vec<String>>,
+        wakers: Arc<[Arc<Notify>]>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let keys: Vec<String> = members.iter().map(|names| loop_key(names)).collect();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        while !*shutdown.borrow() {
+            match self
+                .hold_on_one_connection(&own, &keys, &wakers, &mut shutdown)
+                .await
+            {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "projection loops: lost the leadership connection; standing by");
+                }
+            }
+            for led in self.led.iter() {
+                led.send_if_modified(|led| std::mem::replace(led, false));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TRY_EVERY) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        own.close().await;
+    }
+
+    /// Holds what locks it can on one connection: until shutdown (`Ok`) or until the connection
+    /// fails, which releases them all.
+    async fn hold_on_one_connection(
+        &self,
+        own: &PgPool,
+        keys: &[String],
+        wakers: &[Arc<Notify>],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), sqlx::Error> {
+        let mut connection = PgListener::connect_with(own).await?;
+        connection.listen(WAKE_CHANNEL).await?;
+        let mut attempts = tokio::time::interval(TRY_EVERY);
+        attempts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = attempts.tick() => self.try_to_lead(&mut connection, keys).await?,
+                received = connection.try_recv() => match received? {
+                    Some(_) => {
+                        for (index, waker) in wakers.iter().enumerate() {
+                            if self.leads(index) {
+                                waker.notify_one();
+                            }
+                        }
+                    }
+                    // The connection was lost (and opened again): its locks went with it.
+                    None => {
+                        return Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the connection was lost",
+                        )));
+                    }
+                },
+                _ = self.wake_others.notified() => {
+                    sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(WAKE_CHANNEL)
+                        .execute(&mut connection)
+                        .await?;
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Tries for the lock of every loop not led here.
+    async fn try_to_lead(
+        &self,
+        connection: &mut PgListener,
+        keys: &[String],
+    ) -> Result<(), sqlx::Error> {
+        for (index, key) in keys.iter().enumerate() {
+            if self.leads(index) {
+                continue;
+            }
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(key)
+                    .fetch_one(&mut *connection)
+                    .await?;
+            if locked {
+                tracing::info!(projection_loop = %key, "this instance now runs the loop");
+                self.led[index].send_replace(true);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_s_key_does_not_depend_on_the_order_of_its_members() {
+        assert_eq!(
+            loop_key(&["tasks", "agents"]),
+            loop_key(&["agents", "tasks"])
+        );
+        assert_ne!(loop_key(&["tasks"]), loop_key(&["tasks", "agents"]));
+    }
+}
