@@ -83,14 +83,9 @@ impl Leadership {
             .idle_timeout(None)
             .connect_lazy_with((*pool.connect_options()).clone());
         while !*shutdown.borrow() {
-            match self
-                .hold_on_one_connection(&own, &keys, &wakers, &mut shutdown)
-                .await
-            {
-                Ok(()) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "projection loops: lost the leadership connection; standing by");
-                }
+            let held = self.hold_on_one_connection(&own, &keys, &wakers, &mut shutdown);
+            if let Err(error) = held.await {
+                tracing::warn!(%error, "projection loops: lost the lock connection; standing by");
             }
             for led in self.led.iter() {
                 led.send_if_modified(|led| std::mem::replace(led, false));

@@ -12,11 +12,11 @@
 //! Loops wake when a local command pokes them ([`ProjectionHandle::poke`]) or after a short poll
 //! interval (other processes may write too). With several instances on one PostgreSQL database
 //! each loop runs in one of them and stands by in the others ([`crate::leadership`]); a poke of
-//! a loop led elsewhere wakes the instance that leads it. Each projection counts the batches that changed it
-//! ([`ProjectionHandle::applied`]) and remembers the streams it applied lately, so a writer
-//! waiting to read its own write learns it without asking the database. A batch of the read
-//! models also goes to the outbox relay once committed ([`ProjectionHandle::committed`]: the
-//! changes it numbered, or just a wake-up), moves their [`Generations`] and sends a change
+//! a loop led elsewhere wakes the instance that leads it. Each projection counts the batches
+//! that changed it ([`ProjectionHandle::applied`]) and remembers the streams it applied lately,
+//! so a writer waiting to read its own write learns it without asking the database. A batch of
+//! the read models also goes to the outbox relay once committed ([`ProjectionHandle::committed`]:
+//! the changes it numbered, or just a wake-up), moves their [`Generations`] and sends a change
 //! notice to other instances (caches key on them).
 
 use std::collections::HashMap;

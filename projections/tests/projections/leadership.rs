@@ -4,14 +4,11 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use sparc_domain::task::{Task, TaskCommand, TaskStatus};
-use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
 use sparc_projections::ProjectionRunner;
 use sparc_projections::catalog::READ_MODELS;
 use sparc_projections::runner::ProjectionHandle;
+use sparc_store::Database;
 use sparc_store::testing::postgres_database;
-use sparc_store::{CommandBus, Database, EventMetadata};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -53,31 +50,6 @@ async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn schedule_task(db: &Database) -> Uuid {
-    let id = Uuid::now_v7();
-    let command = TaskCommand::Schedule {
-        task_id: id,
-        user_id: Uuid::now_v7(),
-        skill_name: SkillName::parse("lint").expect("a skill"),
-        schedule_cron: CronSchedule::parse("*/15 * * * *").expect("a schedule"),
-        timezone: TimeZoneName::default(),
-        params: json!({}),
-        status: TaskStatus::Pending,
-        project_id: None,
-        run: sparc_domain::task::RunPolicy::default(),
-        at: chrono::Utc::now(),
-    };
-    CommandBus::new(db)
-        .create::<Task>(
-            &id.to_string(),
-            command,
-            &EventMetadata::new("test", "leadership"),
-        )
-        .await
-        .expect("the task should be scheduled");
-    id
-}
-
 async fn listed(db: &Database, id: Uuid) -> bool {
     sparc_projections::tasks::get(db, id)
         .await
@@ -105,7 +77,7 @@ async fn one_instance_runs_the_read_models_and_a_standby_takes_over_when_it_stop
 
     let mut applied_by_first = first.handle.applied("tasks").expect("tasks");
     applied_by_first.borrow_and_update();
-    let through_standby = schedule_task(&db).await;
+    let through_standby = crate::schedule_task(&db).await;
     second.handle.poke();
     eventually("a write poked on the standby is applied", async || {
         listed(&db, through_standby).await
@@ -121,7 +93,7 @@ async fn one_instance_runs_the_read_models_and_a_standby_takes_over_when_it_stop
         second.handle.runs_here("tasks")
     })
     .await;
-    let after_takeover = schedule_task(&db).await;
+    let after_takeover = crate::schedule_task(&db).await;
     second.handle.poke();
     eventually("the new runner applies writes", async || {
         listed(&db, after_takeover).await

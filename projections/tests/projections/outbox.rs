@@ -4,41 +4,16 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use sparc_domain::task::{Task, TaskCommand, TaskStatus};
-use sparc_domain::values::{CronSchedule, SkillName, TimeZoneName};
 use sparc_projections::ProjectionRunner;
 use sparc_projections::catalog::{READ_MODELS, read_model};
 use sparc_projections::runner::catch_up;
+use sparc_store::Database;
 use sparc_store::testing::{postgres_database, sqlite_database};
-use sparc_store::{CommandBus, Database, EventMetadata};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 async fn schedule_tasks(db: &Database, count: usize) {
-    let commands = CommandBus::new(db);
     for _ in 0..count {
-        let id = Uuid::now_v7();
-        let command = TaskCommand::Schedule {
-            task_id: id,
-            user_id: Uuid::now_v7(),
-            skill_name: SkillName::parse("lint").expect("a skill"),
-            schedule_cron: CronSchedule::parse("*/15 * * * *").expect("a schedule"),
-            timezone: TimeZoneName::default(),
-            params: json!({}),
-            status: TaskStatus::Pending,
-            project_id: None,
-            run: sparc_domain::task::RunPolicy::default(),
-            at: chrono::Utc::now(),
-        };
-        commands
-            .create::<Task>(
-                &id.to_string(),
-                command,
-                &EventMetadata::new("test", "outbox"),
-            )
-            .await
-            .expect("the task should be scheduled");
+        crate::schedule_task(db).await;
     }
 }
 
