@@ -187,6 +187,8 @@ pub struct ProjectionHandle {
     leadership: Leadership,
     /// Each loop's members' names, by loop.
     members: Arc<[Vec<String>]>,
+    /// The index of the read models' loop, if there is one.
+    read_models_loop: Option<usize>,
     committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
     consumers: Arc<[Arc<dyn Projection>]>,
@@ -220,6 +222,15 @@ impl ProjectionHandle {
             .iter()
             .position(|names| names.iter().any(|member| member == name))
             .is_some_and(|index| self.leadership.leads(index))
+    }
+
+    /// Follows whether the read models' loop runs in this instance now (its batches then
+    /// reach [`committed`](Self::committed); else only their change notices come).
+    pub fn follow_read_models_here(&self) -> watch::Receiver<bool> {
+        match self.read_models_loop {
+            Some(index) => self.leadership.follow(index),
+            None => watch::channel(false).1,
+        }
     }
 
     /// A receiver of every batch of the read models that changed one of them, once committed
@@ -327,6 +338,7 @@ impl ProjectionRunner {
             wakers: self.wakers.clone(),
             leadership: self.leadership.clone(),
             members: self.loop_members().into(),
+            read_models_loop: self.loops.iter().position(|(_, read_models)| *read_models),
             committed: self.committed.clone(),
             announcers: self.announcers.clone(),
             consumers: self

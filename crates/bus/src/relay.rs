@@ -12,7 +12,9 @@
 //! gap-free, and final once committed. When the read-model loop runs in this process it hands
 //! the relay the rows it numbered as soon as they are committed ([`Relay::with_feed`]); rows
 //! that follow the last one published go out at once, without reading the outbox, and anything
-//! else (a gap, a wake-up without rows) makes the relay read the outbox as usual.
+//! else (a gap, a wake-up without rows) makes the relay read the outbox as usual. While the
+//! read-model loop runs in another instance, that instance's change notices wake the relay
+//! instead ([`Relay::with_change_notices`]).
 //!
 //! **At least once.** Numbers are assigned *before* publishing, so a crash can fall between the
 //! numbering commit and the publish. The relay therefore records in `outbox_relay` the last
@@ -37,7 +39,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use sparc_store::outbox::{CommittedBatch, LAST_NUMBERED, NumberedChange, ROW_WAITING};
-use sparc_store::{Database, StoreError, on_backend};
+use sparc_store::{Database, Generations, StoreError, on_backend};
 use sqlx::{Connection as _, PgConnection};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -73,6 +75,14 @@ pub struct Relay {
     standby_interval: Duration,
     retention: Duration,
     feed: Option<broadcast::Receiver<CommittedBatch>>,
+    notices: Option<ChangeNotices>,
+}
+
+/// The read-model change notices this process hears, and whether its own read-model loop runs
+/// (whose batches come through the feed instead).
+struct ChangeNotices {
+    generations: Generations,
+    loop_runs_here: watch::Receiver<bool>,
 }
 
 impl Relay {
@@ -87,6 +97,7 @@ impl Relay {
             standby_interval: Duration::from_secs(1),
             retention: Duration::from_secs(24 * 3600),
             feed: None,
+            notices: None,
         }
     }
 
@@ -96,6 +107,21 @@ impl Relay {
     /// run in this process, so a change is published as soon as it is committed.
     pub fn with_feed(mut self, feed: broadcast::Receiver<CommittedBatch>) -> Self {
         self.feed = Some(feed);
+        self
+    }
+
+    /// Also wakes at every read-model change notice `generations` hears while
+    /// `loop_runs_here` is false: the read-model loop then runs in another instance, whose
+    /// batches reach this one only as notices.
+    pub fn with_change_notices(
+        mut self,
+        generations: Generations,
+        loop_runs_here: watch::Receiver<bool>,
+    ) -> Self {
+        self.notices = Some(ChangeNotices {
+            generations,
+            loop_runs_here,
+        });
         self
     }
 
@@ -232,31 +258,39 @@ impl Relay {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<CommittedBatch> {
         let poll = tokio::time::sleep(at_most);
-        match &mut self.feed {
-            Some(feed) => {
-                tokio::select! {
-                    received = feed.recv() => match received {
-                        Ok(fed) => Some(fed),
-                        // Missed batches: the outbox has them.
-                        Err(broadcast::error::RecvError::Lagged(_)) => None,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            // The projections stopped; keep polling.
-                            self.feed = None;
-                            None
-                        }
-                    },
-                    _ = poll => None,
-                    _ = shutdown.changed() => None,
+        let notice = async {
+            match &self.notices {
+                Some(notices) if !*notices.loop_runs_here.borrow() => {
+                    notices.generations.next_bump().await;
                 }
+                _ => std::future::pending().await,
             }
-            None => {
-                tokio::select! {
-                    _ = poll => {}
-                    _ = shutdown.changed() => {}
-                }
-                None
+        };
+        let fed = async {
+            match &mut self.feed {
+                Some(feed) => match feed.recv().await {
+                    Ok(fed) => Some(Some(fed)),
+                    // Missed batches: the outbox has them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => Some(None),
+                    // The projections stopped; keep polling.
+                    Err(broadcast::error::RecvError::Closed) => None,
+                },
+                None => std::future::pending().await,
             }
+        };
+        let closed = tokio::select! {
+            received = fed => match received {
+                Some(fed) => return fed,
+                None => true,
+            },
+            () = notice => false,
+            _ = poll => false,
+            _ = shutdown.changed() => false,
+        };
+        if closed {
+            self.feed = None;
         }
+        None
     }
 
     /// One pass: numbers the rows that became safe, publishes what is numbered and not yet

@@ -13,7 +13,7 @@ use sparc_bus::{
     ReplaySize, Subjects, Visibility,
 };
 use sparc_store::outbox::NumberedChange;
-use sparc_store::{Checkpoint, Database};
+use sparc_store::{Checkpoint, Database, Generations};
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
@@ -324,6 +324,44 @@ async fn a_fed_relay_publishes_what_follows_at_once_and_reads_the_outbox_after_a
     running.await.expect("the relay stops cleanly");
 }
 
+/// While the read-model loop runs in another instance the feed is silent: that instance's
+/// change notices wake the relay, which reads what it numbered from the outbox.
+async fn a_relay_whose_read_models_run_elsewhere_publishes_at_their_change_notice(db: Database) {
+    let bus = Arc::new(InProcessBus::new());
+    let mut changes = bus.subscribe().await.expect("subscribes");
+    let (feed, fed) = broadcast::channel(16);
+    let (_loop_moved, loop_runs_here) = watch::channel(false);
+    let generations = Generations::default();
+    let (stop, stopped) = watch::channel(false);
+    // It polls once an hour: within this test only a notice wakes it.
+    let relay = Relay::new(db.clone(), bus.clone())
+        .with_poll_interval(Duration::from_secs(3600))
+        .with_feed(fed)
+        .with_change_notices(generations.clone(), loop_runs_here);
+    let running = tokio::spawn(relay.run(stopped));
+    let owner = Uuid::new_v4();
+    // The loop ran here for a batch, then moved to another instance.
+    feed.send(vec![numbered(1, owner)].into())
+        .expect("the relay listens");
+    assert_eq!(next(&mut changes).await.event_id, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    numbered_row(&db, 2, owner).await;
+    // The notice may come before the relay waits for one: it is sent until the change is out.
+    let published = async {
+        loop {
+            generations.bump("tasks");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let second = tokio::select! {
+        change = next(&mut changes) => change,
+        () = published => unreachable!("the notices go on until the change is out"),
+    };
+    assert_eq!((second.event_id, second.audience), (2, Some(owner)));
+    stop.send(true).expect("the relay listens");
+    running.await.expect("the relay stops cleanly");
+}
+
 async fn changes_beyond_retention_are_pruned_and_numbering_carries_on(db: Database) {
     let bus = Arc::new(InProcessBus::new());
     let relay = Relay::new(db.clone(), bus).with_retention(Duration::from_secs(3600));
@@ -413,6 +451,14 @@ mod postgres {
     async fn changes_beyond_retention_are_pruned_and_numbering_carries_on() {
         if let Some(db) = sparc_store::testing::postgres_database().await {
             super::changes_beyond_retention_are_pruned_and_numbering_carries_on(db).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_whose_read_models_run_elsewhere_publishes_at_their_change_notice() {
+        if let Some(db) = sparc_store::testing::postgres_database().await {
+            super::a_relay_whose_read_models_run_elsewhere_publishes_at_their_change_notice(db)
+                .await;
         }
     }
 

@@ -22,8 +22,8 @@ use sparc_gateway::{
     AdminNotices, AuthFailure, Authenticator, Gateway, GatewayConfig, GatewayCounters, Viewer,
 };
 use sparc_memory::StateChange;
-use sparc_store::Database;
 use sparc_store::outbox::CommittedBatch;
+use sparc_store::{Database, Generations};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -45,17 +45,29 @@ pub async fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn ChangeBus>> {
     })
 }
 
-/// Starts the relay (fed by `committed`, the read models' committed batches) and a gateway for
-/// `app`'s users; returns the gateway's routes and the background tasks.
+/// How the relay hears of the read models' committed changes.
+pub struct RelayNews {
+    /// The batches the read-model loop commits while it runs in this instance.
+    pub committed: broadcast::Receiver<CommittedBatch>,
+    /// The change notices this instance hears, from whichever instance runs the loop.
+    pub generations: Generations,
+    /// Whether the read-model loop runs in this instance now.
+    pub loop_runs_here: watch::Receiver<bool>,
+}
+
+/// Starts the relay and a gateway for `app`'s users; returns the gateway's routes and the
+/// background tasks.
 pub async fn start(
     db: &Database,
     bus: Arc<dyn ChangeBus>,
     app: Arc<App>,
-    committed: broadcast::Receiver<CommittedBatch>,
+    news: RelayNews,
     config: GatewayConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
-    let relay = Relay::new(db.clone(), bus.clone()).with_feed(committed);
+    let relay = Relay::new(db.clone(), bus.clone())
+        .with_feed(news.committed)
+        .with_change_notices(news.generations, news.loop_runs_here);
     let (gateway, mut tasks) = Gateway::start(
         db,
         bus.clone(),

@@ -252,7 +252,11 @@ impl Server {
             stall_after: settings.projection_stall_after(),
         };
         let bus = crate::realtime::bus(&settings).await?;
-        let committed = projection_handle.committed();
+        let relay_news = crate::realtime::RelayNews {
+            committed: projection_handle.committed(),
+            generations: generations.clone(),
+            loop_runs_here: projection_handle.follow_read_models_here(),
+        };
         let app = Arc::new(
             App::new(
                 db.clone(),
@@ -274,7 +278,7 @@ impl Server {
             &db,
             bus,
             app.clone(),
-            committed,
+            relay_news,
             gateway,
             shutdown_rx.clone(),
         )
