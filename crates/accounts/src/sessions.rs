@@ -8,8 +8,7 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use moka::sync::Cache;
 use sparc_projections::ReadModels;
-use sparc_store::Database;
-use tokio::sync::watch;
+use sparc_store::{Database, Generations};
 use uuid::Uuid;
 
 /// A failure of the read side, passed on with its cause.
@@ -46,27 +45,26 @@ pub trait SessionDirectory: Send + Sync {
             Ok(ended)
         })
     }
-
-    /// Drops whatever this directory remembers about `user_id`'s sessions: called once a change
-    /// to them (a logout, a revocation, a new password) has reached the read model.
-    fn forget(&self, _user_id: Uuid) {}
 }
 
 /// Session liveness from the `users` read model, remembering sessions found live.
 ///
-/// A remembered answer holds while the `users` projection of this process has committed no
-/// batch since (any change to any user forgets them all) and for at most `LIVE_SESSION_TTL`:
-/// a session revoked through this instance stops working at once, one revoked through another
-/// instance (whose runner applied the change) within that bound. Sessions found dead are not
-/// remembered, and without a projection in this process (a standalone gateway) nothing is.
+/// A remembered answer holds while the `users` read model's generation has not moved (any
+/// change to any user, applied here or announced by the instance that applied it, forgets them
+/// all) and for at most `LIVE_SESSION_TTL`, the bound for a change notice lost on the way: a
+/// session revoked through any instance stops working as soon as the change notice arrives.
+/// Sessions found dead are not remembered, and while no notices are heard (a standalone
+/// gateway, a lost listening connection) nothing is.
 pub struct ReadModelSessions {
     reads: ReadModels,
-    users: Option<watch::Receiver<u64>>,
-    /// The `users` batch at which each (user, session) was found live. Keyed per session so
-    /// each expires on its own; [`SessionDirectory::forget`] drops a user's with an
-    /// invalidation closure.
+    generations: Option<Generations>,
+    /// The `users` generation at which each (user, session) was found live. Keyed per session
+    /// so each expires on its own.
     live: Cache<(Uuid, Uuid), u64>,
 }
+
+/// The read model whose generation remembered sessions hold to.
+const USERS: &str = "users";
 
 /// How long a session found live is believed without asking the read model again.
 const LIVE_SESSION_TTL: Duration = Duration::from_secs(1);
@@ -74,22 +72,22 @@ const LIVE_SESSION_TTL: Duration = Duration::from_secs(1);
 const LIVE_SESSIONS_KEPT: u64 = 100_000;
 
 impl ReadModelSessions {
-    /// Sessions read from `db`'s `users` read model; `users_batches` counts the batches this
-    /// process's `users` projection commits (`None` without one: every check reads the row).
-    pub fn new(db: Database, users_batches: Option<watch::Receiver<u64>>) -> Self {
+    /// Sessions read from `db`'s `users` read model, remembered while `generations` (this
+    /// process's, which follow the change notices) says the read model has not changed
+    /// (`None`: every check reads the row).
+    pub fn new(db: Database, generations: Option<Generations>) -> Self {
         Self {
             reads: ReadModels::new(db),
-            users: users_batches,
+            generations,
             live: Cache::builder()
                 .max_capacity(LIVE_SESSIONS_KEPT)
                 .time_to_live(LIVE_SESSION_TTL)
-                .support_invalidation_closures()
                 .build(),
         }
     }
 
-    fn users_batch(&self) -> Option<u64> {
-        self.users.as_ref().map(|rx| *rx.borrow())
+    fn users_generation(&self) -> Option<u64> {
+        self.generations.as_ref()?.current(USERS)
     }
 }
 
@@ -106,14 +104,14 @@ impl SessionDirectory for ReadModelSessions {
         Box::pin(async move {
             let key = (user_id, session_id);
             // Read before the row, so a change committed meanwhile makes the answer stale.
-            let batch = self.users_batch();
-            if batch.is_some_and(|batch| self.live.get(&key) == Some(batch)) {
+            let generation = self.users_generation();
+            if generation.is_some_and(|generation| self.live.get(&key) == Some(generation)) {
                 return Ok(true);
             }
             let row = self.reads.user(user_id).await?;
             let live = row.is_some_and(|row| row.state.session_is_live(session_id, Utc::now()));
-            if let (true, Some(batch)) = (live, batch) {
-                self.live.insert(key, batch);
+            if let (true, Some(generation)) = (live, generation) {
+                self.live.insert(key, generation);
             }
             Ok(live)
         })
@@ -145,12 +143,6 @@ impl SessionDirectory for ReadModelSessions {
             Ok(ended)
         })
     }
-
-    fn forget(&self, user_id: Uuid) {
-        self.live
-            .invalidate_entries_if(move |&(user, _), _| user == user_id)
-            .expect("the cache is built with support_invalidation_closures");
-    }
 }
 
 #[cfg(test)]
@@ -160,48 +152,55 @@ mod tests {
     /// Directories over an empty read model, where every session is dead unless remembered.
     async fn sessions_over_no_users() -> (
         ReadModelSessions,
-        watch::Sender<u64>,
+        Generations,
         sparc_store::testing::SqliteTestFile,
     ) {
         let (db, file) = sparc_store::testing::sqlite_database().await;
-        let (batches, users) = watch::channel(7);
-        (ReadModelSessions::new(db, Some(users)), batches, file)
+        let generations = Generations::listening();
+        (
+            ReadModelSessions::new(db, Some(generations.clone())),
+            generations,
+            file,
+        )
+    }
+
+    fn users_generation(generations: &Generations) -> u64 {
+        generations.current(USERS).expect("listening")
     }
 
     #[tokio::test]
-    async fn a_remembered_session_is_live_until_its_user_is_forgotten() {
-        let (sessions, _batches, _file) = sessions_over_no_users().await;
-        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-        let (alice_session, bob_session) = (Uuid::new_v4(), Uuid::new_v4());
-        sessions.live.insert((alice, alice_session), 7);
-        sessions.live.insert((bob, bob_session), 7);
-        assert!(
-            sessions
-                .is_active(alice, alice_session)
-                .await
-                .expect("asked")
-        );
-        sessions.forget(alice);
+    async fn a_remembered_session_is_live_while_the_users_read_model_is_unchanged() {
+        let (sessions, generations, _file) = sessions_over_no_users().await;
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        sessions
+            .live
+            .insert((user, session), users_generation(&generations));
+        assert!(sessions.is_active(user, session).await.expect("asked"));
         assert!(
             !sessions
-                .is_active(alice, alice_session)
+                .is_active(user, Uuid::new_v4())
                 .await
-                .expect("asked")
-        );
-        assert!(
-            sessions.is_active(bob, bob_session).await.expect("asked"),
-            "other users' sessions are still remembered"
+                .expect("asked"),
+            "a session not remembered is read, and there is no such user"
         );
     }
 
     #[tokio::test]
     async fn a_remembered_session_is_asked_again_once_the_users_change_or_a_second_passes() {
-        let (sessions, batches, _file) = sessions_over_no_users().await;
+        let (sessions, generations, _file) = sessions_over_no_users().await;
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        sessions.live.insert((user, session), 7);
-        batches.send_replace(8);
+        sessions
+            .live
+            .insert((user, session), users_generation(&generations));
+        // A change to another user, heard from whichever instance applied it.
+        generations.bump(&sparc_store::changes::scope(
+            USERS,
+            &Uuid::new_v4().to_string(),
+        ));
         assert!(!sessions.is_active(user, session).await.expect("asked"));
-        sessions.live.insert((user, session), 8);
+        sessions
+            .live
+            .insert((user, session), users_generation(&generations));
         tokio::time::sleep(LIVE_SESSION_TTL).await;
         assert!(!sessions.is_active(user, session).await.expect("asked"));
     }

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use sparc_accounts::login_guard::LoginGuard;
 use sparc_accounts::sessions::{ReadModelSessions, SessionDirectory};
 use sparc_accounts::tokens::{Secret, TokenConfigError, TokenService};
-use sparc_domain::user::User;
 use sparc_domain::{DomainError, ErrorKind};
 use sparc_memory::MemoryService;
 use sparc_projections::{Indexed, ProjectionHandle, ReadModels};
@@ -143,7 +142,7 @@ impl App {
         Ok(Self {
             sessions: Arc::new(ReadModelSessions::new(
                 db.clone(),
-                projections.applied(<User as Indexed>::TABLE),
+                Some(generations.clone()),
             )),
             idempotency: IdempotencyStore::new(db.clone()),
             pages: PageCache::new(generations),
@@ -216,8 +215,8 @@ impl App {
     /// Waits until the read models hold every write at its version or later, so the next read
     /// by this client sees them; `false` if it gave up waiting (after `SETTLE_TIMEOUT` for all
     /// of them: the writes are committed either way, only reads may lag). A write to a user
-    /// also drops what this instance remembered of that user's live sessions, so a revoked
-    /// session fails its very next request here.
+    /// has then moved the `users` generation, which drops what this instance remembered of
+    /// live sessions, so a revoked session fails its very next request here.
     ///
     /// This process's projections announce every batch they commit and remember which streams
     /// they applied lately ([`ProjectionHandle::applied_version`]), so a write applied here is
@@ -228,9 +227,6 @@ impl App {
         let mut in_time = true;
         for written in writes {
             in_time = in_time && self.settle_written(*written, deadline).await?;
-            if written.table == <User as Indexed>::TABLE {
-                self.sessions.forget(written.id);
-            }
         }
         Ok(in_time)
     }

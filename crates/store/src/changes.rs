@@ -200,6 +200,14 @@ impl Generations {
         self.0.bumped.notify_waiters();
     }
 
+    /// Generations that count as listening from the start, for tests that bump them by hand.
+    #[cfg(feature = "testing")]
+    pub fn listening() -> Self {
+        let generations = Self::default();
+        generations.set_listening(true);
+        generations
+    }
+
     fn set_listening(&self, listening: bool) {
         // Whatever was cached before this moment may have missed a notice.
         self.bump_all();
