@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use sparc_store::outbox::{CommittedBatch, LAST_NUMBERED, NumberedChange, ROW_WAITING};
+use sparc_store::session_lock::{Asking, SessionLock};
 use sparc_store::{Database, Generations, StoreError, on_backend};
-use sqlx::{Connection as _, PgConnection};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -579,36 +579,19 @@ const PRUNE_BATCH: i64 = 10_000;
 enum Leadership {
     /// SQLite: the only process.
     Sole,
-    /// Postgres: this connection holds the session lock.
-    Locked(PgConnection),
+    /// Postgres: the relay's session lock.
+    Locked(SessionLock),
 }
 
 impl Leadership {
-    /// Takes the lock if it is free; `None` if another relay holds it. On Postgres it asks on
-    /// `connection` (opening one if there is none): the connection becomes the lock's if the
-    /// lock is taken, and stays in `connection` for the next attempt if not.
-    async fn acquire(
-        db: &Database,
-        connection: &mut Option<PgConnection>,
-    ) -> Result<Option<Self>, sqlx::Error> {
-        let pool = match db {
-            Database::Sqlite(_) => return Ok(Some(Self::Sole)),
-            Database::Postgres(pool) => pool,
-        };
-        let mut asking = match connection.take() {
-            Some(open) => open,
-            None => pool.acquire().await?.detach(),
-        };
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut asking)
-                .await?;
-        if locked {
-            Ok(Some(Self::Locked(asking)))
-        } else {
-            *connection = Some(asking);
-            Ok(None)
+    /// Takes the lock if it is free; `None` if another relay holds it (see
+    /// [`SessionLock::try_acquire`] for `asking`).
+    async fn acquire(db: &Database, asking: &mut Asking) -> Result<Option<Self>, sqlx::Error> {
+        match db {
+            Database::Sqlite(_) => Ok(Some(Self::Sole)),
+            Database::Postgres(pool) => Ok(SessionLock::try_acquire(pool, LEADER_LOCK, asking)
+                .await?
+                .map(Self::Locked)),
         }
     }
 
@@ -616,14 +599,14 @@ impl Leadership {
     async fn holds(&mut self) -> bool {
         match self {
             Self::Sole => true,
-            Self::Locked(connection) => connection.ping().await.is_ok(),
+            Self::Locked(lock) => lock.holds().await,
         }
     }
 
     /// Gives the lock up (closing its connection releases it).
     async fn release(self) {
-        if let Self::Locked(connection) = self {
-            let _ = connection.close().await;
+        if let Self::Locked(lock) = self {
+            lock.release().await;
         }
     }
 }

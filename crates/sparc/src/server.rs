@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -20,6 +20,7 @@ use sparc_memory::{MemoryService, MemorySync};
 use sparc_projections::catalog::{READ_MODELS, ReadModel};
 use sparc_projections::policies::{ProjectCascade, RunCompletion, TaskCommands};
 use sparc_projections::{CommandFailure, Projection, ProjectionRunner, ReadModels};
+use sparc_store::session_lock::{Asking, SessionLock};
 use sparc_store::{Chainer, CommandBus, Database, EventMetadata, Generations, RecordedEvent};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -345,13 +346,32 @@ fn spawn_chainer(db: &Database, shutdown: watch::Receiver<bool>) -> JoinHandle<(
     })
 }
 
+/// The session lock of the one chainer of a PostgreSQL database.
+const CHAINER_LOCK: &str = "sparc.chainer";
+
+/// How often a chainer checks its lock, and a standby one tries for it.
+const CHAINER_LOCK_EVERY: Duration = Duration::from_secs(1);
+
 /// Hashes newly committed events into the chain, in global order, until shutdown (or until
 /// the server that would signal it is gone). Short of a backlog it pauses between passes, so
 /// that under load a pass hashes the events of a tenth of a second in one transaction instead
 /// of a handful each.
+///
+/// On PostgreSQL it chains only while it holds the chainer's session lock: with several
+/// instances on one database the others would hash the same events again, and their writes,
+/// which the log readers of other processes cannot look past, would hold those readers back.
 async fn run_chainer(db: Database, mut shutdown: watch::Receiver<bool>) {
     let chainer = Chainer::new(&db);
+    let mut lock: Option<(SessionLock, Instant)> = None;
+    let mut asking = None;
     while !*shutdown.borrow() {
+        if !holds_chainer_lock(&db, &mut lock, &mut asking).await {
+            tokio::select! {
+                _ = tokio::time::sleep(CHAINER_LOCK_EVERY) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         let pause = match chainer.chain_pending(CHAIN_BATCH).await {
             Ok(0) => Duration::from_millis(250),
             Ok(chained) if chained as i64 >= CHAIN_BATCH => Duration::ZERO,
@@ -368,6 +388,44 @@ async fn run_chainer(db: Database, mut shutdown: watch::Receiver<bool>) {
                     break;
                 }
             }
+        }
+    }
+    if let Some((lock, _)) = lock {
+        lock.release().await;
+    }
+}
+
+/// Whether this chainer holds the chainer's lock: checked once every `CHAINER_LOCK_EVERY`,
+/// taken if free. SQLite has one process, whose chainer always chains.
+async fn holds_chainer_lock(
+    db: &Database,
+    lock: &mut Option<(SessionLock, Instant)>,
+    asking: &mut Asking,
+) -> bool {
+    let Database::Postgres(pool) = db else {
+        return true;
+    };
+    if let Some((held, checked)) = lock {
+        if checked.elapsed() < CHAINER_LOCK_EVERY {
+            return true;
+        }
+        if held.holds().await {
+            *checked = Instant::now();
+            return true;
+        }
+        tracing::warn!("hash chain: lost the chainer's lock; standing by");
+        *lock = None;
+    }
+    match SessionLock::try_acquire(pool, CHAINER_LOCK, asking).await {
+        Ok(Some(acquired)) => {
+            tracing::info!("hash chain: this instance chains the log");
+            *lock = Some((acquired, Instant::now()));
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            tracing::warn!(%error, "hash chain: could not ask for the chainer's lock");
+            false
         }
     }
 }

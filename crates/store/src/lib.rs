@@ -17,6 +17,7 @@
 //! - [`outbox`]: how published changes get their gap-free `event_id`, in log order.
 //! - [`overload`]: request deadlines, and one queue per stream so its commands take turns.
 //! - [`parked`]: the events a consumer could not apply, parked for it alone.
+//! - [`session_lock`]: which of several processes does a piece of work that needs doing once.
 //! - `testing` (feature `testing`): fresh test databases.
 
 #![warn(missing_docs)]
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod overload;
 pub mod parked;
+pub mod session_lock;
 #[cfg(feature = "testing")]
 pub mod testing;
 

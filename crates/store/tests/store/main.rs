@@ -8,4 +8,5 @@ mod event_repository;
 mod hash_chain;
 mod log_order;
 mod log_reader;
+mod session_lock;
 mod support;
