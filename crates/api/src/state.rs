@@ -302,12 +302,17 @@ impl App {
         // Without local announcements the first read is now, else after a recheck interval.
         let mut read_now = applied.is_none();
         let generations = self.pages.generations();
+        let view = sparc_store::changes::view(table, audience);
+        // The generation of the write's view at the last read: a notice that leaves it as it
+        // was (another owner's rows, another read model) is no reason to read again.
+        let mut read_at = None;
         loop {
             let bumped = generations.next_bump();
             tokio::pin!(bumped);
             // Enabled before the read, so that a change notice arriving during it still wakes.
             bumped.as_mut().enable();
             if read_now {
+                read_at = generations.current(&view);
                 let current = self
                     .reads
                     .row_version(table, &key)
@@ -316,7 +321,7 @@ impl App {
                 if current.is_some_and(|row_version| row_version >= version as i64) {
                     // Perhaps applied by another instance whose change notice has not
                     // arrived yet: what this instance keeps of the read model may be stale.
-                    generations.bump(&sparc_store::changes::view(table, audience));
+                    generations.bump(&view);
                     return Ok(true);
                 }
                 self.projections.poke();
@@ -342,7 +347,10 @@ impl App {
                     }
                 }
                 _ = recheck.tick() => read_now = true,
-                _ = &mut bumped, if !announced_here => read_now = true,
+                _ = &mut bumped, if !announced_here => {
+                    let now = generations.current(&view);
+                    read_now = now.is_none() || now != read_at;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(table, %id, version, "read model did not catch up in time");
                     return Ok(false);
