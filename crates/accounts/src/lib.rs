@@ -12,6 +12,8 @@
 //! - [`password`]: argon2id hashing off the async runtime, and the password policy.
 //! - [`registration`]: account creation, shared by `POST /auth/register` and `sparc user create`.
 //! - [`login_guard`]: failed logins back off per account.
+//! - `testing` (feature `testing`): the token service the tests of this crate and the API sign
+//!   with.
 
 pub mod caller;
 pub mod login_guard;
@@ -19,3 +21,6 @@ pub mod password;
 pub mod registration;
 pub mod sessions;
 pub mod tokens;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -336,19 +336,24 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    const TEST_SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
-
-    fn token_service() -> TokenService {
-        TokenService::new(
-            &Secret::new(TEST_SECRET),
-            Duration::minutes(60),
-            Duration::days(7),
-        )
-        .expect("the test secret is long enough")
-    }
+    use crate::testing::{TEST_SECRET, token_service};
 
     fn alice() -> (Uuid, Uuid) {
         (Uuid::new_v4(), Uuid::new_v4())
+    }
+
+    /// An access token of a new session of alice's, as `role`.
+    fn access_token_as(tokens: &TokenService, role: Role) -> String {
+        let (user, session) = alice();
+        tokens
+            .issue_access(user, "alice", role, session)
+            .expect("signs")
+            .token
+    }
+
+    /// The claims of `token` as JSON, unchecked.
+    fn payload_of(token: &str) -> Value {
+        jsonwebtoken::dangerous::insecure_decode_claims(token).expect("decodable")
     }
 
     #[test]
@@ -389,13 +394,7 @@ mod tests {
 
     #[test]
     fn the_claims_use_the_contract_names() {
-        let tokens = token_service();
-        let (user, session) = alice();
-        let issued = tokens
-            .issue_access(user, "alice", Role::Admin, session)
-            .expect("signs");
-        let payload: Value =
-            jsonwebtoken::dangerous::insecure_decode_claims(&issued.token).expect("decodable");
+        let payload = payload_of(&access_token_as(&token_service(), Role::Admin));
         for claim in [
             "sub", "username", "role", "type", "iat", "exp", "jti", "sid",
         ] {
@@ -411,11 +410,8 @@ mod tests {
     #[test]
     fn an_alg_none_token_is_rejected() {
         let tokens = token_service();
-        let (user, session) = alice();
-        let issued = tokens
-            .issue_access(user, "alice", Role::Admin, session)
-            .expect("signs");
-        let payload = issued.token.split('.').nth(1).expect("a JWT has a payload");
+        let token = access_token_as(&tokens, Role::Admin);
+        let payload = token.split('.').nth(1).expect("a JWT has a payload");
         // base64url of {"alg":"none","typ":"JWT"}, then the genuine claims and no signature.
         let forged = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert!(matches!(
@@ -565,15 +561,10 @@ mod tests {
     #[test]
     fn roles_in_tokens_use_the_lowercase_wire_names() {
         let tokens = token_service();
-        let (user, session) = alice();
-        let issued = tokens
-            .issue_access(user, "a", Role::Auditor, session)
-            .expect("signs");
-        let payload: Value =
-            jsonwebtoken::dangerous::insecure_decode_claims(&issued.token).expect("decodable");
-        assert_eq!(payload["role"], "auditor");
+        let token = access_token_as(&tokens, Role::Auditor);
+        assert_eq!(payload_of(&token)["role"], "auditor");
         assert_eq!(
-            tokens.decode_access(&issued.token).expect("valid").role,
+            tokens.decode_access(&token).expect("valid").role,
             Role::Auditor
         );
     }

@@ -239,23 +239,12 @@ pub(crate) mod tests {
     use axum::http::{Request, StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
-    use chrono::Duration;
     use futures::future::BoxFuture;
     use serde_json::{Value, json};
     use sparc_accounts::sessions::BoxError;
-    use sparc_accounts::tokens::Secret;
     use tower::ServiceExt;
 
-    pub(crate) const TEST_SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
-
-    pub(crate) fn token_service() -> TokenService {
-        TokenService::new(
-            &Secret::new(TEST_SECRET),
-            Duration::minutes(60),
-            Duration::days(7),
-        )
-        .expect("the test secret is long enough")
-    }
+    pub(crate) use sparc_accounts::testing::token_service;
 
     fn alice() -> (Uuid, Uuid) {
         (Uuid::new_v4(), Uuid::new_v4())
