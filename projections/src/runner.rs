@@ -363,7 +363,8 @@ impl ProjectionRunner {
     }
 
     /// Spawns the loops, and on PostgreSQL the task that decides which of them run in this
-    /// instance; they stop when `shutdown` turns true.
+    /// instance; they stop when `shutdown` turns true. The loops share a pool of their own, a
+    /// connection each (see [`Database::dedicated`]).
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Database::Postgres(pool) = &self.db {
@@ -374,11 +375,12 @@ impl ProjectionRunner {
                 shutdown.clone(),
             )));
         }
+        let db = self.db.dedicated(self.loops.len() as u32);
         let loops = self.loops.iter().zip(self.wakers.iter()).enumerate().map(
             |(index, ((members, read_models), waker))| {
                 let worker = Worker {
-                    db: self.db.clone(),
-                    reader: reader_for(&self.db, members),
+                    db: db.clone(),
+                    reader: reader_for(&db, members),
                     members: members.clone(),
                     batch_size: self.batch_size,
                     drives_read_models: *read_models,
