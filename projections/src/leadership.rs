@@ -9,19 +9,27 @@
 //! whoever runs it, so two instances that both believe they lead a loop (a lost connection not
 //! noticed yet) only repeat each other's reads.
 //!
-//! A standby's writers still want their writes applied at once: a poke of a loop led elsewhere
-//! becomes a notice on [`WAKE_CHANNEL`], which the leading instance turns into a poke of its
-//! loops. On SQLite the one serving process leads every loop.
+//! A standby's writers still want their writes applied: a poke of a loop led elsewhere becomes
+//! a notice on [`WAKE_CHANNEL`], which the leading instance turns into a poke of its loops, and
+//! a nudge a notice that it turns into a nudge. Nudges, one per create, are sent at most once
+//! per linger of the read models' loop: one more often would only land in that linger. On
+//! SQLite the one serving process leads every loop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// The channel on which a standby asks the leading instances to look at the log now.
+use crate::runner::{READ_MODELS_LINGER, Wake};
+
+/// The channel on which a standby asks the leading instances to look at the log.
 pub const WAKE_CHANNEL: &str = "sparc_projection_wake";
+
+/// The payload of a notice on [`WAKE_CHANNEL`] that pokes (someone waits); any other nudges.
+const POKE: &str = "poke";
 
 /// How often a standby tries for the locks of the loops it does not lead, and how soon it
 /// connects again after losing its connection.
@@ -39,7 +47,7 @@ fn loop_key(members: &[impl AsRef<str>]) -> String {
 #[derive(Clone)]
 pub(crate) struct Leadership {
     led: Arc<[watch::Sender<bool>]>,
-    wake_others: Arc<Notify>,
+    others: Arc<Wake>,
 }
 
 impl Leadership {
@@ -48,7 +56,7 @@ impl Leadership {
     pub(crate) fn new(loops: usize, sole: bool) -> Self {
         Self {
             led: (0..loops).map(|_| watch::Sender::new(sole)).collect(),
-            wake_others: Arc::new(Notify::new()),
+            others: Arc::default(),
         }
     }
 
@@ -62,18 +70,18 @@ impl Leadership {
         self.led[index].subscribe()
     }
 
-    /// Asks the instances leading the loops this one does not to look at the log now.
-    pub(crate) fn wake_others(&self) {
-        self.wake_others.notify_one();
+    /// How to wake the instances leading the loops this one does not.
+    pub(crate) fn others(&self) -> &Wake {
+        &self.others
     }
 
     /// Takes and holds the locks of the loops of `members` on `pool`'s server until `shutdown`,
-    /// poking a loop's `waker` when another instance asks. Nothing to do on SQLite.
+    /// waking a loop's `waker` when another instance asks. Nothing to do on SQLite.
     pub(crate) async fn hold(
         self,
         pool: PgPool,
         members: Vec<Vec<String>>,
-        wakers: Arc<[Arc<Notify>]>,
+        wakers: Arc<[Arc<Wake>]>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let keys: Vec<String> = members.iter().map(|names| loop_key(names)).collect();
@@ -104,21 +112,31 @@ impl Leadership {
         &self,
         own: &PgPool,
         keys: &[String],
-        wakers: &[Arc<Notify>],
+        wakers: &[Arc<Wake>],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), sqlx::Error> {
         let mut connection = PgListener::connect_with(own).await?;
         connection.listen(WAKE_CHANNEL).await?;
         let mut attempts = tokio::time::interval(TRY_EVERY);
         attempts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the next nudge may be sent, and whether one waits for then.
+        let mut next_nudge = Instant::now();
+        let mut nudge_waits = false;
         loop {
             tokio::select! {
-                _ = attempts.tick() => self.try_to_lead(&mut connection, keys).await?,
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                _ = self.others.waiting() => {
+                    notify_leaders(&mut connection, POKE).await?;
+                    next_nudge = Instant::now() + READ_MODELS_LINGER;
+                    nudge_waits = false;
+                }
                 received = connection.try_recv() => match received? {
-                    Some(_) => {
+                    Some(notice) => {
+                        let how = if notice.payload() == POKE { Wake::poke } else { Wake::nudge };
                         for (index, waker) in wakers.iter().enumerate() {
                             if self.leads(index) {
-                                waker.notify_one();
+                                how(waker);
                             }
                         }
                     }
@@ -130,13 +148,13 @@ impl Leadership {
                         )));
                     }
                 },
-                _ = self.wake_others.notified() => {
-                    sqlx::query("SELECT pg_notify($1, '')")
-                        .bind(WAKE_CHANNEL)
-                        .execute(&mut connection)
-                        .await?;
+                _ = self.others.news() => nudge_waits = true,
+                _ = tokio::time::sleep_until(next_nudge), if nudge_waits => {
+                    notify_leaders(&mut connection, "").await?;
+                    next_nudge = Instant::now() + READ_MODELS_LINGER;
+                    nudge_waits = false;
                 }
-                _ = shutdown.changed() => return Ok(()),
+                _ = attempts.tick() => self.try_to_lead(&mut connection, keys).await?,
             }
         }
     }
@@ -163,6 +181,16 @@ impl Leadership {
         }
         Ok(())
     }
+}
+
+/// Sends `payload` to the instances leading loops, on [`WAKE_CHANNEL`].
+async fn notify_leaders(connection: &mut PgListener, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(WAKE_CHANNEL)
+        .bind(payload)
+        .execute(connection)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -40,10 +40,15 @@ use crate::outbox::Outgoing;
 /// How long a policy loop waits after a poke, or after a batch that did not fill up, before
 /// reading the log: under load it reads the writes of that moment in one go instead of a few
 /// at a time (each read is a round trip and a pooled connection's test), and no writer waits
-/// for a policy. The read models' loop never waits: writers wait for it to read their writes,
-/// and under load its batches grow by themselves (the writes committed while one batch is
-/// applied make the next), so waiting would only lengthen every cycle (see `bench/README.md`).
+/// for a policy.
 const LINGER: Duration = Duration::from_millis(20);
+
+/// How long the read models' loop waits after a batch that did not fill up before reading the
+/// log again, unless someone waits for it ([`ProjectionHandle::poke`]). Under a steady stream
+/// of writes nobody waits for (creates), its batches would otherwise hold an event or two, and
+/// each batch is a transaction of several statements: waiting this long makes them a few
+/// times fuller and the work per write about a third less (see `bench/README.md`).
+pub(crate) const READ_MODELS_LINGER: Duration = Duration::from_millis(5);
 
 /// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
 /// looks again.
@@ -180,10 +185,42 @@ impl Announcer {
     }
 }
 
+/// How a loop is woken: at news of events, or at once by someone waiting for them.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    /// New events: an idle loop reads them now, a lingering one when its linger ends.
+    news: Notify,
+    /// Someone waits for the loop: it stops lingering too.
+    waiting: Notify,
+}
+
+impl Wake {
+    /// New events, nobody waiting for them.
+    pub(crate) fn nudge(&self) {
+        self.news.notify_one();
+    }
+
+    /// Someone waits for the loop.
+    pub(crate) fn poke(&self) {
+        self.news.notify_one();
+        self.waiting.notify_one();
+    }
+
+    /// Resolves at the next nudge or poke (or at once for one that came meanwhile).
+    pub(crate) async fn news(&self) {
+        self.news.notified().await;
+    }
+
+    /// Resolves at the next poke (or at once for one that came meanwhile).
+    pub(crate) async fn waiting(&self) {
+        self.waiting.notified().await;
+    }
+}
+
 /// Lets writers wake the projections and wait for them to advance.
 #[derive(Clone)]
 pub struct ProjectionHandle {
-    wakers: Arc<[Arc<Notify>]>,
+    wakers: Arc<[Arc<Wake>]>,
     leadership: Leadership,
     /// Each loop's members' names, by loop.
     members: Arc<[Vec<String>]>,
@@ -200,18 +237,29 @@ const COMMITTED_BACKLOG: usize = 1024;
 
 impl ProjectionHandle {
     /// Wakes every projection loop now instead of at its next poll, here or in the instance
-    /// that runs it.
+    /// that runs it, for someone who waits for them: a lingering loop stops lingering.
     pub fn poke(&self) {
+        self.wake(Wake::poke);
+    }
+
+    /// Tells every projection loop, here or in the instance that runs it, that new events are
+    /// in the log which nobody waits for yet: an idle loop reads them at once, one that lingers
+    /// after a small batch when its linger ends (under a stream of writes, several at a time).
+    pub fn nudge(&self) {
+        self.wake(Wake::nudge);
+    }
+
+    fn wake(&self, how: fn(&Wake)) {
         let mut led_elsewhere = false;
         for (index, waker) in self.wakers.iter().enumerate() {
             if self.leadership.leads(index) {
-                waker.notify_one();
+                how(waker);
             } else {
                 led_elsewhere = true;
             }
         }
         if led_elsewhere {
-            self.leadership.wake_others();
+            how(self.leadership.others());
         }
     }
 
@@ -270,13 +318,14 @@ pub struct ProjectionRunner {
     /// Each loop's members, and whether they are the read models (whose changes are announced
     /// to [`Generations`]).
     loops: Vec<(Vec<Arc<dyn Projection>>, bool)>,
-    wakers: Arc<[Arc<Notify>]>,
+    wakers: Arc<[Arc<Wake>]>,
     leadership: Leadership,
     generations: Generations,
     committed: broadcast::Sender<CommittedBatch>,
     announcers: Arc<HashMap<String, Announcer>>,
     batch_size: i64,
     poll_interval: Duration,
+    read_models_linger: Duration,
 }
 
 impl ProjectionRunner {
@@ -298,7 +347,7 @@ impl ProjectionRunner {
             loops.push((read_models, true));
         }
         loops.extend(policies.into_iter().map(|policy| (vec![policy], false)));
-        let wakers: Arc<[Arc<Notify>]> = loops.iter().map(|_| Arc::new(Notify::new())).collect();
+        let wakers: Arc<[Arc<Wake>]> = loops.iter().map(|_| Arc::default()).collect();
         let leadership = Leadership::new(loops.len(), matches!(db, Database::Sqlite(_)));
         Self {
             db,
@@ -310,6 +359,7 @@ impl ProjectionRunner {
             announcers: Arc::new(announcers),
             batch_size: 1000,
             poll_interval: Duration::from_millis(200),
+            read_models_linger: READ_MODELS_LINGER,
         }
     }
 
@@ -322,6 +372,13 @@ impl ProjectionRunner {
     /// How long an idle loop sleeps before looking at the log again without a poke.
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// How long the read models' loop lingers after a batch that did not fill up, unless
+    /// poked (default [`READ_MODELS_LINGER`]).
+    pub fn with_read_models_linger(mut self, linger: Duration) -> Self {
+        self.read_models_linger = linger;
         self
     }
 
@@ -363,8 +420,7 @@ impl ProjectionRunner {
     }
 
     /// Spawns the loops, and on PostgreSQL the task that decides which of them run in this
-    /// instance; they stop when `shutdown` turns true. The loops share a pool of their own, a
-    /// connection each (see [`Database::dedicated`]).
+    /// instance; they stop when `shutdown` turns true.
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Database::Postgres(pool) = &self.db {
@@ -375,12 +431,11 @@ impl ProjectionRunner {
                 shutdown.clone(),
             )));
         }
-        let db = self.db.dedicated(self.loops.len() as u32);
         let loops = self.loops.iter().zip(self.wakers.iter()).enumerate().map(
             |(index, ((members, read_models), waker))| {
                 let worker = Worker {
-                    db: db.clone(),
-                    reader: reader_for(&db, members),
+                    db: self.db.clone(),
+                    reader: reader_for(&self.db, members),
                     members: members.clone(),
                     batch_size: self.batch_size,
                     drives_read_models: *read_models,
@@ -392,9 +447,16 @@ impl ProjectionRunner {
                     committed: self.committed.clone(),
                     announcers: self.announcers.clone(),
                 };
-                let poll = self.poll_interval;
+                let pauses = Pauses {
+                    poll: self.poll_interval,
+                    linger: if *read_models {
+                        self.read_models_linger
+                    } else {
+                        LINGER
+                    },
+                };
                 let shutdown = shutdown.clone();
-                tokio::spawn(worker.run(signals, poll, shutdown))
+                tokio::spawn(worker.run(signals, pauses, shutdown))
             },
         );
         tasks.extend(loops);
@@ -445,9 +507,19 @@ fn reader_for(db: &Database, members: &[Arc<dyn Projection>]) -> LogReader {
     }
 }
 
+/// How long a loop waits between reads of the log.
+#[derive(Clone, Copy)]
+struct Pauses {
+    /// Idle, without a nudge or poke.
+    poll: Duration,
+    /// After a batch that did not fill up: the policies' [`LINGER`] (after a poke, too), or the
+    /// read models' linger, which a poke ends.
+    linger: Duration,
+}
+
 /// How a loop is woken and announces its batches.
 struct Signals {
-    waker: Arc<Notify>,
+    waker: Arc<Wake>,
     /// Whether this instance runs the loop now (see [`crate::leadership`]).
     led: watch::Receiver<bool>,
     committed: broadcast::Sender<CommittedBatch>,
@@ -486,14 +558,14 @@ impl Batch {
 }
 
 impl Worker {
-    async fn run(self, signals: Signals, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+    async fn run(self, signals: Signals, pauses: Pauses, mut shutdown: watch::Receiver<bool>) {
         let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
         let mut cursor = Cursor {
             passes_unconcerned: !self.drives_read_models,
             ..Cursor::default()
         };
         let mut failures = 0u32;
-        let lingers = !self.drives_read_models;
+        let policy = !self.drives_read_models;
         let mut led = signals.led;
         while !*shutdown.borrow() {
             if !*led.borrow_and_update() {
@@ -513,12 +585,12 @@ impl Worker {
                 Ok(None) => {
                     failures = 0;
                     tokio::select! {
-                        _ = signals.waker.notified() => {}
-                        _ = tokio::time::sleep(poll) => {}
+                        _ = signals.waker.news() => {}
+                        _ = tokio::time::sleep(pauses.poll) => {}
                         _ = shutdown.changed() => {}
                     }
-                    if lingers {
-                        tokio::time::sleep(LINGER).await;
+                    if policy {
+                        tokio::time::sleep(pauses.linger).await;
                     }
                 }
                 Ok(Some(batch)) => {
@@ -536,8 +608,16 @@ impl Worker {
                         // Nobody listening (no relay in this process) is fine.
                         let _ = signals.committed.send(batch.numbered.into());
                     }
-                    if lingers && (batch.events.len() as i64) < self.batch_size {
-                        tokio::time::sleep(LINGER).await;
+                    if (batch.events.len() as i64) < self.batch_size {
+                        if policy {
+                            tokio::time::sleep(pauses.linger).await;
+                        } else {
+                            tokio::select! {
+                                _ = tokio::time::sleep(pauses.linger) => {}
+                                _ = signals.waker.waiting() => {}
+                                _ = shutdown.changed() => {}
+                            }
+                        }
                     }
                 }
                 Err(error) => {

@@ -231,15 +231,15 @@ impl App {
         Ok(in_time)
     }
 
-    /// Notes a create answered before the read models have it and pokes the projections:
+    /// Notes a create answered before the read models have it and nudges the projections:
     /// every later read through this instance that could see it waits for it
-    /// ([`App::answered_creates_visible`]), so a create answers as soon as its event is
-    /// committed.
+    /// ([`App::answered_creates_visible`], which pokes them), so a create answers as soon as
+    /// its event is committed.
     pub(crate) fn note_created(&self, written: Written) {
         self.answered_creates.note(written, |w| {
             self.applied_here(w.table, &w.id.to_string(), w.version)
         });
-        self.projections.poke();
+        self.projections.nudge();
     }
 
     /// Waits until the read models show the creates this instance has answered

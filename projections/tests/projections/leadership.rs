@@ -13,17 +13,23 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 /// An instance's projections, polling so seldom that only pokes and wake-ups move them.
-struct Instance {
-    handle: ProjectionHandle,
+pub(crate) struct Instance {
+    pub(crate) handle: ProjectionHandle,
     stop: watch::Sender<bool>,
     loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Instance {
     fn start(db: &Database) -> Self {
+        Self::start_lingering(db, Duration::from_millis(5))
+    }
+
+    /// An instance whose read models' loop lingers `linger` after each batch short of a poke.
+    pub(crate) fn start_lingering(db: &Database, linger: Duration) -> Self {
         let read_models = READ_MODELS.iter().map(|model| model.live()).collect();
         let runner = ProjectionRunner::new(db.clone(), read_models, Vec::new())
-            .with_poll_interval(Duration::from_secs(3600));
+            .with_poll_interval(Duration::from_secs(3600))
+            .with_read_models_linger(linger);
         let handle = runner.handle();
         let (stop, stopped) = watch::channel(false);
         let loops = runner.spawn(stopped);
@@ -34,7 +40,7 @@ impl Instance {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send_replace(true);
         for task in self.loops {
             task.await.expect("a loop ends");
@@ -42,7 +48,7 @@ impl Instance {
     }
 }
 
-async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !holds().await {
         assert!(tokio::time::Instant::now() < deadline, "{what}");
@@ -50,7 +56,7 @@ async fn eventually(what: &str, mut holds: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn listed(db: &Database, id: Uuid) -> bool {
+pub(crate) async fn listed(db: &Database, id: Uuid) -> bool {
     sparc_projections::tasks::get(db, id)
         .await
         .expect("the read model should read")

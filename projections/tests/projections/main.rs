@@ -3,6 +3,7 @@
 
 mod fault_isolation;
 mod leadership;
+mod linger;
 mod outbox;
 mod upcasting;
 
