@@ -9,10 +9,18 @@
 //! bookkeeping as well as its body against a byte budget. The entries live in a
 //! [`moka`] cache, which evicts the least useful ones past that budget and forgets those
 //! nobody has asked for in a while.
+//!
+//! An answer read for a client that accepts gzip is kept compressed too ([`Page`]), so that
+//! the next ones are not compressed again at every request.
 
+use std::convert::Infallible;
+use std::io::Write;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use sparc_projections::CacheKey;
 use sparc_projections::agents::AgentQuery;
 use sparc_projections::projects::ProjectQuery;
@@ -42,12 +50,80 @@ pub enum ListKey<'a> {
     Agents(&'a AgentQuery),
 }
 
+/// A kept answer: its JSON, and the same gzip-compressed if it was read for a client that
+/// accepts gzip and is large enough to be sent compressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The JSON bytes.
+    pub json: Bytes,
+    /// `json` gzip-compressed.
+    pub gzip: Option<Bytes>,
+}
+
+impl Page {
+    /// The answer `json`, compressed too if `gzip` and it is large enough to be sent so.
+    pub fn new(json: Bytes, gzip: AcceptsGzip) -> Self {
+        let gzip = (gzip.0 && json.len() as u64 >= crate::middleware::COMPRESS_FROM_BYTES)
+            .then(|| compress(&json))
+            .flatten();
+        Self { json, gzip }
+    }
+}
+
+/// `json` gzip-compressed at the compression layer's level (`None` if that failed).
+fn compress(json: &[u8]) -> Option<Bytes> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(json).ok()?;
+    encoder.finish().ok().map(Bytes::from)
+}
+
+/// Whether the request's `Accept-Encoding` takes gzip: named (or `x-gzip`) with a nonzero
+/// weight, or not named and `*` with a nonzero weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptsGzip(pub bool);
+
+impl AcceptsGzip {
+    fn of(headers: &HeaderMap) -> Self {
+        let (mut gzip, mut any) = (None, None);
+        let values = headers.get_all(header::ACCEPT_ENCODING);
+        for item in values
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let weight = match parts.find_map(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
+            }) {
+                Some(q) => q.trim().parse::<f32>().ok(),
+                None => Some(1.0),
+            };
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = weight;
+            } else if coding == "*" {
+                any = weight;
+            }
+        }
+        Self(gzip.or(any).is_some_and(|q| q > 0.0))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AcceptsGzip {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self::of(&parts.headers))
+    }
+}
+
 /// The cache; see the module documentation.
 #[derive(Debug)]
 pub struct PageCache {
     generations: Generations,
     /// Each answer with the generation it was read at.
-    pages: moka::sync::Cache<CacheKey, (u64, Bytes)>,
+    pages: moka::sync::Cache<CacheKey, (u64, Page)>,
 }
 
 impl Default for PageCache {
@@ -56,9 +132,10 @@ impl Default for PageCache {
     }
 }
 
-/// What keeping `body` costs the budget.
-fn cost(body: &Bytes) -> u32 {
-    u32::try_from(body.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+/// What keeping `page` costs the budget.
+fn cost(page: &Page) -> u32 {
+    let bytes = page.json.len() + page.gzip.as_ref().map_or(0, Bytes::len);
+    u32::try_from(bytes + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 impl PageCache {
@@ -73,7 +150,7 @@ impl PageCache {
             generations,
             pages: moka::sync::Cache::builder()
                 .max_capacity(budget)
-                .weigher(|_, (_, body): &(u64, Bytes)| cost(body))
+                .weigher(|_, (_, page): &(u64, Page)| cost(page))
                 .time_to_idle(IDLE_FOR)
                 .build(),
         }
@@ -95,16 +172,16 @@ impl PageCache {
     }
 
     /// The answer kept under `key` at `generation`, if any.
-    pub fn get(&self, key: ListKey<'_>, generation: u64) -> Option<Bytes> {
+    pub fn get(&self, key: ListKey<'_>, generation: u64) -> Option<Page> {
         self.pages
             .get(&CacheKey::of(&key))
             .filter(|(at, _)| *at == generation)
-            .map(|(_, body)| body)
+            .map(|(_, page)| page)
     }
 
-    /// Keeps `body` under `key`, read at `generation`.
-    pub fn put(&self, key: ListKey<'_>, generation: u64, body: Bytes) {
-        self.pages.insert(CacheKey::of(&key), (generation, body));
+    /// Keeps `page` under `key`, read at `generation`.
+    pub fn put(&self, key: ListKey<'_>, generation: u64, page: Page) {
+        self.pages.insert(CacheKey::of(&key), (generation, page));
     }
 
     /// Entries kept and the bytes they are charged.
@@ -128,16 +205,18 @@ mod tests {
 
     const OVERHEAD: u64 = ENTRY_OVERHEAD as u64;
 
+    /// An answer kept as read for a client that does not take gzip.
+    fn page(json: &'static [u8]) -> Page {
+        Page::new(Bytes::from_static(json), AcceptsGzip(false))
+    }
+
     #[test]
     fn a_long_filter_costs_no_more_than_a_short_one() {
         let cache = PageCache::with_budget(Generations::default(), 1 << 20);
         let long = skill("x".repeat(100_000));
-        cache.put(ListKey::Tasks(&long), 1, Bytes::from_static(b"[]"));
+        cache.put(ListKey::Tasks(&long), 1, page(b"[]"));
         assert_eq!(cache.usage(), (1, 2 + OVERHEAD));
-        assert_eq!(
-            cache.get(ListKey::Tasks(&long), 1),
-            Some(Bytes::from_static(b"[]"))
-        );
+        assert_eq!(cache.get(ListKey::Tasks(&long), 1), Some(page(b"[]")));
         assert_eq!(
             cache.get(ListKey::Tasks(&long), 2),
             None,
@@ -152,12 +231,12 @@ mod tests {
         cache.put(
             ListKey::Projects(&ProjectQuery::default()),
             1,
-            Bytes::from_static(b"projects"),
+            page(b"projects"),
         );
         assert_eq!(cache.get(ListKey::Agents(&AgentQuery::default()), 1), None);
         assert_eq!(
             cache.get(ListKey::Projects(&ProjectQuery::default()), 1),
-            Some(Bytes::from_static(b"projects"))
+            Some(page(b"projects"))
         );
     }
 
@@ -166,11 +245,7 @@ mod tests {
         let budget = 10 * OVERHEAD;
         let cache = PageCache::with_budget(Generations::default(), budget);
         for i in 0..1000 {
-            cache.put(
-                ListKey::Tasks(&skill(format!("filter {i}"))),
-                1,
-                Bytes::new(),
-            );
+            cache.put(ListKey::Tasks(&skill(format!("filter {i}"))), 1, page(b""));
             let (entries, bytes) = cache.usage();
             assert!(
                 bytes <= budget && entries <= 10,
@@ -183,8 +258,57 @@ mod tests {
     fn replacing_an_entry_charges_only_the_new_body() {
         let cache = PageCache::with_budget(Generations::default(), 1 << 20);
         let key = skill("k".into());
-        cache.put(ListKey::Tasks(&key), 1, Bytes::from_static(b"old answer"));
-        cache.put(ListKey::Tasks(&key), 2, Bytes::from_static(b"new"));
+        cache.put(ListKey::Tasks(&key), 1, page(b"old answer"));
+        cache.put(ListKey::Tasks(&key), 2, page(b"new"));
         assert_eq!(cache.usage(), (1, 3 + OVERHEAD));
+    }
+
+    #[test]
+    fn an_answer_read_for_gzip_is_kept_compressed_too_and_charged_for_both() {
+        let json = Bytes::from(format!("[{}]", r#"{"skill_name": "lint"},"#.repeat(100)));
+        let read = Page::new(json.clone(), AcceptsGzip(true));
+        let gzip = read.gzip.clone().expect("compressed");
+        let mut unpacked = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut unpacked)
+            .expect("valid gzip");
+        assert_eq!(unpacked, json);
+        assert!(gzip.len() < json.len());
+
+        let cache = PageCache::with_budget(Generations::default(), 1 << 20);
+        cache.put(ListKey::Tasks(&skill("k".into())), 1, read);
+        let charged = (json.len() + gzip.len()) as u64 + OVERHEAD;
+        assert_eq!(cache.usage(), (1, charged));
+
+        let small = Page::new(Bytes::from_static(b"[]"), AcceptsGzip(true));
+        assert_eq!(small.gzip, None, "too small to be sent compressed");
+        let plain = Page::new(json, AcceptsGzip(false));
+        assert_eq!(plain.gzip, None, "not asked for");
+    }
+
+    #[test]
+    fn accept_encoding_takes_gzip_by_name_or_wildcard_with_a_nonzero_weight() {
+        let takes = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                value.parse().expect("a header value"),
+            );
+            AcceptsGzip::of(&headers).0
+        };
+        assert!(takes("gzip"));
+        assert!(takes("br, GZIP;q=0.5"));
+        assert!(takes("x-gzip"));
+        assert!(takes("*"));
+        assert!(takes("deflate, gzip ; q=1.0"));
+        assert!(!takes("gzip;q=0"));
+        assert!(
+            !takes("gzip;q=0.000, *"),
+            "named with no weight: the wildcard does not count"
+        );
+        assert!(!takes("br, deflate"));
+        assert!(!takes("*;q=0"));
+        assert!(!takes("gzip;q=bogus"));
+        assert!(!takes(""));
+        assert!(!AcceptsGzip::of(&HeaderMap::new()).0);
     }
 }

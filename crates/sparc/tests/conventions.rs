@@ -719,6 +719,66 @@ both_backends!(
     }
 );
 
+/// `GET path` as `token`, accepting gzip: the `Content-Encoding` and the body, unpacked.
+async fn get_gzipped(app: &TestApp, path: &str, token: &str) -> (Option<String>, Value) {
+    let response = app
+        .request(Method::GET, path, Some(token))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("the service should answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let encoding = response
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let bytes = response.bytes().await.expect("a body");
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut json)
+        .expect("a gzip stream");
+    (
+        encoding,
+        serde_json::from_slice(&json).expect("JSON inside"),
+    )
+}
+
+both_backends!(
+    a_list_kept_for_gzip_is_sent_compressed_and_is_fresh_after_a_write,
+    |app: TestApp| async move {
+        let user = app.user("gzipped").await;
+        let create = |skill: String| {
+            let (app, token) = (&app, user.token.clone());
+            async move {
+                let body = json!({"skill_name": skill, "schedule_cron": "0 9 * * *"});
+                let created = app.post("/api/v1/tasks", &token, body).await;
+                assert_eq!(created.status, StatusCode::CREATED);
+            }
+        };
+        for i in 0..12 {
+            create(format!("compressed-{i}")).await;
+        }
+        let path = "/api/v1/tasks?limit=50";
+        let plain = app.get(path, &user.token).await;
+        assert_eq!(
+            plain.header("content-encoding"),
+            None,
+            "gzip only when accepted"
+        );
+        for _ in 0..2 {
+            // Read (and kept), then answered from what was kept: the same answer both times.
+            let (encoding, body) = get_gzipped(&app, path, &user.token).await;
+            assert_eq!(encoding.as_deref(), Some("gzip"));
+            assert_eq!(body, plain.body);
+        }
+
+        create("after".into()).await;
+        let (_, body) = get_gzipped(&app, path, &user.token).await;
+        assert_eq!(body["total"], 13, "a write moves the kept answer on");
+        assert_eq!(body["tasks"].as_array().map(Vec::len), Some(13));
+    }
+);
+
 both_backends!(
     small_answers_are_not_compressed,
     |app: TestApp| async move {

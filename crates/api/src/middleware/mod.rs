@@ -69,7 +69,7 @@ pub use request_id::RequestId;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Responses of at least this many bytes are compressed ("over 1 KiB").
-const COMPRESS_FROM_BYTES: u64 = 1025;
+pub(crate) const COMPRESS_FROM_BYTES: u64 = 1025;
 
 /// Wraps `router` in the whole stack (see the module docs) and sets the 404/405 fallbacks.
 /// Call it last, after every route is registered: the 405 fallback applies to the routes that

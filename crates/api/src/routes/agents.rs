@@ -25,6 +25,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
+use crate::pages::AcceptsGzip;
 use crate::quotas::{self, Quota};
 use crate::resources::{ActivityEntry, AgentResource, ExecutionResource};
 use crate::routes::{
@@ -125,6 +126,7 @@ async fn list_agents(
     State(app): State<AppState>,
     _user: AuthUser,
     AppQuery(query): AppQuery<ListAgents>,
+    gzip: AcceptsGzip,
 ) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 100, 1000)?;
     let capabilities: Vec<String> = query
@@ -155,7 +157,7 @@ async fn list_agents(
         offset,
     };
     let key = crate::pages::ListKey::Agents(&filter);
-    cached_list(&app, &[<Agent as Indexed>::TABLE], key, async {
+    cached_list(&app, &[<Agent as Indexed>::TABLE], key, gzip, async {
         let (rows, total) = app
             .reads
             .agents(&filter)

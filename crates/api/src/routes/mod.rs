@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, FieldError};
 use crate::extract::JsonLimits;
 use crate::middleware::RequestId;
+use crate::pages::{AcceptsGzip, Page};
 use crate::state::AppState;
 
 pub mod admin;
@@ -218,10 +219,14 @@ pub fn with_etag(version: i64, body: impl Serialize) -> Response {
 /// [`sparc_store::changes::view`]: the caller's part of a read model, or all of it), else the one
 /// `read` builds (then kept). `key` must name everything the answer depends on (filter, page,
 /// the caller's scope).
+///
+/// A client that accepts gzip gets the kept compressed bytes where there are some (the
+/// compression layer leaves an answer already encoded alone).
 pub async fn cached_list<T, F>(
     app: &crate::state::App,
     views: &[&str],
     key: crate::pages::ListKey<'_>,
+    gzip: AcceptsGzip,
     read: F,
 ) -> Result<Response, ApiError>
 where
@@ -229,26 +234,34 @@ where
     F: std::future::Future<Output = Result<T, ApiError>>,
 {
     let generation = app.pages.generation(views);
-    if let Some(body) = generation.and_then(|at| app.pages.get(key, at)) {
-        return Ok(json_bytes(body));
+    if let Some(page) = generation.and_then(|at| app.pages.get(key, at)) {
+        return Ok(page_response(page, gzip));
     }
-    let body =
+    let json =
         axum::body::Bytes::from(serde_json::to_vec(&read.await?).map_err(ApiError::internal)?);
-    if let Some(at) = generation {
-        app.pages.put(key, at, body.clone());
-    }
-    Ok(json_bytes(body))
+    let Some(at) = generation else {
+        return Ok(page_response(Page { json, gzip: None }, gzip));
+    };
+    let page = Page::new(json, gzip);
+    app.pages.put(key, at, page.clone());
+    Ok(page_response(page, gzip))
 }
 
-fn json_bytes(body: axum::body::Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+/// `page` as JSON: its compressed bytes if the client takes gzip and there are some.
+fn page_response(page: Page, accepts: AcceptsGzip) -> Response {
+    let json = HeaderValue::from_static("application/json");
+    match page.gzip {
+        Some(gzip) if accepts.0 => (
+            [
+                (header::CONTENT_TYPE, json),
+                (header::CONTENT_ENCODING, HeaderValue::from_static("gzip")),
+                (header::VARY, HeaderValue::from_static("accept-encoding")),
+            ],
+            gzip,
+        )
+            .into_response(),
+        _ => ([(header::CONTENT_TYPE, json)], page.json).into_response(),
+    }
 }
 
 /// The largest `offset` of a list: deeper pages are better reached by filtering, and a bound

@@ -24,6 +24,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery, Text};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
+use crate::pages::AcceptsGzip;
 use crate::quotas::{self, Quota};
 use crate::resources::{ProjectResource, TaskResource};
 use crate::routes::{
@@ -237,6 +238,7 @@ async fn list_projects(
     State(app): State<AppState>,
     user: AuthUser,
     AppQuery(query): AppQuery<ListProjects>,
+    gzip: AcceptsGzip,
 ) -> Result<Response, ApiError> {
     let filter = query.filter(&user)?;
     let (limit, offset) = (filter.limit, filter.offset);
@@ -245,7 +247,7 @@ async fn list_projects(
     // owner's part of the tasks read model.
     let projects = sparc_store::changes::view(<Project as Indexed>::TABLE, filter.owner);
     let tasks = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
-    cached_list(&app, &[&projects, &tasks], key, async {
+    cached_list(&app, &[&projects, &tasks], key, gzip, async {
         let (rows, total) = app
             .reads
             .projects(&filter)

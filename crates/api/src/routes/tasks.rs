@@ -27,6 +27,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{AppJson, AppPath, AppQuery, JsonLimits, Text, check_free_form};
 use crate::idempotency::idempotency_key;
 use crate::openapi::LISTED_VALUE_MAX;
+use crate::pages::AcceptsGzip;
 use crate::quotas::{self, Quota};
 use crate::resources::{ExecutionResource, TaskResource};
 use crate::routes::{
@@ -375,6 +376,7 @@ async fn list_tasks(
     State(app): State<AppState>,
     user: AuthUser,
     AppQuery(query): AppQuery<ListTasks>,
+    gzip: AcceptsGzip,
 ) -> Result<Response, ApiError> {
     let (limit, offset) = page(query.limit, query.offset, 20, 100)?;
     let status = parse_query_value("status", query.status.as_deref(), TaskStatus::parse)?;
@@ -405,7 +407,7 @@ async fn list_tasks(
     };
     let key = crate::pages::ListKey::Tasks(&filter);
     let view = sparc_store::changes::view(<Task as Indexed>::TABLE, filter.owner);
-    cached_list(&app, &[&view], key, async {
+    cached_list(&app, &[&view], key, gzip, async {
         let (rows, total) = app.reads.tasks(&filter).await.map_err(ApiError::internal)?;
         Ok(TaskList {
             tasks: rows
