@@ -7,7 +7,8 @@
 # same database (`instances=2`), after a phase with B writing through the first instance while
 # the second runs idle beside it (`instances=2-idle`). Both open loop at a fixed rate with oha's
 # latency correction (latency from each request's scheduled start). Prints one line per phase
-# and side.
+# and side; the phases with writes also print the CPU the `sparc serve` processes and the
+# PostgreSQL server used meanwhile, in % of one core (the server is assumed to serve only this).
 #
 # Env: SECONDS (measured seconds per phase, default 10), TASKS (default 10000,100000),
 # READ_RATE (1000), WRITE_RATE (500), DATABASE_URL (default
@@ -24,7 +25,7 @@ SECOND_PORT=18494
 # shellcheck source=bench/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 bench_database "$DATABASE_URL"
-require psql cargo curl jq oha
+require psql cargo curl jq oha pgrep
 IFS=', ' read -r -a TASK_COUNTS <<<"$TASKS"
 API=http://127.0.0.1:$PORT
 
@@ -50,6 +51,30 @@ token() { # USERNAME: registers (if need be) and logs in with the benchmarks' pa
 		-d "$(jq -cn --arg u "$1" --arg p "$password" '{username: $u, password: $p}')" | jq -r .access_token
 }
 
+# The CPU ticks (user + system) used so far by each process named NAME: "pid ticks" lines.
+ticks_of() { # NAME
+	local pid stat fields
+	for pid in $(pgrep -x "$1"); do
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		# Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+		read -r -a fields <<<"${stat##*) }"
+		echo "$pid $((fields[11] + fields[12]))"
+	done
+}
+
+# "sparc N% postgres M%": the CPU each used between BEFORE_SPARC/BEFORE_PG and now, over
+# DURATION seconds, in % of one core (processes started meanwhile count from zero).
+cpu_since() { # BEFORE_SPARC BEFORE_PG
+	local hz
+	hz=$(getconf CLK_TCK)
+	used() { # BEFORE NOW
+		awk -v hz="$hz" -v seconds="$DURATION" 'NR == FNR { before[$1] = $2; next }
+			{ total += $2 - before[$1] } END { printf "%d%%", total * 100 / hz / seconds }' \
+			<(echo "$1") <(echo "$2")
+	}
+	echo "sparc $(used "$1" "$(ticks_of sparc)") postgres $(used "$2" "$(ticks_of postgres)")"
+}
+
 # oha at RATE/s for DURATION seconds; prints "served/s p50 p99 non-2xx" from its JSON.
 load() { # RATE ARGS...
 	local rate=$1
@@ -71,13 +96,20 @@ for tasks in "${TASK_COUNTS[@]}"; do
 		load "$WRITE_RATE" -m POST -T application/json -H "Authorization: Bearer $B" \
 			-d '{"skill_name": "bench", "schedule_cron": "0 9 * * *"}' "$2/api/v1/tasks" >"$WORK/b.txt" &
 		writer=$!
+		local sparc_before pg_before
+		sparc_before=$(ticks_of sparc)
+		pg_before=$(ticks_of postgres)
 		echo "tasks=$tasks instances=$1 mixed      A list   at $READ_RATE/s: $(load "$READ_RATE" "${list[@]}")"
+		echo "tasks=$tasks instances=$1 mixed      cpu: $(cpu_since "$sparc_before" "$pg_before")"
 		wait "$writer"
 		echo "tasks=$tasks instances=$1 mixed      B create at $WRITE_RATE/s: $(cat "$WORK/b.txt")"
 	}
+	sparc_before=$(ticks_of sparc)
+	pg_before=$(ticks_of postgres)
 	echo "tasks=$tasks instances=1 write-only B create at $WRITE_RATE/s: $(load "$WRITE_RATE" \
 		-m POST -T application/json -H "Authorization: Bearer $B" \
 		-d '{"skill_name": "bench", "schedule_cron": "0 9 * * *"}' "$API/api/v1/tasks")"
+	echo "tasks=$tasks instances=1 write-only cpu: $(cpu_since "$sparc_before" "$pg_before")"
 	echo "tasks=$tasks instances=1 read-only  A list   at $READ_RATE/s: $(load "$READ_RATE" "${list[@]}")"
 	mixed 1 "$API"
 	# The second instance runs only for its phase: idle, its loops would still share the cores.
