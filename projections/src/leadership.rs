@@ -11,9 +11,9 @@
 //!
 //! A standby's writers still want their writes applied: a poke of a loop led elsewhere becomes
 //! a notice on [`WAKE_CHANNEL`], which the leading instance turns into a poke of its loops, and
-//! a nudge a notice that it turns into a nudge. Nudges, one per create, are sent at most once
-//! per linger of the read models' loop: one more often would only land in that linger. On
-//! SQLite the one serving process leads every loop.
+//! a nudge a notice that it turns into a nudge. Nudges, one per create, are sent at most every
+//! [`NUDGE_EVERY`]: each notice wakes every listening connection of the database, in every
+//! instance. On SQLite the one serving process leads every loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +23,17 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::runner::{READ_MODELS_LINGER, Wake};
+use crate::runner::Wake;
 
 /// The channel on which a standby asks the leading instances to look at the log.
 pub const WAKE_CHANNEL: &str = "sparc_projection_wake";
 
 /// The payload of a notice on [`WAKE_CHANNEL`] that pokes (someone waits); any other nudges.
 const POKE: &str = "poke";
+
+/// How often a standby sends a nudge at most: what it nudges about is nobody's wait (a poke
+/// goes at once), and the leader reads it with what came meanwhile.
+const NUDGE_EVERY: Duration = Duration::from_millis(20);
 
 /// How often a standby tries for the locks of the loops it does not lead, and how soon it
 /// connects again after losing its connection.
@@ -128,7 +132,7 @@ impl Leadership {
                 _ = shutdown.changed() => return Ok(()),
                 _ = self.others.waiting() => {
                     notify_leaders(&mut connection, POKE).await?;
-                    next_nudge = Instant::now() + READ_MODELS_LINGER;
+                    next_nudge = Instant::now() + NUDGE_EVERY;
                     nudge_waits = false;
                 }
                 received = connection.try_recv() => match received? {
@@ -151,7 +155,7 @@ impl Leadership {
                 _ = self.others.news() => nudge_waits = true,
                 _ = tokio::time::sleep_until(next_nudge), if nudge_waits => {
                     notify_leaders(&mut connection, "").await?;
-                    next_nudge = Instant::now() + READ_MODELS_LINGER;
+                    next_nudge = Instant::now() + NUDGE_EVERY;
                     nudge_waits = false;
                 }
                 _ = attempts.tick() => self.try_to_lead(&mut connection, keys).await?,

@@ -48,7 +48,7 @@ const LINGER: Duration = Duration::from_millis(20);
 /// of writes nobody waits for (creates), its batches would otherwise hold an event or two, and
 /// each batch is a transaction of several statements: waiting this long makes them a few
 /// times fuller and the work per write about a third less (see `bench/README.md`).
-pub(crate) const READ_MODELS_LINGER: Duration = Duration::from_millis(5);
+const READ_MODELS_LINGER: Duration = Duration::from_millis(5);
 
 /// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
 /// looks again.
