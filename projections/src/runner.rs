@@ -376,7 +376,7 @@ impl ProjectionRunner {
     }
 
     /// How long the read models' loop lingers after a batch that did not fill up, unless
-    /// poked (default [`READ_MODELS_LINGER`]).
+    /// poked (default 5 ms).
     pub fn with_read_models_linger(mut self, linger: Duration) -> Self {
         self.read_models_linger = linger;
         self
