@@ -234,7 +234,20 @@ where
     F: std::future::Future<Output = Result<T, ApiError>>,
 {
     let generation = app.pages.generation(views);
-    if let Some(page) = generation.and_then(|at| app.pages.get(key, at)) {
+    if let Some(at) = generation
+        && let Some(page) = app.pages.get(key, at)
+    {
+        // Kept for a client that does not take gzip: compressed once now, for the next ones.
+        let page = match page.gzip {
+            None if gzip.0 => {
+                let compressed = Page::new(page.json, gzip);
+                if compressed.gzip.is_some() {
+                    app.pages.put(key, at, compressed.clone());
+                }
+                compressed
+            }
+            _ => page,
+        };
         return Ok(page_response(page, gzip));
     }
     let json =
