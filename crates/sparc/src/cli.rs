@@ -257,8 +257,9 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             if let Some(listen) = listen {
                 settings.listen = listen;
             }
+            let stop = shutdown_signal();
             let server = Server::start(settings).await?;
-            shutdown_signal().await;
+            stop.await;
             tracing::info!("shutting down");
             server.stop().await;
             Ok(ExitCode::SUCCESS)
