@@ -50,6 +50,9 @@ const LINGER: Duration = Duration::from_millis(20);
 /// times fuller and the work per write about a third less (see `bench/README.md`).
 const READ_MODELS_LINGER: Duration = Duration::from_millis(5);
 
+/// The `application_name` of the loops' PostgreSQL connections (see [`Database::dedicated`]).
+pub const LOOPS_APPLICATION_NAME: &str = "sparc projections";
+
 /// How soon a loop whose projection waits for another one ([`ProjectionError::NotReady`])
 /// looks again.
 const NOT_READY_RETRY: Duration = Duration::from_millis(20);
@@ -420,7 +423,8 @@ impl ProjectionRunner {
     }
 
     /// Spawns the loops, and on PostgreSQL the task that decides which of them run in this
-    /// instance; they stop when `shutdown` turns true.
+    /// instance; they stop when `shutdown` turns true. The loops share a pool of their own, a
+    /// connection each (see [`Database::dedicated`]).
     pub fn spawn(self, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Database::Postgres(pool) = &self.db {
@@ -431,11 +435,14 @@ impl ProjectionRunner {
                 shutdown.clone(),
             )));
         }
+        let db = self
+            .db
+            .dedicated(LOOPS_APPLICATION_NAME, self.loops.len() as u32);
         let loops = self.loops.iter().zip(self.wakers.iter()).enumerate().map(
             |(index, ((members, read_models), waker))| {
                 let worker = Worker {
-                    db: self.db.clone(),
-                    reader: reader_for(&self.db, members),
+                    db: db.clone(),
+                    reader: reader_for(&db, members),
                     members: members.clone(),
                     batch_size: self.batch_size,
                     drives_read_models: *read_models,

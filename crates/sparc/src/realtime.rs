@@ -33,6 +33,9 @@ use crate::config::Settings;
 use crate::keys;
 use crate::server::shutdown_signal;
 
+/// The `application_name` of the relay's PostgreSQL connections (see [`Database::dedicated`]).
+pub const RELAY_APPLICATION_NAME: &str = "sparc relay";
+
 /// The bus of this deployment: NATS JetStream when `NATS_URL` is set, else in process.
 pub async fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn ChangeBus>> {
     Ok(match &settings.nats_url {
@@ -65,7 +68,9 @@ pub async fn start(
     config: GatewayConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
-    let relay = Relay::new(db.clone(), bus.clone())
+    // A pool of its own, planned once like the projection loops': it runs the same few
+    // statements at every batch.
+    let relay = Relay::new(db.dedicated(RELAY_APPLICATION_NAME, 2), bus.clone())
         .with_feed(news.committed)
         .with_change_notices(news.generations, news.loop_runs_here);
     let (gateway, mut tasks) = Gateway::start(

@@ -206,3 +206,52 @@ both_backends!(only_admins_operate_projections, |app: TestApp| async move {
         StatusCode::NOT_FOUND
     );
 });
+
+/// On PostgreSQL the projection loops and the outbox relay run on pools of their own (whose
+/// connections plan each statement once; see `Database::dedicated`), named so that an operator
+/// can tell them apart from the requests' connections in `pg_stat_activity`.
+#[tokio::test]
+async fn the_loops_and_the_relay_run_on_connections_of_their_own_named_for_operators() {
+    let Some(app) = TestApp::spawn(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let owner = app.user("owner").await;
+    let created = app
+        .post(
+            "/api/v1/tasks",
+            &owner.token,
+            json!({"skill_name": "named", "schedule_cron": "0 * * * *"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    wait_until_caught_up(&app).await;
+    let sparc_store::Database::Postgres(pool) = &app.db else {
+        unreachable!("spawned on PostgreSQL");
+    };
+    let wanted = [
+        sparc_projections::runner::LOOPS_APPLICATION_NAME,
+        sparc::realtime::RELAY_APPLICATION_NAME,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT application_name FROM pg_stat_activity \
+             WHERE datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("the database's sessions");
+        if wanted
+            .iter()
+            .all(|name| names.iter().any(|seen| seen == name))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions named {wanted:?} expected among {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

@@ -124,21 +124,24 @@ impl Database {
     }
 
     /// A handle with a pool of its own, of `connections` (at least 1), for work that runs the
-    /// same few statements over and over (the projection loops); SQLite, one file with one
-    /// writer, shares this handle's pool.
+    /// same few statements over and over (the projection loops, the outbox relay); SQLite, one
+    /// file with one writer, shares this handle's pool.
     ///
     /// Its connections plan each statement once (`plan_cache_mode = force_generic_plan`).
     /// Left to choose, PostgreSQL plans the log read and the outbox insert again at every
     /// execution, which costs more than running them: their one-off plans look cheaper than
     /// the generic one, which is the same index scan. Its own pool also keeps that work from
-    /// waiting for the requests' connections, and its statements out of their caches.
-    pub fn dedicated(&self, connections: u32) -> Self {
+    /// waiting for the requests' connections, and its statements out of their caches. The
+    /// connections carry `name` as their `application_name`, so that an operator can tell
+    /// them apart in `pg_stat_activity`.
+    pub fn dedicated(&self, name: &str, connections: u32) -> Self {
         match self {
             Self::Postgres(pool) => {
                 let options = pool
                     .connect_options()
                     .as_ref()
                     .clone()
+                    .application_name(name)
                     .options([("plan_cache_mode", "force_generic_plan")]);
                 Self::Postgres(postgres_pool_options(connections.max(1)).connect_lazy_with(options))
             }

@@ -4,6 +4,7 @@
 
 mod changes;
 mod command_bus;
+mod dedicated_pool;
 mod event_repository;
 mod hash_chain;
 mod log_order;

@@ -1,0 +1,36 @@
+//! A dedicated pool on PostgreSQL: its connections plan each statement once and carry the name
+//! they were given, and the pool it came from keeps its own settings.
+
+use sparc_store::Database;
+use sparc_store::testing::postgres_database;
+use sqlx::PgPool;
+
+/// `plan_cache_mode` and `application_name` of a connection of `pool`.
+async fn settings_of(pool: &PgPool) -> (String, String) {
+    sqlx::query_as("SELECT current_setting('plan_cache_mode'), current_setting('application_name')")
+        .fetch_one(pool)
+        .await
+        .expect("the connection's settings")
+}
+
+#[tokio::test]
+async fn a_dedicated_pool_plans_once_and_names_its_connections() {
+    let Some(db) = postgres_database().await else {
+        return;
+    };
+    let Database::Postgres(dedicated) = db.dedicated("sparc test loops", 1) else {
+        panic!("a dedicated pool of PostgreSQL is a PostgreSQL pool");
+    };
+    assert_eq!(
+        settings_of(&dedicated).await,
+        (
+            "force_generic_plan".to_owned(),
+            "sparc test loops".to_owned()
+        )
+    );
+    let Database::Postgres(source) = &db else {
+        unreachable!("matched above");
+    };
+    let (plan_cache_mode, _) = settings_of(source).await;
+    assert_eq!(plan_cache_mode, "auto", "the source pool plans as before");
+}
