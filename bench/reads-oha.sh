@@ -85,6 +85,9 @@ load() { # RATE ARGS...
 			| "served/s=\(.[0] | floor)  p50=\(.[1] * 100 | round / 100)ms  p99=\(.[2] * 100 | round / 100)ms  non-2xx=\(.[3])"'
 }
 
+# Once a year, like the seeded tasks (`QUIET_SCHEDULE` in bench/src/rest.rs): none is due during
+# the run, so the scheduler's firing is not measured with the reads.
+B_TASK='{"skill_name": "bench", "schedule_cron": "0 3 1 1 *"}'
 for tasks in "${TASK_COUNTS[@]}"; do
 	"$TARGET_DIR/release/reads" --api "$API" --tasks "$tasks" --seed-only
 	A=$(token reads-a)
@@ -94,7 +97,7 @@ for tasks in "${TASK_COUNTS[@]}"; do
 	mixed() { # INSTANCES WRITER_URL
 		local writer
 		load "$WRITE_RATE" -m POST -T application/json -H "Authorization: Bearer $B" \
-			-d '{"skill_name": "bench", "schedule_cron": "0 9 * * *"}' "$2/api/v1/tasks" >"$WORK/b.txt" &
+			-d "$B_TASK" "$2/api/v1/tasks" >"$WORK/b.txt" &
 		writer=$!
 		local sparc_before pg_before
 		sparc_before=$(ticks_of sparc)
@@ -108,7 +111,7 @@ for tasks in "${TASK_COUNTS[@]}"; do
 	pg_before=$(ticks_of postgres)
 	echo "tasks=$tasks instances=1 write-only B create at $WRITE_RATE/s: $(load "$WRITE_RATE" \
 		-m POST -T application/json -H "Authorization: Bearer $B" \
-		-d '{"skill_name": "bench", "schedule_cron": "0 9 * * *"}' "$API/api/v1/tasks")"
+		-d "$B_TASK" "$API/api/v1/tasks")"
 	echo "tasks=$tasks instances=1 write-only cpu: $(cpu_since "$sparc_before" "$pg_before")"
 	echo "tasks=$tasks instances=1 read-only  A list   at $READ_RATE/s: $(load "$READ_RATE" "${list[@]}")"
 	mixed 1 "$API"

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! 1. **create at a fixed rate** (with `--create-rate`): `POST /api/v1/tasks` (a fresh user; a
-//!    weekday cron in Europe/Paris, a params object) at that many requests/s over at most
+//!    yearly cron in Europe/Paris, a params object) at that many requests/s over at most
 //!    `--connections` connections, open loop (latency from each request's scheduled start):
 //!    p50/p99 of the 201s at a load the service is asked to carry.
 //! 2. **create at saturation**: `--connections` clients, each on its own connection, loop on
