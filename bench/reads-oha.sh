@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Reads while another user writes, measured with `oha` (the load tool issue 26 was measured
 # with): a fresh PostgreSQL database, the release `sparc serve`, user A owning TASKS tasks
-# (seeded by bin/reads), then for each count: A's `GET /api/v1/tasks?limit=20` by oha at
-# READ_RATE/s alone, then the same while B's `POST /api/v1/tasks` by a second oha runs at
-# WRITE_RATE/s; then the mixed phase again with B writing through a second `sparc serve` on the
-# same database (`instances=2`), after a phase with B writing through the first instance while
-# the second runs idle beside it (`instances=2-idle`). Both open loop at a fixed rate with oha's
-# latency correction (latency from each request's scheduled start). Prints one line per phase
-# and side; the phases with writes also print the CPU the `sparc serve` processes and the
-# PostgreSQL server used meanwhile, in % of one core (the server is assumed to serve only this).
+# (seeded by bin/reads), then for each count, after three unreported seconds of B's writes:
+# B's `POST /api/v1/tasks` by oha at WRITE_RATE/s alone (`write-only`, B's baseline); A's
+# `GET /api/v1/tasks?limit=20` at READ_RATE/s alone; both at once (`mixed`). Then a second
+# `sparc serve` on the same database: the mixed phase with B still writing through the first
+# instance (`instances=2-idle`: what a second process costs by being there), B alone through
+# the second (its baseline there), and the mixed phase with B writing through the second
+# (`instances=2`). Both open loop at a fixed rate with oha's latency correction (latency from
+# each request's scheduled start). Prints one line per phase and side; the phases with writes
+# also print the CPU the `sparc serve` processes and the PostgreSQL server used meanwhile, in %
+# of one core (the server is assumed to serve only this).
 #
 # Env: SECONDS (measured seconds per phase, default 10), TASKS (default 10000,100000),
 # READ_RATE (1000), WRITE_RATE (500), DATABASE_URL (default
@@ -107,12 +109,19 @@ for tasks in "${TASK_COUNTS[@]}"; do
 		wait "$writer"
 		echo "tasks=$tasks instances=$1 mixed      B create at $WRITE_RATE/s: $(cat "$WORK/b.txt")"
 	}
-	sparc_before=$(ticks_of sparc)
-	pg_before=$(ticks_of postgres)
-	echo "tasks=$tasks instances=1 write-only B create at $WRITE_RATE/s: $(load "$WRITE_RATE" \
-		-m POST -T application/json -H "Authorization: Bearer $B" \
-		-d "$B_TASK" "$API/api/v1/tasks")"
-	echo "tasks=$tasks instances=1 write-only cpu: $(cpu_since "$sparc_before" "$pg_before")"
+	write_only() { # INSTANCES WRITER_URL
+		local sparc_before pg_before
+		sparc_before=$(ticks_of sparc)
+		pg_before=$(ticks_of postgres)
+		echo "tasks=$tasks instances=$1 write-only B create at $WRITE_RATE/s: $(load "$WRITE_RATE" \
+			-m POST -T application/json -H "Authorization: Bearer $B" -d "$B_TASK" "$2/api/v1/tasks")"
+		echo "tasks=$tasks instances=$1 write-only cpu: $(cpu_since "$sparc_before" "$pg_before")"
+	}
+	# Unreported: the first seconds of writes after the seed and the checkpoint pay for
+	# autovacuum and full-page writes, which would make B's baseline slower than it is.
+	DURATION=3 load "$WRITE_RATE" -m POST -T application/json -H "Authorization: Bearer $B" \
+		-d "$B_TASK" "$API/api/v1/tasks" >/dev/null
+	write_only 1 "$API"
 	echo "tasks=$tasks instances=1 read-only  A list   at $READ_RATE/s: $(load "$READ_RATE" "${list[@]}")"
 	mixed 1 "$API"
 	# The second instance runs only for its phase: idle, its loops would still share the cores.
@@ -120,6 +129,8 @@ for tasks in "${TASK_COUNTS[@]}"; do
 	# B through the first instance while the second runs beside it: what a second process costs
 	# by being there, apart from taking B's writes.
 	mixed 2-idle "$API"
+	# B's baseline through the second instance, then with A's reads through the first.
+	write_only 2 "http://127.0.0.1:$SECOND_PORT"
 	mixed 2 "http://127.0.0.1:$SECOND_PORT"
 	kill "$SERVED"
 	wait "$SERVED" 2>/dev/null || true
