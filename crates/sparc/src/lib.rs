@@ -1,6 +1,8 @@
 //! The sparc binary's library: everything that knows every concrete type.
 //!
 //! - [`audit`]: `sparc audit export`, the log as JSON lines.
+//! - [`background`]: the runtime whose threads run the projection loops, the policies, the
+//!   chainer and the scheduler at a lower OS priority than the requests.
 //! - [`cli`]: the subcommands (`serve`, `migrate`, `user create`, `audit verify`, `worker`) and
 //!   `main`.
 //! - [`config`]: the typed settings tree (defaults, then an optional TOML file, then `SPARC_…`
@@ -18,6 +20,7 @@
 //! - [`worker`]: `sparc worker`, the built-in agent that runs skills as local commands.
 
 pub mod audit;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -1,6 +1,7 @@
 //! The composition root of `sparc serve`: connects the database, runs migrations, starts the
 //! projections, the policies, the hash chainer and the outbox relay, and serves the HTTP API and
-//! the WebSocket gateway until shutdown.
+//! the WebSocket gateway until shutdown. The projection loops, the policies, the chainer and
+//! the scheduler run on the [`BackgroundRuntime`], behind the requests.
 //!
 //! [`Server::start`] takes a bound listener's address from the settings (port 0 works), so the
 //! black-box tests run exactly the code path `main` runs.
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::background::BackgroundRuntime;
 use crate::config::Settings;
 use crate::jobs::{JetStreamQueue, JobDispatch};
 use crate::keys;
@@ -190,6 +192,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
+    /// Stopped once its tasks have ended.
+    background: BackgroundRuntime,
 }
 
 impl Server {
@@ -224,23 +228,33 @@ impl Server {
         tasks.extend(memory_supervisor);
 
         let jobs = job_stream(&settings).await?;
-        let runner = ProjectionRunner::new(
-            db.clone(),
-            READ_MODELS.iter().map(ReadModel::live).collect(),
-            policies(&db, commands.clone(), &memory, jobs.as_ref()),
-        )
-        .with_poll_interval(Duration::from_millis(100))
-        .with_generations(generations.clone());
-        let projection_handle = runner.handle();
-        tasks.extend(runner.spawn(shutdown_rx.clone()));
-        tasks.push(spawn_chainer(&db, shutdown_rx.clone()));
-        tasks.push(tokio::spawn(crate::scheduler::run(
-            db.clone(),
-            commands.clone(),
-            projection_handle.clone(),
-            crate::scheduler::PASS_INTERVAL,
-            shutdown_rx.clone(),
-        )));
+        let background =
+            BackgroundRuntime::start().context("could not start the background runtime")?;
+        let projection_handle = {
+            let _on_background = background.handle().enter();
+            // Its own pool and command bus, whose connections are opened on its runtime: a
+            // connection of the requests' pool opened there would answer them through it.
+            let db = db.dedicated(BACKGROUND_APPLICATION_NAME, BACKGROUND_CONNECTIONS);
+            let commands = Arc::new(CommandBus::new(&db));
+            let runner = ProjectionRunner::new(
+                db.clone(),
+                READ_MODELS.iter().map(ReadModel::live).collect(),
+                policies(&db, commands.clone(), &memory, jobs.as_ref()),
+            )
+            .with_poll_interval(Duration::from_millis(100))
+            .with_generations(generations.clone());
+            let projection_handle = runner.handle();
+            tasks.extend(runner.spawn(shutdown_rx.clone()));
+            tasks.push(spawn_chainer(&db, shutdown_rx.clone()));
+            tasks.push(tokio::spawn(crate::scheduler::run(
+                db,
+                commands,
+                projection_handle.clone(),
+                crate::scheduler::PASS_INTERVAL,
+                shutdown_rx.clone(),
+            )));
+            projection_handle
+        };
 
         let info = ServiceInfo {
             environment: settings.environment.clone(),
@@ -302,6 +316,7 @@ impl Server {
             shutdown,
             tasks,
             http,
+            background,
         })
     }
 
@@ -312,16 +327,24 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
+        drop(self.background);
     }
 }
+
+/// The `application_name` of the background work's PostgreSQL connections (the policies' and
+/// the scheduler's; the loops' own are `sparc projections`).
+pub const BACKGROUND_APPLICATION_NAME: &str = "sparc background";
+
+/// Connections of the background work's pool.
+const BACKGROUND_CONNECTIONS: u32 = 4;
 
 /// Events the chainer hashes per transaction at most.
 const CHAIN_BATCH: i64 = 1000;
 
-/// Starts the chainer. On PostgreSQL it runs on a thread of its own, with a runtime and a
-/// connection of its own: a pass decodes and hashes the events of a tenth of a second at once,
-/// which on a worker of the request runtime would hold back the requests queued there. On
-/// SQLite (embedded, one writer) it shares the runtime and the pool.
+/// Starts the chainer on the current runtime (the background one). On PostgreSQL it runs on a
+/// thread of its own, with a runtime and a connection of its own: a pass decodes and hashes the
+/// events of a tenth of a second at once, which would hold back the projection loops. On SQLite
+/// (embedded, one writer) it shares the runtime and the pool.
 fn spawn_chainer(db: &Database, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     let Database::Postgres(pool) = db else {
         return tokio::spawn(run_chainer(db.clone(), shutdown));

@@ -255,3 +255,47 @@ async fn the_loops_and_the_relay_run_on_connections_of_their_own_named_for_opera
     }
     app.stop().await;
 }
+
+/// The niceness of each thread of this process named `name`.
+fn niceness_of_threads_named(name: &str) -> Vec<i32> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("this process's threads");
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // The fields after the command's closing parenthesis start at the 3rd; the 19th
+            // is the niceness.
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+            fields.get(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// The projection loops, the chainer and the scheduler run on threads of their own, which
+/// the kernel runs behind the requests' threads.
+#[tokio::test]
+async fn the_background_work_runs_on_threads_of_lower_priority_than_the_requests() {
+    let Some(app) = TestApp::spawn(crate::support::Backend::Sqlite).await else {
+        return;
+    };
+    let background = niceness_of_threads_named(sparc::background::BACKGROUND_THREAD_NAME);
+    assert!(!background.is_empty(), "no background thread is running");
+    assert!(
+        background
+            .iter()
+            .all(|&nice| nice == sparc::background::BACKGROUND_NICENESS),
+        "background threads' niceness: {background:?}"
+    );
+    // The test's runtime serves the requests, on this thread.
+    let this_thread: i32 = std::fs::read_to_string("/proc/thread-self/stat")
+        .expect("this thread's stat")
+        .rsplit_once(") ")
+        .and_then(|(_, fields)| fields.split(' ').nth(16)?.parse().ok())
+        .expect("this thread's niceness");
+    assert!(this_thread < sparc::background::BACKGROUND_NICENESS);
+    app.stop().await;
+}
