@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use sparc_store::outbox::{Advance, CommittedBatch, NumberedChange};
 use sparc_store::parked::ParkedStream;
 use sparc_store::{
-    Checkpoint, Database, Generations, LogReader, RecordedEvent, StoreError, StoreTx,
+    Checkpoint, Database, Generations, LogReader, Planning, RecordedEvent, StoreError, StoreTx,
 };
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
@@ -435,9 +435,11 @@ impl ProjectionRunner {
                 shutdown.clone(),
             )));
         }
-        let db = self
-            .db
-            .dedicated(LOOPS_APPLICATION_NAME, self.loops.len() as u32);
+        let db = self.db.dedicated(
+            LOOPS_APPLICATION_NAME,
+            self.loops.len() as u32,
+            Planning::Once,
+        );
         let loops = self.loops.iter().zip(self.wakers.iter()).enumerate().map(
             |(index, ((members, read_models), waker))| {
                 let worker = Worker {

@@ -23,7 +23,7 @@ use sparc_gateway::{
 };
 use sparc_memory::StateChange;
 use sparc_store::outbox::CommittedBatch;
-use sparc_store::{Database, Generations};
+use sparc_store::{Database, Generations, Planning};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -70,9 +70,12 @@ pub async fn start(
 ) -> anyhow::Result<(Router, Vec<JoinHandle<()>>)> {
     // A pool of its own, planned once like the projection loops': it runs the same few
     // statements at every batch.
-    let relay = Relay::new(db.dedicated(RELAY_APPLICATION_NAME, 2), bus.clone())
-        .with_feed(news.committed)
-        .with_change_notices(news.generations, news.loop_runs_here);
+    let relay = Relay::new(
+        db.dedicated(RELAY_APPLICATION_NAME, 2, Planning::Once),
+        bus.clone(),
+    )
+    .with_feed(news.committed)
+    .with_change_notices(news.generations, news.loop_runs_here);
     let (gateway, mut tasks) = Gateway::start(
         db,
         bus.clone(),

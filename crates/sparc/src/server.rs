@@ -22,7 +22,9 @@ use sparc_projections::catalog::{READ_MODELS, ReadModel};
 use sparc_projections::policies::{ProjectCascade, RunCompletion, TaskCommands};
 use sparc_projections::{CommandFailure, Projection, ProjectionRunner, ReadModels};
 use sparc_store::session_lock::{Asking, SessionLock};
-use sparc_store::{Chainer, CommandBus, Database, EventMetadata, Generations, RecordedEvent};
+use sparc_store::{
+    Chainer, CommandBus, Database, EventMetadata, Generations, Planning, RecordedEvent,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -234,7 +236,11 @@ impl Server {
             let _on_background = background.handle().enter();
             // Its own pool and command bus, whose connections are opened on its runtime: a
             // connection of the requests' pool opened there would answer them through it.
-            let db = db.dedicated(BACKGROUND_APPLICATION_NAME, BACKGROUND_CONNECTIONS);
+            let db = db.dedicated(
+                BACKGROUND_APPLICATION_NAME,
+                BACKGROUND_CONNECTIONS,
+                Planning::Auto,
+            );
             let commands = Arc::new(CommandBus::new(&db));
             let runner = ProjectionRunner::new(
                 db.clone(),

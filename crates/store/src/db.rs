@@ -51,6 +51,19 @@ pub fn postgres_pool_options(size: u32) -> PgPoolOptions {
         })
 }
 
+/// How the connections of a [`Database::dedicated`] pool plan their prepared statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planning {
+    /// As PostgreSQL chooses: right for statements whose best plan depends on their values
+    /// (a generic plan of the scheduler's due query scans the whole tasks table).
+    Auto,
+    /// Once, generically (`plan_cache_mode = force_generic_plan`), for the same few statements
+    /// run over and over whose generic plan is the index scan they need. Left to choose,
+    /// PostgreSQL plans the loops' log read and outbox insert again at every execution, which
+    /// costs more than running them: their one-off plans look cheaper than the generic one.
+    Once,
+}
+
 /// Which database engine a [`Database`] runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -123,26 +136,22 @@ impl Database {
         }
     }
 
-    /// A handle with a pool of its own, of `connections` (at least 1), for work that runs the
-    /// same few statements over and over (the projection loops, the outbox relay); SQLite, one
-    /// file with one writer, shares this handle's pool.
-    ///
-    /// Its connections plan each statement once (`plan_cache_mode = force_generic_plan`).
-    /// Left to choose, PostgreSQL plans the log read and the outbox insert again at every
-    /// execution, which costs more than running them: their one-off plans look cheaper than
-    /// the generic one, which is the same index scan. Its own pool also keeps that work from
-    /// waiting for the requests' connections, and its statements out of their caches. The
+    /// A handle with a pool of its own, of `connections` (at least 1), for work that must not
+    /// wait for the requests' connections (the projection loops, the outbox relay, the
+    /// background work); SQLite, one file with one writer, shares this handle's pool. Its
     /// connections carry `name` as their `application_name`, so that an operator can tell
-    /// them apart in `pg_stat_activity`.
-    pub fn dedicated(&self, name: &str, connections: u32) -> Self {
+    /// them apart in `pg_stat_activity`, and plan as `planning` says.
+    pub fn dedicated(&self, name: &str, connections: u32, planning: Planning) -> Self {
         match self {
             Self::Postgres(pool) => {
-                let options = pool
+                let mut options = pool
                     .connect_options()
                     .as_ref()
                     .clone()
-                    .application_name(name)
-                    .options([("plan_cache_mode", "force_generic_plan")]);
+                    .application_name(name);
+                if planning == Planning::Once {
+                    options = options.options([("plan_cache_mode", "force_generic_plan")]);
+                }
                 Self::Postgres(postgres_pool_options(connections.max(1)).connect_lazy_with(options))
             }
             Self::Sqlite(_) => self.clone(),

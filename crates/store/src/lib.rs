@@ -49,7 +49,7 @@ pub use chain::{Chainer, VerifyReport, verify};
 pub use changes::Generations;
 pub use checkpoint::Checkpoint;
 pub use commands::{CommandBus, CommandError, Outcome, Routed, StoreFailure};
-pub use db::{Backend, Database, StoreTx, postgres_pool_options};
+pub use db::{Backend, Database, Planning, StoreTx, postgres_pool_options};
 pub use error::StoreError;
 pub use event_repository::EventRepository;
 pub use event_store::{Cqrs, Store, event_store, snapshot_store};
