@@ -26,6 +26,7 @@ use std::time::Instant;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::runtime::Handle;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::db::{Database, POSTGRES_PING_IDLE_AFTER};
@@ -107,13 +108,17 @@ struct Pending {
 }
 
 /// The queue of single-event appends and the workers that drain it (started on the first
-/// append, inside the caller's runtime; they end when every clone is dropped). Clones share
-/// the queue: the repositories of one command bus, one per aggregate type, append through one
-/// group commit (rows carry their aggregate type), so concurrent commands of every type share
-/// statements and [`WORKERS`] connections (opened with the pool's options).
+/// append; they end when every clone is dropped). Clones share the queue: the repositories of
+/// one command bus, one per aggregate type, append through one group commit (rows carry their
+/// aggregate type), so concurrent commands of every type share statements and [`WORKERS`]
+/// connections (opened with the pool's options).
 #[derive(Clone)]
 pub struct GroupCommit {
     pool: PgPool,
+    /// Where the workers run: the runtime the group commit was made in, not that of its first
+    /// append, which may be a runtime that stops sooner and would take every bus's appends
+    /// with it. `None` when made outside a runtime: then the first append's.
+    runtime: Option<Handle>,
     queue: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
     /// Appends queued or in a statement.
     queued: Arc<AtomicUsize>,
@@ -124,6 +129,7 @@ impl GroupCommit {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
+            runtime: Handle::try_current().ok(),
             queue: Arc::default(),
             queued: Arc::default(),
         }
@@ -179,7 +185,11 @@ impl GroupCommit {
             let receiver = Arc::new(Mutex::new(receiver));
             let options = self.pool.connect_options();
             for _ in 0..WORKERS {
-                tokio::spawn(work(options.clone(), receiver.clone()));
+                let worker = work(options.clone(), receiver.clone());
+                match &self.runtime {
+                    Some(runtime) => runtime.spawn(worker),
+                    None => tokio::spawn(worker),
+                };
             }
             sender
         })

@@ -6,6 +6,7 @@ mod changes;
 mod command_bus;
 mod dedicated_pool;
 mod event_repository;
+mod group_commit;
 mod hash_chain;
 mod log_order;
 mod log_reader;
