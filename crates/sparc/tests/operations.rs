@@ -256,6 +256,13 @@ async fn the_loops_and_the_relay_run_on_connections_of_their_own_named_for_opera
     app.stop().await;
 }
 
+/// The niceness in a thread's `/proc/…/stat`.
+fn niceness_in(stat: &str) -> Option<i32> {
+    // The fields after the command's closing parenthesis start at the 3rd; the 19th is the
+    // niceness.
+    stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()
+}
+
 /// The niceness of each thread of this process named `name`.
 fn niceness_of_threads_named(name: &str) -> Vec<i32> {
     let tasks = std::fs::read_dir("/proc/self/task").expect("this process's threads");
@@ -266,11 +273,7 @@ fn niceness_of_threads_named(name: &str) -> Vec<i32> {
             if comm.trim_end() != name {
                 return None;
             }
-            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-            // The fields after the command's closing parenthesis start at the 3rd; the 19th
-            // is the niceness.
-            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
-            fields.get(16)?.parse().ok()
+            niceness_in(&std::fs::read_to_string(path.join("stat")).ok()?)
         })
         .collect()
 }
@@ -291,11 +294,10 @@ async fn the_background_work_runs_on_threads_of_lower_priority_than_the_requests
         "background threads' niceness: {background:?}"
     );
     // The test's runtime serves the requests, on this thread.
-    let this_thread: i32 = std::fs::read_to_string("/proc/thread-self/stat")
-        .expect("this thread's stat")
-        .rsplit_once(") ")
-        .and_then(|(_, fields)| fields.split(' ').nth(16)?.parse().ok())
-        .expect("this thread's niceness");
+    let this_thread = niceness_in(
+        &std::fs::read_to_string("/proc/thread-self/stat").expect("this thread's stat"),
+    )
+    .expect("this thread's niceness");
     assert!(this_thread < sparc::background::BACKGROUND_NICENESS);
     app.stop().await;
 }
